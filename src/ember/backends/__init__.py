@@ -1,0 +1,1 @@
+"""Compute backends: where worker processes actually run (in memory, local processes, Docker)."""

@@ -1,0 +1,86 @@
+"""The backend interface every compute backend implements, and the values that cross it.
+
+Backends are idempotent and keep identity in the runtime (pid files, container labels), never in
+memory alone, so `observe()` tells the truth after a control-plane restart. Errors from the runtime are
+translated to `ember.core.errors.BackendError` inside the backend module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host path made visible to the worker at `target` (for processes: exposed by env var)."""
+
+    source: str
+    target: str
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything a backend needs to start one worker. `env` already holds the RUNPOD_* variables."""
+
+    worker_id: str
+    endpoint_id: str
+    account_id: str
+    release: int
+    env: dict[str, str]
+    # What to run: a directory with handler.py (local) or an image (docker); `command` overrides.
+    source_dir: str | None = None
+    image: str | None = None
+    command: list[str] | None = None
+    python: str | None = None  # interpreter for the local backend (a per-endpoint virtualenv's python)
+    gpu_type: str | None = None
+    gpu_devices: tuple[str, ...] = ()  # device indices -> CUDA_VISIBLE_DEVICES / device requests
+    real_gpus: bool = False
+    mounts: tuple[Mount, ...] = ()
+    registry_auth: dict[str, str] | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the runtime says about one worker it runs (or ran)."""
+
+    worker_id: str
+    endpoint_id: str
+    release: int
+    running: bool
+    exit_code: int | None = None
+    started_at: float | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    output: bytes
+
+
+class Backend(Protocol):
+    """The small interface the control loops drive. Every method is idempotent."""
+
+    name: str
+
+    async def launch(self, spec: LaunchSpec) -> None:
+        """Start the worker; starting one whose id already runs is a no-op."""
+
+    async def stop(self, worker_id: str, grace_s: float = 10.0) -> None:
+        """SIGTERM, wait up to `grace_s`, then kill; forget its runtime state. Unknown ids are a no-op."""
+
+    async def observe(self, endpoint_id: str | None = None) -> list[Observed]:
+        """Every worker this backend knows of (running or exited-but-not-yet-stopped)."""
+
+    def logs(self, worker_id: str, *, tail: int | None = None, follow: bool = False) -> AsyncIterator[str]:
+        """The worker's stdout/stderr lines, oldest first; with `follow`, keep yielding new lines."""
+
+    async def exec(self, worker_id: str, command: list[str], *, timeout_s: float = 60.0) -> ExecResult:
+        """Run a command inside the worker's environment and return its exit code and output."""
+
+    async def aclose(self) -> None:
+        """Release clients and handles; running workers keep running."""

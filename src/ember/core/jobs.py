@@ -1,0 +1,93 @@
+"""Job states, the one transition table, and the rules for results, retries and timeouts.
+
+States and names follow RunPod's wire protocol (spec §3). No I/O here.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Any
+
+
+class JobState(StrEnum):
+    IN_QUEUE = "IN_QUEUE"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMED_OUT = "TIMED_OUT"
+
+
+TERMINAL: frozenset[JobState] = frozenset(
+    {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT}
+)
+
+# to-state -> the states it may be reached from. The store derives its guarded UPDATEs from this.
+ALLOWED: dict[JobState, frozenset[JobState]] = {
+    JobState.IN_QUEUE: frozenset({JobState.IN_PROGRESS, JobState.FAILED, JobState.TIMED_OUT}),
+    JobState.IN_PROGRESS: frozenset({JobState.IN_QUEUE}),
+    JobState.COMPLETED: frozenset({JobState.IN_PROGRESS}),
+    JobState.FAILED: frozenset({JobState.IN_PROGRESS, JobState.IN_QUEUE}),
+    JobState.CANCELLED: frozenset({JobState.IN_QUEUE, JobState.IN_PROGRESS}),
+    JobState.TIMED_OUT: frozenset({JobState.IN_QUEUE, JobState.IN_PROGRESS}),
+}
+
+RETRYABLE: frozenset[JobState] = frozenset({JobState.FAILED, JobState.TIMED_OUT})
+
+# Policy bounds and defaults, in milliseconds as the wire gives them (spec §3).
+EXECUTION_TIMEOUT_MIN_MS = 5_000
+EXECUTION_TIMEOUT_MAX_MS = 7 * 24 * 3600 * 1000
+TTL_DEFAULT_MS = 24 * 3600 * 1000
+TTL_MIN_MS = 10_000
+TTL_MAX_MS = 7 * 24 * 3600 * 1000
+RETENTION_RUN_S = 30 * 60
+RETENTION_SYNC_S = 60
+RUN_BODY_LIMIT_BYTES = 10 * 1024 * 1024
+RUNSYNC_BODY_LIMIT_BYTES = 20 * 1024 * 1024
+STREAM_CHUNK_LIMIT_BYTES = 1024 * 1024
+RUNSYNC_WAIT_DEFAULT_MS = 90_000
+RUNSYNC_WAIT_MIN_MS = 1_000
+RUNSYNC_WAIT_MAX_MS = 300_000
+# A job whose worker vanished is re-queued this many times before it fails.
+LOST_WORKER_REQUEUES = 1
+
+
+def sources(to: JobState) -> frozenset[JobState]:
+    """The states from which `to` may be entered."""
+    return ALLOWED[to]
+
+
+def can_transition(frm: JobState, to: JobState) -> bool:
+    return frm in ALLOWED[to]
+
+
+def classify_result(body: dict[str, Any]) -> tuple[JobState, dict[str, Any]]:
+    """Turn a job-done body into (final state, fields to store) following spec §1.6 and gotcha 9.
+
+    A truthy `error` means FAILED (any `output` is kept); otherwise COMPLETED, with `output` only when
+    the key is present (falsy outputs are real outputs). Errors that are not strings are JSON-encoded
+    by the caller's serializer; here they are kept as given.
+    """
+    fields: dict[str, Any] = {}
+    if "output" in body:
+        fields["output"] = body["output"]
+    error = body.get("error")
+    if error:
+        fields["error"] = error if isinstance(error, str) else _to_text(error)
+        return JobState.FAILED, fields
+    return JobState.COMPLETED, fields
+
+
+def _to_text(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def is_progress_update(body: dict[str, Any]) -> bool:
+    """A job-done body with status IN_PROGRESS is a progress update, not a result (gotcha 7)."""
+    return body.get("status") == JobState.IN_PROGRESS.value
+
+
+def lost_worker_outcome(requeues_so_far: int) -> JobState:
+    """What happens to a job whose worker disappeared: re-queue once, then fail."""
+    return JobState.IN_QUEUE if requeues_so_far < LOST_WORKER_REQUEUES else JobState.FAILED

@@ -1,0 +1,211 @@
+"""Endpoint and scaling specs, with `validate()` that returns every problem at once.
+
+Field names on the wire are RunPod's (camelCase); `from_wire`/`to_wire` translate. A *release* is the
+part of a spec that changes what runs (source, image, command, env, model); `release_key` derives it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from ember.core.errors import Problem
+
+SCALER_TYPES = ("QUEUE_DELAY", "REQUEST_COUNT")
+MAX_WORKERS_CAP = 1000
+
+
+@dataclass(frozen=True)
+class ScalingSpec:
+    workers_min: int = 0
+    workers_max: int = 3
+    idle_timeout_s: float = 5.0
+    scaler_type: str = "QUEUE_DELAY"
+    scaler_value: float = 4.0
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    """What an endpoint runs and how it scales. Immutable; updates produce a new value."""
+
+    name: str
+    # What runs: a directory on the host (local backend), an image (Docker backend) or a git source.
+    source_dir: str | None = None
+    image_name: str | None = None
+    git: dict[str, Any] | None = None
+    docker_start_cmd: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    model_name: str | None = None
+    model_revision: str | None = None
+    template_id: str | None = None
+    # Where and how it runs.
+    gpu_type_ids: tuple[str, ...] = ()
+    gpu_count: int = 1
+    network_volume_id: str | None = None
+    execution_timeout_ms: int = 600_000
+    flashboot: bool = False
+    container_disk_gb: int = 10
+    scaling: ScalingSpec = ScalingSpec()
+
+    def with_changes(self, **changes: Any) -> EndpointSpec:
+        return replace(self, **changes)
+
+
+RELEASE_FIELDS = ("source_dir", "image_name", "git", "docker_start_cmd", "env", "model_name", "model_revision")
+
+# wire name -> (attribute, where): where is "spec" or "scaling".
+WIRE_FIELDS: dict[str, tuple[str, str]] = {
+    "name": ("name", "spec"),
+    "sourceDir": ("source_dir", "spec"),
+    "imageName": ("image_name", "spec"),
+    "git": ("git", "spec"),
+    "dockerStartCmd": ("docker_start_cmd", "spec"),
+    "env": ("env", "spec"),
+    "modelName": ("model_name", "spec"),
+    "modelRevision": ("model_revision", "spec"),
+    "templateId": ("template_id", "spec"),
+    "gpuTypeIds": ("gpu_type_ids", "spec"),
+    "gpuCount": ("gpu_count", "spec"),
+    "networkVolumeId": ("network_volume_id", "spec"),
+    "executionTimeoutMs": ("execution_timeout_ms", "spec"),
+    "flashboot": ("flashboot", "spec"),
+    "containerDiskInGb": ("container_disk_gb", "spec"),
+    "workersMin": ("workers_min", "scaling"),
+    "workersMax": ("workers_max", "scaling"),
+    "idleTimeout": ("idle_timeout_s", "scaling"),
+    "scalerType": ("scaler_type", "scaling"),
+    "scalerValue": ("scaler_value", "scaling"),
+}
+
+
+def release_key(spec: EndpointSpec) -> str:
+    """A digest of the fields that change what runs; a new value means a new release."""
+    data = {name: getattr(spec, name) for name in RELEASE_FIELDS}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def to_wire(spec: EndpointSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for wire, (attr, where) in WIRE_FIELDS.items():
+        value = getattr(spec.scaling if where == "scaling" else spec, attr)
+        out[wire] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def from_wire(data: dict[str, Any], base: EndpointSpec | None = None) -> tuple[EndpointSpec | None, list[Problem]]:
+    """Build a spec from wire fields (over `base` for updates). Returns (spec, problems); spec is None
+    when there are problems. Unknown fields are problems too, so typos don't pass silently."""
+    problems: list[Problem] = []
+    if not isinstance(data, dict):
+        return None, [Problem("body", "must be a JSON object", type(data).__name__)]
+    spec_changes: dict[str, Any] = {}
+    scaling_changes: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in WIRE_FIELDS:
+            if key in IGNORED_WIRE_FIELDS:
+                continue
+            problems.append(Problem(key, "unknown field", None))
+            continue
+        attr, where = WIRE_FIELDS[key]
+        (scaling_changes if where == "scaling" else spec_changes)[attr] = value
+    if base is None and "name" not in spec_changes:
+        problems.append(Problem("name", "is required"))
+    problems.extend(_check_types(spec_changes, scaling_changes))
+    if problems:
+        return None, problems
+    if "gpu_type_ids" in spec_changes:
+        spec_changes["gpu_type_ids"] = tuple(spec_changes["gpu_type_ids"])
+    if "env" in spec_changes and spec_changes["env"] is None:
+        spec_changes["env"] = {}
+    start = base or EndpointSpec(name=spec_changes.get("name", ""))
+    scaling = replace(start.scaling, **scaling_changes)
+    spec = replace(start, scaling=scaling, **spec_changes)
+    problems = validate(spec)
+    return (None, problems) if problems else (spec, [])
+
+
+# Fields RunPod's REST API accepts that Ember takes without acting on them.
+IGNORED_WIRE_FIELDS = frozenset({"computeType", "dataCenterIds", "allowedCudaVersions", "instanceIds", "vcpuCount"})
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "source_dir": (str, type(None)),
+    "image_name": (str, type(None)),
+    "git": (dict, type(None)),
+    "docker_start_cmd": (str, type(None)),
+    "env": (dict, type(None)),
+    "model_name": (str, type(None)),
+    "model_revision": (str, type(None)),
+    "template_id": (str, type(None)),
+    "gpu_type_ids": (list, tuple),
+    "gpu_count": (int,),
+    "network_volume_id": (str, type(None)),
+    "execution_timeout_ms": (int,),
+    "flashboot": (bool,),
+    "container_disk_gb": (int,),
+    "workers_min": (int,),
+    "workers_max": (int,),
+    "idle_timeout_s": (int, float),
+    "scaler_type": (str,),
+    "scaler_value": (int, float),
+}
+
+_WIRE_NAME = {attr: wire for wire, (attr, _) in WIRE_FIELDS.items()}
+
+
+def _check_types(*groups: dict[str, Any]) -> list[Problem]:
+    problems = []
+    for group in groups:
+        for attr, value in group.items():
+            allowed = _TYPES[attr]
+            bad_bool = isinstance(value, bool) and bool not in allowed
+            if bad_bool or not isinstance(value, allowed):
+                names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+                problems.append(Problem(_WIRE_NAME[attr], f"must be {names}", value))
+    return problems
+
+
+def validate(spec: EndpointSpec) -> list[Problem]:
+    """Every problem with a spec, each naming the wire field and the bad value."""
+    p: list[Problem] = []
+    s = spec.scaling
+    if not spec.name or len(spec.name) > 64 or not all(c.isalnum() or c in "-_." for c in spec.name):
+        p.append(Problem("name", "must be 1-64 characters of letters, digits, '-', '_' or '.'", spec.name))
+    if s.workers_min < 0:
+        p.append(Problem("workersMin", "must be >= 0", s.workers_min))
+    if s.workers_max < 0 or s.workers_max > MAX_WORKERS_CAP:
+        p.append(Problem("workersMax", f"must be between 0 and {MAX_WORKERS_CAP}", s.workers_max))
+    if s.workers_min > s.workers_max:
+        p.append(Problem("workersMin", f"must not exceed workersMax ({s.workers_max})", s.workers_min))
+    if s.idle_timeout_s < 0:
+        p.append(Problem("idleTimeout", "must be >= 0 seconds", s.idle_timeout_s))
+    if s.scaler_type not in SCALER_TYPES:
+        p.append(Problem("scalerType", f"must be one of {', '.join(SCALER_TYPES)}", s.scaler_type))
+    if s.scaler_value <= 0:
+        p.append(Problem("scalerValue", "must be > 0", s.scaler_value))
+    if spec.gpu_count < 1 or spec.gpu_count > 8:
+        p.append(Problem("gpuCount", "must be between 1 and 8", spec.gpu_count))
+    if not all(isinstance(g, str) and g for g in spec.gpu_type_ids):
+        p.append(Problem("gpuTypeIds", "must be a list of non-empty strings", list(spec.gpu_type_ids)))
+    if spec.execution_timeout_ms < 5_000 or spec.execution_timeout_ms > 7 * 24 * 3600 * 1000:
+        p.append(Problem("executionTimeoutMs", "must be between 5000 and 604800000", spec.execution_timeout_ms))
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in spec.env.items()):
+        p.append(Problem("env", "must map strings to strings", None))
+    if spec.git is not None and not isinstance(spec.git.get("url"), str):
+        p.append(Problem("git.url", "is required for a git source", spec.git.get("url")))
+    return p
+
+
+def spec_to_json(spec: EndpointSpec) -> str:
+    data = asdict(spec)
+    return json.dumps(data, sort_keys=True)
+
+
+def spec_from_json(text: str) -> EndpointSpec:
+    data = json.loads(text)
+    scaling = ScalingSpec(**data.pop("scaling"))
+    data["gpu_type_ids"] = tuple(data.get("gpu_type_ids") or ())
+    known = {f.name for f in fields(EndpointSpec)}
+    return EndpointSpec(scaling=scaling, **{k: v for k, v in data.items() if k in known})
