@@ -1,0 +1,40 @@
+"""Ember's worker SDK: `start({"handler": fn})` and `progress_update(job, x)`, as in `runpod.serverless`.
+
+Standard library only, and this module imports almost nothing until `start` runs, so that a worker's
+cold start stays short. It must never import server-side parts of Ember.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+__all__ = ["start", "progress_update", "VERSION"]
+
+VERSION = "0.1.0"
+
+_active: Any = None
+
+
+def start(config: dict[str, Any]) -> None:
+    """Run the worker described by `config` and exit the process when it is done.
+
+    Keys: `handler` (required; sync, async, generator or async generator function taking the job dict),
+    `concurrency_modifier` (current -> wanted concurrency, called before each take), `return_aggregate_stream`
+    (generator chunks also returned as the final output list), `refresh_worker` (exit after one job).
+    With `--test_input` or without `RUNPOD_WEBHOOK_GET_JOB` it runs one local job instead (exit 0/1).
+    """
+    from ember.serverless.main import main
+
+    raise SystemExit(main(config))
+
+
+def progress_update(job: dict[str, Any], progress: Any) -> None:
+    """Report progress for a running job; `/status` shows it as the output while IN_PROGRESS.
+
+    Never blocks on the network: the update is queued and dropped if the job has already finished.
+    """
+    if _active is None:
+        return
+    _active.progress(job, progress)

@@ -1,0 +1,216 @@
+"""Run one job through the user's handler: sync, async, generator or async generator.
+
+`execute` turns whatever the handler does into the job-done body (via `wire`), streaming generator
+chunks through a callback. Coroutines run on one shared asyncio loop thread (`AsyncBridge`), started
+only when a handler first needs it, so sync workers never import asyncio.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import threading
+import traceback
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ember.serverless import wire
+
+_SDK_DIR = os.path.dirname(os.path.abspath(__file__))
+_FUTURES_DIR = os.path.dirname(os.path.abspath(concurrent.futures.__file__))
+_CO_COROUTINE = 0x0080
+_CO_ASYNC_GENERATOR = 0x0200
+
+
+class JobCancelled(Exception):
+    """The job was stopped through job-stop; no result is posted for it."""
+
+
+@dataclass
+class JobRun:
+    """One held job: cancellation state shared between its thread and the job-stop poller."""
+
+    job: dict[str, Any]
+    cancel_requested: bool = False
+    finished: bool = False
+    post_lock: threading.Lock = field(default_factory=threading.Lock)
+    _future: concurrent.futures.Future[Any] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def job_id(self) -> str:
+        return str(self.job["id"])
+
+    def cancel(self) -> bool:
+        """Request a stop; cancels the running coroutine step if there is one. True if it was async."""
+        with self._lock:
+            self.cancel_requested = True
+            future = self._future
+        if future is not None:
+            future.cancel()
+            return True
+        return False
+
+    def attach(self, future: concurrent.futures.Future[Any] | None) -> None:
+        with self._lock:
+            self._future = future
+            if future is not None and self.cancel_requested:
+                future.cancel()
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What goes into a handler-exception payload."""
+
+    hostname: str
+    worker_id: str
+    version: str
+
+
+def looks_async(handler: Callable[..., Any]) -> bool:
+    """Cheap check (no `inspect` import) for `async def` handlers, so the loop can start early."""
+    code = getattr(getattr(handler, "__func__", handler), "__code__", None)
+    return code is not None and bool(code.co_flags & (_CO_COROUTINE | _CO_ASYNC_GENERATOR))
+
+
+def format_user_traceback(exc: BaseException) -> str:
+    """The traceback of `exc` starting at the user's code: the SDK's own frames up front are dropped."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        filename = os.path.abspath(tb.tb_frame.f_code.co_filename)
+        if not filename.startswith((_SDK_DIR + os.sep, _FUTURES_DIR + os.sep)):
+            break
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+class AsyncBridge:
+    """One asyncio event loop on a daemon thread; job threads submit coroutines and wait."""
+
+    def __init__(self) -> None:
+        self._loop: Any = None
+        self._lock = threading.Lock()
+
+    def ensure_started(self) -> None:
+        with self._lock:
+            if self._loop is not None:
+                return
+            import asyncio
+
+            loop = asyncio.new_event_loop()
+            ready = threading.Event()
+
+            def serve() -> None:
+                asyncio.set_event_loop(loop)
+                loop.call_soon(ready.set)
+                loop.run_forever()
+
+            threading.Thread(target=serve, name="ember-asyncio", daemon=True).start()
+            ready.wait(10.0)
+            self._loop = loop
+
+    def run(self, awaitable: Any, run: JobRun) -> Any:
+        """Run `awaitable` on the loop and wait for it; raises JobCancelled if `run` was stopped."""
+        import asyncio
+
+        self.ensure_started()
+
+        async def wrapper() -> Any:
+            return await awaitable
+
+        future = asyncio.run_coroutine_threadsafe(wrapper(), self._loop)
+        run.attach(future)
+        try:
+            return future.result()
+        except (concurrent.futures.CancelledError, asyncio.CancelledError):
+            raise JobCancelled() from None
+        finally:
+            run.attach(None)
+
+
+def execute(
+    handler: Callable[..., Any],
+    run: JobRun,
+    *,
+    bridge: AsyncBridge,
+    identity: Identity,
+    emit_chunk: Callable[[Any], None],
+    aggregate: bool,
+) -> tuple[dict[str, Any], bool]:
+    """Run the handler on `run.job`; returns (job-done body, is_stream).
+
+    Generator chunks go to `emit_chunk` in order, before this returns. Raises JobCancelled when the
+    job was stopped (async handlers are interrupted; sync generators stop at the next chunk).
+    """
+    try:
+        value = handler(run.job)
+        if hasattr(value, "__anext__"):
+            return _drain_async(value, run, bridge, emit_chunk, aggregate), True
+        if isinstance(value, types.GeneratorType):
+            return _drain_sync(value, run, emit_chunk, aggregate), True
+        if hasattr(value, "__await__"):
+            value = bridge.run(value, run)
+        if run.cancel_requested:
+            raise JobCancelled()
+        return wire.wrap_return(value), False
+    except JobCancelled:
+        raise
+    except (Exception, SystemExit) as exc:
+        return wire.exception_error(
+            exc,
+            format_user_traceback(exc),
+            hostname=identity.hostname,
+            worker_id=identity.worker_id,
+            version=identity.version,
+        ), False
+
+
+def _drain_sync(gen: Any, run: JobRun, emit_chunk: Callable[[Any], None], aggregate: bool) -> dict[str, Any]:
+    collected: list[Any] = []
+    try:
+        for chunk in gen:
+            if run.cancel_requested:
+                gen.close()
+                raise JobCancelled()
+            error = wire.stream_chunk_error(chunk)
+            if error is not None:
+                gen.close()
+                return {"error": error}
+            emit_chunk(chunk)
+            if aggregate:
+                collected.append(chunk)
+    except JobCancelled:
+        raise
+    except (Exception, SystemExit) as exc:
+        return wire.generator_exception_error(exc, format_user_traceback(exc))
+    if run.cancel_requested:
+        raise JobCancelled()
+    return {"output": collected}
+
+
+def _drain_async(
+    agen: Any, run: JobRun, bridge: AsyncBridge, emit_chunk: Callable[[Any], None], aggregate: bool
+) -> dict[str, Any]:
+    collected: list[Any] = []
+    try:
+        while True:
+            try:
+                chunk = bridge.run(agen.__anext__(), run)
+            except StopAsyncIteration:
+                break
+            error = wire.stream_chunk_error(chunk)
+            if error is not None:
+                bridge.run(agen.aclose(), JobRun(run.job))
+                return {"error": error}
+            emit_chunk(chunk)
+            if aggregate:
+                collected.append(chunk)
+    except JobCancelled:
+        raise
+    except (Exception, SystemExit) as exc:
+        return wire.generator_exception_error(exc, format_user_traceback(exc))
+    if run.cancel_requested:
+        raise JobCancelled()
+    return {"output": collected}

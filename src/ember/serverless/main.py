@@ -1,0 +1,65 @@
+"""Entry of `start`: choose local test mode or production mode from argv and the environment.
+
+Production mode installs SIGTERM/SIGINT handlers (drain, then exit 0) and runs the worker loop in the
+calling thread. Reads `os.environ` and `sys.argv` here and nowhere else in the SDK.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+import ember.serverless as sdk
+from ember.serverless import log
+from ember.serverless.env import WorkerEnv
+from ember.serverless.execute import Identity
+from ember.serverless.local import LocalSession, load_job, parse_args
+from ember.serverless.transport import HttpTransport
+from ember.serverless.worker import Worker, WorkerConfig
+
+
+def main(config_dict: dict[str, Any]) -> int:
+    """Run the worker; returns the process exit code."""
+    config = WorkerConfig.from_dict(config_dict)
+    log.configure(os.environ)
+    args = parse_args(sys.argv[1:])
+    if args.serve_api:
+        sys.stderr.write("error: --rp_serve_api is not supported by ember.serverless; use `ember dev`\n")
+        return 2
+    env = WorkerEnv.from_environ(os.environ, fallback_worker_id="unknown")
+    if args.test_input is not None or not env.take_template:
+        return _run_local(config, env, args.test_input)
+    if env.worker_id == "unknown":
+        env = WorkerEnv.from_environ(os.environ, fallback_worker_id="wk-" + os.urandom(8).hex())
+    user_agent = f"ember-serverless/{sdk.VERSION} Python/{sys.version.split()[0]}"
+    transport = HttpTransport(env.api_key, user_agent)
+    worker = Worker(config, env, transport, version=sdk.VERSION)
+    sdk._active = worker
+    if threading.current_thread() is threading.main_thread():
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            worker.request_shutdown(signal.Signals(signum).name, from_signal=True)
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    try:
+        return worker.run()
+    finally:
+        sdk._active = None
+        transport.close()
+
+
+def _run_local(config: WorkerConfig, env: WorkerEnv, test_input: str | None) -> int:
+    job, why = load_job(test_input, os.getcwd())
+    if job is None:
+        sys.stderr.write(f"error: {why}\n")
+        return 1
+    session = LocalSession(config, Identity(env.hostname, env.worker_id, sdk.VERSION), sys.stdout, sys.stderr)
+    sdk._active = session
+    try:
+        return session.run(job)
+    finally:
+        sdk._active = None

@@ -1,0 +1,331 @@
+"""The production worker loop: take jobs, run them in slots, post results, ping, honour job-stop.
+
+Threads: the caller's thread runs the take loop (long-polls job-take the moment a slot is free); each
+held job runs on its own thread; background threads ping, poll job-stop and post progress updates.
+Shutdown (signal or refresh_worker) stops taking, lets held jobs finish and report, then returns.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ember.serverless import env as urls
+from ember.serverless import log, wire
+from ember.serverless.execute import AsyncBridge, Identity, JobCancelled, JobRun, execute, looks_async
+from ember.serverless.transport import HttpTransport, TransportFailure
+
+POLL_TIMEOUT_S = 90.0
+BACKOFF_START_S = 0.1
+BACKOFF_CAP_S = 5.0
+STREAM_RETRY_S = 10.0
+PROGRESS_RETRY_S = 5.0
+WAIT_SLICE_S = 1.0
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """The `start(config)` keys, validated."""
+
+    handler: Callable[..., Any]
+    concurrency_modifier: Callable[[int], int] | None = None
+    return_aggregate_stream: bool = False
+    refresh_worker: bool = False
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> WorkerConfig:
+        if not isinstance(config, dict) or not callable(config.get("handler")):
+            raise TypeError("start(config) needs a dict with a callable 'handler'")
+        modifier = config.get("concurrency_modifier")
+        if modifier is not None and not callable(modifier):
+            raise TypeError("'concurrency_modifier' must be callable: current concurrency -> new one")
+        return cls(
+            handler=config["handler"],
+            concurrency_modifier=modifier,
+            return_aggregate_stream=bool(config.get("return_aggregate_stream", False)),
+            refresh_worker=bool(config.get("refresh_worker", False)),
+        )
+
+
+class Worker:
+    """One worker process's job loop against the control plane described by `env`."""
+
+    def __init__(
+        self, config: WorkerConfig, env: urls.WorkerEnv, transport: HttpTransport, *, version: str
+    ) -> None:
+        if not env.take_template:
+            raise ValueError("RUNPOD_WEBHOOK_GET_JOB is not set")
+        self.config = config
+        self.env = env
+        self.transport = transport
+        self.version = version
+        self.identity = Identity(env.hostname, env.worker_id, version)
+        self.bridge = AsyncBridge()
+        self._cond = threading.Condition()
+        self._held: dict[str, JobRun] = {}
+        self._concurrency = 1
+        self._stopping = threading.Event()
+        self._signals = 0
+        self._progress: queue.SimpleQueue[tuple[JobRun, Any] | None] = queue.SimpleQueue()
+
+    # ---- public ---------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until shut down; returns the process exit code (0 after a clean drain)."""
+        if looks_async(self.config.handler):
+            self.bridge.ensure_started()
+        self._spawn(self._ping_loop, "ember-ping")
+        self._spawn(self._progress_loop, "ember-progress")
+        if urls.stop_url(self.env.take_template or "", self.env.worker_id) is None:
+            log.warn("job_stop_disabled", reason="RUNPOD_WEBHOOK_GET_JOB has no /job-take/ segment")
+        else:
+            self._spawn(self._stop_loop, "ember-stop")
+        log.info("worker_started", worker_id=self.env.worker_id)
+        self._take_loop()
+        with self._cond:
+            while self._held:
+                self._cond.wait(WAIT_SLICE_S)
+        self._progress.put(None)
+        log.info("worker_stopped", worker_id=self.env.worker_id)
+        return 0
+
+    def request_shutdown(self, reason: str, *, from_signal: bool = False) -> None:
+        """Stop taking jobs; held jobs finish and report. A second signal also cuts in-flight polls."""
+        if from_signal:
+            self._signals += 1
+        log.info("shutdown_requested", reason=reason, held=len(self._held))
+        self._stopping.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._signals > 1:
+            self.transport.abort_polls()
+
+    def progress(self, job: dict[str, Any], value: Any) -> None:
+        """Queue a progress update for a held job; updates for unknown or finished jobs are dropped."""
+        job_id = job.get("id") if isinstance(job, dict) else None
+        with self._cond:
+            run = self._held.get(job_id) if isinstance(job_id, str) else None
+        if run is None:
+            log.warn("progress_for_unknown_job", job_id=job_id)
+            return
+        self._progress.put((run, value))
+
+    def held_job_ids(self) -> list[str]:
+        with self._cond:
+            return list(self._held)
+
+    # ---- take loop ------------------------------------------------------------------------------
+
+    def _take_loop(self) -> None:
+        backoff_s = BACKOFF_START_S
+        fast_empty = 0
+        while not self._stopping.is_set():
+            free = self._free_slots()
+            if free <= 0:
+                continue
+            with self._cond:
+                holding = bool(self._held)
+            url = urls.take_url(
+                self.env.take_template or "", self.env.worker_id, free_slots=free, holding_jobs=holding
+            )
+            began = time.monotonic()
+            try:
+                resp = self.transport.request("GET", url, timeout_s=POLL_TIMEOUT_S, abortable=True)
+            except TransportFailure as exc:
+                if self._stopping.is_set():
+                    break
+                log.warn("job_take_failed", error=exc, retry_in_s=round(backoff_s, 2))
+                self._stopping.wait(backoff_s)
+                backoff_s = min(backoff_s * 2, BACKOFF_CAP_S)
+                continue
+            answer = wire.parse_take_response(resp.status, resp.content_type, resp.body)
+            for problem in answer.problems:
+                log.warn("job_take_problem", problem=problem)
+            for job in answer.jobs:
+                self._dispatch(job)
+            if answer.retry_after_s:
+                self._stopping.wait(answer.retry_after_s)
+            elif answer.failed:
+                self._stopping.wait(backoff_s)
+                backoff_s = min(backoff_s * 2, BACKOFF_CAP_S)
+            else:
+                backoff_s = BACKOFF_START_S
+                # A server that answers "no job" at once instead of holding the poll would make this
+                # loop spin; pace such answers (never when a job came, or when the poll was held).
+                if not answer.jobs and time.monotonic() - began < 0.05:
+                    fast_empty += 1
+                    self._stopping.wait(min(0.05 * fast_empty, 1.0))
+                else:
+                    fast_empty = 0
+
+    def _free_slots(self) -> int:
+        """Apply the concurrency modifier, then return free slots; waits (one slice) when none."""
+        desired = self._concurrency
+        if self.config.concurrency_modifier is not None:
+            try:
+                desired = max(1, int(self.config.concurrency_modifier(self._concurrency)))
+            except Exception as exc:
+                log.error("concurrency_modifier_failed", error=repr(exc))
+        with self._cond:
+            if desired != self._concurrency:
+                if self._held:
+                    self._cond.wait(WAIT_SLICE_S)
+                    return 0
+                log.info("concurrency_changed", old=self._concurrency, new=desired)
+                self._concurrency = desired
+            free = self._concurrency - len(self._held)
+            if free <= 0:
+                self._cond.wait(WAIT_SLICE_S)
+            return free
+
+    def _dispatch(self, job: dict[str, Any]) -> None:
+        run = JobRun(job)
+        with self._cond:
+            if run.job_id in self._held:
+                log.warn("job_already_held", job_id=run.job_id)
+                return
+            self._held[run.job_id] = run
+        log.debug("job_taken", job_id=run.job_id)
+        self._spawn(lambda: self._run_job(run), f"ember-job-{run.job_id[:32]}")
+
+    # ---- one job --------------------------------------------------------------------------------
+
+    def _run_job(self, run: JobRun) -> None:
+        job_id = run.job_id
+        try:
+            try:
+                result, is_stream = execute(
+                    self.config.handler,
+                    run,
+                    bridge=self.bridge,
+                    identity=self.identity,
+                    emit_chunk=lambda chunk: self._post_chunk(job_id, chunk),
+                    aggregate=self.config.return_aggregate_stream,
+                )
+            except JobCancelled:
+                log.info("job_stopped", job_id=job_id)
+                return
+            if self.config.refresh_worker:
+                result["stopPod"] = True
+                self.request_shutdown("refresh_worker")
+            if run.cancel_requested:
+                log.info("job_stopped_result_dropped", job_id=job_id)
+                return
+            self._post_final(run, result, is_stream)
+        except BaseException as exc:
+            log.error("job_crashed", job_id=job_id, error=repr(exc))
+        finally:
+            run.finished = True
+            with self._cond:
+                self._held.pop(job_id, None)
+                self._cond.notify_all()
+
+    def _post_final(self, run: JobRun, result: dict[str, Any], is_stream: bool) -> None:
+        if not self.env.done_template:
+            log.error("job_done_url_missing", job_id=run.job_id)
+            return
+        url = urls.result_url(self.env.done_template, self.env.worker_id, run.job_id, is_stream=is_stream)
+        with run.post_lock:
+            run.finished = True
+            ok, detail = self.transport.post_result(url, wire.encode_body(result))
+        if ok:
+            log.info("job_done", job_id=run.job_id, failed=bool(result.get("error")) or None)
+        else:
+            log.error("job_done_not_delivered", job_id=run.job_id, detail=detail)
+
+    def _post_chunk(self, job_id: str, chunk: Any) -> None:
+        if not self.env.stream_template:
+            log.warn("job_stream_url_missing", job_id=job_id)
+            return
+        url = urls.result_url(self.env.stream_template, self.env.worker_id, job_id, is_stream=False)
+        ok, detail = self.transport.post_result(
+            url, wire.encode_body({"output": chunk}), retry_s=STREAM_RETRY_S
+        )
+        if not ok:
+            log.error("job_stream_not_delivered", job_id=job_id, detail=detail)
+
+    # ---- background loops -----------------------------------------------------------------------
+
+    def _progress_loop(self) -> None:
+        while True:
+            item = self._progress.get()
+            if item is None:
+                return
+            run, value = item
+            if not self.env.done_template:
+                continue
+            url = urls.result_url(self.env.done_template, self.env.worker_id, run.job_id, is_stream=False)
+            body = wire.encode_body({"status": "IN_PROGRESS", "output": value})
+            with run.post_lock:
+                if run.finished:
+                    continue
+                ok, detail = self.transport.post_result(url, body, retry_s=PROGRESS_RETRY_S)
+            if not ok:
+                log.warn("progress_not_delivered", job_id=run.job_id, detail=detail)
+
+    def _ping_loop(self) -> None:
+        if not self.env.pings_enabled:
+            log.warn(
+                "pings_disabled", reason="needs RUNPOD_AI_API_KEY, RUNPOD_POD_ID and RUNPOD_WEBHOOK_PING"
+            )
+            return
+        while True:
+            url = urls.ping_url(
+                self.env.ping_template or "", self.env.worker_id, self.held_job_ids(), version=self.version
+            )
+            try:
+                resp = self.transport.request("GET", url, timeout_s=max(2.0, 2 * self.env.ping_interval_s))
+                if resp.status >= 400:
+                    log.warn("ping_rejected", status=resp.status)
+            except TransportFailure as exc:
+                log.warn("ping_failed", error=exc)
+            time.sleep(self.env.ping_interval_s)
+
+    def _stop_loop(self) -> None:
+        stop = urls.stop_url(self.env.take_template or "", self.env.worker_id) or ""
+        while True:
+            with self._cond:
+                while not self._held:
+                    self._cond.wait(WAIT_SLICE_S)
+            began = time.monotonic()
+            pause_s = 0.0
+            try:
+                resp = self.transport.request("GET", stop, timeout_s=POLL_TIMEOUT_S, abortable=True)
+            except TransportFailure as exc:
+                log.debug("job_stop_failed", error=exc)
+                pause_s = 1.0
+            else:
+                if resp.status == 429:
+                    pause_s = 5.0
+                elif resp.status >= 400:
+                    log.debug("job_stop_rejected", status=resp.status)
+                    pause_s = 1.0
+                ids = wire.parse_stop_response(resp.status, resp.content_type, resp.body)
+                self._stop_jobs(ids)
+                if not ids and pause_s == 0.0:
+                    pause_s = max(0.0, 1.0 - (time.monotonic() - began))
+            if pause_s:
+                time.sleep(pause_s)
+
+    def _stop_jobs(self, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            with self._cond:
+                run = self._held.get(job_id)
+            if run is None:
+                log.debug("job_stop_unknown", job_id=job_id)
+                continue
+            interrupted = run.cancel()
+            log.info(
+                "job_stop_requested",
+                job_id=job_id,
+                interrupted=interrupted or None,
+                note=None if interrupted else "sync; result dropped",
+            )
+
+    @staticmethod
+    def _spawn(target: Callable[[], None], name: str) -> None:
+        threading.Thread(target=target, name=name, daemon=True).start()
