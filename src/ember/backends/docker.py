@@ -1,0 +1,300 @@
+"""Workers as Docker containers: one labelled container per worker, host networking, GPUs by device request.
+
+The containers' labels are the only state (a fresh instance re-adopts them through `observe`). Every
+blocking docker-SDK call runs in a thread; docker's exceptions become `BackendError` / `NotFound` here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import re
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+import docker
+import docker.errors
+from docker.types import DeviceRequest, Mount
+from docker.utils import parse_repository_tag
+
+from ember.backends.base import ExecResult, LaunchSpec, Observed
+from ember.core.errors import BackendError, NotFound
+
+LABEL_WORKER = "ember.worker-id"
+LABEL_ENDPOINT = "ember.endpoint-id"
+LABEL_ACCOUNT = "ember.account-id"
+LABEL_RELEASE = "ember.release"
+LABEL_MANAGED = "ember.managed"
+
+ProgressCallback = Callable[[str, str], None]
+
+_LAYER_DONE = {"Pull complete", "Already exists"}
+
+
+def container_name(worker_id: str) -> str:
+    return f"ember-{worker_id}"
+
+
+def _started_at(state: dict[str, Any]) -> float | None:
+    """Docker's StartedAt (RFC 3339 with nanoseconds, or the zero time) as epoch seconds."""
+    raw = state.get("StartedAt") or ""
+    if not raw or raw.startswith("0001-"):
+        return None
+    trimmed = re.sub(r"(\.\d{6})\d*", r"\1", raw).replace("Z", "+00:00")
+    try:
+        return datetime.fromisoformat(trimmed).timestamp()
+    except ValueError:
+        return None
+
+
+def _observed(container: Any) -> Observed:
+    labels = container.labels
+    state = container.attrs.get("State", {})
+    running = bool(state.get("Running"))
+    exit_code = None if running else state.get("ExitCode")
+    detail = state.get("Status", "")
+    if state.get("Error"):
+        detail += f": {state['Error']}"
+    if state.get("OOMKilled"):
+        detail += " (out of memory)"
+    return Observed(
+        worker_id=labels.get(LABEL_WORKER, ""),
+        endpoint_id=labels.get(LABEL_ENDPOINT, ""),
+        release=int(labels.get(LABEL_RELEASE, "0") or 0),
+        running=running,
+        exit_code=exit_code,
+        started_at=_started_at(state),
+        detail=detail,
+    )
+
+
+def _docker_failure(action: str, exc: Exception) -> BackendError:
+    explanation = getattr(exc, "explanation", None) or str(exc)
+    return BackendError(f"docker: {action} failed: {explanation}")
+
+
+class DockerBackend:
+    """The Docker engine as a compute backend (see `ember.backends.base.Backend`)."""
+
+    name = "docker"
+
+    def __init__(
+        self,
+        client_factory: Callable[[], Any] = docker.from_env,
+        *,
+        host_network: bool = True,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        self._client_factory = client_factory
+        self._host_network = host_network
+        self._on_progress = on_progress
+        self._client: Any = None
+        self._client_lock = asyncio.Lock()
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    async def _docker(self) -> Any:
+        async with self._client_lock:
+            if self._client is None:
+                try:
+                    self._client = await asyncio.to_thread(self._client_factory)
+                except docker.errors.DockerException as exc:
+                    raise BackendError(f"docker: the engine is not reachable: {exc}")
+            return self._client
+
+    def _find(self, client: Any, worker_id: str) -> Any | None:
+        """The container of `worker_id` (blocking), or None."""
+        found = client.containers.list(all=True, filters={"label": f"{LABEL_WORKER}={worker_id}"})
+        return found[0] if found else None
+
+    async def _container(self, worker_id: str) -> Any:
+        client = await self._docker()
+        try:
+            container = await asyncio.to_thread(self._find, client, worker_id)
+        except docker.errors.DockerException as exc:
+            raise _docker_failure(f"looking up worker {worker_id}", exc)
+        if container is None:
+            raise NotFound(f"worker {worker_id} has no container")
+        return container
+
+    # -- launch -------------------------------------------------------------------------------------
+
+    def _ensure_image(self, client: Any, worker_id: str, image: str, auth: dict[str, str] | None) -> None:
+        try:
+            client.images.get(image)
+            return
+        except docker.errors.ImageNotFound:
+            pass
+        repository, tag = parse_repository_tag(image)
+        report = self._on_progress or (lambda _w, _t: None)
+        report(worker_id, f"pulling {image}")
+        layers: set[str] = set()
+        done: set[str] = set()
+        stream = client.api.pull(repository, tag or "latest", stream=True, decode=True, auth_config=auth)
+        for event in stream:
+            if "error" in event:
+                raise BackendError(f"docker: pulling {image} failed: {event['error']}")
+            layer, status = event.get("id"), event.get("status", "")
+            if layer and status == "Pulling fs layer":
+                layers.add(layer)
+            elif layer and status in _LAYER_DONE:
+                layers.add(layer)
+                done.add(layer)
+                report(worker_id, f"{image}: layer {layer} {status.lower()} ({len(done)}/{len(layers)})")
+            elif status.startswith(("Status:", "Digest:")):
+                report(worker_id, status)
+
+    def _run(self, client: Any, spec: LaunchSpec) -> None:
+        existing = self._find(client, spec.worker_id)
+        if existing is not None:
+            if existing.status in ("running", "created", "restarting"):
+                return
+            existing.remove(force=True)  # an exited worker of the same id: start afresh
+        if not spec.image:
+            raise BackendError(f"docker: worker {spec.worker_id} has no image to run")
+        self._ensure_image(client, spec.worker_id, spec.image, spec.registry_auth)
+        env = dict(spec.env)
+        device_requests = []
+        if spec.real_gpus:
+            if spec.gpu_devices:
+                device_requests.append(
+                    DeviceRequest(device_ids=list(spec.gpu_devices), capabilities=[["gpu"]])
+                )
+            else:
+                device_requests.append(DeviceRequest(count=-1, capabilities=[["gpu"]]))
+        elif spec.gpu_devices:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpu_devices)
+        labels = {
+            **spec.labels,
+            LABEL_WORKER: spec.worker_id,
+            LABEL_ENDPOINT: spec.endpoint_id,
+            LABEL_ACCOUNT: spec.account_id,
+            LABEL_RELEASE: str(spec.release),
+            LABEL_MANAGED: "1",
+        }
+        mounts = [Mount(m.target, m.source, type="bind", read_only=m.read_only) for m in spec.mounts]
+        try:
+            client.containers.run(
+                spec.image,
+                command=spec.command,
+                name=container_name(spec.worker_id),
+                labels=labels,
+                environment=env,
+                network_mode="host" if self._host_network else None,
+                mounts=mounts,
+                device_requests=device_requests or None,
+                init=True,
+                detach=True,
+            )
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409 and self._find(client, spec.worker_id) is not None:
+                return  # a concurrent launch of the same worker won the name
+            raise
+
+    async def launch(self, spec: LaunchSpec) -> None:
+        """Pull the image if missing, then start the container; a running worker id is a no-op."""
+        client = await self._docker()
+        try:
+            await asyncio.to_thread(self._run, client, spec)
+        except docker.errors.DockerException as exc:
+            raise _docker_failure(f"starting worker {spec.worker_id} from {spec.image}", exc)
+
+    # -- stop / observe -----------------------------------------------------------------------------
+
+    def _stop(self, client: Any, worker_id: str, grace_s: float) -> None:
+        container = self._find(client, worker_id)
+        if container is None:
+            return
+        try:
+            if container.status == "running":
+                container.stop(timeout=max(0, math.ceil(grace_s)))
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            return  # removed concurrently: the goal is reached
+
+    async def stop(self, worker_id: str, grace_s: float = 10.0) -> None:
+        """SIGTERM (through the container's init), kill after `grace_s`, remove. Unknown ids: no-op."""
+        client = await self._docker()
+        try:
+            await asyncio.to_thread(self._stop, client, worker_id, grace_s)
+        except docker.errors.DockerException as exc:
+            raise _docker_failure(f"stopping worker {worker_id}", exc)
+
+    def _list(self, client: Any, endpoint_id: str | None) -> list[Observed]:
+        filters = [f"{LABEL_MANAGED}=1"]
+        if endpoint_id is not None:
+            filters.append(f"{LABEL_ENDPOINT}={endpoint_id}")
+        observed = []
+        for container in client.containers.list(all=True, filters={"label": filters}):
+            with contextlib.suppress(docker.errors.NotFound):
+                observed.append(_observed(container))
+        return sorted(observed, key=lambda o: o.worker_id)
+
+    async def observe(self, endpoint_id: str | None = None) -> list[Observed]:
+        """Every Ember-labelled container (running or exited), optionally of one endpoint."""
+        client = await self._docker()
+        try:
+            return await asyncio.to_thread(self._list, client, endpoint_id)
+        except docker.errors.DockerException as exc:
+            raise _docker_failure("listing workers", exc)
+
+    # -- logs / exec / shell ------------------------------------------------------------------------
+
+    async def logs(
+        self, worker_id: str, *, tail: int | None = None, follow: bool = False
+    ) -> AsyncIterator[str]:
+        """The container's stdout and stderr lines; with `follow`, until the container stops."""
+        container = await self._container(worker_id)
+        try:
+            stream = await asyncio.to_thread(
+                container.logs, stream=True, follow=follow, tail="all" if tail is None else tail
+            )
+        except docker.errors.DockerException as exc:
+            raise _docker_failure(f"reading logs of worker {worker_id}", exc)
+        chunks: Iterator[bytes] = iter(stream)
+        pending = b""
+        try:
+            while True:
+                chunk = await asyncio.to_thread(next, chunks, None)
+                if chunk is None:
+                    break
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    yield line.decode("utf-8", "replace")
+            if pending:
+                yield pending.decode("utf-8", "replace")
+        finally:
+            # Closing the response unblocks a thread still waiting in a followed stream.
+            with contextlib.suppress(Exception):
+                stream.close()
+
+    async def exec(self, worker_id: str, command: list[str], *, timeout_s: float = 60.0) -> ExecResult:
+        """Run `command` in the running container; BackendError if it takes longer than `timeout_s`."""
+        container = await self._container(worker_id)
+        try:
+            exit_code, output = await asyncio.wait_for(
+                asyncio.to_thread(container.exec_run, command), timeout=timeout_s
+            )
+        except TimeoutError:
+            raise BackendError(f"docker: exec in worker {worker_id} took longer than {timeout_s:g}s")
+        except docker.errors.DockerException as exc:
+            raise _docker_failure(f"exec in worker {worker_id}", exc)
+        return ExecResult(exit_code=int(exit_code if exit_code is not None else -1), output=output or b"")
+
+    def shell_command(self, worker_id: str) -> list[str]:
+        """The argv of an interactive shell in the worker (`ember ssh` runs it with the user's TTY)."""
+        argv = ["docker"]
+        base_url = str(getattr(getattr(self._client, "api", None), "base_url", ""))
+        if base_url.startswith(("http://", "https://")):  # a remote engine, not the local socket
+            argv += ["-H", "tcp://" + base_url.split("://", 1)[1]]
+        return [*argv, "exec", "-it", container_name(worker_id), "/bin/sh"]
+
+    async def aclose(self) -> None:
+        """Close the docker client; the containers keep running."""
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(client.close)
