@@ -1,0 +1,225 @@
+"""The RunPod-compatible client API under /v2/{endpoint_id}/: run, runsync, status, stream, cancel,
+retry, purge-queue, health. Routes write jobs to the store and wake the loops; they never start compute."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from ember.api.deps import Runtime, caller, read_json, runtime
+from ember.api.errors import json_response
+from ember.api.jobview import record
+from ember.core import jobs as J
+from ember.core.errors import Conflict, InvalidInput, NotFound, Problem
+from ember.core.ids import make_id
+from ember.core.jobs import JobState
+from ember.store.jobs import NewJob
+
+router = APIRouter(prefix="/v2/{endpoint_id}", tags=["jobs"])
+
+
+def _endpoint(rt: Runtime, account_id: str, ref: str) -> Any:
+    ep = rt.endpoint_cached(account_id, ref)
+    if ep is None:
+        raise NotFound(f"endpoint {ref!r} not found")
+    return ep
+
+
+def _parse_job(body: Any, default_timeout_ms: int) -> tuple[str, str | None, str | None, bool, int, int]:
+    """Validate a run body; returns (input_json, extra_json, webhook, low_priority, timeout_ms, ttl_ms)."""
+    problems: list[Problem] = []
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object with an 'input' field",
+                           [Problem("body", "must be a JSON object", type(body).__name__)])
+    if "input" not in body:
+        problems.append(Problem("input", "is required"))
+    extra: dict[str, Any] = {}
+    webhook = body.get("webhook")
+    if webhook is not None:
+        if not isinstance(webhook, str) or not webhook.startswith(("http://", "https://")):
+            problems.append(Problem("webhook", "must be an http(s) URL", webhook))
+        else:
+            extra["webhook"] = webhook
+    timeout_ms, ttl_ms, low = default_timeout_ms, J.TTL_DEFAULT_MS, False
+    policy = body.get("policy")
+    if policy is not None:
+        if not isinstance(policy, dict):
+            problems.append(Problem("policy", "must be an object", policy))
+        else:
+            timeout_ms = _ms(policy, "executionTimeout", timeout_ms, J.EXECUTION_TIMEOUT_MIN_MS,
+                             J.EXECUTION_TIMEOUT_MAX_MS, problems)
+            ttl_ms = _ms(policy, "ttl", ttl_ms, J.TTL_MIN_MS, J.TTL_MAX_MS, problems)
+            low_value = policy.get("lowPriority", False)
+            if not isinstance(low_value, bool):
+                problems.append(Problem("policy.lowPriority", "must be true or false", low_value))
+            else:
+                low = low_value
+            extra["policy"] = policy
+    s3 = body.get("s3Config")
+    if s3 is not None:
+        if not isinstance(s3, dict):
+            problems.append(Problem("s3Config", "must be an object", s3))
+        else:
+            extra["s3Config"] = s3
+    if problems:
+        raise InvalidInput("invalid job request: " + "; ".join(f"{p.field} {p.message}" for p in problems), problems)
+    input_json = json.dumps(body["input"], ensure_ascii=False, separators=(",", ":"))
+    extra_json = json.dumps(extra, ensure_ascii=False, separators=(",", ":")) if extra else None
+    return input_json, extra_json, extra.get("webhook"), low, timeout_ms, ttl_ms
+
+
+def _ms(policy: dict[str, Any], name: str, default: int, lo: int, hi: int, problems: list[Problem]) -> int:
+    value = policy.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        problems.append(Problem(f"policy.{name}", "must be an integer number of milliseconds", value))
+        return default
+    if not lo <= value <= hi:
+        problems.append(Problem(f"policy.{name}", f"must be between {lo} and {hi} ms", value))
+        return default
+    return value
+
+
+async def _submit(request: Request, endpoint_id: str, limit_bytes: int, sync: bool) -> tuple[Runtime, str, Any]:
+    rt = runtime(request)
+    who = caller(request)
+    ep = _endpoint(rt, who.account_id, endpoint_id)
+    body = await read_json(request, limit_bytes)
+    input_json, extra_json, webhook, low, timeout_ms, ttl_ms = _parse_job(body, ep.execution_timeout_ms)
+    job_id = make_id("sync_job" if sync else "job", uuid.uuid4().hex)
+    job = NewJob(job_id, ep.id, ep.account_id, input_json, extra_json, webhook, low, timeout_ms, ttl_ms, sync)
+    await rt.store.run(rt.store.jobs.submit, job, rt.clock.now())
+    rt.signals.jobs_queued(ep.id)
+    if not rt.signals.jobs.waiting(ep.id) or low:
+        rt.signals.poke_scaler()
+    return rt, job_id, ep
+
+
+@router.post("/run", summary="Queue a job")
+async def run(endpoint_id: str, request: Request) -> Response:
+    _, job_id, _ = await _submit(request, endpoint_id, J.RUN_BODY_LIMIT_BYTES, sync=False)
+    return json_response({"id": job_id, "status": JobState.IN_QUEUE.value})
+
+
+@router.post("/runsync", summary="Run a job and wait for its result")
+async def runsync(endpoint_id: str, request: Request, wait: str | None = None) -> Response:
+    wait_ms = J.RUNSYNC_WAIT_DEFAULT_MS
+    if wait is not None:
+        if not wait.isdigit():
+            raise InvalidInput("'wait' must be an integer number of milliseconds", [Problem("wait", "not an integer", wait)])
+        wait_ms = min(max(int(wait), J.RUNSYNC_WAIT_MIN_MS), J.RUNSYNC_WAIT_MAX_MS)
+    rt, job_id, ep = await _submit(request, endpoint_id, J.RUNSYNC_BODY_LIMIT_BYTES, sync=True)
+    deadline = rt.clock.now() + wait_ms / 1000.0
+    row = None
+    while True:
+        remaining = deadline - rt.clock.now()
+        await rt.signals.done.wait(job_id, min(remaining, 1.0))
+        row = await rt.store.run(rt.store.jobs.get, job_id)
+        if row is None or row["state"] in _FINAL or rt.clock.now() >= deadline:
+            break
+    if row is None:
+        raise NotFound(f"job {job_id!r} expired")
+    if row["state"] in _FINAL:
+        return json_response(record(row))
+    return json_response({"id": job_id, "status": row["state"]})
+
+
+_FINAL = {s.value for s in J.TERMINAL}
+
+
+async def _job(request: Request, endpoint_id: str, job_id: str) -> tuple[Runtime, Any, Any]:
+    rt = runtime(request)
+    who = caller(request)
+    ep = _endpoint(rt, who.account_id, endpoint_id)
+    return rt, who, ep
+
+
+@router.api_route("/status/{job_id}", methods=["GET", "POST"], summary="A job's status and output")
+async def status(endpoint_id: str, job_id: str, request: Request) -> Response:
+    rt, _, ep = await _job(request, endpoint_id, job_id)
+    row = await rt.store.run(rt.store.jobs.get, job_id, ep.account_id, ep.id)
+    if row is None:
+        raise NotFound(f"job {job_id!r} not found")
+    return json_response(record(row))
+
+
+@router.api_route("/stream/{job_id}", methods=["GET", "POST"], summary="Stream chunks not yet read")
+async def stream(endpoint_id: str, job_id: str, request: Request) -> Response:
+    rt, _, ep = await _job(request, endpoint_id, job_id)
+    got = await rt.store.run(rt.store.jobs.read_stream, job_id, ep.account_id, ep.id)
+    if got is None:
+        raise NotFound(f"job {job_id!r} not found")
+    row, chunks = got
+    body = {"id": job_id, "status": row["state"], "stream": [{"output": json.loads(c)} for c in chunks]}
+    if row["state"] in _FINAL and row["error"]:
+        body["error"] = row["error"]
+    return json_response(body)
+
+
+@router.post("/cancel/{job_id}", summary="Cancel a queued or running job")
+async def cancel(endpoint_id: str, job_id: str, request: Request) -> Response:
+    rt, _, ep = await _job(request, endpoint_id, job_id)
+    row = await rt.store.run(rt.store.jobs.cancel, job_id, ep.account_id, ep.id, rt.clock.now(),
+                             rt.limits.retention_run_s)
+    if row is None:
+        raise NotFound(f"job {job_id!r} not found")
+    if row["worker_id"] and row["stop_requested"]:
+        rt.signals.stops.wake(row["worker_id"])
+    rt.signals.job_finished(job_id)
+    return json_response({"id": job_id, "status": row["state"]})
+
+
+@router.post("/retry/{job_id}", summary="Re-queue a FAILED or TIMED_OUT job")
+async def retry(endpoint_id: str, job_id: str, request: Request) -> Response:
+    rt, _, ep = await _job(request, endpoint_id, job_id)
+    state = await rt.store.run(rt.store.jobs.retry, job_id, ep.account_id, ep.id, rt.clock.now())
+    if state is None:
+        raise NotFound(f"job {job_id!r} not found")
+    if state != JobState.IN_QUEUE.value:
+        raise Conflict(f"job {job_id!r} is {state}; only FAILED or TIMED_OUT jobs can be retried")
+    rt.signals.jobs_queued(ep.id)
+    rt.signals.poke_scaler()
+    return json_response({"id": job_id, "status": state})
+
+
+@router.post("/purge-queue", summary="Remove every queued job")
+async def purge_queue(endpoint_id: str, request: Request) -> Response:
+    rt = runtime(request)
+    who = caller(request)
+    ep = _endpoint(rt, who.account_id, endpoint_id)
+    removed = await rt.store.run(rt.store.jobs.purge_queue, ep.id, rt.clock.now(), rt.limits.retention_run_s)
+    return json_response({"removed": removed, "status": "completed"})
+
+
+@router.get("/health", summary="Job and worker counts")
+async def health(endpoint_id: str, request: Request) -> Response:
+    rt = runtime(request)
+    who = caller(request)
+    ep = _endpoint(rt, who.account_id, endpoint_id)
+    counts = await rt.store.run(rt.store.jobs.counts, ep.id)
+    workers = await rt.store.run(lambda: rt.store.workers.list(endpoint_id=ep.id))
+    by_state: dict[str, int] = {}
+    for w in workers:
+        by_state[w["state"]] = by_state.get(w["state"], 0) + 1
+    return json_response({
+        "jobs": {
+            "completed": counts.get("COMPLETED", 0),
+            "failed": counts.get("FAILED", 0) + counts.get("TIMED_OUT", 0),
+            "inProgress": counts.get("IN_PROGRESS", 0),
+            "inQueue": counts.get("IN_QUEUE", 0),
+            "retried": counts.get("retried", 0),
+        },
+        "workers": {
+            "idle": by_state.get("IDLE", 0),
+            "running": by_state.get("RUNNING", 0),
+            "initializing": by_state.get("INITIALIZING", 0),
+            "throttled": by_state.get("THROTTLED", 0),
+            "outdated": by_state.get("OUTDATED", 0),
+            "unhealthy": by_state.get("UNHEALTHY", 0),
+        },
+    })

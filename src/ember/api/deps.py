@@ -1,0 +1,153 @@
+"""What every route needs: the runtime (store, clock, signals, limits) and authentication.
+
+Authentication accepts `Authorization: Bearer <key>` or the bare key. Keys are resolved through a small
+cache (keys rarely change; a dropped worker key is evicted at once in this process and within
+`KEY_CACHE_S` elsewhere)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+
+from ember.control.clock import Clock
+from ember.control.signals import Signals
+from ember.core.errors import InvalidInput, NotFound, PayloadTooLarge, Unauthorized
+from ember.core.specs import spec_from_json
+from ember.store.accounts import KeyInfo
+from ember.store.facade import Store
+
+KEY_CACHE_S = 10.0
+ENDPOINT_CACHE_S = 2.0
+
+
+@dataclass(frozen=True)
+class EndpointInfo:
+    id: str
+    account_id: str
+    name: str
+    execution_timeout_ms: int
+
+
+@dataclass
+class Limits:
+    retention_run_s: float = 30 * 60
+    retention_sync_s: float = 60
+    take_hold_s: float = 20.0
+    ping_interval_ms: int = 2000
+    lost_worker_requeues: int = 1
+    initial_balance_micros: int = 0
+
+
+@dataclass
+class Runtime:
+    """Everything the HTTP layer uses; built by `ember.app.create_app`."""
+
+    store: Store
+    clock: Clock
+    signals: Signals
+    limits: Limits
+    api_url: str
+    extras: dict[str, Any] = field(default_factory=dict)  # optional services: model cache, volumes, builder
+    _keys: dict[str, tuple[float, KeyInfo | None]] = field(default_factory=dict)
+    _endpoints: dict[tuple[str, str], tuple[float, EndpointInfo | None]] = field(default_factory=dict)
+
+    def forget_keys(self) -> None:
+        self._keys.clear()
+
+    def forget_endpoints(self) -> None:
+        self._endpoints.clear()
+
+    def endpoint_cached(self, account_id: str, ref: str) -> EndpointInfo | None:
+        """The caller's endpoint by id or name, cached for ENDPOINT_CACHE_S (updates here evict at once)."""
+        now = self.clock.now()
+        hit = self._endpoints.get((account_id, ref))
+        if hit is not None and now - hit[0] < ENDPOINT_CACHE_S:
+            return hit[1]
+        row = self.store.endpoints.get(ref, account_id)
+        info = None
+        if row is not None:
+            spec = spec_from_json(row["spec"])
+            info = EndpointInfo(row["id"], row["account_id"], row["name"], spec.execution_timeout_ms)
+        if len(self._endpoints) > 10_000:
+            self._endpoints.clear()
+        self._endpoints[(account_id, ref)] = (now, info)
+        return info
+
+    def resolve(self, plain: str) -> KeyInfo | None:
+        now = self.clock.now()
+        hit = self._keys.get(plain)
+        if hit is not None and now - hit[0] < KEY_CACHE_S:
+            return hit[1]
+        info = self.store.accounts.resolve_key(plain)
+        if len(self._keys) > 10_000:
+            self._keys.clear()
+        self._keys[plain] = (now, info)
+        return info
+
+
+def runtime(request: Request) -> Runtime:
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+def key_from(request: Request) -> str:
+    raw = request.headers.get("authorization", "")
+    if raw[:7].lower() == "bearer ":
+        raw = raw[7:]
+    return raw.strip()
+
+
+def caller(request: Request) -> KeyInfo:
+    """The account key of the caller (user or admin); worker keys are refused here."""
+    plain = key_from(request)
+    if not plain:
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    info = runtime(request).resolve(plain)
+    if info is None or info.kind == "worker":
+        raise Unauthorized("invalid API key")
+    return info
+
+
+def admin(request: Request) -> KeyInfo:
+    info = caller(request)
+    if info.kind != "admin":
+        raise NotFound("no such route for this key")
+    return info
+
+
+def worker_caller(request: Request, endpoint_id: str, worker_id: str) -> KeyInfo:
+    plain = key_from(request)
+    info = runtime(request).resolve(plain) if plain else None
+    if info is None or info.kind != "worker":
+        raise Unauthorized("invalid worker key")
+    if info.endpoint_id != endpoint_id or info.worker_id != worker_id:
+        raise NotFound("no such worker on this endpoint")
+    return info
+
+
+async def read_json(request: Request, limit_bytes: int) -> Any:
+    """The body parsed as JSON whatever its content type; 413 above `limit_bytes`, 400 when malformed."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit_bytes:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit_bytes} bytes")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit_bytes:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit_bytes} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body.strip():
+        return None
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"malformed JSON body: {exc}")
+
+
+def new_token(nbytes: int = 16) -> str:
+    return secrets.token_hex(nbytes)

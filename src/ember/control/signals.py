@@ -1,0 +1,71 @@
+"""In-process wake-ups between the API and the loops: jobs arrived, a job finished, a stop is wanted,
+the autoscaler should look now. Losing a wake-up only delays work until the next tick, never loses it:
+the store is the truth, these only shorten waits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+
+class _Waiters:
+    """Futures keyed by a name; `wake(name)` resolves every waiter registered under it."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
+
+    async def wait(self, key: str, timeout_s: float) -> bool:
+        """Wait until woken or `timeout_s` passes; True when woken."""
+        if timeout_s <= 0:
+            return False
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._by_key[key].add(fut)
+        try:
+            await asyncio.wait_for(fut, timeout_s)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            waiters = self._by_key.get(key)
+            if waiters is not None:
+                waiters.discard(fut)
+                if not waiters:
+                    del self._by_key[key]
+
+    def wake(self, key: str, count: int | None = None) -> None:
+        waiters = self._by_key.get(key)
+        if not waiters:
+            return
+        woken = 0
+        for fut in list(waiters):
+            if not fut.done():
+                fut.set_result(None)
+                woken += 1
+                if count is not None and woken >= count:
+                    break
+
+    def waiting(self, key: str) -> int:
+        return len(self._by_key.get(key, ()))
+
+
+class Signals:
+    def __init__(self) -> None:
+        self.jobs = _Waiters()  # key: endpoint id: jobs were queued
+        self.done = _Waiters()  # key: job id: the job reached a final state (or made progress)
+        self.stops = _Waiters()  # key: worker id: a job-stop is pending
+        self.scale = asyncio.Event()  # the autoscaler should decide now
+        self.webhooks = asyncio.Event()  # a webhook became due
+        self.reconcile = asyncio.Event()  # the lifecycle loop should act now
+        # Latest ping per worker: (at, job ids the worker says it holds).
+        self.pings: dict[str, tuple[float, frozenset[str]]] = {}
+
+    def jobs_queued(self, endpoint_id: str, count: int = 1) -> None:
+        self.jobs.wake(endpoint_id, count)
+
+    def job_finished(self, job_id: str) -> None:
+        self.done.wake(job_id)
+        self.webhooks.set()
+
+    def poke_scaler(self) -> None:
+        self.scale.set()
+        self.reconcile.set()

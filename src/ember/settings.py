@@ -1,0 +1,51 @@
+"""Settings, read once by the entry points (`cli`, `app`) from EMBER_* variables and passed down as values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_home() -> Path:
+    return Path.home() / ".ember"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EMBER_", extra="ignore")
+
+    home: Path = Field(default_factory=default_home)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # The address workers use to reach the control plane; defaults to http://host:port.
+    public_url: str | None = None
+    database_url: str | None = None  # default: sqlite file under home
+    backend: str = "local"  # local | docker | memory
+    gpus: str = ""  # virtual capacity, e.g. "TEST_GPU:4"
+    admin_key: str | None = None
+    registry: str | None = None
+    # Money: initial balances (dollars, decimal strings) and the active-worker discount.
+    admin_initial_balance: str = "1000.00"
+    initial_balance: str = "0.00"
+    active_discount_pct: int = 30
+    # Timings (seconds). Workers ping every ping_interval_ms; lost after ping_timeout_s of silence.
+    ping_interval_ms: int = 2000
+    ping_timeout_s: float = 10.0
+    init_timeout_s: float = 420.0
+    take_hold_s: float = 20.0
+    stop_grace_s: float = 10.0
+    tick_s: float = 0.5
+    meter_interval_s: float = 5.0
+    # Where jobs of a vanished worker go: re-queued this many times, then failed.
+    lost_worker_requeues: int = 1
+    hf_endpoint: str | None = None
+    model_cache_budget_gb: float = 200.0
+
+    @property
+    def api_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'ember.db'}"

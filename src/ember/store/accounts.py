@@ -1,0 +1,131 @@
+"""Accounts, API keys (stored as SHA-256 hashes only), balances and the append-only ledger."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.engine import Engine, RowMapping
+
+from ember.store.schema import accounts, api_keys, ledger
+
+A = accounts.c
+K = api_keys.c
+L = ledger.c
+
+
+def hash_key(plain: str) -> str:
+    return hashlib.sha256(plain.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    account_id: str
+    kind: str  # admin | user | worker
+    endpoint_id: str | None
+    worker_id: str | None
+
+
+@dataclass(frozen=True)
+class Charge:
+    account_id: str
+    endpoint_id: str
+    worker_id: str
+    state: str
+    worker_type: str
+    gpu_type: str | None
+    seconds: int
+    amount_micros: int
+    from_at: float
+    to_at: float
+
+
+class AccountStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def create(self, *, id: str, name: str, is_admin: bool, balance_micros: int, now: float) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(accounts).values(id=id, name=name, is_admin=is_admin,
+                                                 balance_micros=balance_micros, created_at=now))
+            if balance_micros:
+                conn.execute(insert(ledger).values(account_id=id, kind="credit", amount_micros=-balance_micros,
+                                                   created_at=now))
+
+    def get(self, account_id: str) -> RowMapping | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(accounts).where(A.id == account_id)).mappings().first()
+
+    def admin(self) -> RowMapping | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(accounts).where(A.is_admin.is_(True))).mappings().first()
+
+    def all(self) -> Sequence[RowMapping]:
+        with self.engine.connect() as conn:
+            return conn.execute(select(accounts)).mappings().all()
+
+    def add_key(self, plain: str, *, account_id: str, kind: str, now: float, endpoint_id: str | None = None,
+                worker_id: str | None = None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(api_keys).values(key_hash=hash_key(plain), account_id=account_id, kind=kind,
+                                                 endpoint_id=endpoint_id, worker_id=worker_id, created_at=now))
+
+    def resolve_key(self, plain: str) -> KeyInfo | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(api_keys).where(K.key_hash == hash_key(plain))).first()
+        if row is None:
+            return None
+        return KeyInfo(row.account_id, row.kind, row.endpoint_id, row.worker_id)
+
+    def drop_worker_keys(self, worker_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(api_keys).where(K.worker_id == worker_id))
+
+    def credit(self, account_id: str, amount_micros: int, now: float) -> int | None:
+        with self.engine.begin() as conn:
+            res = conn.execute(update(accounts).where(A.id == account_id)
+                               .values(balance_micros=A.balance_micros + amount_micros))
+            if not res.rowcount:
+                return None
+            conn.execute(insert(ledger).values(account_id=account_id, kind="credit", amount_micros=-amount_micros,
+                                               created_at=now))
+            return int(conn.execute(select(A.balance_micros).where(A.id == account_id)).scalar_one())
+
+    def record_charges(self, charges: Sequence[Charge], now: float) -> None:
+        """Append usage rows and debit balances, in one transaction. The ledger is never rewritten."""
+        if not charges:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(insert(ledger), [
+                dict(account_id=c.account_id, kind="usage", endpoint_id=c.endpoint_id, worker_id=c.worker_id,
+                     state=c.state, worker_type=c.worker_type, gpu_type=c.gpu_type, seconds=c.seconds,
+                     amount_micros=c.amount_micros, from_at=c.from_at, to_at=c.to_at, created_at=now)
+                for c in charges
+            ])
+            totals: dict[str, int] = {}
+            for c in charges:
+                totals[c.account_id] = totals.get(c.account_id, 0) + c.amount_micros
+            for account_id, total in totals.items():
+                if total:
+                    conn.execute(update(accounts).where(A.id == account_id)
+                                 .values(balance_micros=A.balance_micros - total))
+
+    def usage(self, account_id: str, *, endpoint_id: str | None = None, worker_id: str | None = None,
+              from_at: float | None = None, to_at: float | None = None) -> Sequence[RowMapping]:
+        q = select(
+            L.worker_id, L.endpoint_id, L.state, L.worker_type, L.gpu_type,
+            func.sum(L.seconds).label("seconds"), func.sum(L.amount_micros).label("amount_micros"),
+        ).where(L.account_id == account_id, L.kind == "usage")
+        if endpoint_id:
+            q = q.where(L.endpoint_id == endpoint_id)
+        if worker_id:
+            q = q.where(L.worker_id == worker_id)
+        if from_at is not None:
+            q = q.where(L.to_at > from_at)
+        if to_at is not None:
+            q = q.where(L.from_at < to_at)
+        q = q.group_by(L.worker_id, L.endpoint_id, L.state, L.worker_type, L.gpu_type).order_by(L.worker_id)
+        with self.engine.connect() as conn:
+            return conn.execute(q).mappings().all()

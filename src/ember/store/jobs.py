@@ -1,0 +1,389 @@
+"""The durable job queue: submit, claim (one statement; SKIP LOCKED on PostgreSQL), finish, stream,
+cancel, retry, purge, and the reaper's scans. Every state change is a guarded UPDATE derived from
+`core.jobs.ALLOWED`, so an illegal transition is impossible rather than checked."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, case, delete, func, insert, select, update
+from sqlalchemy.engine import Engine, RowMapping
+
+from ember.core.jobs import TERMINAL, JobState, sources
+from ember.store.schema import job_stream, jobs
+
+J = jobs.c
+FINAL_VALUES = [s.value for s in TERMINAL]
+
+
+def _src(to: JobState) -> list[str]:
+    return [s.value for s in sources(to)]
+
+
+@dataclass(frozen=True)
+class NewJob:
+    id: str
+    endpoint_id: str
+    account_id: str
+    input_json: str
+    extra_json: str | None
+    webhook: str | None
+    low_priority: bool
+    execution_timeout_ms: int
+    ttl_ms: int
+    is_sync: bool
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: str
+    input_json: str
+    extra_json: str | None
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    queued: int
+    queued_low: int
+    oldest_created_at: float | None
+    in_progress: int
+
+
+class JobStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.pg = engine.dialect.name == "postgresql"
+
+    # ---- client side -------------------------------------------------------------------------------
+    def submit(self, job: NewJob, now: float) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(jobs).values(
+                    id=job.id,
+                    endpoint_id=job.endpoint_id,
+                    account_id=job.account_id,
+                    state=JobState.IN_QUEUE.value,
+                    input=job.input_json,
+                    extra=job.extra_json,
+                    webhook=job.webhook,
+                    low_priority=job.low_priority,
+                    execution_timeout_ms=job.execution_timeout_ms,
+                    is_sync=job.is_sync,
+                    created_at=now,
+                    expires_at=now + job.ttl_ms / 1000.0,
+                    webhook_state="PENDING" if job.webhook else None,
+                )
+            )
+
+    def get(self, job_id: str, account_id: str | None = None, endpoint_id: str | None = None) -> RowMapping | None:
+        q = select(jobs).where(J.id == job_id)
+        if account_id is not None:
+            q = q.where(J.account_id == account_id)
+        if endpoint_id is not None:
+            q = q.where(J.endpoint_id == endpoint_id)
+        with self.engine.connect() as conn:
+            return conn.execute(q).mappings().first()
+
+    def list(self, account_id: str, endpoint_id: str | None = None, state: str | None = None,
+             limit: int = 100) -> Sequence[RowMapping]:
+        q = select(jobs).where(J.account_id == account_id)
+        if endpoint_id:
+            q = q.where(J.endpoint_id == endpoint_id)
+        if state:
+            q = q.where(J.state == state)
+        q = q.order_by(J.created_at.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return conn.execute(q).mappings().all()
+
+    def cancel(self, job_id: str, account_id: str, endpoint_id: str, now: float, retention_s: float) -> RowMapping | None:
+        """Cancel a queued or running job; a running one is flagged for the job-stop channel.
+        Returns the job as it is afterwards, or None when unknown. Final jobs are left as they are."""
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                self._lock(select(J.state, J.worker_id).where(
+                    J.id == job_id, J.account_id == account_id, J.endpoint_id == endpoint_id))
+            ).first()
+            if row is None:
+                return None
+            if row.state in _src(JobState.CANCELLED):
+                conn.execute(
+                    update(jobs)
+                    .where(J.id == job_id, J.state.in_(_src(JobState.CANCELLED)))
+                    .values(state=JobState.CANCELLED.value, completed_at=now, purge_at=now + retention_s,
+                            stop_requested=row.state == JobState.IN_PROGRESS.value,
+                            webhook_next_at=now)
+                )
+            return conn.execute(select(jobs).where(J.id == job_id)).mappings().first()
+
+    def retry(self, job_id: str, account_id: str, endpoint_id: str, now: float) -> str | None:
+        """Re-queue a FAILED or TIMED_OUT job under the same id with its output cleared.
+        Returns the state it is in afterwards, or None when unknown."""
+        ttl = J.expires_at - J.created_at
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(jobs)
+                .where(J.id == job_id, J.account_id == account_id, J.endpoint_id == endpoint_id,
+                       J.state.in_([JobState.FAILED.value, JobState.TIMED_OUT.value]))
+                .values(state=JobState.IN_QUEUE.value, output=None, error=None, worker_id=None,
+                        started_at=None, deadline_at=None, completed_at=None, purge_at=None,
+                        created_at=now, expires_at=now + ttl, retried=J.retried + 1, requeues=0,
+                        stream_next=0, stream_read=0, stop_requested=False,
+                        webhook_state=case((J.webhook.is_not(None), "PENDING"), else_=None),
+                        webhook_attempts=0, webhook_next_at=None)
+            )
+            if res.rowcount:
+                conn.execute(delete(job_stream).where(job_stream.c.job_id == job_id))
+                return JobState.IN_QUEUE.value
+            row = conn.execute(select(J.state).where(
+                J.id == job_id, J.account_id == account_id, J.endpoint_id == endpoint_id)).first()
+            return None if row is None else row.state
+
+    def purge_queue(self, endpoint_id: str, now: float, retention_s: float) -> int:
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(jobs)
+                .where(J.endpoint_id == endpoint_id, J.state == JobState.IN_QUEUE.value)
+                .values(state=JobState.CANCELLED.value, completed_at=now, purge_at=now + retention_s,
+                        error="removed from the queue by purge-queue", webhook_next_at=now)
+            )
+            return res.rowcount
+
+    def read_stream(self, job_id: str, account_id: str, endpoint_id: str) -> tuple[RowMapping, list[str]] | None:
+        """The job and every chunk not yet read (each chunk is handed out once), oldest first."""
+        with self.engine.begin() as conn:
+            job = conn.execute(select(jobs).where(
+                J.id == job_id, J.account_id == account_id, J.endpoint_id == endpoint_id)).mappings().first()
+            if job is None:
+                return None
+            chunks = conn.execute(
+                select(job_stream.c.seq, job_stream.c.output)
+                .where(job_stream.c.job_id == job_id, job_stream.c.seq >= job["stream_read"])
+                .order_by(job_stream.c.seq)
+            ).all()
+            if chunks:
+                conn.execute(update(jobs).where(J.id == job_id).values(stream_read=chunks[-1].seq + 1))
+            return job, [c.output for c in chunks]
+
+    def counts(self, endpoint_id: str) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(J.state, func.count()).where(J.endpoint_id == endpoint_id).group_by(J.state)
+            ).all()
+            retried = conn.execute(
+                select(func.count()).where(J.endpoint_id == endpoint_id, J.retried > 0)
+            ).scalar_one()
+        out = {state: int(n) for state, n in rows}
+        out["retried"] = int(retried)
+        return out
+
+    # ---- worker side -------------------------------------------------------------------------------
+    def claim(self, endpoint_id: str, worker_id: str, limit: int, now: float) -> list[Claimed]:
+        """Hand up to `limit` queued jobs to `worker_id` in one statement: normal priority first, then
+        oldest first. Concurrent claimers never get the same job."""
+        pick = (
+            select(J.id)
+            .where(J.endpoint_id == endpoint_id, J.state == JobState.IN_QUEUE.value)
+            .order_by(J.low_priority, J.created_at)
+            .limit(limit)
+        )
+        if self.pg:
+            pick = pick.with_for_update(skip_locked=True)
+        stmt = (
+            update(jobs)
+            .where(J.id.in_(pick.scalar_subquery()), J.state == JobState.IN_QUEUE.value)
+            .values(state=JobState.IN_PROGRESS.value, worker_id=worker_id, started_at=now,
+                    deadline_at=J.execution_timeout_ms / 1000.0 + now)
+            .returning(J.id, J.input, J.extra, J.created_at)
+        )
+        with self.engine.begin() as conn:
+            rows = conn.execute(stmt).all()
+        rows.sort(key=lambda r: r.created_at)
+        return [Claimed(r.id, r.input, r.extra) for r in rows]
+
+    def progress(self, job_id: str, worker_id: str, output_json: str) -> bool:
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(jobs)
+                .where(J.id == job_id, J.worker_id == worker_id, J.state == JobState.IN_PROGRESS.value)
+                .values(output=output_json)
+            )
+            return res.rowcount > 0
+
+    def finish(self, job_id: str, worker_id: str, state: JobState, output_json: str | None,
+               error: str | None, now: float, retention_run_s: float, retention_sync_s: float) -> str:
+        """Record a final result. Returns "done", "final" (already final: ignored, idempotent),
+        "not_held" (the job is in progress on another worker or queued) or "unknown"."""
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(jobs)
+                .where(J.id == job_id, J.worker_id == worker_id, J.state.in_(_src(state)),
+                       J.state == JobState.IN_PROGRESS.value)
+                .values(state=state.value, output=output_json, error=error, completed_at=now,
+                        purge_at=case((J.is_sync, now + retention_sync_s), else_=now + retention_run_s),
+                        webhook_next_at=now)
+            )
+            if res.rowcount:
+                return "done"
+            row = conn.execute(select(J.state, J.worker_id).where(J.id == job_id)).first()
+        if row is None:
+            return "unknown"
+        if row.state in FINAL_VALUES:
+            return "final"
+        return "not_held"
+
+    def stream_chunk(self, job_id: str, worker_id: str, output_json: str) -> str:
+        with self.engine.begin() as conn:
+            seq = conn.execute(
+                update(jobs)
+                .where(J.id == job_id, J.worker_id == worker_id, J.state == JobState.IN_PROGRESS.value)
+                .values(stream_next=J.stream_next + 1)
+                .returning(J.stream_next)
+            ).scalar()
+            if seq is not None:
+                conn.execute(insert(job_stream).values(job_id=job_id, seq=seq - 1, output=output_json))
+                return "done"
+            row = conn.execute(select(J.state).where(J.id == job_id)).first()
+        if row is None:
+            return "unknown"
+        return "final" if row.state in FINAL_VALUES else "not_held"
+
+    def held_by(self, worker_id: str) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(J.id).where(
+                J.worker_id == worker_id, J.state == JobState.IN_PROGRESS.value)).scalars())
+
+    def take_stops(self, worker_id: str) -> list[str]:
+        """Ids of jobs this worker should abandon (cancelled or timed out); each is handed out once."""
+        with self.engine.begin() as conn:
+            ids = list(conn.execute(
+                select(J.id).where(J.worker_id == worker_id, J.stop_requested.is_(True))).scalars())
+            if ids:
+                conn.execute(update(jobs).where(J.id.in_(ids)).values(stop_requested=False))
+            return ids
+
+    # ---- control loops -----------------------------------------------------------------------------
+    def queue_stats(self) -> dict[str, QueueStats]:
+        """Per endpoint: queued (normal), queued low-priority, oldest normal queued time, in progress."""
+        is_q = J.state == JobState.IN_QUEUE.value
+        normal = and_(is_q, J.low_priority.is_(False))
+        q = (
+            select(
+                J.endpoint_id,
+                func.sum(case((normal, 1), else_=0)),
+                func.sum(case((and_(is_q, J.low_priority.is_(True)), 1), else_=0)),
+                func.min(case((normal, J.created_at), else_=None)),
+                func.sum(case((J.state == JobState.IN_PROGRESS.value, 1), else_=0)),
+            )
+            .where(J.state.in_([JobState.IN_QUEUE.value, JobState.IN_PROGRESS.value]))
+            .group_by(J.endpoint_id)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        return {r[0]: QueueStats(int(r[1] or 0), int(r[2] or 0), r[3], int(r[4] or 0)) for r in rows}
+
+    def in_progress_by_worker(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(J.worker_id, func.count())
+                .where(J.state == JobState.IN_PROGRESS.value)
+                .group_by(J.worker_id)
+            ).all()
+        return {r[0]: int(r[1]) for r in rows}
+
+    def time_out_running(self, now: float, retention_run_s: float) -> list[RowMapping]:
+        """IN_PROGRESS jobs past their execution deadline become TIMED_OUT and are flagged for job-stop."""
+        with self.engine.begin() as conn:
+            due = conn.execute(
+                self._lock(select(J.id, J.worker_id, J.endpoint_id, J.execution_timeout_ms).where(
+                    J.state == JobState.IN_PROGRESS.value, J.deadline_at < now))
+            ).mappings().all()
+            for row in due:
+                conn.execute(
+                    update(jobs)
+                    .where(J.id == row["id"], J.state == JobState.IN_PROGRESS.value)
+                    .values(state=JobState.TIMED_OUT.value, completed_at=now, purge_at=now + retention_run_s,
+                            stop_requested=True, webhook_next_at=now,
+                            error=f"execution timeout of {row['execution_timeout_ms']} ms exceeded; "
+                                  "the worker was told to stop the job")
+                )
+            return list(due)
+
+    def expire(self, now: float, grace_s: float) -> list[RowMapping]:
+        """Jobs past their ttl end TIMED_OUT and are purged shortly after (status then answers 404)."""
+        with self.engine.begin() as conn:
+            due = conn.execute(
+                self._lock(select(J.id, J.worker_id, J.state, J.endpoint_id).where(
+                    J.state.in_([JobState.IN_QUEUE.value, JobState.IN_PROGRESS.value]), J.expires_at < now))
+            ).mappings().all()
+            for row in due:
+                conn.execute(
+                    update(jobs)
+                    .where(J.id == row["id"], J.state == row["state"])
+                    .values(state=JobState.TIMED_OUT.value, completed_at=now, purge_at=now + grace_s,
+                            stop_requested=row["state"] == JobState.IN_PROGRESS.value, webhook_next_at=now,
+                            error="ttl expired before the job completed"
+                            if row["state"] == JobState.IN_PROGRESS.value
+                            else "ttl expired before the job was picked up")
+                )
+            return list(due)
+
+    def purge_expired(self, now: float) -> int:
+        keep_for_webhook = and_(J.webhook_state == "PENDING", J.webhook_attempts < 3)
+        with self.engine.begin() as conn:
+            ids = list(conn.execute(
+                select(J.id).where(J.purge_at < now, ~keep_for_webhook).limit(5000)).scalars())
+            if ids:
+                conn.execute(delete(job_stream).where(job_stream.c.job_id.in_(ids)))
+                conn.execute(delete(jobs).where(J.id.in_(ids)))
+            return len(ids)
+
+    def release_worker_jobs(self, worker_id: str, reason: str, max_requeues: int, now: float,
+                            retention_run_s: float) -> tuple[list[str], list[str]]:
+        """A worker is gone: its IN_PROGRESS jobs are re-queued (up to `max_requeues` times each), the
+        rest failed with `reason`. Returns (requeued ids, failed ids)."""
+        with self.engine.begin() as conn:
+            held = conn.execute(
+                self._lock(select(J.id, J.requeues).where(
+                    J.worker_id == worker_id, J.state == JobState.IN_PROGRESS.value))
+            ).all()
+            again = [r.id for r in held if r.requeues < max_requeues]
+            fail = [r.id for r in held if r.requeues >= max_requeues]
+            if again:
+                conn.execute(
+                    update(jobs)
+                    .where(J.id.in_(again), J.state == JobState.IN_PROGRESS.value)
+                    .values(state=JobState.IN_QUEUE.value, worker_id=None, started_at=None, deadline_at=None,
+                            requeues=J.requeues + 1, output=None)
+                )
+            if fail:
+                conn.execute(
+                    update(jobs)
+                    .where(J.id.in_(fail), J.state == JobState.IN_PROGRESS.value)
+                    .values(state=JobState.FAILED.value, completed_at=now, purge_at=now + retention_run_s,
+                            webhook_next_at=now,
+                            error=f"{reason}; the job was already re-queued {max_requeues} time(s)")
+                )
+            return again, fail
+
+    def webhooks_due(self, now: float, limit: int = 100) -> Sequence[RowMapping]:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(jobs).where(J.webhook_state == "PENDING", J.state.in_(FINAL_VALUES),
+                                   J.webhook_next_at <= now).limit(limit)
+            ).mappings().all()
+
+    def webhook_result(self, job_id: str, delivered: bool, now: float, retry_after_s: float,
+                       max_attempts: int) -> None:
+        with self.engine.begin() as conn:
+            row = conn.execute(select(J.webhook_attempts).where(J.id == job_id)).first()
+            if row is None:
+                return
+            attempts = row.webhook_attempts + 1
+            state = "DELIVERED" if delivered else ("FAILED" if attempts >= max_attempts else "PENDING")
+            conn.execute(update(jobs).where(J.id == job_id).values(
+                webhook_state=state, webhook_attempts=attempts, webhook_next_at=now + retry_after_s))
+
+    def _lock(self, q: Any) -> Any:
+        return q.with_for_update() if self.pg else q

@@ -1,0 +1,211 @@
+"""Tables. Times are float seconds since the epoch from the injected clock (`*_at`); money is integer
+micro-dollars (`*_micros`); JSON payloads are stored as text exactly as they will be sent."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("is_admin", Boolean, nullable=False, default=False),
+    Column("balance_micros", BigInteger, nullable=False, default=0),
+    Column("secrets", Text, nullable=False, default="{}"),
+    Column("created_at", Float, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_hash", String(64), primary_key=True),
+    Column("account_id", String(64), ForeignKey("accounts.id"), nullable=False),
+    Column("kind", String(16), nullable=False),  # admin | user | worker
+    Column("endpoint_id", String(64)),
+    Column("worker_id", String(64)),
+    Column("created_at", Float, nullable=False),
+)
+
+templates = Table(
+    "templates",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("account_id", String(64), nullable=False, index=True),
+    Column("name", String(200), nullable=False),
+    Column("data", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+endpoints = Table(
+    "endpoints",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("account_id", String(64), nullable=False, index=True),
+    Column("name", String(200), nullable=False),
+    Column("spec", Text, nullable=False),
+    Column("release", Integer, nullable=False, default=0),  # serving release number
+    Column("release_key", String(64), nullable=False, default=""),
+    Column("desired_workers", Integer, nullable=False, default=0),
+    Column("scale_reason", String(200), nullable=False, default=""),
+    Column("status_message", Text, nullable=False, default=""),
+    Column("scale_memory", Text, nullable=False, default="{}"),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("deleted_at", Float),
+)
+
+releases = Table(
+    "releases",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("endpoint_id", String(64), nullable=False, index=True),
+    Column("number", Integer, nullable=False),
+    Column("spec", Text, nullable=False),
+    Column("status", String(16), nullable=False),  # BUILDING | READY | FAILED
+    Column("image", String(500)),
+    Column("commit", String(64)),
+    Column("log", Text, nullable=False, default=""),
+    Column("created_at", Float, nullable=False),
+)
+
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("endpoint_id", String(64), nullable=False, index=True),
+    Column("account_id", String(64), nullable=False, index=True),
+    Column("release", Integer, nullable=False),
+    Column("type", String(8), nullable=False),  # ACTIVE | FLEX
+    Column("state", String(16), nullable=False, index=True),
+    Column("state_since", Float, nullable=False),
+    Column("reason", Text, nullable=False, default=""),
+    Column("gpu_type", String(64)),
+    Column("gpu_count", Integer, nullable=False, default=0),
+    Column("gpu_devices", String(200), nullable=False, default=""),
+    Column("host", String(200), nullable=False, default="local"),
+    Column("backend", String(16), nullable=False, default="local"),
+    Column("launched_at", Float),
+    Column("last_seen_at", Float),
+    Column("idle_since", Float),
+    Column("failures", Integer, nullable=False, default=0),
+    Column("first_failure_at", Float),
+    Column("next_attempt_at", Float),
+    Column("recycle", Boolean, nullable=False, default=False),  # stopPod: take no new jobs
+    Column("created_at", Float, nullable=False),
+)
+
+worker_events = Table(
+    "worker_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("worker_id", String(64), nullable=False, index=True),
+    Column("endpoint_id", String(64), nullable=False),
+    Column("account_id", String(64), nullable=False),
+    Column("from_state", String(16)),
+    Column("to_state", String(16), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("reason", Text, nullable=False, default=""),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(80), primary_key=True),
+    Column("endpoint_id", String(64), nullable=False),
+    Column("account_id", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("input", Text, nullable=False),  # JSON text of the `input` value
+    Column("extra", Text),  # JSON text of other job fields passed to the worker (webhook, s3Config, policy)
+    Column("webhook", Text),
+    Column("low_priority", Boolean, nullable=False, default=False),
+    Column("execution_timeout_ms", Integer, nullable=False),
+    Column("is_sync", Boolean, nullable=False, default=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("deadline_at", Float),
+    Column("completed_at", Float),
+    Column("purge_at", Float),
+    Column("worker_id", String(64)),
+    Column("output", Text),  # JSON text, NULL when the worker sent no output
+    Column("error", Text),
+    Column("requeues", Integer, nullable=False, default=0),
+    Column("retried", Integer, nullable=False, default=0),
+    Column("stream_next", Integer, nullable=False, default=0),
+    Column("stream_read", Integer, nullable=False, default=0),
+    Column("stop_requested", Boolean, nullable=False, default=False),
+    Column("webhook_state", String(16)),  # PENDING | DELIVERED | FAILED
+    Column("webhook_attempts", Integer, nullable=False, default=0),
+    Column("webhook_next_at", Float),
+)
+Index("ix_jobs_queue", jobs.c.endpoint_id, jobs.c.state, jobs.c.low_priority, jobs.c.created_at)
+Index("ix_jobs_worker", jobs.c.worker_id, jobs.c.state)
+Index("ix_jobs_state_deadline", jobs.c.state, jobs.c.deadline_at)
+Index("ix_jobs_webhook", jobs.c.webhook_state, jobs.c.webhook_next_at)
+
+job_stream = Table(
+    "job_stream",
+    metadata,
+    Column("job_id", String(80), primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("output", Text, nullable=False),
+)
+
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("account_id", String(64), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),  # usage | credit | volume
+    Column("endpoint_id", String(64)),
+    Column("worker_id", String(64)),
+    Column("state", String(16)),
+    Column("worker_type", String(8)),
+    Column("gpu_type", String(64)),
+    Column("seconds", BigInteger, nullable=False, default=0),
+    Column("amount_micros", BigInteger, nullable=False),  # positive = charge, negative = credit
+    Column("from_at", Float),
+    Column("to_at", Float),
+    Column("created_at", Float, nullable=False),
+)
+
+meter_cursors = Table(
+    "meter_cursors",
+    metadata,
+    Column("worker_id", String(64), primary_key=True),
+    Column("metered_until", Float, nullable=False),
+    Column("carry_ms", Integer, nullable=False, default=0),
+)
+
+volumes = Table(
+    "volumes",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("account_id", String(64), nullable=False, index=True),
+    Column("name", String(200), nullable=False),
+    Column("size_gb", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("deleted_at", Float),
+)
+
+settings_kv = Table(
+    "settings_kv",
+    metadata,
+    Column("key", String(100), primary_key=True),
+    Column("value", Text, nullable=False),
+)
