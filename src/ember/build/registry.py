@@ -1,0 +1,108 @@
+"""Container-registry credentials (`ember registry login HOST`), kept under the Ember home, mode 0600.
+
+Passwords are never printed: a credential's repr masks them, and nothing here logs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ember.core.errors import InvalidInput
+
+DOCKER_HUB = "docker.io"
+FILE_NAME = "registries.json"
+
+
+@dataclass(frozen=True)
+class RegistryCredential:
+    host: str
+    username: str
+    password: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"RegistryCredential(host={self.host!r}, username={self.username!r}, password='***')"
+
+    def auth_config(self) -> dict[str, str]:
+        """The credential as the Docker engine's `auth_config` for pull and push."""
+        return {"username": self.username, "password": self.password, "serveraddress": self.host}
+
+
+def registry_host(image_ref: str) -> str:
+    """The registry an image reference points at (`docker.io` when it names none)."""
+    first, sep, _rest = image_ref.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return DOCKER_HUB
+
+
+def _normalise_host(host: str) -> str:
+    host = host.strip().removeprefix("https://").removeprefix("http://").rstrip("/")
+    if host in ("index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"):
+        return DOCKER_HUB
+    return host
+
+
+class CredentialStore:
+    """Credentials per registry host in `<home>/registries.json` (created with mode 0600)."""
+
+    def __init__(self, home: str | Path) -> None:
+        self.path = Path(home) / FILE_NAME
+
+    def _read(self) -> dict[str, dict[str, str]]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise InvalidInput(f"cannot read registry credentials from {self.path}: {exc}")
+        return data if isinstance(data, dict) else {}
+
+    def _write(self, data: dict[str, dict[str, str]]) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".registries-", dir=self.path.parent)  # mkstemp: mode 0600
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(data, handle, indent=2, sort_keys=True)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def save(self, host: str, username: str, password: str) -> RegistryCredential:
+        """Store (or replace) the credential for `host`."""
+        host = _normalise_host(host)
+        if not host or not username or not password:
+            raise InvalidInput("a registry login needs a host, a username and a password")
+        data = self._read()
+        data[host] = {"username": username, "password": password}
+        self._write(data)
+        return RegistryCredential(host, username, password)
+
+    def get(self, host: str) -> RegistryCredential | None:
+        entry = self._read().get(_normalise_host(host))
+        if not entry:
+            return None
+        return RegistryCredential(_normalise_host(host), entry["username"], entry["password"])
+
+    def remove(self, host: str) -> bool:
+        """Forget `host`'s credential; True when there was one."""
+        data = self._read()
+        if data.pop(_normalise_host(host), None) is None:
+            return False
+        self._write(data)
+        return True
+
+    def hosts(self) -> list[str]:
+        return sorted(self._read())
+
+    def auth_for(self, image_ref: str) -> dict[str, str] | None:
+        """The engine `auth_config` for pulling or pushing `image_ref`, or None when not logged in."""
+        credential = self.get(registry_host(image_ref))
+        return credential.auth_config() if credential else None
