@@ -14,10 +14,13 @@ from typing import Any
 
 import docker.errors
 import pytest
+import typer
+from typer.testing import CliRunner
 
 from ember.build.image import analyse, build_image, human_bytes, push_image
 from ember.build.registry import CredentialStore, registry_host
 from ember.build.scaffold import init_project, render_dockerfile
+from ember.cli import build_cmds
 from ember.core.errors import BuildError, InvalidInput
 
 # The fixtures are imported by name until tests/conftest.py lists tests.support.docker_env in pytest_plugins.
@@ -100,7 +103,8 @@ def test_a_failing_build_raises_build_error_with_the_log_tail(tmp_path: Path, ba
 def test_buildkit_secrets_reach_the_build_but_not_the_image(
     tmp_path: Path, base_image: str, tags: list[str], docker_client: Any
 ) -> None:
-    step = "RUN --mount=type=secret,id=token tr a-z A-Z < /run/secrets/token"
+    nonce = uuid.uuid4().hex  # a new step every run: BuildKit's cache would skip the RUN and its output
+    step = f"RUN --mount=type=secret,id=token echo {nonce} && tr a-z A-Z < /run/secrets/token"
     (tmp_path / "Dockerfile").write_text(f"FROM {base_image}\n{step}\n")
     tag = unique("secret") + ":v1"
     tags.append(tag)
@@ -189,3 +193,52 @@ def test_credentials_are_stored_0600_and_never_shown(tmp_path: Path) -> None:
     assert store.hosts() == ["docker.io"]
     with pytest.raises(InvalidInput):
         store.save("ghcr.io", "bob", "")
+
+
+def cli_app() -> typer.Typer:
+    """The build commands on an app of their own, as the main CLI registers them."""
+    app = typer.Typer()
+    app.command("init")(build_cmds.init)
+    app.command("build")(build_cmds.build)
+    app.command("push")(build_cmds.push)
+    app.command("login")(build_cmds.registry_login)
+    return app
+
+
+def test_cli_init_writes_the_project_and_refuses_a_second_time(tmp_path: Path) -> None:
+    runner = CliRunner()
+    first = runner.invoke(cli_app(), ["init", str(tmp_path / "w")])
+    assert first.exit_code == 0, first.output
+    assert "handler.py" in first.output and (tmp_path / "w" / "Dockerfile").exists()
+    second = runner.invoke(cli_app(), ["init", str(tmp_path / "w")])
+    assert second.exit_code == 1
+    assert "already has" in second.output and "--force" in second.output
+
+
+@pytest.mark.docker
+def test_cli_login_build_and_push_through_the_local_registry(
+    tmp_path: Path, base_image: str, registry: str, tags: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMBER_HOME", str(tmp_path / "home"))
+    runner = CliRunner()
+    app = cli_app()
+    login = runner.invoke(app, ["login", registry, "-u", "ci", "--password-stdin"], input="pa55word\n")
+    assert login.exit_code == 0, login.output
+    assert "pa55word" not in login.output
+    saved = tmp_path / "home" / "registries.json"
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    assert CredentialStore(tmp_path / "home").auth_for(f"{registry}/x") is not None
+
+    assert runner.invoke(app, ["init", str(tmp_path / "w"), "--base-image", base_image]).exit_code == 0
+    ref = f"{registry}/{unique('cli')}:v1"
+    tags.append(ref)
+    built = runner.invoke(app, ["build", str(tmp_path / "w"), "-t", ref])
+    assert built.exit_code == 0, built.output
+    assert f"image {ref}" in built.output and "largest layers:" in built.output
+    pushed = runner.invoke(app, ["push", ref])
+    assert pushed.exit_code == 0, pushed.output
+    assert f"pushed {ref}@sha256:" in pushed.output
+
+    (tmp_path / "w" / "Dockerfile").write_text(f"FROM {base_image}\nRUN exit 5\n")
+    failed = runner.invoke(app, ["build", str(tmp_path / "w"), "-t", ref])
+    assert failed.exit_code == 1 and "error: building" in failed.output

@@ -9,10 +9,15 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from ember.core.errors import InvalidInput
+import docker
+import docker.errors
+
+from ember.core.errors import BuildError, InvalidInput
 
 DOCKER_HUB = "docker.io"
 FILE_NAME = "registries.json"
@@ -106,3 +111,21 @@ class CredentialStore:
         """The engine `auth_config` for pulling or pushing `image_ref`, or None when not logged in."""
         credential = self.get(registry_host(image_ref))
         return credential.auth_config() if credential else None
+
+
+def verify_login(
+    host: str, username: str, password: str, client_factory: Callable[[], Any] = docker.from_env
+) -> None:
+    """Ask the registry, through the Docker engine, whether the credential is good; BuildError if not."""
+    try:
+        client = client_factory()
+    except docker.errors.DockerException as exc:
+        raise BuildError(f"cannot check the login: the Docker engine is not reachable ({exc})")
+    try:
+        client.login(username=username, password=password, registry=_normalise_host(host), reauth=True)
+    except docker.errors.APIError as exc:
+        raise BuildError(f"registry {host} refused the login: {exc.explanation or exc}")
+    except docker.errors.DockerException as exc:
+        raise BuildError(f"cannot check the login at {host}: {exc}")
+    finally:
+        client.close()

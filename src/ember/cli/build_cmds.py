@@ -1,0 +1,119 @@
+"""The worker author's CLI commands: `init`, `build`, `push`, `registry login` (Typer functions).
+
+The main CLI registers these; each reads its settings here, shows progress with rich, and turns an
+EmberError into one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from ember.build.image import DEFAULT_SIZE_BUDGET_BYTES, build_image, push_image
+from ember.build.registry import CredentialStore, verify_login
+from ember.build.scaffold import DEFAULT_BASE_IMAGE, init_project
+from ember.core.errors import EmberError
+from ember.settings import Settings
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def _errors_as_exit() -> Iterator[None]:
+    try:
+        yield
+    except EmberError as exc:
+        err_console.print(f"[bold red]error:[/] {exc.message}", markup=True)
+        raise typer.Exit(1)
+
+
+def _credentials() -> CredentialStore:
+    return CredentialStore(Settings().home)
+
+
+def _log(line: str) -> None:
+    console.print(line, style="dim", markup=False)
+
+
+def init(
+    directory: Path = typer.Argument(Path("."), help="Project directory (created if missing)."),
+    base_image: str = typer.Option(DEFAULT_BASE_IMAGE, "--base-image", help="Image to build FROM."),
+    model: str | None = typer.Option(
+        None, "--model", help="Hugging Face model (org/name) to bake into the image at build time."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing project files."),
+) -> None:
+    """Create a worker project: handler.py, requirements.txt, test_input.json, Dockerfile, .dockerignore."""
+    with _errors_as_exit():
+        written = init_project(directory, base_image=base_image, model=model, force=force)
+    for path in written:
+        if "vendor" not in path.parts:
+            console.print(f"  wrote {path}")
+    console.print(f"  wrote {directory / 'vendor'} (Ember's worker SDK, standard library only)")
+    console.print(
+        f"\nNext: [bold]cd {directory} && python handler.py[/] to run test_input.json locally, then "
+        "[bold]ember build -t REGISTRY/NAME:TAG[/]."
+    )
+
+
+def build(
+    directory: Path = typer.Argument(Path("."), help="Build context (the project directory)."),
+    tag: str = typer.Option(..., "--tag", "-t", help="Image reference to tag the build with."),
+    dockerfile: str = typer.Option("Dockerfile", "--file", "-f", help="Dockerfile inside the directory."),
+    size_budget_gb: float = typer.Option(
+        DEFAULT_SIZE_BUDGET_BYTES / 1e9, "--size-budget-gb", help="Warn when the image is bigger."
+    ),
+) -> None:
+    """Build the image (streaming the build output), then report its size and what makes it big."""
+    secrets = {"hf_token": os.environ["HF_TOKEN"]} if os.environ.get("HF_TOKEN") else {}
+    console.print(f"[bold]building[/] {tag} from {directory}")
+    with _errors_as_exit():
+        report = build_image(
+            directory,
+            tag,
+            dockerfile=dockerfile,
+            on_log=_log,
+            secrets=secrets,
+            size_budget_bytes=int(size_budget_gb * 1e9),
+        )
+    for line in report.lines():
+        style = "yellow" if line.startswith(("warning:", "advice:")) else None
+        console.print(line, style=style, markup=False)
+    console.print(f"[green]built[/] {tag}; push it with [bold]ember push {tag}[/]")
+
+
+def push(
+    ref: str = typer.Argument(..., help="Local image reference, e.g. registry.example.com/me/worker:v1"),
+) -> None:
+    """Push an image to its registry with the credentials saved by `ember registry login`."""
+    console.print(f"[bold]pushing[/] {ref}")
+    with _errors_as_exit():
+        digest = push_image(ref, auth=_credentials().auth_for(ref), on_log=_log)
+    console.print(f"[green]pushed[/] {ref}@{digest}")
+
+
+def registry_login(
+    host: str = typer.Argument(..., help="Registry host, e.g. ghcr.io or 127.0.0.1:5000"),
+    username: str = typer.Option(..., "--username", "-u"),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from stdin."),
+    verify: bool = typer.Option(
+        True, "--verify/--no-verify", help="Check the login with the registry first."
+    ),
+) -> None:
+    """Save a registry login (file mode 0600 under the Ember home) for push and for workers' image pulls."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True)
+    with _errors_as_exit():
+        if verify:
+            verify_login(host, username, password)
+        credential = _credentials().save(host, username, password)
+    console.print(f"[green]logged in[/] to {credential.host} as {credential.username}")
