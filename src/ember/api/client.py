@@ -12,11 +12,11 @@ from starlette.responses import Response
 
 from ember.api.deps import Runtime, caller, read_json, runtime
 from ember.api.errors import json_response
-from ember.api.jobview import record
 from ember.core import jobs as J
 from ember.core.errors import Conflict, InvalidInput, NotFound, Problem
 from ember.core.ids import make_id
 from ember.core.jobs import JobState
+from ember.core.wire import record
 from ember.store.jobs import NewJob
 
 router = APIRouter(prefix="/v2/{endpoint_id}", tags=["jobs"])
@@ -33,8 +33,10 @@ def _parse_job(body: Any, default_timeout_ms: int) -> tuple[str, str | None, str
     """Validate a run body; returns (input_json, extra_json, webhook, low_priority, timeout_ms, ttl_ms)."""
     problems: list[Problem] = []
     if not isinstance(body, dict):
-        raise InvalidInput("the body must be a JSON object with an 'input' field",
-                           [Problem("body", "must be a JSON object", type(body).__name__)])
+        raise InvalidInput(
+            "the body must be a JSON object with an 'input' field",
+            [Problem("body", "must be a JSON object", type(body).__name__)],
+        )
     if "input" not in body:
         problems.append(Problem("input", "is required"))
     extra: dict[str, Any] = {}
@@ -50,8 +52,14 @@ def _parse_job(body: Any, default_timeout_ms: int) -> tuple[str, str | None, str
         if not isinstance(policy, dict):
             problems.append(Problem("policy", "must be an object", policy))
         else:
-            timeout_ms = _ms(policy, "executionTimeout", timeout_ms, J.EXECUTION_TIMEOUT_MIN_MS,
-                             J.EXECUTION_TIMEOUT_MAX_MS, problems)
+            timeout_ms = _ms(
+                policy,
+                "executionTimeout",
+                timeout_ms,
+                J.EXECUTION_TIMEOUT_MIN_MS,
+                J.EXECUTION_TIMEOUT_MAX_MS,
+                problems,
+            )
             ttl_ms = _ms(policy, "ttl", ttl_ms, J.TTL_MIN_MS, J.TTL_MAX_MS, problems)
             low_value = policy.get("lowPriority", False)
             if not isinstance(low_value, bool):
@@ -66,7 +74,9 @@ def _parse_job(body: Any, default_timeout_ms: int) -> tuple[str, str | None, str
         else:
             extra["s3Config"] = s3
     if problems:
-        raise InvalidInput("invalid job request: " + "; ".join(f"{p.field} {p.message}" for p in problems), problems)
+        raise InvalidInput(
+            "invalid job request: " + "; ".join(f"{p.field} {p.message}" for p in problems), problems
+        )
     input_json = json.dumps(body["input"], ensure_ascii=False, separators=(",", ":"))
     extra_json = json.dumps(extra, ensure_ascii=False, separators=(",", ":")) if extra else None
     return input_json, extra_json, extra.get("webhook"), low, timeout_ms, ttl_ms
@@ -85,7 +95,9 @@ def _ms(policy: dict[str, Any], name: str, default: int, lo: int, hi: int, probl
     return value
 
 
-async def _submit(request: Request, endpoint_id: str, limit_bytes: int, sync: bool) -> tuple[Runtime, str, Any]:
+async def _submit(
+    request: Request, endpoint_id: str, limit_bytes: int, sync: bool
+) -> tuple[Runtime, str, Any]:
     rt = runtime(request)
     who = caller(request)
     ep = _endpoint(rt, who.account_id, endpoint_id)
@@ -111,7 +123,9 @@ async def runsync(endpoint_id: str, request: Request, wait: str | None = None) -
     wait_ms = J.RUNSYNC_WAIT_DEFAULT_MS
     if wait is not None:
         if not wait.isdigit():
-            raise InvalidInput("'wait' must be an integer number of milliseconds", [Problem("wait", "not an integer", wait)])
+            raise InvalidInput(
+                "'wait' must be an integer number of milliseconds", [Problem("wait", "not an integer", wait)]
+            )
         wait_ms = min(max(int(wait), J.RUNSYNC_WAIT_MIN_MS), J.RUNSYNC_WAIT_MAX_MS)
     rt, job_id, ep = await _submit(request, endpoint_id, J.RUNSYNC_BODY_LIMIT_BYTES, sync=True)
     deadline = rt.clock.now() + wait_ms / 1000.0
@@ -164,8 +178,9 @@ async def stream(endpoint_id: str, job_id: str, request: Request) -> Response:
 @router.post("/cancel/{job_id}", summary="Cancel a queued or running job")
 async def cancel(endpoint_id: str, job_id: str, request: Request) -> Response:
     rt, _, ep = await _job(request, endpoint_id, job_id)
-    row = await rt.store.run(rt.store.jobs.cancel, job_id, ep.account_id, ep.id, rt.clock.now(),
-                             rt.limits.retention_run_s)
+    row = await rt.store.run(
+        rt.store.jobs.cancel, job_id, ep.account_id, ep.id, rt.clock.now(), rt.limits.retention_run_s
+    )
     if row is None:
         raise NotFound(f"job {job_id!r} not found")
     if row["worker_id"] and row["stop_requested"]:
@@ -206,20 +221,22 @@ async def health(endpoint_id: str, request: Request) -> Response:
     by_state: dict[str, int] = {}
     for w in workers:
         by_state[w["state"]] = by_state.get(w["state"], 0) + 1
-    return json_response({
-        "jobs": {
-            "completed": counts.get("COMPLETED", 0),
-            "failed": counts.get("FAILED", 0) + counts.get("TIMED_OUT", 0),
-            "inProgress": counts.get("IN_PROGRESS", 0),
-            "inQueue": counts.get("IN_QUEUE", 0),
-            "retried": counts.get("retried", 0),
-        },
-        "workers": {
-            "idle": by_state.get("IDLE", 0),
-            "running": by_state.get("RUNNING", 0),
-            "initializing": by_state.get("INITIALIZING", 0),
-            "throttled": by_state.get("THROTTLED", 0),
-            "outdated": by_state.get("OUTDATED", 0),
-            "unhealthy": by_state.get("UNHEALTHY", 0),
-        },
-    })
+    return json_response(
+        {
+            "jobs": {
+                "completed": counts.get("COMPLETED", 0),
+                "failed": counts.get("FAILED", 0) + counts.get("TIMED_OUT", 0),
+                "inProgress": counts.get("IN_PROGRESS", 0),
+                "inQueue": counts.get("IN_QUEUE", 0),
+                "retried": counts.get("retried", 0),
+            },
+            "workers": {
+                "idle": by_state.get("IDLE", 0),
+                "running": by_state.get("RUNNING", 0),
+                "initializing": by_state.get("INITIALIZING", 0),
+                "throttled": by_state.get("THROTTLED", 0),
+                "outdated": by_state.get("OUTDATED", 0),
+                "unhealthy": by_state.get("UNHEALTHY", 0),
+            },
+        }
+    )

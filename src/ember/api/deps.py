@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import Request
 
 from ember.control.clock import Clock
 from ember.control.signals import Signals
-from ember.core.errors import InvalidInput, NotFound, PayloadTooLarge, Unauthorized
+from ember.core.errors import BackendError, InvalidInput, NotFound, PayloadTooLarge, Unauthorized
 from ember.core.specs import spec_from_json
 from ember.store.accounts import KeyInfo
 from ember.store.facade import Store
@@ -51,9 +52,18 @@ class Runtime:
     signals: Signals
     limits: Limits
     api_url: str
+    home: Path
+    backends: dict[str, Any] = field(default_factory=dict)  # name -> Backend
+    limit_table: Any = None  # core.limits table; None = the default
     extras: dict[str, Any] = field(default_factory=dict)  # optional services: model cache, volumes, builder
     _keys: dict[str, tuple[float, KeyInfo | None]] = field(default_factory=dict)
     _endpoints: dict[tuple[str, str], tuple[float, EndpointInfo | None]] = field(default_factory=dict)
+
+    def backend_for(self, name: str) -> Any:
+        try:
+            return self.backends[name]
+        except KeyError:
+            raise BackendError(f"the {name!r} backend is not enabled on this server")
 
     def forget_keys(self) -> None:
         self._keys.clear()

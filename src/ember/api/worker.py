@@ -11,9 +11,9 @@ from starlette.responses import Response
 
 from ember.api.deps import Runtime, read_json, runtime, worker_caller
 from ember.api.errors import json_response
-from ember.api.jobview import worker_job
 from ember.core import jobs as J
 from ember.core.errors import Conflict, InvalidInput, NotFound
+from ember.core.wire import worker_job
 from ember.core.workers import TAKES_JOBS, WorkerState
 
 router = APIRouter(prefix="/v2/{endpoint_id}", tags=["worker protocol"])
@@ -26,8 +26,11 @@ RESULT_LIMIT_BYTES = 64 * 1024 * 1024
 async def _mark_seen(rt: Runtime, worker: Any, now: float) -> Any:
     """First contact makes an INITIALIZING worker IDLE; otherwise refresh last_seen_at (at most 1/s)."""
     if worker["state"] == WorkerState.INITIALIZING.value:
-        await rt.store.run(lambda: rt.store.workers.transition(
-            worker["id"], WorkerState.IDLE, now, "ready", last_seen_at=now, idle_since=now))
+        await rt.store.run(
+            lambda: rt.store.workers.transition(
+                worker["id"], WorkerState.IDLE, now, "ready", last_seen_at=now, idle_since=now
+            )
+        )
         rt.signals.reconcile.set()
         return await rt.store.run(rt.store.workers.get, worker["id"])
     if worker["last_seen_at"] is None or now - worker["last_seen_at"] >= 1.0:
@@ -58,8 +61,14 @@ async def _take(request: Request, endpoint_id: str, worker_id: str, limit: int) 
         claimed = await rt.store.run(rt.store.jobs.claim, endpoint_id, worker_id, limit, now)
         if claimed:
             if worker["state"] != WorkerState.RUNNING.value:
-                await rt.store.run(lambda: rt.store.workers.transition(
-                    worker_id, WorkerState.RUNNING, now, "took a job", idle_since=None))
+                await rt.store.run(
+                    rt.store.workers.transition,
+                    worker_id,
+                    WorkerState.RUNNING,
+                    now,
+                    "took a job",
+                    idle_since=None,
+                )
             if limit == 1 and not request.url.path.endswith("-batch/" + worker_id):
                 body = worker_job(claimed[0].id, claimed[0].input_json, claimed[0].extra_json)
             else:
@@ -71,8 +80,14 @@ async def _take(request: Request, endpoint_id: str, worker_id: str, limit: int) 
             if worker["state"] == WorkerState.RUNNING.value and not in_progress:
                 held = await rt.store.run(rt.store.jobs.held_by, worker_id)
                 if not held:
-                    await rt.store.run(lambda: rt.store.workers.transition(
-                        worker_id, WorkerState.IDLE, now, "no job", idle_since=now))
+                    await rt.store.run(
+                        rt.store.workers.transition,
+                        worker_id,
+                        WorkerState.IDLE,
+                        now,
+                        "no job",
+                        idle_since=now,
+                    )
         remaining = deadline - rt.clock.now()
         if remaining <= 0 or await request.is_disconnected():
             return NO_CONTENT
@@ -116,8 +131,17 @@ async def job_done(endpoint_id: str, worker_id: str, job_id: str, request: Reque
         return json_response({"status": "ok"})
     state, fields = J.classify_result(body)
     output = _dump(fields["output"]) if "output" in fields else None
-    outcome = await rt.store.run(rt.store.jobs.finish, job_id, worker_id, state, output, fields.get("error"), now,
-                                 rt.limits.retention_run_s, rt.limits.retention_sync_s)
+    outcome = await rt.store.run(
+        rt.store.jobs.finish,
+        job_id,
+        worker_id,
+        state,
+        output,
+        fields.get("error"),
+        now,
+        rt.limits.retention_run_s,
+        rt.limits.retention_sync_s,
+    )
     if outcome == "unknown":
         raise NotFound(f"job {job_id!r} not found")
     if outcome == "not_held":
@@ -136,7 +160,7 @@ async def job_stream(endpoint_id: str, worker_id: str, job_id: str, request: Req
     rt, _ = await _worker(request, endpoint_id, worker_id)
     body = await read_json(request, J.STREAM_CHUNK_LIMIT_BYTES + 1024)
     if not isinstance(body, dict):
-        raise InvalidInput("a stream chunk must be a JSON object {\"output\": …}")
+        raise InvalidInput('a stream chunk must be a JSON object {"output": …}')
     if body.get("error") and "output" not in body:
         return json_response({"status": "ignored"})  # error chunks end in job-done (gotcha 30)
     outcome = await rt.store.run(rt.store.jobs.stream_chunk, job_id, worker_id, _dump(body.get("output")))
@@ -153,8 +177,10 @@ async def ping(endpoint_id: str, worker_id: str, request: Request) -> Response:
     now = rt.clock.now()
     q = request.query_params
     if q.get("status") == "unhealthy":
-        reason = f"failed its check {q.get('check', '?')}: {q.get('reason', '')}"[:500]
-        await rt.store.run(lambda: rt.store.workers.transition(worker_id, WorkerState.UNHEALTHY, now, reason))
+        # The worker exits right after this report; the lifecycle loop records the failure with this reason.
+        rt.signals.fitness[worker_id] = (
+            f"failed its start-up check {q.get('check', '?')}: {q.get('reason', '')}"[:500]
+        )
         rt.signals.reconcile.set()
         return json_response({"status": "ok"})
     await _mark_seen(rt, worker, now)

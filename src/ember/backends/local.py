@@ -122,8 +122,10 @@ def _reap(proc: subprocess.Popen[bytes], worker_dir: Path) -> None:
     """Wait for a child (so it never stays a zombie) and record its exit code beside its meta."""
     code = _exit_code(proc.wait())
     try:
-        _write_atomic(worker_dir / "exit_code", str(code))
-    except OSError:
+        # Only into its own incarnation's dir: the id may have been stopped and launched again.
+        if json.loads((worker_dir / "meta.json").read_text())["pid"] == proc.pid:
+            _write_atomic(worker_dir / "exit_code", str(code))
+    except (OSError, ValueError, KeyError):
         pass  # stopped meanwhile: its runtime state is gone, and so is the need for the code
 
 
@@ -366,6 +368,7 @@ class LocalBackend:
             raise BackendError(f"no logs for worker {worker_id!r}")
         offset = 0 if tail is None else await asyncio.to_thread(_tail_offset, path, tail)
         pending = b""
+        stopped = not follow
         while True:
             chunk = await asyncio.to_thread(_read_from, path, offset)
             if chunk:
@@ -374,20 +377,14 @@ class LocalBackend:
                 for line in lines:
                     yield line.decode("utf-8", "replace")
                 continue
-            if follow and await asyncio.to_thread(self._still_running, worker_id):
+            if stopped:
+                if pending:
+                    yield pending.decode("utf-8", "replace")
+                return
+            if await asyncio.to_thread(self._still_running, worker_id):
                 await asyncio.sleep(_FOLLOW_POLL_S)
-                continue
-            if follow:  # it stopped: one last read so nothing written just before is lost
-                chunk = await asyncio.to_thread(_read_from, path, offset)
-                if chunk:
-                    offset += len(chunk)
-                    *lines, pending = (pending + chunk).split(b"\n")
-                    for line in lines:
-                        yield line.decode("utf-8", "replace")
-                    continue
-            if pending:
-                yield pending.decode("utf-8", "replace")
-            return
+            else:
+                stopped = True  # one more read: keep what it wrote just before it stopped
 
     def _still_running(self, worker_id: str) -> bool:
         meta = self._read_meta(worker_id)

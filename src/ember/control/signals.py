@@ -56,8 +56,11 @@ class Signals:
         self.scale = asyncio.Event()  # the autoscaler should decide now
         self.webhooks = asyncio.Event()  # a webhook became due
         self.reconcile = asyncio.Event()  # the lifecycle loop should act now
+        self.builds = asyncio.Event()  # a release waits to be built
         # Latest ping per worker: (at, job ids the worker says it holds).
         self.pings: dict[str, tuple[float, frozenset[str]]] = {}
+        # Fitness-check failures reported by workers (ping with status=unhealthy), by worker id.
+        self.fitness: dict[str, str] = {}
 
     def jobs_queued(self, endpoint_id: str, count: int = 1) -> None:
         self.jobs.wake(endpoint_id, count)

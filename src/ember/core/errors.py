@@ -1,16 +1,16 @@
 """The whole error tree of Ember. `api/errors.py` holds the only mapping to HTTP status codes.
 
-    EmberError
-    ├── InvalidInput          the request or spec is malformed (carries every problem at once)
-    │   └── PayloadTooLarge   a body above the route's limit
-    ├── Unauthorized          missing or unknown API key
-    ├── NotFound              unknown id, or one that belongs to another account (ids never leak)
-    ├── Conflict              the action is not legal in the current state (e.g. retry a COMPLETED job)
-    ├── LimitExceeded         an account limit (balance, max workers) refuses the action
-    ├── BackendError          a compute backend (processes, Docker, …) failed
-    ├── StoreError            the database failed or is unreachable
-    ├── BuildError            an image or virtualenv build failed (carries the log tail)
-    └── ModelError            a model download or cache operation failed
+EmberError
+├── InvalidInput          the request or spec is malformed (carries every problem at once)
+│   └── PayloadTooLarge   a body above the route's limit
+├── Unauthorized          missing or unknown API key
+├── NotFound              unknown id, or one that belongs to another account (ids never leak)
+├── Conflict              the action is not legal in the current state (e.g. retry a COMPLETED job)
+├── LimitExceeded         an account limit (balance, max workers) refuses the action
+├── BackendError          a compute backend (processes, Docker, …) failed
+├── StoreError            the database failed or is unreachable
+├── BuildError            an image or virtualenv build failed (carries the log tail)
+└── ModelError            a model download or cache operation failed
 """
 
 from __future__ import annotations

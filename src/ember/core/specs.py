@@ -33,6 +33,7 @@ class EndpointSpec:
     name: str
     # What runs: a directory on the host (local backend), an image (Docker backend) or a git source.
     source_dir: str | None = None
+    source_digest: str | None = None  # content digest of source_dir at deploy time (set by the server)
     image_name: str | None = None
     git: dict[str, Any] | None = None
     docker_start_cmd: str | None = None
@@ -53,7 +54,16 @@ class EndpointSpec:
         return replace(self, **changes)
 
 
-RELEASE_FIELDS = ("source_dir", "image_name", "git", "docker_start_cmd", "env", "model_name", "model_revision")
+RELEASE_FIELDS = (
+    "source_dir",
+    "source_digest",
+    "image_name",
+    "git",
+    "docker_start_cmd",
+    "env",
+    "model_name",
+    "model_revision",
+)
 
 # wire name -> (attribute, where): where is "spec" or "scaling".
 WIRE_FIELDS: dict[str, tuple[str, str]] = {
@@ -94,7 +104,9 @@ def to_wire(spec: EndpointSpec) -> dict[str, Any]:
     return out
 
 
-def from_wire(data: dict[str, Any], base: EndpointSpec | None = None) -> tuple[EndpointSpec | None, list[Problem]]:
+def from_wire(
+    data: dict[str, Any], base: EndpointSpec | None = None
+) -> tuple[EndpointSpec | None, list[Problem]]:
     """Build a spec from wire fields (over `base` for updates). Returns (spec, problems); spec is None
     when there are problems. Unknown fields are problems too, so typos don't pass silently."""
     problems: list[Problem] = []
@@ -127,11 +139,14 @@ def from_wire(data: dict[str, Any], base: EndpointSpec | None = None) -> tuple[E
 
 
 # Fields RunPod's REST API accepts that Ember takes without acting on them.
-IGNORED_WIRE_FIELDS = frozenset({"computeType", "dataCenterIds", "allowedCudaVersions", "instanceIds", "vcpuCount"})
+IGNORED_WIRE_FIELDS = frozenset(
+    {"computeType", "dataCenterIds", "allowedCudaVersions", "instanceIds", "vcpuCount"}
+)
 
 _TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,),
     "source_dir": (str, type(None)),
+    "source_digest": (str, type(None)),
     "image_name": (str, type(None)),
     "git": (dict, type(None)),
     "docker_start_cmd": (str, type(None)),
@@ -190,7 +205,9 @@ def validate(spec: EndpointSpec) -> list[Problem]:
     if not all(isinstance(g, str) and g for g in spec.gpu_type_ids):
         p.append(Problem("gpuTypeIds", "must be a list of non-empty strings", list(spec.gpu_type_ids)))
     if spec.execution_timeout_ms < 5_000 or spec.execution_timeout_ms > 7 * 24 * 3600 * 1000:
-        p.append(Problem("executionTimeoutMs", "must be between 5000 and 604800000", spec.execution_timeout_ms))
+        p.append(
+            Problem("executionTimeoutMs", "must be between 5000 and 604800000", spec.execution_timeout_ms)
+        )
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in spec.env.items()):
         p.append(Problem("env", "must map strings to strings", None))
     if spec.git is not None and not isinstance(spec.git.get("url"), str):

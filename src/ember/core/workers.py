@@ -31,7 +31,9 @@ LIVE: frozenset[WorkerState] = frozenset(
 )
 
 # States in which a worker may be handed new jobs.
-TAKES_JOBS: frozenset[WorkerState] = frozenset({WorkerState.IDLE, WorkerState.RUNNING, WorkerState.INITIALIZING})
+TAKES_JOBS: frozenset[WorkerState] = frozenset(
+    {WorkerState.IDLE, WorkerState.RUNNING, WorkerState.INITIALIZING}
+)
 
 _S = WorkerState
 # to-state -> the states it may be reached from.
@@ -42,9 +44,7 @@ ALLOWED: dict[WorkerState, frozenset[WorkerState]] = {
     _S.THROTTLED: frozenset({_S.UNHEALTHY}),
     _S.OUTDATED: frozenset({_S.INITIALIZING, _S.IDLE, _S.RUNNING, _S.THROTTLED}),
     _S.UNHEALTHY: frozenset({_S.INITIALIZING, _S.IDLE, _S.RUNNING, _S.OUTDATED}),
-    _S.STOPPED: frozenset(
-        {_S.INITIALIZING, _S.IDLE, _S.RUNNING, _S.THROTTLED, _S.OUTDATED, _S.UNHEALTHY}
-    ),
+    _S.STOPPED: frozenset({_S.INITIALIZING, _S.IDLE, _S.RUNNING, _S.THROTTLED, _S.OUTDATED, _S.UNHEALTHY}),
 }
 
 # Where a brand-new worker record may start.
@@ -59,8 +59,15 @@ def can_transition(frm: WorkerState, to: WorkerState) -> bool:
     return frm in ALLOWED[to]
 
 
-def is_lost(*, last_seen_at: float | None, launched_at: float, now: float, ping_timeout_s: float,
-            init_timeout_s: float, state: WorkerState) -> str | None:
+def is_lost(
+    *,
+    last_seen_at: float | None,
+    launched_at: float,
+    now: float,
+    ping_timeout_s: float,
+    init_timeout_s: float,
+    state: WorkerState,
+) -> str | None:
     """The liveness rule: why a live worker should be considered lost, or None when it is fine.
 
     A worker that never reported is lost after `init_timeout_s` from launch; one that reported is lost

@@ -1,1 +1,1 @@
-"""The only package that knows SQL: SQLAlchemy 2 Core over SQLite (default) or PostgreSQL, Alembic migrations."""
+"""The only package that knows SQL: SQLAlchemy 2 Core on SQLite (default) or PostgreSQL; Alembic."""

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.engine import Engine, RowMapping
+from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from ember.store.schema import accounts, api_keys, ledger
 
@@ -48,11 +48,17 @@ class AccountStore:
 
     def create(self, *, id: str, name: str, is_admin: bool, balance_micros: int, now: float) -> None:
         with self.engine.begin() as conn:
-            conn.execute(insert(accounts).values(id=id, name=name, is_admin=is_admin,
-                                                 balance_micros=balance_micros, created_at=now))
+            conn.execute(
+                insert(accounts).values(
+                    id=id, name=name, is_admin=is_admin, balance_micros=balance_micros, created_at=now
+                )
+            )
             if balance_micros:
-                conn.execute(insert(ledger).values(account_id=id, kind="credit", amount_micros=-balance_micros,
-                                                   created_at=now))
+                conn.execute(
+                    insert(ledger).values(
+                        account_id=id, kind="credit", amount_micros=-balance_micros, created_at=now
+                    )
+                )
 
     def get(self, account_id: str) -> RowMapping | None:
         with self.engine.connect() as conn:
@@ -66,11 +72,27 @@ class AccountStore:
         with self.engine.connect() as conn:
             return conn.execute(select(accounts)).mappings().all()
 
-    def add_key(self, plain: str, *, account_id: str, kind: str, now: float, endpoint_id: str | None = None,
-                worker_id: str | None = None) -> None:
+    def add_key(
+        self,
+        plain: str,
+        *,
+        account_id: str,
+        kind: str,
+        now: float,
+        endpoint_id: str | None = None,
+        worker_id: str | None = None,
+    ) -> None:
         with self.engine.begin() as conn:
-            conn.execute(insert(api_keys).values(key_hash=hash_key(plain), account_id=account_id, kind=kind,
-                                                 endpoint_id=endpoint_id, worker_id=worker_id, created_at=now))
+            conn.execute(
+                insert(api_keys).values(
+                    key_hash=hash_key(plain),
+                    account_id=account_id,
+                    kind=kind,
+                    endpoint_id=endpoint_id,
+                    worker_id=worker_id,
+                    created_at=now,
+                )
+            )
 
     def resolve_key(self, plain: str) -> KeyInfo | None:
         with self.engine.connect() as conn:
@@ -85,38 +107,75 @@ class AccountStore:
 
     def credit(self, account_id: str, amount_micros: int, now: float) -> int | None:
         with self.engine.begin() as conn:
-            res = conn.execute(update(accounts).where(A.id == account_id)
-                               .values(balance_micros=A.balance_micros + amount_micros))
+            res = conn.execute(
+                update(accounts)
+                .where(A.id == account_id)
+                .values(balance_micros=A.balance_micros + amount_micros)
+            )
             if not res.rowcount:
                 return None
-            conn.execute(insert(ledger).values(account_id=account_id, kind="credit", amount_micros=-amount_micros,
-                                               created_at=now))
+            conn.execute(
+                insert(ledger).values(
+                    account_id=account_id, kind="credit", amount_micros=-amount_micros, created_at=now
+                )
+            )
             return int(conn.execute(select(A.balance_micros).where(A.id == account_id)).scalar_one())
 
-    def record_charges(self, charges: Sequence[Charge], now: float) -> None:
-        """Append usage rows and debit balances, in one transaction. The ledger is never rewritten."""
+    def record_charges(self, charges: Sequence[Charge], now: float, conn: Connection | None = None) -> None:
+        """Append usage rows and debit balances, in one transaction (the caller's, when given).
+        The ledger is never rewritten."""
         if not charges:
             return
-        with self.engine.begin() as conn:
-            conn.execute(insert(ledger), [
-                dict(account_id=c.account_id, kind="usage", endpoint_id=c.endpoint_id, worker_id=c.worker_id,
-                     state=c.state, worker_type=c.worker_type, gpu_type=c.gpu_type, seconds=c.seconds,
-                     amount_micros=c.amount_micros, from_at=c.from_at, to_at=c.to_at, created_at=now)
+        if conn is None:
+            with self.engine.begin() as own:
+                self.record_charges(charges, now, own)
+            return
+        conn.execute(
+            insert(ledger),
+            [
+                dict(
+                    account_id=c.account_id,
+                    kind="usage",
+                    endpoint_id=c.endpoint_id,
+                    worker_id=c.worker_id,
+                    state=c.state,
+                    worker_type=c.worker_type,
+                    gpu_type=c.gpu_type,
+                    seconds=c.seconds,
+                    amount_micros=c.amount_micros,
+                    from_at=c.from_at,
+                    to_at=c.to_at,
+                    created_at=now,
+                )
                 for c in charges
-            ])
-            totals: dict[str, int] = {}
-            for c in charges:
-                totals[c.account_id] = totals.get(c.account_id, 0) + c.amount_micros
-            for account_id, total in totals.items():
-                if total:
-                    conn.execute(update(accounts).where(A.id == account_id)
-                                 .values(balance_micros=A.balance_micros - total))
+            ],
+        )
+        totals: dict[str, int] = {}
+        for c in charges:
+            totals[c.account_id] = totals.get(c.account_id, 0) + c.amount_micros
+        for account_id, total in totals.items():
+            if total:
+                conn.execute(
+                    update(accounts).where(A.id == account_id).values(balance_micros=A.balance_micros - total)
+                )
 
-    def usage(self, account_id: str, *, endpoint_id: str | None = None, worker_id: str | None = None,
-              from_at: float | None = None, to_at: float | None = None) -> Sequence[RowMapping]:
+    def usage(
+        self,
+        account_id: str,
+        *,
+        endpoint_id: str | None = None,
+        worker_id: str | None = None,
+        from_at: float | None = None,
+        to_at: float | None = None,
+    ) -> Sequence[RowMapping]:
         q = select(
-            L.worker_id, L.endpoint_id, L.state, L.worker_type, L.gpu_type,
-            func.sum(L.seconds).label("seconds"), func.sum(L.amount_micros).label("amount_micros"),
+            L.worker_id,
+            L.endpoint_id,
+            L.state,
+            L.worker_type,
+            L.gpu_type,
+            func.sum(L.seconds).label("seconds"),
+            func.sum(L.amount_micros).label("amount_micros"),
         ).where(L.account_id == account_id, L.kind == "usage")
         if endpoint_id:
             q = q.where(L.endpoint_id == endpoint_id)

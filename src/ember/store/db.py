@@ -6,6 +6,7 @@ sent to a thread pool by `Database.run` so the event loop never blocks on the ne
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -76,10 +77,10 @@ class Database:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if self.is_sqlite:
-            return fn(*args)
-        return await anyio.to_thread.run_sync(fn, *args)
+            return fn(*args, **kwargs)
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
 
     def dispose(self) -> None:
         self.engine.dispose()

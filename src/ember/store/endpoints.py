@@ -22,18 +22,47 @@ class EndpointStore:
         self.engine = engine
 
     # ---- endpoints ---------------------------------------------------------------------------------
-    def create(self, *, id: str, account_id: str, name: str, spec_json: str, release_key: str, now: float,
-               release_status: str = "READY") -> None:
+    def create(
+        self,
+        *,
+        id: str,
+        account_id: str,
+        name: str,
+        spec_json: str,
+        release_key: str,
+        now: float,
+        release_status: str = "READY",
+    ) -> None:
         with self.engine.begin() as conn:
-            conn.execute(insert(endpoints).values(
-                id=id, account_id=account_id, name=name, spec=spec_json,
-                release=1 if release_status == "READY" else 0, release_key=release_key,
-                created_at=now, updated_at=now))
-            conn.execute(insert(releases).values(endpoint_id=id, number=1, spec=spec_json, status=release_status,
-                                                 created_at=now))
+            conn.execute(
+                insert(endpoints).values(
+                    id=id,
+                    account_id=account_id,
+                    name=name,
+                    spec=spec_json,
+                    release=1 if release_status == "READY" else 0,
+                    release_key=release_key,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            conn.execute(
+                insert(releases).values(
+                    endpoint_id=id, number=1, spec=spec_json, status=release_status, created_at=now
+                )
+            )
 
-    def update_spec(self, endpoint_id: str, *, name: str, spec_json: str, release_key: str, new_release: bool,
-                    now: float, release_status: str = "READY") -> int:
+    def update_spec(
+        self,
+        endpoint_id: str,
+        *,
+        name: str,
+        spec_json: str,
+        release_key: str,
+        new_release: bool,
+        now: float,
+        release_status: str = "READY",
+    ) -> int:
         """Store a new spec; when `new_release`, add a release (READY: it serves at once). Returns the
         number of the release that was added, or the serving one."""
         with self.engine.begin() as conn:
@@ -41,30 +70,67 @@ class EndpointStore:
             values: dict[str, Any] = dict(name=name, spec=spec_json, updated_at=now)
             number = current
             if new_release:
-                number = int(conn.execute(select(func.coalesce(func.max(R.number), 0))
-                                          .where(R.endpoint_id == endpoint_id)).scalar_one()) + 1
-                conn.execute(insert(releases).values(endpoint_id=endpoint_id, number=number, spec=spec_json,
-                                                     status=release_status, created_at=now))
+                number = (
+                    int(
+                        conn.execute(
+                            select(func.coalesce(func.max(R.number), 0)).where(R.endpoint_id == endpoint_id)
+                        ).scalar_one()
+                    )
+                    + 1
+                )
+                conn.execute(
+                    insert(releases).values(
+                        endpoint_id=endpoint_id,
+                        number=number,
+                        spec=spec_json,
+                        status=release_status,
+                        created_at=now,
+                    )
+                )
                 values["release_key"] = release_key
                 if release_status == "READY":
                     values["release"] = number
             conn.execute(update(endpoints).where(E.id == endpoint_id).values(**values))
             return number
 
-    def set_release(self, endpoint_id: str, number: int, spec_json: str, release_key: str, now: float) -> None:
+    def set_release(
+        self, endpoint_id: str, number: int, spec_json: str, release_key: str, now: float
+    ) -> None:
         with self.engine.begin() as conn:
-            conn.execute(update(endpoints).where(E.id == endpoint_id).values(
-                release=number, spec=spec_json, release_key=release_key, updated_at=now))
+            conn.execute(
+                update(endpoints)
+                .where(E.id == endpoint_id)
+                .values(release=number, spec=spec_json, release_key=release_key, updated_at=now)
+            )
 
-    def finish_release(self, endpoint_id: str, number: int, *, status: str, log: str, image: str | None = None,
-                       commit: str | None = None) -> None:
+    def finish_release(
+        self,
+        endpoint_id: str,
+        number: int,
+        *,
+        status: str,
+        log: str,
+        image: str | None = None,
+        commit: str | None = None,
+    ) -> None:
         with self.engine.begin() as conn:
-            conn.execute(update(releases).where(R.endpoint_id == endpoint_id, R.number == number)
-                         .values(status=status, log=log, image=image, commit=commit))
+            conn.execute(
+                update(releases)
+                .where(R.endpoint_id == endpoint_id, R.number == number)
+                .values(status=status, log=log, image=image, commit=commit)
+            )
 
-    def set_scaling(self, endpoint_id: str, desired: int, reason: str, memory: dict[str, Any],
-                    status_message: str | None = None) -> None:
-        values: dict[str, Any] = dict(desired_workers=desired, scale_reason=reason, scale_memory=json.dumps(memory))
+    def set_scaling(
+        self,
+        endpoint_id: str,
+        desired: int,
+        reason: str,
+        memory: dict[str, Any],
+        status_message: str | None = None,
+    ) -> None:
+        values: dict[str, Any] = dict(
+            desired_workers=desired, scale_reason=reason, scale_memory=json.dumps(memory)
+        )
         if status_message is not None:
             values["status_message"] = status_message
         with self.engine.begin() as conn:
@@ -74,7 +140,9 @@ class EndpointStore:
         with self.engine.begin() as conn:
             conn.execute(update(endpoints).where(E.id == endpoint_id).values(status_message=message))
 
-    def get(self, ref: str, account_id: str | None = None, include_deleted: bool = False) -> RowMapping | None:
+    def get(
+        self, ref: str, account_id: str | None = None, include_deleted: bool = False
+    ) -> RowMapping | None:
         """By id, or by name within `account_id`."""
         q = select(endpoints)
         q = q.where(or_(E.id == ref, E.name == ref)) if account_id is not None else q.where(E.id == ref)
@@ -103,37 +171,69 @@ class EndpointStore:
     # ---- releases ----------------------------------------------------------------------------------
     def releases(self, endpoint_id: str) -> Sequence[RowMapping]:
         with self.engine.connect() as conn:
-            return conn.execute(select(releases).where(R.endpoint_id == endpoint_id).order_by(R.number)).mappings().all()
+            return (
+                conn.execute(select(releases).where(R.endpoint_id == endpoint_id).order_by(R.number))
+                .mappings()
+                .all()
+            )
 
     def release(self, endpoint_id: str, number: int) -> RowMapping | None:
         with self.engine.connect() as conn:
-            return conn.execute(select(releases).where(R.endpoint_id == endpoint_id, R.number == number)).mappings().first()
+            return (
+                conn.execute(select(releases).where(R.endpoint_id == endpoint_id, R.number == number))
+                .mappings()
+                .first()
+            )
 
     def add_release(self, endpoint_id: str, spec_json: str, status: str, now: float) -> int:
         with self.engine.begin() as conn:
-            number = int(conn.execute(select(func.coalesce(func.max(R.number), 0))
-                                      .where(R.endpoint_id == endpoint_id)).scalar_one()) + 1
-            conn.execute(insert(releases).values(endpoint_id=endpoint_id, number=number, spec=spec_json,
-                                                 status=status, created_at=now))
+            number = (
+                int(
+                    conn.execute(
+                        select(func.coalesce(func.max(R.number), 0)).where(R.endpoint_id == endpoint_id)
+                    ).scalar_one()
+                )
+                + 1
+            )
+            conn.execute(
+                insert(releases).values(
+                    endpoint_id=endpoint_id, number=number, spec=spec_json, status=status, created_at=now
+                )
+            )
             return number
 
     # ---- templates ---------------------------------------------------------------------------------
-    def create_template(self, *, id: str, account_id: str, name: str, data: dict[str, Any], now: float) -> None:
+    def create_template(
+        self, *, id: str, account_id: str, name: str, data: dict[str, Any], now: float
+    ) -> None:
         with self.engine.begin() as conn:
-            conn.execute(insert(templates).values(id=id, account_id=account_id, name=name, data=json.dumps(data),
-                                                  created_at=now))
+            conn.execute(
+                insert(templates).values(
+                    id=id, account_id=account_id, name=name, data=json.dumps(data), created_at=now
+                )
+            )
 
     def templates(self, account_id: str) -> Sequence[RowMapping]:
         with self.engine.connect() as conn:
-            return conn.execute(select(templates).where(T.account_id == account_id).order_by(T.created_at)).mappings().all()
+            return (
+                conn.execute(select(templates).where(T.account_id == account_id).order_by(T.created_at))
+                .mappings()
+                .all()
+            )
 
     def template(self, template_id: str, account_id: str) -> RowMapping | None:
         with self.engine.connect() as conn:
-            return conn.execute(select(templates).where(T.id == template_id, T.account_id == account_id)).mappings().first()
+            return (
+                conn.execute(select(templates).where(T.id == template_id, T.account_id == account_id))
+                .mappings()
+                .first()
+            )
 
     def update_template(self, template_id: str, name: str, data: dict[str, Any]) -> None:
         with self.engine.begin() as conn:
-            conn.execute(update(templates).where(T.id == template_id).values(name=name, data=json.dumps(data)))
+            conn.execute(
+                update(templates).where(T.id == template_id).values(name=name, data=json.dumps(data))
+            )
 
     def delete_template(self, template_id: str) -> None:
         with self.engine.begin() as conn:
@@ -142,18 +242,35 @@ class EndpointStore:
     # ---- volumes -----------------------------------------------------------------------------------
     def create_volume(self, *, id: str, account_id: str, name: str, size_gb: int, now: float) -> None:
         with self.engine.begin() as conn:
-            conn.execute(insert(volumes).values(id=id, account_id=account_id, name=name, size_gb=size_gb,
-                                                created_at=now))
+            conn.execute(
+                insert(volumes).values(
+                    id=id, account_id=account_id, name=name, size_gb=size_gb, created_at=now
+                )
+            )
 
     def volumes(self, account_id: str) -> Sequence[RowMapping]:
         with self.engine.connect() as conn:
-            return conn.execute(select(volumes).where(V.account_id == account_id, V.deleted_at.is_(None))
-                                .order_by(V.created_at)).mappings().all()
+            return (
+                conn.execute(
+                    select(volumes)
+                    .where(V.account_id == account_id, V.deleted_at.is_(None))
+                    .order_by(V.created_at)
+                )
+                .mappings()
+                .all()
+            )
 
     def volume(self, volume_id: str, account_id: str) -> RowMapping | None:
         with self.engine.connect() as conn:
-            return conn.execute(select(volumes).where(V.id == volume_id, V.account_id == account_id,
-                                                      V.deleted_at.is_(None))).mappings().first()
+            return (
+                conn.execute(
+                    select(volumes).where(
+                        V.id == volume_id, V.account_id == account_id, V.deleted_at.is_(None)
+                    )
+                )
+                .mappings()
+                .first()
+            )
 
     def resize_volume(self, volume_id: str, size_gb: int) -> None:
         with self.engine.begin() as conn:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 from sqlalchemy.engine import Engine
 
 from ember.store.accounts import AccountStore
@@ -9,6 +12,8 @@ from ember.store.db import Database, make_engine, migrate
 from ember.store.endpoints import EndpointStore
 from ember.store.jobs import JobStore
 from ember.store.workers import WorkerStore
+
+T = TypeVar("T")
 
 
 class Store:
@@ -25,8 +30,9 @@ class Store:
         migrate(engine)
         return cls(engine)
 
-    async def run(self, fn, *args):  # type: ignore[no-untyped-def]
-        return await self.db.run(fn, *args)
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Call a blocking store method from async code (inline on SQLite, in a thread otherwise)."""
+        return await self.db.run(fn, *args, **kwargs)
 
     def close(self) -> None:
         self.db.dispose()

@@ -77,7 +77,9 @@ class JobStore:
                 )
             )
 
-    def get(self, job_id: str, account_id: str | None = None, endpoint_id: str | None = None) -> RowMapping | None:
+    def get(
+        self, job_id: str, account_id: str | None = None, endpoint_id: str | None = None
+    ) -> RowMapping | None:
         q = select(jobs).where(J.id == job_id)
         if account_id is not None:
             q = q.where(J.account_id == account_id)
@@ -86,8 +88,9 @@ class JobStore:
         with self.engine.connect() as conn:
             return conn.execute(q).mappings().first()
 
-    def list(self, account_id: str, endpoint_id: str | None = None, state: str | None = None,
-             limit: int = 100) -> Sequence[RowMapping]:
+    def list(
+        self, account_id: str, endpoint_id: str | None = None, state: str | None = None, limit: int = 100
+    ) -> Sequence[RowMapping]:
         q = select(jobs).where(J.account_id == account_id)
         if endpoint_id:
             q = q.where(J.endpoint_id == endpoint_id)
@@ -97,13 +100,18 @@ class JobStore:
         with self.engine.connect() as conn:
             return conn.execute(q).mappings().all()
 
-    def cancel(self, job_id: str, account_id: str, endpoint_id: str, now: float, retention_s: float) -> RowMapping | None:
+    def cancel(
+        self, job_id: str, account_id: str, endpoint_id: str, now: float, retention_s: float
+    ) -> RowMapping | None:
         """Cancel a queued or running job; a running one is flagged for the job-stop channel.
         Returns the job as it is afterwards, or None when unknown. Final jobs are left as they are."""
         with self.engine.begin() as conn:
             row = conn.execute(
-                self._lock(select(J.state, J.worker_id).where(
-                    J.id == job_id, J.account_id == account_id, J.endpoint_id == endpoint_id))
+                self._lock(
+                    select(J.state, J.worker_id).where(
+                        J.id == job_id, J.account_id == account_id, J.endpoint_id == endpoint_id
+                    )
+                )
             ).first()
             if row is None:
                 return None
@@ -111,9 +119,13 @@ class JobStore:
                 conn.execute(
                     update(jobs)
                     .where(J.id == job_id, J.state.in_(_src(JobState.CANCELLED)))
-                    .values(state=JobState.CANCELLED.value, completed_at=now, purge_at=now + retention_s,
-                            stop_requested=row.state == JobState.IN_PROGRESS.value,
-                            webhook_next_at=now)
+                    .values(
+                        state=JobState.CANCELLED.value,
+                        completed_at=now,
+                        purge_at=now + retention_s,
+                        stop_requested=row.state == JobState.IN_PROGRESS.value,
+                        webhook_next_at=now,
+                    )
                 )
             return conn.execute(select(jobs).where(J.id == job_id)).mappings().first()
 
@@ -124,20 +136,41 @@ class JobStore:
         with self.engine.begin() as conn:
             res = conn.execute(
                 update(jobs)
-                .where(J.id == job_id, J.account_id == account_id, J.endpoint_id == endpoint_id,
-                       J.state.in_([JobState.FAILED.value, JobState.TIMED_OUT.value]))
-                .values(state=JobState.IN_QUEUE.value, output=None, error=None, worker_id=None,
-                        started_at=None, deadline_at=None, completed_at=None, purge_at=None,
-                        created_at=now, expires_at=now + ttl, retried=J.retried + 1, requeues=0,
-                        stream_next=0, stream_read=0, stop_requested=False,
-                        webhook_state=case((J.webhook.is_not(None), "PENDING"), else_=None),
-                        webhook_attempts=0, webhook_next_at=None)
+                .where(
+                    J.id == job_id,
+                    J.account_id == account_id,
+                    J.endpoint_id == endpoint_id,
+                    J.state.in_([JobState.FAILED.value, JobState.TIMED_OUT.value]),
+                )
+                .values(
+                    state=JobState.IN_QUEUE.value,
+                    output=None,
+                    error=None,
+                    worker_id=None,
+                    started_at=None,
+                    deadline_at=None,
+                    completed_at=None,
+                    purge_at=None,
+                    created_at=now,
+                    expires_at=now + ttl,
+                    retried=J.retried + 1,
+                    requeues=0,
+                    stream_next=0,
+                    stream_read=0,
+                    stop_requested=False,
+                    webhook_state=case((J.webhook.is_not(None), "PENDING"), else_=None),
+                    webhook_attempts=0,
+                    webhook_next_at=None,
+                )
             )
             if res.rowcount:
                 conn.execute(delete(job_stream).where(job_stream.c.job_id == job_id))
                 return JobState.IN_QUEUE.value
-            row = conn.execute(select(J.state).where(
-                J.id == job_id, J.account_id == account_id, J.endpoint_id == endpoint_id)).first()
+            row = conn.execute(
+                select(J.state).where(
+                    J.id == job_id, J.account_id == account_id, J.endpoint_id == endpoint_id
+                )
+            ).first()
             return None if row is None else row.state
 
     def purge_queue(self, endpoint_id: str, now: float, retention_s: float) -> int:
@@ -145,16 +178,30 @@ class JobStore:
             res = conn.execute(
                 update(jobs)
                 .where(J.endpoint_id == endpoint_id, J.state == JobState.IN_QUEUE.value)
-                .values(state=JobState.CANCELLED.value, completed_at=now, purge_at=now + retention_s,
-                        error="removed from the queue by purge-queue", webhook_next_at=now)
+                .values(
+                    state=JobState.CANCELLED.value,
+                    completed_at=now,
+                    purge_at=now + retention_s,
+                    error="removed from the queue by purge-queue",
+                    webhook_next_at=now,
+                )
             )
             return res.rowcount
 
-    def read_stream(self, job_id: str, account_id: str, endpoint_id: str) -> tuple[RowMapping, list[str]] | None:
+    def read_stream(
+        self, job_id: str, account_id: str, endpoint_id: str
+    ) -> tuple[RowMapping, list[str]] | None:
         """The job and every chunk not yet read (each chunk is handed out once), oldest first."""
         with self.engine.begin() as conn:
-            job = conn.execute(select(jobs).where(
-                J.id == job_id, J.account_id == account_id, J.endpoint_id == endpoint_id)).mappings().first()
+            job = (
+                conn.execute(
+                    select(jobs).where(
+                        J.id == job_id, J.account_id == account_id, J.endpoint_id == endpoint_id
+                    )
+                )
+                .mappings()
+                .first()
+            )
             if job is None:
                 return None
             chunks = conn.execute(
@@ -193,8 +240,12 @@ class JobStore:
         stmt = (
             update(jobs)
             .where(J.id.in_(pick.scalar_subquery()), J.state == JobState.IN_QUEUE.value)
-            .values(state=JobState.IN_PROGRESS.value, worker_id=worker_id, started_at=now,
-                    deadline_at=J.execution_timeout_ms / 1000.0 + now)
+            .values(
+                state=JobState.IN_PROGRESS.value,
+                worker_id=worker_id,
+                started_at=now,
+                deadline_at=J.execution_timeout_ms / 1000.0 + now,
+            )
             .returning(J.id, J.input, J.extra, J.created_at)
         )
         with self.engine.begin() as conn:
@@ -211,18 +262,36 @@ class JobStore:
             )
             return res.rowcount > 0
 
-    def finish(self, job_id: str, worker_id: str, state: JobState, output_json: str | None,
-               error: str | None, now: float, retention_run_s: float, retention_sync_s: float) -> str:
+    def finish(
+        self,
+        job_id: str,
+        worker_id: str,
+        state: JobState,
+        output_json: str | None,
+        error: str | None,
+        now: float,
+        retention_run_s: float,
+        retention_sync_s: float,
+    ) -> str:
         """Record a final result. Returns "done", "final" (already final: ignored, idempotent),
         "not_held" (the job is in progress on another worker or queued) or "unknown"."""
         with self.engine.begin() as conn:
             res = conn.execute(
                 update(jobs)
-                .where(J.id == job_id, J.worker_id == worker_id, J.state.in_(_src(state)),
-                       J.state == JobState.IN_PROGRESS.value)
-                .values(state=state.value, output=output_json, error=error, completed_at=now,
-                        purge_at=case((J.is_sync, now + retention_sync_s), else_=now + retention_run_s),
-                        webhook_next_at=now)
+                .where(
+                    J.id == job_id,
+                    J.worker_id == worker_id,
+                    J.state.in_(_src(state)),
+                    J.state == JobState.IN_PROGRESS.value,
+                )
+                .values(
+                    state=state.value,
+                    output=output_json,
+                    error=error,
+                    completed_at=now,
+                    purge_at=case((J.is_sync, now + retention_sync_s), else_=now + retention_run_s),
+                    webhook_next_at=now,
+                )
             )
             if res.rowcount:
                 return "done"
@@ -251,14 +320,20 @@ class JobStore:
 
     def held_by(self, worker_id: str) -> list[str]:
         with self.engine.connect() as conn:
-            return list(conn.execute(select(J.id).where(
-                J.worker_id == worker_id, J.state == JobState.IN_PROGRESS.value)).scalars())
+            return list(
+                conn.execute(
+                    select(J.id).where(J.worker_id == worker_id, J.state == JobState.IN_PROGRESS.value)
+                ).scalars()
+            )
 
     def take_stops(self, worker_id: str) -> list[str]:
         """Ids of jobs this worker should abandon (cancelled or timed out); each is handed out once."""
         with self.engine.begin() as conn:
-            ids = list(conn.execute(
-                select(J.id).where(J.worker_id == worker_id, J.stop_requested.is_(True))).scalars())
+            ids = list(
+                conn.execute(
+                    select(J.id).where(J.worker_id == worker_id, J.stop_requested.is_(True))
+                ).scalars()
+            )
             if ids:
                 conn.execute(update(jobs).where(J.id.in_(ids)).values(stop_requested=False))
             return ids
@@ -295,58 +370,88 @@ class JobStore:
     def time_out_running(self, now: float, retention_run_s: float) -> list[RowMapping]:
         """IN_PROGRESS jobs past their execution deadline become TIMED_OUT and are flagged for job-stop."""
         with self.engine.begin() as conn:
-            due = conn.execute(
-                self._lock(select(J.id, J.worker_id, J.endpoint_id, J.execution_timeout_ms).where(
-                    J.state == JobState.IN_PROGRESS.value, J.deadline_at < now))
-            ).mappings().all()
+            due = (
+                conn.execute(
+                    self._lock(
+                        select(J.id, J.worker_id, J.endpoint_id, J.execution_timeout_ms).where(
+                            J.state == JobState.IN_PROGRESS.value, J.deadline_at < now
+                        )
+                    )
+                )
+                .mappings()
+                .all()
+            )
             for row in due:
                 conn.execute(
                     update(jobs)
                     .where(J.id == row["id"], J.state == JobState.IN_PROGRESS.value)
-                    .values(state=JobState.TIMED_OUT.value, completed_at=now, purge_at=now + retention_run_s,
-                            stop_requested=True, webhook_next_at=now,
-                            error=f"execution timeout of {row['execution_timeout_ms']} ms exceeded; "
-                                  "the worker was told to stop the job")
+                    .values(
+                        state=JobState.TIMED_OUT.value,
+                        completed_at=now,
+                        purge_at=now + retention_run_s,
+                        stop_requested=True,
+                        webhook_next_at=now,
+                        error=f"execution timeout of {row['execution_timeout_ms']} ms exceeded; "
+                        "the worker was told to stop the job",
+                    )
                 )
             return list(due)
 
     def expire(self, now: float, grace_s: float) -> list[RowMapping]:
         """Jobs past their ttl end TIMED_OUT and are purged shortly after (status then answers 404)."""
         with self.engine.begin() as conn:
-            due = conn.execute(
-                self._lock(select(J.id, J.worker_id, J.state, J.endpoint_id).where(
-                    J.state.in_([JobState.IN_QUEUE.value, JobState.IN_PROGRESS.value]), J.expires_at < now))
-            ).mappings().all()
+            due = (
+                conn.execute(
+                    self._lock(
+                        select(J.id, J.worker_id, J.state, J.endpoint_id).where(
+                            J.state.in_([JobState.IN_QUEUE.value, JobState.IN_PROGRESS.value]),
+                            J.expires_at < now,
+                        )
+                    )
+                )
+                .mappings()
+                .all()
+            )
             for row in due:
                 conn.execute(
                     update(jobs)
                     .where(J.id == row["id"], J.state == row["state"])
-                    .values(state=JobState.TIMED_OUT.value, completed_at=now, purge_at=now + grace_s,
-                            stop_requested=row["state"] == JobState.IN_PROGRESS.value, webhook_next_at=now,
-                            error="ttl expired before the job completed"
-                            if row["state"] == JobState.IN_PROGRESS.value
-                            else "ttl expired before the job was picked up")
+                    .values(
+                        state=JobState.TIMED_OUT.value,
+                        completed_at=now,
+                        purge_at=now + grace_s,
+                        stop_requested=row["state"] == JobState.IN_PROGRESS.value,
+                        webhook_next_at=now,
+                        error="ttl expired before the job completed"
+                        if row["state"] == JobState.IN_PROGRESS.value
+                        else "ttl expired before the job was picked up",
+                    )
                 )
             return list(due)
 
     def purge_expired(self, now: float) -> int:
         keep_for_webhook = and_(J.webhook_state == "PENDING", J.webhook_attempts < 3)
         with self.engine.begin() as conn:
-            ids = list(conn.execute(
-                select(J.id).where(J.purge_at < now, ~keep_for_webhook).limit(5000)).scalars())
+            ids = list(
+                conn.execute(select(J.id).where(J.purge_at < now, ~keep_for_webhook).limit(5000)).scalars()
+            )
             if ids:
                 conn.execute(delete(job_stream).where(job_stream.c.job_id.in_(ids)))
                 conn.execute(delete(jobs).where(J.id.in_(ids)))
             return len(ids)
 
-    def release_worker_jobs(self, worker_id: str, reason: str, max_requeues: int, now: float,
-                            retention_run_s: float) -> tuple[list[str], list[str]]:
+    def release_worker_jobs(
+        self, worker_id: str, reason: str, max_requeues: int, now: float, retention_run_s: float
+    ) -> tuple[list[str], list[str]]:
         """A worker is gone: its IN_PROGRESS jobs are re-queued (up to `max_requeues` times each), the
         rest failed with `reason`. Returns (requeued ids, failed ids)."""
         with self.engine.begin() as conn:
             held = conn.execute(
-                self._lock(select(J.id, J.requeues).where(
-                    J.worker_id == worker_id, J.state == JobState.IN_PROGRESS.value))
+                self._lock(
+                    select(J.id, J.requeues).where(
+                        J.worker_id == worker_id, J.state == JobState.IN_PROGRESS.value
+                    )
+                )
             ).all()
             again = [r.id for r in held if r.requeues < max_requeues]
             fail = [r.id for r in held if r.requeues >= max_requeues]
@@ -354,36 +459,55 @@ class JobStore:
                 conn.execute(
                     update(jobs)
                     .where(J.id.in_(again), J.state == JobState.IN_PROGRESS.value)
-                    .values(state=JobState.IN_QUEUE.value, worker_id=None, started_at=None, deadline_at=None,
-                            requeues=J.requeues + 1, output=None)
+                    .values(
+                        state=JobState.IN_QUEUE.value,
+                        worker_id=None,
+                        started_at=None,
+                        deadline_at=None,
+                        requeues=J.requeues + 1,
+                        output=None,
+                    )
                 )
             if fail:
                 conn.execute(
                     update(jobs)
                     .where(J.id.in_(fail), J.state == JobState.IN_PROGRESS.value)
-                    .values(state=JobState.FAILED.value, completed_at=now, purge_at=now + retention_run_s,
-                            webhook_next_at=now,
-                            error=f"{reason}; the job was already re-queued {max_requeues} time(s)")
+                    .values(
+                        state=JobState.FAILED.value,
+                        completed_at=now,
+                        purge_at=now + retention_run_s,
+                        webhook_next_at=now,
+                        error=f"{reason}; the job was already re-queued {max_requeues} time(s)",
+                    )
                 )
             return again, fail
 
     def webhooks_due(self, now: float, limit: int = 100) -> Sequence[RowMapping]:
         with self.engine.connect() as conn:
-            return conn.execute(
-                select(jobs).where(J.webhook_state == "PENDING", J.state.in_(FINAL_VALUES),
-                                   J.webhook_next_at <= now).limit(limit)
-            ).mappings().all()
+            return (
+                conn.execute(
+                    select(jobs)
+                    .where(J.webhook_state == "PENDING", J.state.in_(FINAL_VALUES), J.webhook_next_at <= now)
+                    .limit(limit)
+                )
+                .mappings()
+                .all()
+            )
 
-    def webhook_result(self, job_id: str, delivered: bool, now: float, retry_after_s: float,
-                       max_attempts: int) -> None:
+    def webhook_result(
+        self, job_id: str, delivered: bool, now: float, retry_after_s: float, max_attempts: int
+    ) -> None:
         with self.engine.begin() as conn:
             row = conn.execute(select(J.webhook_attempts).where(J.id == job_id)).first()
             if row is None:
                 return
             attempts = row.webhook_attempts + 1
             state = "DELIVERED" if delivered else ("FAILED" if attempts >= max_attempts else "PENDING")
-            conn.execute(update(jobs).where(J.id == job_id).values(
-                webhook_state=state, webhook_attempts=attempts, webhook_next_at=now + retry_after_s))
+            conn.execute(
+                update(jobs)
+                .where(J.id == job_id)
+                .values(webhook_state=state, webhook_attempts=attempts, webhook_next_at=now + retry_after_s)
+            )
 
     def _lock(self, q: Any) -> Any:
         return q.with_for_update() if self.pg else q

@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.engine import Engine, RowMapping
 
 from ember.core.workers import WorkerState, sources
-from ember.store.schema import jobs, worker_events, workers
+from ember.store.schema import jobs, meter_cursors, worker_events, workers
 
 W = workers.c
 
@@ -19,21 +19,63 @@ class WorkerStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def create(self, *, id: str, endpoint_id: str, account_id: str, release: int, type: str, state: WorkerState,
-               now: float, reason: str, gpu_type: str | None, gpu_count: int, gpu_devices: str, backend: str,
-               launched: bool) -> None:
+    def create(
+        self,
+        *,
+        id: str,
+        endpoint_id: str,
+        account_id: str,
+        release: int,
+        type: str,
+        state: WorkerState,
+        now: float,
+        reason: str,
+        gpu_type: str | None,
+        gpu_count: int,
+        gpu_devices: str,
+        backend: str,
+        launched: bool,
+    ) -> None:
         with self.engine.begin() as conn:
-            conn.execute(insert(workers).values(
-                id=id, endpoint_id=endpoint_id, account_id=account_id, release=release, type=type,
-                state=state.value, state_since=now, reason=reason, gpu_type=gpu_type, gpu_count=gpu_count,
-                gpu_devices=gpu_devices, backend=backend, launched_at=now if launched else None, created_at=now,
-            ))
-            conn.execute(insert(worker_events).values(
-                worker_id=id, endpoint_id=endpoint_id, account_id=account_id, from_state=None,
-                to_state=state.value, at=now, reason=reason))
+            conn.execute(
+                insert(workers).values(
+                    id=id,
+                    endpoint_id=endpoint_id,
+                    account_id=account_id,
+                    release=release,
+                    type=type,
+                    state=state.value,
+                    state_since=now,
+                    reason=reason,
+                    gpu_type=gpu_type,
+                    gpu_count=gpu_count,
+                    gpu_devices=gpu_devices,
+                    backend=backend,
+                    launched_at=now if launched else None,
+                    created_at=now,
+                )
+            )
+            conn.execute(
+                insert(worker_events).values(
+                    worker_id=id,
+                    endpoint_id=endpoint_id,
+                    account_id=account_id,
+                    from_state=None,
+                    to_state=state.value,
+                    at=now,
+                    reason=reason,
+                )
+            )
 
-    def transition(self, worker_id: str, to: WorkerState, now: float, reason: str = "",
-                   only_from: Sequence[WorkerState] | None = None, **values: Any) -> str | None:
+    def transition(
+        self,
+        worker_id: str,
+        to: WorkerState,
+        now: float,
+        reason: str = "",
+        only_from: Sequence[WorkerState] | None = None,
+        **values: Any,
+    ) -> str | None:
         """Move a worker to `to` if its current state allows it. Returns the previous state, or None
         when the transition was not legal (or the worker is unknown); nothing changes then."""
         allowed = [s.value for s in (only_from if only_from is not None else sources(to)) if s in sources(to)]
@@ -42,20 +84,30 @@ class WorkerStore:
             if row is None or row.state not in allowed:
                 return None
             res = conn.execute(
-                update(workers).where(W.id == worker_id, W.state == row.state)
+                update(workers)
+                .where(W.id == worker_id, W.state == row.state)
                 .values(state=to.value, state_since=now, reason=reason, **values)
             )
             if not res.rowcount:
                 return None
-            conn.execute(insert(worker_events).values(
-                worker_id=worker_id, endpoint_id=row.endpoint_id, account_id=row.account_id,
-                from_state=row.state, to_state=to.value, at=now, reason=reason))
+            conn.execute(
+                insert(worker_events).values(
+                    worker_id=worker_id,
+                    endpoint_id=row.endpoint_id,
+                    account_id=row.account_id,
+                    from_state=row.state,
+                    to_state=to.value,
+                    at=now,
+                    reason=reason,
+                )
+            )
             return str(row.state)
 
     def settle_if_idle(self, worker_id: str, now: float) -> bool:
         """RUNNING -> IDLE when the worker holds no IN_PROGRESS job any more (one transaction)."""
         held = (
-            select(func.count()).select_from(jobs)
+            select(func.count())
+            .select_from(jobs)
             .where(jobs.c.worker_id == worker_id, jobs.c.state == "IN_PROGRESS")
             .scalar_subquery()
         )
@@ -63,15 +115,24 @@ class WorkerStore:
             row = conn.execute(
                 update(workers)
                 .where(W.id == worker_id, W.state == WorkerState.RUNNING.value, held == 0)
-                .values(state=WorkerState.IDLE.value, state_since=now, idle_since=now, reason="finished its jobs")
+                .values(
+                    state=WorkerState.IDLE.value, state_since=now, idle_since=now, reason="finished its jobs"
+                )
                 .returning(W.endpoint_id, W.account_id)
             ).first()
             if row is None:
                 return False
-            conn.execute(insert(worker_events).values(
-                worker_id=worker_id, endpoint_id=row.endpoint_id, account_id=row.account_id,
-                from_state=WorkerState.RUNNING.value, to_state=WorkerState.IDLE.value, at=now,
-                reason="finished its jobs"))
+            conn.execute(
+                insert(worker_events).values(
+                    worker_id=worker_id,
+                    endpoint_id=row.endpoint_id,
+                    account_id=row.account_id,
+                    from_state=WorkerState.RUNNING.value,
+                    to_state=WorkerState.IDLE.value,
+                    at=now,
+                    reason="finished its jobs",
+                )
+            )
             return True
 
     def update(self, worker_id: str, **values: Any) -> None:
@@ -85,8 +146,9 @@ class WorkerStore:
         with self.engine.connect() as conn:
             return conn.execute(q).mappings().first()
 
-    def list(self, *, endpoint_id: str | None = None, account_id: str | None = None,
-             include_stopped: bool = False) -> Sequence[RowMapping]:
+    def list(
+        self, *, endpoint_id: str | None = None, account_id: str | None = None, include_stopped: bool = False
+    ) -> Sequence[RowMapping]:
         q = select(workers)
         if endpoint_id is not None:
             q = q.where(W.endpoint_id == endpoint_id)
@@ -106,17 +168,60 @@ class WorkerStore:
             ).all()
         return {r[0]: int(r[1]) for r in rows}
 
+    def meter_candidates(self) -> list[tuple[RowMapping, float | None, int]]:
+        """Workers with time not yet billed: live ones, and stopped ones billed short of their stop."""
+        m = meter_cursors.c
+        q = (
+            select(workers, m.metered_until, m.carry_ms)
+            .select_from(workers.outerjoin(meter_cursors, m.worker_id == W.id))
+            .where(
+                or_(
+                    W.state != WorkerState.STOPPED.value,
+                    m.metered_until.is_(None),
+                    m.metered_until < W.state_since,
+                )
+            )
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).mappings().all()
+        return [(r, r["metered_until"], int(r["carry_ms"] or 0)) for r in rows]
+
+    def save_meter(
+        self, worker_id: str, until: float, carry_ms: int, charges: Sequence[Any], now: float, accounts: Any
+    ) -> None:
+        """Append the charges and move the worker's cursor, in one transaction."""
+        with self.engine.begin() as conn:
+            accounts.record_charges(charges, now, conn=conn)
+            res = conn.execute(
+                update(meter_cursors)
+                .where(meter_cursors.c.worker_id == worker_id)
+                .values(metered_until=until, carry_ms=carry_ms)
+            )
+            if not res.rowcount:
+                conn.execute(
+                    insert(meter_cursors).values(worker_id=worker_id, metered_until=until, carry_ms=carry_ms)
+                )
+
     def history(self, worker_id: str) -> Sequence[RowMapping]:
         with self.engine.connect() as conn:
-            return conn.execute(
-                select(worker_events).where(worker_events.c.worker_id == worker_id)
-                .order_by(worker_events.c.at, worker_events.c.id)
-            ).mappings().all()
+            return (
+                conn.execute(
+                    select(worker_events)
+                    .where(worker_events.c.worker_id == worker_id)
+                    .order_by(worker_events.c.at, worker_events.c.id)
+                )
+                .mappings()
+                .all()
+            )
 
     def events_since(self, worker_id: str, since_at: float) -> Sequence[RowMapping]:
         with self.engine.connect() as conn:
-            return conn.execute(
-                select(worker_events).where(worker_events.c.worker_id == worker_id,
-                                            worker_events.c.at >= since_at)
-                .order_by(worker_events.c.at, worker_events.c.id)
-            ).mappings().all()
+            return (
+                conn.execute(
+                    select(worker_events)
+                    .where(worker_events.c.worker_id == worker_id, worker_events.c.at >= since_at)
+                    .order_by(worker_events.c.at, worker_events.c.id)
+                )
+                .mappings()
+                .all()
+            )

@@ -8,7 +8,9 @@ from typing import Any
 
 
 def record(row: Mapping[str, Any]) -> dict[str, Any]:
-    """`{"id", "status", "delayTime", "executionTime", "workerId", "output" | "error"}`; unknown fields omitted."""
+    """`{"id", "status", "delayTime", "executionTime", "workerId", "output" | "error"}`.
+
+    Fields not known yet are omitted."""
     rec: dict[str, Any] = {"id": row["id"], "status": row["state"]}
     started = row["started_at"]
     if started is not None:

@@ -1,0 +1,295 @@
+"""The management API under /v1: accounts, templates, endpoints (create/list/get/update/delete),
+releases and rollback, workers and their history, logs, exec, jobs and billing usage.
+Routes write desired state and wake the loops; they never start or stop compute themselves."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response, StreamingResponse
+
+from ember.api import views
+from ember.api.deps import Runtime, admin, caller, new_token, read_json, runtime
+from ember.api.errors import json_response
+from ember.core.errors import BackendError, Conflict, InvalidInput, NotFound, Problem
+from ember.core.ids import make_id
+from ember.core.limits import max_workers
+from ember.core.money import format_dollars, parse_dollars
+from ember.core.workers import WorkerState
+from ember.store.accounts import KeyInfo
+
+router = APIRouter(prefix="/v1")
+BODY_LIMIT = 1024 * 1024
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    body = await read_json(request, BODY_LIMIT)
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object", [Problem("body", "must be a JSON object")])
+    return body
+
+
+# ---- accounts ----------------------------------------------------------------------------------------
+@router.post("/accounts", tags=["accounts"], summary="Create an account (admin only)")
+async def create_account(request: Request) -> Response:
+    admin(request)
+    rt = runtime(request)
+    body = await _body(request)
+    name = body.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidInput("name is required", [Problem("name", "must be a non-empty string", name)])
+    account_id = make_id("account", uuid.uuid4().hex[:16])
+    key = "ek_" + new_token(24)
+    now = rt.clock.now()
+    await rt.store.run(
+        lambda: rt.store.accounts.create(
+            id=account_id,
+            name=name.strip(),
+            is_admin=False,
+            balance_micros=rt.limits.initial_balance_micros,
+            now=now,
+        )
+    )
+    await rt.store.run(lambda: rt.store.accounts.add_key(key, account_id=account_id, kind="user", now=now))
+    return json_response({"id": account_id, "name": name.strip(), "apiKey": key}, 201)
+
+
+def _account_view(rt: Runtime, account_id: str) -> dict[str, Any]:
+    row = rt.store.accounts.get(account_id)
+    if row is None:
+        raise NotFound(f"account {account_id!r} not found")
+    live = rt.store.workers.count_live_by_account().get(account_id, 0)
+    return views.account(
+        row, max_workers=max_workers(int(row["balance_micros"]), rt.limit_table), workers=live
+    )
+
+
+@router.get("/accounts/me", tags=["accounts"], summary="The caller's account")
+async def me(request: Request) -> Response:
+    who = caller(request)
+    rt = runtime(request)
+    return json_response(await rt.store.run(_account_view, rt, who.account_id))
+
+
+@router.post("/accounts/{account_id}/credits", tags=["accounts"], summary="Add credit (admin only)")
+async def add_credits(account_id: str, request: Request) -> Response:
+    admin(request)
+    rt = runtime(request)
+    body = await _body(request)
+    amount = parse_dollars(body.get("amount"), field="amount")  # type: ignore[arg-type]
+    if amount <= 0:
+        raise InvalidInput("amount must be positive", [Problem("amount", "must be > 0", body.get("amount"))])
+    balance = await rt.store.run(rt.store.accounts.credit, account_id, amount, rt.clock.now())
+    if balance is None:
+        raise NotFound(f"account {account_id!r} not found")
+    rt.signals.poke_scaler()
+    return json_response(await rt.store.run(_account_view, rt, account_id))
+
+
+@router.get("/accounts/me/balance", tags=["billing"], summary="Balance and limits")
+async def balance(request: Request) -> Response:
+    return await me(request)
+
+
+# ---- billing -----------------------------------------------------------------------------------------
+@router.get("/billing/usage", tags=["billing"], summary="Billed seconds and cost per worker and state")
+async def usage(
+    request: Request,
+    endpointId: str | None = None,
+    workerId: str | None = None,  # noqa: N803
+    to: str | None = None,
+) -> Response:
+    who = caller(request)
+    rt = runtime(request)
+    q = request.query_params
+    from_at = _time_param(q.get("from"), "from")
+    to_at = _time_param(to, "to")
+    rows = await rt.store.run(
+        lambda: rt.store.accounts.usage(
+            who.account_id, endpoint_id=endpointId, worker_id=workerId, from_at=from_at, to_at=to_at
+        )
+    )
+    items = [
+        {
+            "workerId": r["worker_id"],
+            "endpointId": r["endpoint_id"],
+            "state": r["state"],
+            "workerType": r["worker_type"],
+            "gpuTypeId": r["gpu_type"],
+            "seconds": int(r["seconds"] or 0),
+            "cost": format_dollars(int(r["amount_micros"] or 0)),
+        }
+        for r in rows
+    ]
+    total = sum(int(r["amount_micros"] or 0) for r in rows)
+    return json_response({"items": items, "totalCost": format_dollars(total)})
+
+
+def _time_param(value: str | None, name: str) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise InvalidInput(
+            f"{name} must be epoch seconds or an ISO-8601 time", [Problem(name, "bad time", value)]
+        )
+
+
+# ---- workers -----------------------------------------------------------------------------------------
+async def _own_worker(rt: Runtime, who: KeyInfo, worker_id: str) -> Any:
+    row = await rt.store.run(rt.store.workers.get, worker_id, who.account_id)
+    if row is None:
+        raise NotFound(f"worker {worker_id!r} not found")
+    return row
+
+
+@router.get("/workers/{worker_id}", tags=["workers"], summary="One worker")
+async def get_worker(worker_id: str, request: Request) -> Response:
+    who = caller(request)
+    rt = runtime(request)
+    return json_response(views.worker(await _own_worker(rt, who, worker_id), rt.clock.now()))
+
+
+@router.get("/workers/{worker_id}/history", tags=["workers"], summary="A worker's state transitions")
+async def worker_history(worker_id: str, request: Request) -> Response:
+    who = caller(request)
+    rt = runtime(request)
+    await _own_worker(rt, who, worker_id)
+    rows = await rt.store.run(rt.store.workers.history, worker_id)
+    return json_response([views.event(r) for r in rows])
+
+
+@router.post("/workers/{worker_id}/exec", tags=["workers"], summary="Run a command in a worker")
+async def worker_exec(worker_id: str, request: Request) -> Response:
+    who = caller(request)
+    rt = runtime(request)
+    row = await _own_worker(rt, who, worker_id)
+    body = await _body(request)
+    command = body.get("command")
+    if not isinstance(command, list) or not command or not all(isinstance(c, str) for c in command):
+        raise InvalidInput(
+            "command must be a non-empty list of strings", [Problem("command", "bad command", command)]
+        )
+    if row["state"] == WorkerState.STOPPED.value:
+        raise Conflict(f"worker {worker_id} is stopped")
+    backend = rt.backend_for(row["backend"])
+    timeout = body.get("timeoutS", 60)
+    result = await backend.exec(worker_id, command, timeout_s=float(timeout))
+    return json_response({"exitCode": result.exit_code, "output": result.output.decode("utf-8", "replace")})
+
+
+@router.get("/workers/{worker_id}/shell", tags=["workers"], summary="How to open an interactive shell")
+async def worker_shell(worker_id: str, request: Request) -> Response:
+    who = caller(request)
+    rt = runtime(request)
+    row = await _own_worker(rt, who, worker_id)
+    backend = rt.backend_for(row["backend"])
+    shell = getattr(backend, "shell_command", None)
+    if shell is None:
+        raise BackendError(f"the {row['backend']} backend has no interactive shell")
+    return json_response({"argv": shell(worker_id)})
+
+
+# ---- logs --------------------------------------------------------------------------------------------
+@router.get("/endpoints/{ref}/logs", tags=["logs"], summary="Worker logs (follow with ?follow=true)")
+async def logs(
+    ref: str, request: Request, worker: str | None = None, follow: bool = False, tail: int | None = None
+) -> Response:
+    who = caller(request)
+    rt = runtime(request)
+    ep = await rt.store.run(rt.store.endpoints.get, ref, who.account_id)
+    if ep is None:
+        raise NotFound(f"endpoint {ref!r} not found")
+    rows = await rt.store.run(lambda: rt.store.workers.list(endpoint_id=ep["id"], include_stopped=True))
+    if worker is not None:
+        rows = [r for r in rows if r["id"] == worker]
+        if not rows:
+            raise NotFound(f"worker {worker!r} not found on endpoint {ref!r}")
+    return StreamingResponse(_log_lines(rt, ep["id"], rows, worker, follow, tail), media_type="text/plain")
+
+
+async def _log_lines(
+    rt: Runtime, endpoint_id: str, rows: Any, only: str | None, follow: bool, tail: int | None
+) -> AsyncIterator[bytes]:
+    queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=1000)
+    seen: set[str] = set()
+    tasks: list[asyncio.Task[None]] = []
+
+    async def pump(row: Any) -> None:
+        try:
+            backend = rt.backend_for(row["backend"])
+            live = follow and row["state"] != WorkerState.STOPPED.value
+            async for line in backend.logs(row["id"], tail=tail, follow=live):
+                await queue.put(f"[{row['id']}] {line.rstrip()}\n")
+        except Exception as exc:  # a worker whose logs are gone must not end the whole stream
+            await queue.put(f"[{row['id']}] (logs unavailable: {exc})\n")
+
+    def start(row: Any) -> None:
+        seen.add(row["id"])
+        tasks.append(asyncio.create_task(pump(row)))
+
+    for row in rows:
+        start(row)
+    try:
+        while True:
+            if not follow and all(t.done() for t in tasks) and queue.empty():
+                return
+            try:
+                line = await asyncio.wait_for(queue.get(), 1.0)
+            except TimeoutError:
+                if follow and only is None:
+                    for row in await rt.store.run(lambda: rt.store.workers.list(endpoint_id=endpoint_id)):
+                        if row["id"] not in seen:
+                            start(row)
+                continue
+            if line is not None:
+                yield line.encode("utf-8", "replace")
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+# ---- jobs --------------------------------------------------------------------------------------------
+@router.get("/jobs", tags=["jobs"], summary="Recent jobs of the caller's account")
+async def list_jobs(
+    request: Request,
+    endpointId: str | None = None,
+    state: str | None = None,  # noqa: N803
+    limit: int = 100,
+) -> Response:
+    who = caller(request)
+    rt = runtime(request)
+    endpoint_id = None
+    if endpointId:
+        ep = await rt.store.run(rt.store.endpoints.get, endpointId, who.account_id)
+        if ep is None:
+            raise NotFound(f"endpoint {endpointId!r} not found")
+        endpoint_id = ep["id"]
+    rows = await rt.store.run(
+        lambda: rt.store.jobs.list(who.account_id, endpoint_id, state, max(1, min(limit, 1000)))
+    )
+    out = []
+    for r in rows:
+        rec = {
+            "id": r["id"],
+            "endpointId": r["endpoint_id"],
+            "status": r["state"],
+            "workerId": r["worker_id"],
+            "createdAt": views.iso(r["created_at"]),
+            "completedAt": views.iso(r["completed_at"]),
+        }
+        if r["error"]:
+            rec["error"] = r["error"][:500]
+        out.append(rec)
+    return json_response(out)

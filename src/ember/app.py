@@ -1,0 +1,203 @@
+"""The composition root: builds every object from Settings and wires them into one ASGI app.
+
+`create_app(settings, *, store=None, backends=None, clock=None, start_loops=True)` is what `ember
+server`, `ember up`, `ember dev` and the tests call; nothing else creates engines, clients or loops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import Response
+
+from ember import __version__
+from ember.api import client as client_routes
+from ember.api import endpoints as endpoint_routes
+from ember.api import errors as api_errors
+from ember.api import manage as manage_routes
+from ember.api import worker as worker_routes
+from ember.api.deps import Limits, Runtime
+from ember.backends.base import Backend
+from ember.control.clock import Clock, SystemClock
+from ember.control.launcher import LaunchConfig
+from ember.control.lifecycle import Lifecycle, LifecycleConfig
+from ember.control.meter import Meter
+from ember.control.reaper import Reaper, ReaperConfig
+from ember.control.runner import Intervals, Runner
+from ember.control.signals import Signals
+from ember.core.billing import PriceTable
+from ember.core.ids import make_id
+from ember.core.limits import DEFAULT_TABLE
+from ember.core.money import parse_dollars
+from ember.core.placement import Host
+from ember.settings import Settings
+from ember.store.facade import Store
+
+log = logging.getLogger("ember")
+
+
+def ensure_admin(store: Store, settings: Settings, clock: Clock) -> str | None:
+    """Create the admin account and key on first start. Returns the new plaintext key (to print once),
+    or None when the admin already exists. The key is stored hashed; a copy for the local CLI is kept
+    in EMBER_HOME/admin_key with mode 0600."""
+    if store.accounts.admin() is not None:
+        return None
+    key = settings.admin_key or ("ek_admin_" + secrets.token_hex(20))
+    account_id = make_id("account", uuid.uuid4().hex[:16])
+    now = clock.now()
+    store.accounts.create(
+        id=account_id,
+        name="admin",
+        is_admin=True,
+        balance_micros=parse_dollars(settings.admin_initial_balance),
+        now=now,
+    )
+    store.accounts.add_key(key, account_id=account_id, kind="admin", now=now)
+    path = settings.home / "admin_key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    return key
+
+
+def default_backends(settings: Settings, clock: Clock) -> dict[str, Backend]:
+    from ember.backends.local import LocalBackend
+
+    backends: dict[str, Backend] = {"local": LocalBackend(settings.home / "runtime", python=sys.executable)}
+    if settings.backend == "docker" or os.environ.get("EMBER_DOCKER", "") == "1":
+        from ember.backends.docker import DockerBackend
+
+        backends["docker"] = DockerBackend()
+    return backends
+
+
+def hosts_from(settings: Settings) -> list[Host]:
+    from ember.backends.gpus import detect_gpus, parse_gpu_decl
+
+    slots: dict[str, list[str]] = dict(detect_gpus())
+    if settings.gpus:
+        for gpu_type, devices in parse_gpu_decl(settings.gpus).items():
+            slots[gpu_type] = list(devices)
+    return [Host("local", slots)]
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    backends: dict[str, Backend] | None = None,
+    clock: Clock | None = None,
+    start_loops: bool = True,
+) -> FastAPI:
+    clock = clock or SystemClock()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    store = store or Store.open(settings.db_url)
+    backends = backends if backends is not None else default_backends(settings, clock)
+    signals = Signals()
+    new_admin_key = ensure_admin(store, settings, clock)
+    limits = Limits(
+        take_hold_s=settings.take_hold_s,
+        ping_interval_ms=settings.ping_interval_ms,
+        lost_worker_requeues=settings.lost_worker_requeues,
+        initial_balance_micros=parse_dollars(settings.initial_balance),
+    )
+    runtime = Runtime(
+        store=store,
+        clock=clock,
+        signals=signals,
+        limits=limits,
+        api_url=settings.api_url,
+        home=settings.home,
+        backends=dict(backends),
+        limit_table=DEFAULT_TABLE,
+    )
+    launch = LaunchConfig(
+        api_url=settings.api_url,
+        home=settings.home,
+        ping_interval_ms=settings.ping_interval_ms,
+        prepare_python=_venv_builder(settings.home),
+    )
+    default_backend = settings.backend if settings.backend in backends else next(iter(backends), "local")
+    lifecycle = Lifecycle(
+        store,
+        backends,
+        clock,
+        signals,
+        LifecycleConfig(
+            ping_timeout_s=settings.ping_timeout_s,
+            init_timeout_s=settings.init_timeout_s,
+            stop_grace_s=settings.stop_grace_s,
+            lost_worker_requeues=settings.lost_worker_requeues,
+            retention_run_s=limits.retention_run_s,
+            default_backend=default_backend,
+            hosts=hosts_from(settings),
+            limit_table=DEFAULT_TABLE,
+        ),
+        launch,
+    )
+    reaper = Reaper(store, clock, signals, ReaperConfig(retention_run_s=limits.retention_run_s))
+    meter = Meter(store, clock, PriceTable(active_discount_pct=settings.active_discount_pct))
+    runner = Runner(
+        lifecycle,
+        reaper,
+        meter,
+        clock,
+        signals,
+        Intervals(tick_s=settings.tick_s, meter_s=settings.meter_interval_s),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if start_loops:
+            runner.start()
+        try:
+            yield
+        finally:
+            if start_loops:
+                await runner.stop()
+            for backend in backends.values():
+                await backend.aclose()
+            store.close()
+
+    app = FastAPI(
+        title="Ember",
+        version=__version__,
+        lifespan=lifespan,
+        description="Self-hosted serverless GPU platform, wire-compatible with RunPod Serverless.",
+    )
+    app.state.runtime = runtime
+    app.state.runner = runner
+    app.state.lifecycle = lifecycle
+    app.state.new_admin_key = new_admin_key
+    api_errors.install(app)
+    app.include_router(client_routes.router)
+    app.include_router(worker_routes.router)
+    app.include_router(endpoint_routes.router)
+    app.include_router(manage_routes.router)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        return Response('{"status":"ok"}', media_type="application/json")
+
+    return app
+
+
+def _venv_builder(home: Path) -> Any:
+    from ember.build.venv import ensure_venv
+
+    async def prepare(source: Path) -> str | None:
+        import anyio.to_thread
+
+        return await anyio.to_thread.run_sync(ensure_venv, source, home / "venvs")
+
+    return prepare

@@ -1,0 +1,316 @@
+"""CLI commands that manage endpoints and look at them: deploy, endpoints, workers, jobs, logs,
+releases, rollback, exec/ssh, balance, usage."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ember.cli.http import api_key, api_url, call, fail, print_json
+
+console = Console()
+
+
+def _parse_env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        if "=" not in pair:
+            fail(f"--env expects KEY=VALUE, got {pair!r}")
+        k, v = pair.split("=", 1)
+        env[k] = v
+    return env
+
+
+def deploy(
+    directory: str | None = typer.Argument(None, help="Directory with handler.py (and requirements.txt)"),
+    name: str = typer.Option(..., "--name", help="Endpoint name"),
+    image: str | None = typer.Option(None, "--image", help="Deploy a container image instead of a directory"),
+    git: str | None = typer.Option(None, "--git", help="Deploy from a git repository URL"),
+    branch: str = typer.Option("main", "--branch"),
+    dockerfile: str = typer.Option("Dockerfile", "--dockerfile"),
+    context: str = typer.Option(".", "--context"),
+    workers_min: int | None = typer.Option(None, "--workers-min"),
+    workers_max: int | None = typer.Option(None, "--workers-max"),
+    idle_timeout: float | None = typer.Option(
+        None, "--idle-timeout", help="Seconds idle before a flex worker stops"
+    ),
+    gpu: list[str] = typer.Option([], "--gpu", help="GPU type, in preference order (repeatable)"),
+    gpu_count: int | None = typer.Option(None, "--gpu-count"),
+    env: list[str] = typer.Option([], "--env", help="KEY=VALUE (repeatable)"),
+    model: str | None = typer.Option(None, "--model", help="Hugging Face model to cache on the host"),
+    volume: str | None = typer.Option(None, "--volume", help="Network volume id to mount at /runpod-volume"),
+    as_json: bool = typer.Option(False, "--json", help="Print the endpoint record as JSON"),
+) -> None:
+    """Create or update an endpoint from a directory, an image or a git repository."""
+    body: dict[str, Any] = {"name": name}
+    sources = [s for s in (directory, image, git) if s]
+    if len(sources) != 1:
+        fail("give exactly one source: a DIRECTORY, --image REF or --git URL")
+    if directory:
+        path = Path(directory).expanduser().resolve()
+        if not (path / "handler.py").is_file():
+            fail(f"{path} has no handler.py (create one with `ember init {directory}`)")
+        body["sourceDir"] = str(path)
+    if image:
+        body["imageName"] = image
+    if git:
+        body["git"] = {"url": git, "branch": branch, "dockerfile": dockerfile, "context": context}
+    for key, value in (
+        ("workersMin", workers_min),
+        ("workersMax", workers_max),
+        ("idleTimeout", idle_timeout),
+        ("gpuCount", gpu_count),
+        ("modelName", model),
+        ("networkVolumeId", volume),
+    ):
+        if value is not None:
+            body[key] = value
+    if gpu:
+        body["gpuTypeIds"] = gpu
+    if env:
+        body["env"] = _parse_env(env)
+    existing = _find(name)
+    if existing is None:
+        record = call("POST", "/v1/endpoints", json_body=body)
+    else:
+        if git and existing.get("git"):
+            body["git"] = {**existing["git"], **body["git"]}
+        record = call("PATCH", f"/v1/endpoints/{existing['id']}", json_body=body)
+    if as_json:
+        print_json(record)
+        return
+    verb = "created" if existing is None else "updated"
+    console.print(
+        f"Endpoint [bold]{record['name']}[/] {verb}: id {record['id']}, release {record['release']}"
+    )
+    console.print(f"  {api_url()}/v2/{record['id']}/runsync")
+
+
+def _find(name: str) -> dict[str, Any] | None:
+    for ep in call("GET", "/v1/endpoints"):
+        if ep["name"] == name or ep["id"] == name:
+            return ep  # type: ignore[no-any-return]
+    return None
+
+
+def endpoints(as_json: bool = typer.Option(False, "--json")) -> None:
+    """List endpoints."""
+    rows = call("GET", "/v1/endpoints")
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("ID", "NAME", "RELEASE", "MIN", "MAX", "DESIRED", "WHY", "WORKERS")
+    for ep in rows:
+        counts = ", ".join(f"{k.lower()} {v}" for k, v in sorted(ep.get("workerCounts", {}).items())) or "-"
+        table.add_row(
+            ep["id"],
+            ep["name"],
+            str(ep["release"]),
+            str(ep["workersMin"]),
+            str(ep["workersMax"]),
+            str(ep["scaling"]["desiredWorkers"]),
+            ep["scaling"]["reason"] or "-",
+            counts,
+        )
+    console.print(table)
+
+
+def delete(endpoint: str = typer.Argument(..., help="Endpoint id or name")) -> None:
+    """Delete an endpoint (its workers stop; usage stays readable)."""
+    call("DELETE", f"/v1/endpoints/{endpoint}")
+    console.print(f"Endpoint {endpoint} deleted")
+
+
+def workers(
+    endpoint: str = typer.Argument(..., help="Endpoint id or name"),
+    all_: bool = typer.Option(False, "--all", help="Include stopped workers"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """List an endpoint's workers with state, type, release, GPU and time in state."""
+    rows = call("GET", f"/v1/endpoints/{endpoint}/workers", params={"includeStopped": str(all_).lower()})
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("ID", "STATE", "TYPE", "RELEASE", "GPU", "IN STATE", "REASON")
+    for w in rows:
+        gpu = f"{w['gpuTypeId']} [{','.join(w['gpuDevices'])}]" if w["gpuTypeId"] else "-"
+        table.add_row(
+            w["id"],
+            w["state"],
+            w["type"],
+            str(w["release"]),
+            gpu,
+            f"{w['secondsInState']:.0f}s",
+            (w["reason"] or "")[:60],
+        )
+    console.print(table)
+
+
+def jobs(
+    endpoint: str | None = typer.Argument(None, help="Endpoint id or name"),
+    state: str | None = typer.Option(None, "--state"),
+    limit: int = typer.Option(50, "--limit"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """List recent jobs."""
+    params: dict[str, Any] = {"limit": limit}
+    if endpoint:
+        params["endpointId"] = endpoint
+    if state:
+        params["state"] = state
+    rows = call("GET", "/v1/jobs", params=params)
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("ID", "ENDPOINT", "STATUS", "WORKER", "CREATED", "ERROR")
+    for j in rows:
+        table.add_row(
+            j["id"],
+            j["endpointId"],
+            j["status"],
+            j["workerId"] or "-",
+            j["createdAt"],
+            (j.get("error") or "")[:60],
+        )
+    console.print(table)
+
+
+def logs(
+    endpoint: str = typer.Argument(..., help="Endpoint id or name"),
+    worker: str | None = typer.Option(None, "--worker", help="Only this worker"),
+    follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new lines"),
+    tail: int | None = typer.Option(None, "--tail"),
+) -> None:
+    """Print (and follow) an endpoint's worker logs."""
+    params: dict[str, Any] = {"follow": str(follow).lower()}
+    if worker:
+        params["worker"] = worker
+    if tail:
+        params["tail"] = tail
+    try:
+        with httpx.stream(
+            "GET",
+            f"{api_url()}/v1/endpoints/{endpoint}/logs",
+            params=params,
+            headers={"Authorization": f"Bearer {api_key()}"},
+            timeout=None,
+        ) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                fail(f"{resp.json().get('error', resp.text)} (HTTP {resp.status_code})")
+            for line in resp.iter_lines():
+                typer.echo(line)
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach Ember at {api_url()}: {exc}")
+    except KeyboardInterrupt:
+        pass
+
+
+def releases(endpoint: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json")) -> None:
+    """List an endpoint's releases and their build status."""
+    rows = call("GET", f"/v1/endpoints/{endpoint}/releases")
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("RELEASE", "STATUS", "SERVING", "CREATED", "IMAGE/COMMIT")
+    for r in rows:
+        table.add_row(
+            str(r["release"]),
+            r["status"],
+            "*" if r["serving"] else "",
+            r["createdAt"],
+            r.get("commit") or r.get("image") or "-",
+        )
+    console.print(table)
+    for r in rows:
+        if r["status"] == "FAILED" and r.get("logTail"):
+            console.print(f"[red]release {r['release']} failed:[/]\n{r['logTail']}")
+
+
+def rollback(endpoint: str = typer.Argument(...), release: int | None = typer.Argument(None)) -> None:
+    """Serve an earlier release again (the previous one by default)."""
+    body = {"release": release} if release is not None else {}
+    record = call("POST", f"/v1/endpoints/{endpoint}/rollback", json_body=body)
+    console.print(f"Endpoint {record['name']} now serves release {record['release']}")
+
+
+def exec_(
+    worker: str = typer.Argument(..., help="Worker id"),
+    command: list[str] = typer.Argument(..., help="Command, after --"),
+) -> None:
+    """Run a command in a worker and print its output."""
+    result = call("POST", f"/v1/workers/{worker}/exec", json_body={"command": command}, timeout_s=120)
+    sys.stdout.write(result["output"])
+    raise typer.Exit(result["exitCode"])
+
+
+def ssh(worker: str = typer.Argument(..., help="Worker id")) -> None:
+    """Open an interactive shell in a worker (Docker workers: docker exec -it; local: a shell in its dir)."""
+    info = call("GET", f"/v1/workers/{worker}/shell")
+    argv = info["argv"]
+    try:
+        raise typer.Exit(subprocess.call(argv))
+    except FileNotFoundError:
+        fail(f"cannot run {argv[0]!r} on this machine")
+
+
+def balance(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Show the account's balance, worker limit and current workers."""
+    me = call("GET", "/v1/accounts/me")
+    if as_json:
+        print_json(me)
+        return
+    console.print(
+        f"Account {me['name']} ({me['id']}): balance ${me['balance']}, "
+        f"workers {me['workers']} of at most {me['maxWorkers']}"
+    )
+
+
+def usage(
+    endpoint: str | None = typer.Option(None, "--endpoint"),
+    worker: str | None = typer.Option(None, "--worker"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Show billed seconds and cost per worker and state."""
+    params = {k: v for k, v in (("endpointId", endpoint), ("workerId", worker)) if v}
+    data = call("GET", "/v1/billing/usage", params=params)
+    if as_json:
+        print_json(data)
+        return
+    table = Table("WORKER", "ENDPOINT", "STATE", "TYPE", "GPU", "SECONDS", "COST $")
+    for i in data["items"]:
+        table.add_row(
+            i["workerId"],
+            i["endpointId"],
+            i["state"],
+            i["workerType"],
+            i["gpuTypeId"] or "-",
+            str(i["seconds"]),
+            i["cost"],
+        )
+    console.print(table)
+    console.print(f"Total: ${data['totalCost']}")
+
+
+def accounts_create(name: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json")) -> None:
+    """Create an account (admin key only); prints its API key once."""
+    acct = call("POST", "/v1/accounts", json_body={"name": name})
+    if as_json:
+        print_json(acct)
+        return
+    console.print(f"Account {acct['id']} created. API key (shown once): {acct['apiKey']}")
+
+
+def credit(
+    account: str = typer.Argument(...), amount: str = typer.Argument(..., help="Dollars, e.g. 150.00")
+) -> None:
+    """Add credit to an account (admin key only)."""
+    acct = call("POST", f"/v1/accounts/{account}/credits", json_body={"amount": amount})
+    console.print(f"Account {acct['id']}: balance ${acct['balance']}")

@@ -1,0 +1,62 @@
+"""The `ember` command: one Typer app; each command group lives in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from ember.cli import endpoint_cmds as ep
+from ember.cli import server_cmds as srv
+
+app = typer.Typer(
+    help="Ember: self-hosted serverless GPU endpoints, wire-compatible with RunPod.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+app.command()(srv.up)
+app.command()(srv.server)
+app.command()(ep.deploy)
+app.command()(ep.endpoints)
+app.command()(ep.delete)
+app.command()(ep.workers)
+app.command()(ep.jobs)
+app.command()(ep.logs)
+app.command()(ep.releases)
+app.command()(ep.rollback)
+app.command("exec", context_settings={"allow_extra_args": True})(ep.exec_)
+app.command()(ep.ssh)
+app.command()(ep.balance)
+app.command()(ep.usage)
+accounts = typer.Typer(help="Accounts (admin)")
+accounts.command("create")(ep.accounts_create)
+accounts.command("credit")(ep.credit)
+app.add_typer(accounts, name="accounts")
+
+
+def _optional_groups() -> None:
+    """Command groups owned by other packages register here when present."""
+    try:
+        from ember.cli import build_cmds
+    except ImportError:
+        return
+    for name in ("init", "build", "push"):
+        fn = getattr(build_cmds, name, None)
+        if fn is not None:
+            app.command(name)(fn)
+    login = getattr(build_cmds, "registry_login", None)
+    if login is not None:
+        registry = typer.Typer(help="Container registry credentials")
+        registry.command("login")(login)
+        app.add_typer(registry, name="registry")
+
+
+_optional_groups()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""`ember server` and `ember up`: the whole control plane in one process (API, loops, backend, workers);
+`up` adds the example endpoint and a friendly banner."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+import httpx
+import typer
+import uvicorn
+from rich.console import Console
+
+from ember.settings import Settings
+
+console = Console()
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hello"
+
+
+def _settings(
+    host: str | None, port: int | None, gpus: str | None, backend: str | None, registry: str | None
+) -> Settings:
+    overrides: dict[str, object] = {}
+    if host:
+        overrides["host"] = host
+    if port:
+        overrides["port"] = port
+    if gpus is not None:
+        overrides["gpus"] = gpus
+    if backend:
+        overrides["backend"] = backend
+    if registry:
+        overrides["registry"] = registry
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def _serve(settings: Settings, *, example: bool) -> None:
+    from ember.app import create_app
+
+    logging.basicConfig(
+        level=os.environ.get("EMBER_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    app = create_app(settings)
+    new_key = app.state.new_admin_key
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        timeout_keep_alive=75,
+    )
+    server = uvicorn.Server(config)
+
+    async def main() -> None:
+        serving = asyncio.create_task(server.serve())
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.05)
+        if server.started:
+            if new_key:
+                console.print(
+                    f"[bold]Admin API key[/] (shown once; a copy for the CLI is in "
+                    f"{settings.home / 'admin_key'}):\n  {new_key}"
+                )
+            if example:
+                await asyncio.to_thread(_example_banner, settings)
+            else:
+                console.print(f"Ember is serving on {settings.api_url}")
+        await serving
+
+    asyncio.run(main())
+
+
+def _example_banner(settings: Settings) -> None:
+    key = (settings.home / "admin_key").read_text().strip()
+    url = settings.api_url
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"name": "hello", "sourceDir": str(EXAMPLE), "workersMin": 0, "workersMax": 2, "idleTimeout": 60}
+    with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+        existing = client.get("/v1/endpoints/hello")
+        if existing.status_code == 200:
+            resp = client.patch("/v1/endpoints/hello", json=body)
+        else:
+            resp = client.post("/v1/endpoints", json=body)
+        resp.raise_for_status()
+        ep = resp.json()
+    key_ref = f"$(cat {settings.home / 'admin_key'})"
+    console.print(
+        f"\n[bold green]Ember is up[/] on {url}  (store: {settings.db_url}, backend: {settings.backend})\n"
+        f"Example endpoint [bold]hello[/] = {ep['id']}. Try it:\n\n"
+        f"  curl -s -X POST {url}/v2/{ep['id']}/runsync \\\n"
+        f"    -H \"Authorization: Bearer {key_ref}\" -H 'Content-Type: application/json' \\\n"
+        f'    -d \'{{"input": {{"name": "Ada"}}}}\'\n\n'
+        f"API docs: {url}/docs   CLI: ember endpoints | ember workers hello | ember logs hello -f\n"
+    )
+
+
+HOST = typer.Option(None, "--host", help="Address to bind (default 127.0.0.1)")
+PORT = typer.Option(None, "--port", help="Port (default 8000)")
+GPUS = typer.Option(None, "--gpus", help="Virtual GPU capacity, e.g. TEST_GPU:4 (or EMBER_GPUS)")
+BACKEND = typer.Option(None, "--backend", help="local | docker (or EMBER_BACKEND)")
+REGISTRY = typer.Option(None, "--registry", help="Registry HOST:PORT for git builds (or EMBER_REGISTRY)")
+
+
+def server(
+    host: str | None = HOST,
+    port: int | None = PORT,
+    gpus: str | None = GPUS,
+    backend: str | None = BACKEND,
+    registry: str | None = REGISTRY,
+) -> None:
+    """Run the control plane: API, loops, backend and workers."""
+    _serve(_settings(host, port, gpus, backend, registry), example=False)
+
+
+def up(
+    host: str | None = HOST,
+    port: int | None = PORT,
+    gpus: str | None = GPUS,
+    backend: str | None = BACKEND,
+    registry: str | None = REGISTRY,
+    no_example: bool = typer.Option(False, "--no-example", help="Do not deploy the example endpoint"),
+) -> None:
+    """Run the control plane with embedded defaults and the example endpoint."""
+    _serve(_settings(host, port, gpus, backend, registry), example=not no_example)

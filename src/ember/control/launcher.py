@@ -1,0 +1,113 @@
+"""Turning a worker record into a running worker: its RUNPOD_* environment and per-worker key, the
+source snapshot and virtualenv (local) or image (Docker), mounts for models and volumes."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote_plus
+
+from ember.backends.base import LaunchSpec, Mount
+from ember.core.specs import EndpointSpec
+
+# Hooks other packages register (model cache, volumes): each returns extra mounts and env for a worker.
+MountHook = Callable[[str, EndpointSpec], Awaitable[tuple[list[Mount], dict[str, str]]]]
+
+
+@dataclass
+class LaunchConfig:
+    api_url: str
+    home: Path
+    ping_interval_ms: int = 2000
+    hooks: list[MountHook] = field(default_factory=list)
+    prepare_python: Callable[[Path], Awaitable[str | None]] | None = None  # venv builder for local sources
+
+
+def worker_env(
+    *,
+    api_url: str,
+    endpoint_id: str,
+    worker_id: str,
+    key: str,
+    gpu_type: str | None,
+    ping_interval_ms: int,
+    user_env: Mapping[str, str],
+) -> dict[str, str]:
+    """The environment of spec §1.2-1.3 that both SDKs read, plus the user's own variables.
+    Templates keep `$ID` / `$RUNPOD_POD_ID` literally: the SDKs substitute them."""
+    base = f"{api_url.rstrip('/')}/v2/{endpoint_id}"
+    q = "?gpu=" + quote_plus(gpu_type or "cpu")
+    env = dict(user_env)
+    env.update(
+        {
+            "RUNPOD_WEBHOOK_GET_JOB": f"{base}/job-take/$ID{q}",
+            "RUNPOD_WEBHOOK_POST_OUTPUT": f"{base}/job-done/$RUNPOD_POD_ID/$ID{q}",
+            "RUNPOD_WEBHOOK_POST_STREAM": f"{base}/job-stream/$RUNPOD_POD_ID/$ID{q}",
+            "RUNPOD_WEBHOOK_PING": f"{base}/ping/$RUNPOD_POD_ID{q}",
+            "RUNPOD_AI_API_KEY": key,
+            "RUNPOD_POD_ID": worker_id,
+            "RUNPOD_ENDPOINT_ID": endpoint_id,
+            "RUNPOD_PING_INTERVAL": str(max(1000, ping_interval_ms // 1000 * 1000)),
+            "RUNPOD_POD_HOSTNAME": socket.gethostname(),
+            "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true",
+            "RUNPOD_SKIP_GPU_CHECK": "true",
+            "RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS": env.get("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", "true"),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+async def launch_spec(
+    cfg: LaunchConfig,
+    *,
+    worker: Mapping[str, Any],
+    spec: EndpointSpec,
+    key: str,
+    backend: str,
+    registry_auth: dict[str, str] | None = None,
+) -> LaunchSpec:
+    env = worker_env(
+        api_url=cfg.api_url,
+        endpoint_id=worker["endpoint_id"],
+        worker_id=worker["id"],
+        key=key,
+        gpu_type=worker["gpu_type"],
+        ping_interval_ms=cfg.ping_interval_ms,
+        user_env=spec.env,
+    )
+    mounts: list[Mount] = []
+    for hook in cfg.hooks:
+        more_mounts, more_env = await hook(backend, spec)
+        mounts.extend(more_mounts)
+        env.update(more_env)
+    devices = tuple(d for d in (worker["gpu_devices"] or "").split(",") if d)
+    common = dict(
+        worker_id=worker["id"],
+        endpoint_id=worker["endpoint_id"],
+        account_id=worker["account_id"],
+        release=worker["release"],
+        env=env,
+        gpu_type=worker["gpu_type"],
+        gpu_devices=devices,
+        mounts=tuple(mounts),
+        labels={"ember.worker-id": worker["id"], "ember.endpoint-id": worker["endpoint_id"]},
+    )
+    command = spec.docker_start_cmd.split() if spec.docker_start_cmd else None
+    if backend == "docker":
+        return LaunchSpec(image=spec.image_name, command=command, registry_auth=registry_auth, **common)
+    source = cfg.home / "sources" / (spec.source_digest or "")
+    python = await cfg.prepare_python(source) if cfg.prepare_python else None
+    return LaunchSpec(source_dir=str(source), command=command, python=python, **common)
+
+
+def backend_for_spec(spec: EndpointSpec, enabled: Mapping[str, Any], default: str) -> str:
+    """Images run on Docker; directories on the local-process backend (or the memory one in dev)."""
+    if spec.image_name or spec.git:
+        return "docker"
+    if spec.source_dir:
+        return "local" if "local" in enabled else default
+    return default

@@ -1,0 +1,549 @@
+"""The reconciler: each tick it observes the backends and the store, calls the pure decisions
+(`core.scaler.decide`, `core.reconcile.plan`, `core.placement.place`, `core.backoff`) and carries them
+out: health (exits, lost pings, stuck jobs), scaling, rollouts, restarts with backoff, placement,
+launches and stops. Requests never do this; they only wake the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ember.backends.base import Backend, Observed
+from ember.control.clock import Clock
+from ember.control.launcher import LaunchConfig, backend_for_spec, launch_spec
+from ember.control.signals import Signals
+from ember.core import backoff
+from ember.core.errors import EmberError
+from ember.core.ids import make_id
+from ember.core.limits import DEFAULT_TABLE, account_room, max_workers
+from ember.core.placement import Host, Pending, place
+from ember.core.reconcile import WorkerView, plan
+from ember.core.scaler import Memory, Observation, decide
+from ember.core.specs import EndpointSpec, spec_from_json
+from ember.core.workers import LIVE, WorkerState, WorkerType, is_lost
+from ember.store.facade import Store
+
+log = logging.getLogger("ember.lifecycle")
+_S = WorkerState
+# A restarted worker that stays up this long is healthy again: its backoff starts over.
+HEALTHY_RESET_S = 120.0
+
+
+@dataclass
+class LifecycleConfig:
+    ping_timeout_s: float = 10.0
+    init_timeout_s: float = 420.0
+    stop_grace_s: float = 10.0
+    stuck_grace_s: float = 5.0
+    lost_worker_requeues: int = 1
+    retention_run_s: float = 1800.0
+    default_backend: str = "local"
+    hosts: Sequence[Host] = ()
+    limit_table: Any = DEFAULT_TABLE
+
+
+@dataclass
+class _Snapshot:
+    now: float
+    endpoints: list[Mapping[str, Any]]
+    specs: dict[str, EndpointSpec]
+    workers: list[Mapping[str, Any]]
+    busy: dict[str, int]
+    stats: dict[str, Any]
+    accounts: dict[str, Mapping[str, Any]]
+    observed: dict[str, Observed] = field(default_factory=dict)
+
+
+class Lifecycle:
+    def __init__(
+        self,
+        store: Store,
+        backends: Mapping[str, Backend],
+        clock: Clock,
+        signals: Signals,
+        cfg: LifecycleConfig,
+        launch: LaunchConfig,
+    ) -> None:
+        self.store = store
+        self.backends = backends
+        self.clock = clock
+        self.signals = signals
+        self.cfg = cfg
+        self.launch_cfg = launch
+        self._busy_ops: dict[str, asyncio.Task[None]] = {}  # worker id -> launch/stop in flight
+        self._stuck_since: dict[str, float] = {}
+
+    # ---- the tick ------------------------------------------------------------------------------------
+    async def tick(self) -> None:
+        snap = await self._snapshot()
+        await self._health(snap)
+        snap = await self._snapshot()
+        await self._scale_and_plan(snap)
+        snap = await self._snapshot()
+        await self._place(snap)
+
+    async def _snapshot(self) -> _Snapshot:
+        s = self.store
+        now = self.clock.now()
+        endpoints = list(await s.run(s.endpoints.list))
+        workers = list(await s.run(lambda: s.workers.list()))
+        snap = _Snapshot(
+            now=now,
+            endpoints=endpoints,
+            specs={e["id"]: spec_from_json(e["spec"]) for e in endpoints},
+            workers=workers,
+            busy=await s.run(s.jobs.in_progress_by_worker),
+            stats=await s.run(s.jobs.queue_stats),
+            accounts={a["id"]: a for a in await s.run(s.accounts.all)},
+        )
+        for name, backend in self.backends.items():
+            try:
+                for o in await backend.observe():
+                    snap.observed[o.worker_id] = o
+            except EmberError as exc:
+                log.warning("observe_failed backend=%s error=%s", name, exc)
+                # Without an observation we must not conclude that its workers died.
+                for w in workers:
+                    if w["backend"] == name:
+                        snap.observed.setdefault(
+                            w["id"], Observed(w["id"], w["endpoint_id"], w["release"], True)
+                        )
+        return snap
+
+    # ---- health --------------------------------------------------------------------------------------
+    async def _health(self, snap: _Snapshot) -> None:
+        known = {w["id"] for w in snap.workers}
+        for w in snap.workers:
+            wid = w["id"]
+            if wid in self._busy_ops or w["state"] not in {s.value for s in LIVE}:
+                continue
+            obs = snap.observed.get(wid)
+            if obs is None or not obs.running:
+                code = None if obs is None else obs.exit_code
+                if w["recycle"] and (code == 0 or code is None):
+                    await self._finish_stop(w, "recycled after its job (refresh_worker / stopPod)")
+                    continue
+                detail = (
+                    f"exited unexpectedly (exit code {code})" if obs is not None else "is no longer running"
+                )
+                fitness = self.signals.fitness.pop(wid, None)
+                await self._fail(w, f"worker {wid} {fitness or detail}", snap.now)
+                continue
+            last_seen = w["last_seen_at"]
+            ping = self.signals.pings.get(wid)
+            if ping is not None and (last_seen is None or ping[0] > last_seen):
+                last_seen = ping[0]
+            why = is_lost(
+                last_seen_at=last_seen,
+                launched_at=w["launched_at"] or w["state_since"],
+                now=snap.now,
+                ping_timeout_s=self.cfg.ping_timeout_s,
+                init_timeout_s=self.cfg.init_timeout_s,
+                state=_S(w["state"]),
+            )
+            if why:
+                await self._fail(w, f"worker {wid} {why}", snap.now, kill=True)
+                continue
+            await self._check_stuck(w, ping, snap.now)
+            if (
+                w["failures"]
+                and w["state"] in (_S.IDLE.value, _S.RUNNING.value)
+                and snap.now - (w["launched_at"] or snap.now) > HEALTHY_RESET_S
+            ):
+                await self.store.run(
+                    lambda w=w: self.store.workers.update(
+                        w["id"], failures=0, first_failure_at=None, next_attempt_at=None
+                    )
+                )
+        # Orphans: runtime workers with no live record (e.g. a stop interrupted by a crash).
+        live_ids = {w["id"] for w in snap.workers if w["state"] in {s.value for s in LIVE}}
+        for wid, obs in snap.observed.items():
+            if wid not in live_ids and wid not in self._busy_ops:
+                row = None if wid in known else await self.store.run(self.store.workers.get, wid)
+                backend_name = row["backend"] if row else None
+                for name, backend in self.backends.items():
+                    if backend_name in (None, name):
+                        log.info("orphan_stop worker=%s backend=%s", wid, name)
+                        self._spawn(wid, backend.stop(wid, self.cfg.stop_grace_s))
+
+    async def _check_stuck(
+        self, w: Mapping[str, Any], ping: tuple[float, frozenset[str]] | None, now: float
+    ) -> None:
+        """A worker still holding a job that was cancelled or timed out (a sync handler ignoring job-stop)
+        is stopped after a grace period, so the platform enforces the execution timeout."""
+        if ping is None or not ping[1]:
+            self._stuck_since.pop(w["id"], None)
+            return
+        finals = 0
+        for job_id in ping[1]:
+            row = await self.store.run(self.store.jobs.get, job_id)
+            if row is not None and row["worker_id"] == w["id"] and row["state"] in ("CANCELLED", "TIMED_OUT"):
+                finals += 1
+        if not finals:
+            self._stuck_since.pop(w["id"], None)
+            return
+        since = self._stuck_since.setdefault(w["id"], now)
+        if now - since >= self.cfg.stuck_grace_s:
+            self._stuck_since.pop(w["id"], None)
+            log.info("stuck_worker_stop worker=%s", w["id"])
+            await self._stop(w, "stopped: it kept running a job that was cancelled or timed out")
+
+    async def _fail(self, w: Mapping[str, Any], reason: str, now: float, kill: bool = False) -> None:
+        s = self.store
+        state = backoff.Backoff(w["failures"], w["first_failure_at"], now if w["failures"] else None)
+        state = state.record_failure(now)
+        prev = await s.run(
+            lambda: s.workers.transition(
+                w["id"],
+                _S.UNHEALTHY,
+                now,
+                reason,
+                failures=state.failures,
+                first_failure_at=state.first_failure_at,
+                next_attempt_at=backoff.next_attempt_at(now, state.failures),
+                recycle=False,
+                idle_since=None,
+            )
+        )
+        if prev is None:
+            return
+        log.info("worker_transition worker=%s from=%s to=UNHEALTHY reason=%r", w["id"], prev, reason)
+        await self._release_jobs(w["id"], reason, now)
+        backend = self.backends.get(w["backend"])
+        if backend is not None:
+            self._spawn(w["id"], backend.stop(w["id"], 0.0 if not kill else 1.0))
+
+    async def _release_jobs(self, worker_id: str, reason: str, now: float) -> None:
+        s = self.store
+        again, failed = await s.run(
+            lambda: s.jobs.release_worker_jobs(
+                worker_id, reason, self.cfg.lost_worker_requeues, now, self.cfg.retention_run_s
+            )
+        )
+        for job_id in failed:
+            self.signals.job_finished(job_id)
+        if again:
+            log.info("jobs_requeued worker=%s jobs=%s", worker_id, ",".join(again))
+            endpoint_row = await s.run(s.workers.get, worker_id)
+            if endpoint_row is not None:
+                self.signals.jobs_queued(endpoint_row["endpoint_id"], len(again))
+
+    # ---- scaling and planning ------------------------------------------------------------------------
+    async def _scale_and_plan(self, snap: _Snapshot) -> None:
+        by_endpoint: dict[str, list[Mapping[str, Any]]] = {}
+        for w in snap.workers:
+            by_endpoint.setdefault(w["endpoint_id"], []).append(w)
+        live_ids = {e["id"] for e in snap.endpoints}
+        # Workers of deleted endpoints stop.
+        for ep_id, ws in by_endpoint.items():
+            if ep_id not in live_ids:
+                for w in ws:
+                    if w["id"] not in self._busy_ops and not snap.busy.get(w["id"]):
+                        await self._stop(w, "endpoint deleted")
+        per_account: dict[str, int] = {}
+        for w in snap.workers:
+            per_account[w["account_id"]] = per_account.get(w["account_id"], 0) + 1
+        for ep in snap.endpoints:
+            await self._scale_endpoint(ep, snap, by_endpoint.get(ep["id"], []), per_account)
+
+    async def _scale_endpoint(
+        self,
+        ep: Mapping[str, Any],
+        snap: _Snapshot,
+        workers: list[Mapping[str, Any]],
+        per_account: dict[str, int],
+    ) -> None:
+        s = self.store
+        spec = snap.specs[ep["id"]]
+        release = ep["release"]
+        account = snap.accounts.get(ep["account_id"])
+        balance = int(account["balance_micros"]) if account else 0
+        limit = max_workers(balance, self.cfg.limit_table)
+        mine = len(workers)
+        room = account_room(limit, per_account.get(ep["account_id"], 0) - mine)
+        stats = snap.stats.get(ep["id"])
+        current = [w for w in workers if w["release"] == release and w["state"] != _S.OUTDATED.value]
+        busy = [w for w in current if snap.busy.get(w["id"])]
+        idle = [
+            w["idle_since"] or w["state_since"]
+            for w in current
+            if w["state"] == _S.IDLE.value and not snap.busy.get(w["id"])
+        ]
+        obs = Observation(
+            now=snap.now,
+            queued=stats.queued if stats else 0,
+            queued_low_priority=stats.queued_low if stats else 0,
+            oldest_wait_s=max(0.0, snap.now - stats.oldest_created_at)
+            if stats and stats.oldest_created_at
+            else 0.0,
+            in_progress=stats.in_progress if stats else 0,
+            workers=len(current),
+            busy_workers=len(busy),
+            idle_workers=tuple(idle),
+        )
+        mem_data = json.loads(ep["scale_memory"] or "{}")
+        mem = Memory(mem_data.get("target", 0), mem_data.get("last_up_at"))
+        zero = balance <= 0
+        if release == 0:  # nothing built yet: nothing to run
+            decision_target, reason, new_mem = 0, "no_release", mem
+        else:
+            d = decide(spec.scaling, obs, mem, account_room=room, zero_balance=zero)
+            decision_target, reason, new_mem = d.target, d.reason, d.memory
+        status = None
+        if zero and reason == "zero_balance":
+            status = "account balance is exhausted: no new workers start until credit is added"
+        elif reason == "account_limit":
+            status = f"limited by the account's maximum of {limit} workers (balance tier)"
+        if (
+            decision_target != ep["desired_workers"]
+            or reason != ep["scale_reason"]
+            or new_mem.target != mem.target
+            or new_mem.last_up_at != mem.last_up_at
+        ):
+            if decision_target != ep["desired_workers"] or reason != ep["scale_reason"]:
+                log.info(
+                    "scale_decision endpoint=%s target=%d reason=%s queued=%d workers=%d",
+                    ep["id"],
+                    decision_target,
+                    reason,
+                    obs.queued,
+                    obs.workers,
+                )
+            await s.run(
+                lambda: s.endpoints.set_scaling(
+                    ep["id"],
+                    decision_target,
+                    reason,
+                    {"target": new_mem.target, "last_up_at": new_mem.last_up_at},
+                    status,
+                )
+            )
+        elif status is not None and status != ep["status_message"]:
+            await s.run(s.endpoints.set_status, ep["id"], status)
+        views = [
+            WorkerView(
+                w["id"],
+                _S(w["state"]),
+                WorkerType(w["type"]),
+                w["release"],
+                bool(snap.busy.get(w["id"])),
+                w["idle_since"],
+            )
+            for w in workers
+        ]
+        steps = plan(decision_target, views, release=release, workers_min=spec.scaling.workers_min)
+        if steps.empty:
+            return
+        rows = {w["id"]: w for w in workers}
+        # Workers being launched or stopped right now count, but are not acted on twice.
+        for wid in steps.outdate:
+            if wid in self._busy_ops:
+                continue
+            prev = await s.run(
+                lambda wid=wid: s.workers.transition(wid, _S.OUTDATED, snap.now, "a new release is serving")
+            )
+            if prev:
+                log.info("worker_transition worker=%s from=%s to=OUTDATED", wid, prev)
+                self.signals.stops.wake("retire:" + wid)
+        for wid, why in steps.stop:
+            if wid not in self._busy_ops:
+                await self._stop(rows[wid], why)
+        for wtype in steps.launch:
+            if zero:
+                break
+            await self._create_worker(ep, spec, wtype, snap.now)
+            per_account[ep["account_id"]] = per_account.get(ep["account_id"], 0) + 1
+
+    async def _create_worker(
+        self, ep: Mapping[str, Any], spec: EndpointSpec, wtype: WorkerType, now: float
+    ) -> None:
+        s = self.store
+        wid = make_id("worker", uuid.uuid4().hex[:12])
+        backend = backend_for_spec(spec, self.backends, self.cfg.default_backend)
+        await s.run(
+            lambda: s.workers.create(
+                id=wid,
+                endpoint_id=ep["id"],
+                account_id=ep["account_id"],
+                release=ep["release"],
+                type=wtype.value,
+                state=_S.THROTTLED,
+                now=now,
+                reason="waiting for a place to run",
+                gpu_type=None,
+                gpu_count=spec.gpu_count if spec.gpu_type_ids else 0,
+                gpu_devices="",
+                backend=backend,
+                launched=False,
+            )
+        )
+        log.info(
+            "worker_created worker=%s endpoint=%s type=%s release=%s",
+            wid,
+            ep["id"],
+            wtype.value,
+            ep["release"],
+        )
+
+    # ---- placement and launch ------------------------------------------------------------------------
+    async def _place(self, snap: _Snapshot) -> None:
+        pending: list[Pending] = []
+        rows: dict[str, Mapping[str, Any]] = {}
+        used: set[tuple[str, str]] = set()
+        live_endpoints = {e["id"] for e in snap.endpoints}
+        for w in snap.workers:
+            if w["id"] in self._busy_ops:
+                if w["gpu_devices"]:
+                    used.update(("local", d) for d in w["gpu_devices"].split(","))
+                continue
+            state = w["state"]
+            if state in {s.value for s in LIVE} and w["gpu_devices"]:
+                used.update(("local", d) for d in w["gpu_devices"].split(","))
+            if w["endpoint_id"] not in live_endpoints:
+                continue
+            spec = snap.specs[w["endpoint_id"]]
+            if state == _S.THROTTLED.value or (state == _S.UNHEALTHY.value and self._due(w, snap.now)):
+                if state == _S.UNHEALTHY.value and backoff.give_up(w["first_failure_at"], snap.now):
+                    await self._finish_stop(w, "gave up: unhealthy for 7 days")
+                    await self.store.run(
+                        self.store.endpoints.set_status,
+                        w["endpoint_id"],
+                        f"worker {w['id']} kept failing for 7 days: {w['reason']}",
+                    )
+                    continue
+                rows[w["id"]] = w
+                pending.append(
+                    Pending(
+                        w["id"], w["endpoint_id"], tuple(spec.gpu_type_ids), spec.gpu_count, w["state_since"]
+                    )
+                )
+        if not pending:
+            return
+        result = place(pending, self.cfg.hosts, used)
+        for a in result.assigned:
+            w = rows[a.worker_id]
+            await self._launch(w, snap.specs[w["endpoint_id"]], a.gpu_type, a.device_ids, snap.now)
+        for wid in result.throttled:
+            w = rows[wid]
+            if w["state"] == _S.UNHEALTHY.value:
+                await self.store.run(
+                    lambda w=w: self.store.workers.transition(
+                        w["id"], _S.THROTTLED, snap.now, "restart waits for a free GPU"
+                    )
+                )
+
+    def _due(self, w: Mapping[str, Any], now: float) -> bool:
+        return w["next_attempt_at"] is None or w["next_attempt_at"] <= now
+
+    async def _launch(
+        self,
+        w: Mapping[str, Any],
+        spec: EndpointSpec,
+        gpu_type: str | None,
+        devices: Sequence[str],
+        now: float,
+    ) -> None:
+        s = self.store
+        key = "wk_" + secrets.token_hex(20)
+        prev = await s.run(
+            lambda: s.workers.transition(
+                w["id"],
+                _S.INITIALIZING,
+                now,
+                "starting",
+                gpu_type=gpu_type,
+                gpu_devices=",".join(devices),
+                launched_at=now,
+                last_seen_at=None,
+                idle_since=None,
+                recycle=False,
+            )
+        )
+        if prev is None:
+            return
+        log.info(
+            "worker_transition worker=%s from=%s to=INITIALIZING gpu=%s devices=%s",
+            w["id"],
+            prev,
+            gpu_type,
+            ",".join(devices),
+        )
+        await s.run(lambda: s.accounts.drop_worker_keys(w["id"]))
+        await s.run(
+            lambda: s.accounts.add_key(
+                key,
+                account_id=w["account_id"],
+                kind="worker",
+                endpoint_id=w["endpoint_id"],
+                worker_id=w["id"],
+                now=now,
+            )
+        )
+        row = await s.run(s.workers.get, w["id"])
+        backend = self.backends.get(w["backend"])
+
+        async def go() -> None:
+            try:
+                if backend is None:
+                    raise EmberError(f"the {w['backend']} backend is not enabled on this server")
+                ls = await launch_spec(self.launch_cfg, worker=row, spec=spec, key=key, backend=w["backend"])
+                await backend.launch(ls)
+            except EmberError as exc:
+                await self._fail(row, f"worker {w['id']} could not start: {exc.message}", self.clock.now())
+
+        self._spawn(w["id"], go())
+
+    # ---- stopping ------------------------------------------------------------------------------------
+    async def _stop(self, w: Mapping[str, Any], reason: str) -> None:
+        """Stop assigning jobs, then SIGTERM (the SDK drains), then record STOPPED."""
+        s = self.store
+        await s.run(lambda: s.workers.update(w["id"], recycle=True))
+        self.signals.stops.wake("retire:" + w["id"])
+        backend = self.backends.get(w["backend"])
+
+        async def go() -> None:
+            if backend is not None and w["state"] not in (_S.THROTTLED.value, _S.UNHEALTHY.value):
+                try:
+                    await backend.stop(w["id"], self.cfg.stop_grace_s)
+                except EmberError as exc:
+                    log.warning("stop_failed worker=%s error=%s", w["id"], exc)
+            await self._finish_stop(w, reason)
+
+        self._spawn(w["id"], go())
+
+    async def _finish_stop(self, w: Mapping[str, Any], reason: str) -> None:
+        s = self.store
+        now = self.clock.now()
+        prev = await s.run(lambda: s.workers.transition(w["id"], _S.STOPPED, now, reason))
+        if prev:
+            log.info("worker_transition worker=%s from=%s to=STOPPED reason=%r", w["id"], prev, reason)
+        await self._release_jobs(w["id"], f"worker {w['id']} stopped ({reason})", now)
+        await s.run(s.accounts.drop_worker_keys, w["id"])
+        self.signals.pings.pop(w["id"], None)
+        self.signals.reconcile.set()
+
+    def _spawn(self, worker_id: str, coro: Any) -> None:
+        if worker_id in self._busy_ops:
+            coro.close()
+            return
+        task = asyncio.create_task(coro)
+        self._busy_ops[worker_id] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._busy_ops.pop(worker_id, None)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("worker_op_failed worker=%s error=%r", worker_id, t.exception())
+            self.signals.reconcile.set()
+
+        task.add_done_callback(done)
+
+    async def drain(self) -> None:
+        """Wait for launches and stops in flight (used at shutdown and by tests)."""
+        while self._busy_ops:
+            await asyncio.gather(*list(self._busy_ops.values()), return_exceptions=True)

@@ -1,0 +1,92 @@
+"""The billing meter: turns recorded worker-state intervals into charges (per second, `core.billing`),
+appends them to the ledger and debits balances. Idempotent per interval: a cursor per worker records
+how far it has been billed, with the fraction of a second carried to the next run."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ember.control.clock import Clock
+from ember.core.billing import Interval, PriceTable, bill
+from ember.core.workers import WorkerState, WorkerType
+from ember.store.accounts import Charge
+from ember.store.facade import Store
+
+log = logging.getLogger("ember.meter")
+
+
+def intervals_for(
+    worker: Mapping[str, Any], events: Sequence[Mapping[str, Any]], since_at: float, until_at: float
+) -> list[Interval]:
+    """The worker's state intervals clipped to [since_at, until_at). `events` are its transitions in
+    order; each state lasts until the next transition (the current one until `until_at`)."""
+    out: list[Interval] = []
+    for i, ev in enumerate(events):
+        start = ev["at"]
+        end = events[i + 1]["at"] if i + 1 < len(events) else until_at
+        start, end = max(start, since_at), min(end, until_at)
+        if end <= start:
+            continue
+        state = WorkerState(ev["to_state"])
+        out.append(
+            Interval(
+                worker_id=worker["id"],
+                endpoint_id=worker["endpoint_id"],
+                state=state,
+                worker_type=WorkerType(worker["type"]),
+                gpu_type=worker["gpu_type"],
+                gpu_count=max(1, worker["gpu_count"] or 1),
+                start_at=start,
+                end_at=end,
+                # Outdated workers are kept only while they finish a job (idle ones stop at once).
+                processing=state == WorkerState.OUTDATED,
+            )
+        )
+    return out
+
+
+class Meter:
+    def __init__(self, store: Store, clock: Clock, prices: PriceTable) -> None:
+        self.store = store
+        self.clock = clock
+        self.prices = prices
+
+    async def tick(self) -> int:
+        """Bill everything up to now; returns the number of ledger rows written."""
+        return await self.store.run(self._bill, self.clock.now())
+
+    def _bill(self, now: float) -> int:
+        s = self.store
+        written = 0
+        for worker, cursor, carry in s.workers.meter_candidates():
+            events = s.workers.history(worker["id"])
+            if not events:
+                continue
+            since = cursor if cursor is not None else events[0]["at"]
+            until = now if worker["state"] != WorkerState.STOPPED.value else min(now, worker["state_since"])
+            if until <= since:
+                continue
+            result = bill(intervals_for(worker, events, since, until), self.prices, {worker["id"]: carry})
+            charges = [
+                Charge(
+                    account_id=worker["account_id"],
+                    endpoint_id=c.endpoint_id,
+                    worker_id=c.worker_id,
+                    state=c.state.value,
+                    worker_type=c.worker_type.value,
+                    gpu_type=c.gpu_type,
+                    seconds=c.seconds,
+                    amount_micros=c.cost_micros,
+                    from_at=c.start_at,
+                    to_at=c.end_at,
+                )
+                for c in result.charges
+                if c.seconds or c.cost_micros
+            ]
+            s.workers.save_meter(
+                worker["id"], until, result.carry_ms.get(worker["id"], carry), charges, now, s.accounts
+            )
+            written += len(charges)
+        return written

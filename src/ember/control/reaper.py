@@ -1,0 +1,91 @@
+"""Job deadlines and housekeeping: execution timeouts (with job-stop), ttl expiry, result retention,
+and webhook delivery (each final job POSTed once, retried on failure)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+from ember.control.clock import Clock
+from ember.control.signals import Signals
+from ember.core.wire import record as job_record
+from ember.store.facade import Store
+
+log = logging.getLogger("ember.reaper")
+
+
+@dataclass
+class ReaperConfig:
+    retention_run_s: float = 1800.0
+    ttl_grace_s: float = 5.0
+    webhook_retry_s: float = 10.0
+    webhook_attempts: int = 3
+    webhook_timeout_s: float = 10.0
+
+
+class Reaper:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        signals: Signals,
+        cfg: ReaperConfig,
+        http: Callable[[], httpx.AsyncClient] | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.signals = signals
+        self.cfg = cfg
+        self._http_factory = http or (lambda: httpx.AsyncClient(timeout=cfg.webhook_timeout_s))
+        self._http: httpx.AsyncClient | None = None
+
+    async def tick(self) -> None:
+        s = self.store
+        now = self.clock.now()
+        for row in await s.run(s.jobs.time_out_running, now, self.cfg.retention_run_s):
+            log.info("job_timed_out job=%s worker=%s", row["id"], row["worker_id"])
+            if row["worker_id"]:
+                self.signals.stops.wake(row["worker_id"])
+            self.signals.job_finished(row["id"])
+        for row in await s.run(s.jobs.expire, now, self.cfg.ttl_grace_s):
+            log.info("job_expired job=%s state=%s", row["id"], row["state"])
+            if row["worker_id"]:
+                self.signals.stops.wake(row["worker_id"])
+            self.signals.job_finished(row["id"])
+        await s.run(s.jobs.purge_expired, now)
+
+    async def deliver_webhooks(self) -> int:
+        """POST each due final job to its webhook; returns how many were attempted."""
+        s = self.store
+        due = await s.run(s.jobs.webhooks_due, self.clock.now())
+        if not due:
+            return 0
+        if self._http is None:
+            self._http = self._http_factory()
+        for row in due:
+            ok = False
+            try:
+                resp = await self._http.post(
+                    row["webhook"],
+                    content=json.dumps(job_record(row)),
+                    headers={"Content-Type": "application/json"},
+                )
+                ok = 200 <= resp.status_code < 300
+                if not ok:
+                    log.info("webhook_failed job=%s status=%s", row["id"], resp.status_code)
+            except httpx.HTTPError as exc:
+                log.info("webhook_failed job=%s error=%s", row["id"], exc)
+            await s.run(
+                lambda row=row, ok=ok: s.jobs.webhook_result(
+                    row["id"], ok, self.clock.now(), self.cfg.webhook_retry_s, self.cfg.webhook_attempts
+                )
+            )
+        return len(due)
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()

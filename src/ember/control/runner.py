@@ -1,0 +1,96 @@
+"""Runs the loops (lifecycle, reaper, webhooks, meter) on the injected clock. The lifecycle tick runs
+when woken by the API or every `tick_s`; nothing else schedules compute."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from ember.control.clock import Clock
+from ember.control.lifecycle import Lifecycle
+from ember.control.meter import Meter
+from ember.control.reaper import Reaper
+from ember.control.signals import Signals
+from ember.core.errors import EmberError
+
+log = logging.getLogger("ember.runner")
+
+
+@dataclass
+class Intervals:
+    tick_s: float = 0.5
+    meter_s: float = 5.0
+    webhook_s: float = 1.0
+
+
+class Runner:
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        reaper: Reaper,
+        meter: Meter,
+        clock: Clock,
+        signals: Signals,
+        intervals: Intervals,
+        extra: list[Callable[[], Awaitable[None]]] | None = None,
+    ) -> None:
+        self.lifecycle = lifecycle
+        self.reaper = reaper
+        self.meter = meter
+        self.clock = clock
+        self.signals = signals
+        self.intervals = intervals
+        self.extra = extra or []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(
+                self._loop("lifecycle", self.lifecycle.tick, self.intervals.tick_s, self.signals.reconcile)
+            ),
+            asyncio.create_task(self._loop("reaper", self.reaper.tick, self.intervals.tick_s, None)),
+            asyncio.create_task(
+                self._loop(
+                    "webhooks", self.reaper.deliver_webhooks, self.intervals.webhook_s, self.signals.webhooks
+                )
+            ),
+            asyncio.create_task(self._loop("meter", self.meter.tick, self.intervals.meter_s, None)),
+        ]
+        for i, fn in enumerate(self.extra):
+            self._tasks.append(
+                asyncio.create_task(self._loop(f"extra{i}", fn, self.intervals.tick_s, self.signals.builds))
+            )
+
+    async def _loop(
+        self, name: str, fn: Callable[[], Awaitable[object]], every_s: float, wake: asyncio.Event | None
+    ) -> None:
+        while True:
+            try:
+                await fn()
+            except EmberError as exc:
+                log.warning("loop_error loop=%s error=%s", name, exc)
+            except Exception:
+                log.exception("loop_crash loop=%s", name)
+            if wake is None:
+                await self.clock.sleep(every_s)
+                continue
+            sleeper = asyncio.ensure_future(self.clock.sleep(every_s))
+            waiter = asyncio.ensure_future(wake.wait())
+            try:
+                await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+                waiter.cancel()
+            wake.clear()
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await self.lifecycle.drain()
+        await self.reaper.aclose()

@@ -1,0 +1,182 @@
+"""A real Ember control plane in a subprocess (`ember server`) for end-to-end tests: its own EMBER_HOME,
+a free loopback port, the admin key, and helpers to deploy handler directories, call the API, wait for
+conditions, SIGKILL and restart it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+HANDLERS = ROOT / "tests" / "handlers"
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(
+    predicate: Callable[[], T], timeout_s: float = 30.0, interval_s: float = 0.05, what: str = "condition"
+) -> T:
+    """Poll `predicate` until it returns something truthy; fail with `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
+
+
+class LiveServer:
+    def __init__(
+        self, home: Path, *, env: dict[str, str] | None = None, args: list[str] | None = None
+    ) -> None:
+        self.home = home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin_key = "ek_admin_test_" + os.urandom(8).hex()
+        self.extra_env = env or {}
+        self.args = args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = home / "server.log"
+
+    # ---- process -------------------------------------------------------------------------------------
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "EMBER_HOME": str(self.home),
+                "EMBER_ADMIN_KEY": self.admin_key,
+                "EMBER_PING_INTERVAL_MS": "1000",
+                "EMBER_PING_TIMEOUT_S": "6",
+                "EMBER_TICK_S": "0.2",
+                "EMBER_METER_INTERVAL_S": "1",
+                "EMBER_TAKE_HOLD_S": "5",
+                "EMBER_STOP_GRACE_S": "5",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start(self) -> LiveServer:
+        self.home.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ember.cli.main", "server", "--port", str(self.port), *self.args],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for(self._up, 30, what=f"ember server on {self.url} (log: {self.log_path})")
+        return self
+
+    def _up(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"ember server exited with {self.proc.returncode}:\n{self.log()}")
+        try:
+            return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL the control plane alone (its workers live on in their own sessions)."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+            self.proc = None
+
+    def kill_workers(self) -> None:
+        """Stop every worker process left behind (used at teardown)."""
+        runtime = self.home / "runtime" / "workers"
+        if not runtime.exists():
+            return
+        for meta in runtime.glob("*/meta.json"):
+            try:
+                import json
+
+                pid = json.loads(meta.read_text()).get("pid")
+                if pid:
+                    os.killpg(pid, signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-20000:] if self.log_path.exists() else ""
+
+    # ---- API -----------------------------------------------------------------------------------------
+    def client(self, key: str | None = None) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {key or self.admin_key}"}, timeout=60
+        )
+
+    def api(self, method: str, path: str, key: str | None = None, **kw: Any) -> httpx.Response:
+        with self.client(key) as c:
+            return c.request(method, path, **kw)
+
+    def deploy(
+        self, name: str, source_dir: Path | str, key: str | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        body = {"name": name, "sourceDir": str(source_dir), **fields}
+        resp = self.api("POST", "/v1/endpoints", key, json=body)
+        assert resp.status_code == 201, resp.text
+        return resp.json()  # type: ignore[no-any-return]
+
+    def workers(
+        self, endpoint_id: str, key: str | None = None, include_stopped: bool = False
+    ) -> list[dict[str, Any]]:
+        resp = self.api(
+            "GET",
+            f"/v1/endpoints/{endpoint_id}/workers",
+            key,
+            params={"includeStopped": str(include_stopped).lower()},
+        )
+        assert resp.status_code == 200, resp.text
+        return resp.json()  # type: ignore[no-any-return]
+
+
+def handler_dir(tmp: Path, fixture: str, *, extra_files: dict[str, str] | None = None) -> Path:
+    """A deployable directory whose handler.py is `tests/handlers/<fixture>.py`. The fixtures pick
+    their SDK from EMBER_TEST_SDK, so deploy with env={"EMBER_TEST_SDK": "runpod"} for RunPod's."""
+    d = tmp / fixture
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "handler.py").write_text((HANDLERS / f"{fixture}.py").read_text())
+    for name, content in (extra_files or {}).items():
+        (d / name).write_text(content)
+    return d
+
+
+@contextmanager
+def live_server(home: Path, **kw: Any) -> Iterator[LiveServer]:
+    server = LiveServer(home, **kw).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.kill_workers()
