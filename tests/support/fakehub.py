@@ -6,6 +6,7 @@ the hub's headers, LFS redirects to a "CDN" host, ranges, gated answers) and cou
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import socket
 import threading
@@ -86,6 +87,9 @@ class FakeHub:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
+        self._gate = threading.Event()
+        self._gate.set()
+        self.waiting = 0  # body requests held by hold(), waiting for release()
 
     @property
     def url(self) -> str:
@@ -103,6 +107,17 @@ class FakeHub:
     def request_count(self) -> int:
         with self._lock:
             return len(self.stats.requests)
+
+    def hold(self) -> None:
+        """Hold every file body (GET) until `release()`, so a download stays in flight."""
+        self._gate.clear()
+
+    def release(self) -> None:
+        self._gate.set()
+
+    def held_count(self) -> int:
+        with self._lock:
+            return self.waiting
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -130,6 +145,7 @@ class FakeHub:
             time.sleep(0.01)
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        self._gate.set()
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:
@@ -147,6 +163,15 @@ class FakeHub:
                 Route("/{org}/{name}/resolve/{rev}/{filename:path}", self._resolve, methods=["GET", "HEAD"]),
             ]
         )
+
+    async def _wait_for_release(self, timeout_s: float = 60.0) -> None:
+        with self._lock:
+            self.waiting += 1
+        try:
+            await _wait_for_release_bounded(self._gate, timeout_s)
+        finally:
+            with self._lock:
+                self.waiting -= 1
 
     def _record(self, request: Request) -> None:
         with self._lock:
@@ -277,7 +302,7 @@ class FakeHub:
             )
             return Response(status_code=302, headers=headers)
         headers["ETag"] = f'"{git_blob_id(data)}"'
-        return self._body(request, f"{repo_id}/{filename}", data, headers)
+        return await self._body(request, f"{repo_id}/{filename}", data, headers)
 
     async def _cdn(self, request: Request) -> Response:
         self._record(request)
@@ -289,9 +314,11 @@ class FakeHub:
         if data is None or hashlib.sha256(data).hexdigest() != sha256:
             return Response(status_code=404)
         headers = {"ETag": f'"{sha256}"', "Accept-Ranges": "bytes"}
-        return self._body(request, f"{repo_id}/{filename}", data, headers)
+        return await self._body(request, f"{repo_id}/{filename}", data, headers)
 
-    def _body(self, request: Request, key: str, data: bytes, headers: dict[str, str]) -> Response:
+    async def _body(self, request: Request, key: str, data: bytes, headers: dict[str, str]) -> Response:
+        if request.method == "GET" and not self._gate.is_set():
+            await self._wait_for_release()
         start, end = 0, len(data) - 1
         status = 200
         rng = request.headers.get("range", "")
@@ -313,6 +340,12 @@ class FakeHub:
         return Response(
             content=chunk, status_code=status, headers=headers, media_type="application/octet-stream"
         )
+
+
+async def _wait_for_release_bounded(gate: threading.Event, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not gate.is_set() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
 
 
 def _error(status: int, code: str, message: str, extra: dict[str, str] | None = None) -> Response:

@@ -126,9 +126,9 @@ class VolumeManager:
         size_gb = self._check_size(size_gb)
         vdir = self._dir(volume_id)
         if (vdir / "meta.json").exists():
-            meta = self._meta(volume_id)
-            if meta["size_gb"] != size_gb:
-                raise Conflict(f"volume {volume_id} exists with size {meta['size_gb']} GB")
+            existing = self._meta(volume_id)
+            if existing["size_gb"] != size_gb:
+                raise Conflict(f"volume {volume_id} exists with size {existing['size_gb']} GB")
             return self.ensure_mounted(volume_id)
         (vdir / "data").mkdir(parents=True, exist_ok=True)
         reason = "enforcement disabled by configuration" if self._enforce is False else None
