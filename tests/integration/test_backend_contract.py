@@ -275,3 +275,78 @@ def test_exec_in_a_running_worker_returns_code_and_output(harness: Harness) -> N
             await b.exec("wk_1", ["true"])
 
     asyncio.run(scenario())
+
+
+# -- the memory backend's own helpers (what tests and `ember dev` drive it with) -------------------
+
+
+def test_memory_worker_times_come_from_the_injected_clock() -> None:
+    from ember.control.clock import ManualClock
+
+    async def scenario() -> None:
+        clock = ManualClock(start=1000.0)
+        backend = MemoryBackend(clock=clock)
+        await backend.launch(Harness(backend, None).spec("wk_1"))
+        clock.advance(5)
+        await backend.launch(Harness(backend, None).spec("wk_2"))
+        assert [o.started_at for o in await backend.observe()] == [1000.0, 1005.0]
+
+    asyncio.run(scenario())
+
+
+def test_memory_crash_ends_a_worker_with_the_given_code_and_wakes_followers() -> None:
+    async def scenario() -> None:
+        holder: list[MemoryBackend] = []
+        backend = MemoryBackend(runner=lambda spec: memory_worker(holder[0], spec))
+        holder.append(backend)
+        await backend.launch(Harness(backend, None).spec("wk_1"))
+        follower = asyncio.create_task(lines_of(backend, "wk_1", follow=True))
+        await greeted(backend, "wk_1")
+        backend.append_log("wk_1", "about to die")
+        backend.crash("wk_1", exit_code=137)
+        assert await asyncio.wait_for(follower, DEADLINE_S) == ["hello from wk_1", "about to die"]
+        observed = await find(backend, "wk_1")
+        assert observed is not None and (observed.running, observed.exit_code) == (False, 137)
+        with pytest.raises(BackendError):
+            backend.crash("wk_never")
+
+    asyncio.run(scenario())
+
+
+def test_memory_runner_that_raises_exits_1_with_its_error_in_the_log() -> None:
+    async def failing(spec: LaunchSpec) -> None:
+        raise RuntimeError("model weights missing")
+
+    async def scenario() -> None:
+        backend = MemoryBackend(runner=failing)
+        await backend.launch(Harness(backend, None).spec("wk_1"))
+
+        async def exited() -> bool:
+            observed = await find(backend, "wk_1")
+            return observed is not None and not observed.running
+
+        await eventually(exited, "the failing runner to end")
+        assert (await find(backend, "wk_1")).exit_code == 1  # type: ignore[union-attr]
+        assert await lines_of(backend, "wk_1") == ["worker failed: RuntimeError: model weights missing"]
+
+    asyncio.run(scenario())
+
+
+def test_memory_stop_abandons_a_runner_that_ignores_cancellation_after_the_grace() -> None:
+    async def scenario() -> None:
+        finish = asyncio.Event()
+
+        async def stubborn(spec: LaunchSpec) -> None:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                await finish.wait()  # ignores the stop until the test lets it go
+
+        backend = MemoryBackend(runner=stubborn)
+        await backend.launch(Harness(backend, None).spec("wk_1"))
+        await asyncio.sleep(0)
+        await backend.stop("wk_1", grace_s=0.05)
+        assert await backend.observe() == []
+        finish.set()
+
+    asyncio.run(scenario())

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -72,6 +72,17 @@ sys.exit(7)
 """
 
 
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[Path]:
+    """The backend's home; whatever a test leaves running there is stopped, even when it fails."""
+    path = tmp_path / "home"
+    yield path
+    if path.exists():
+        leftover = LocalBackend(path)
+        for observed in asyncio.run(leftover.observe()):
+            asyncio.run(leftover.stop(observed.worker_id, grace_s=0))
+
+
 def source(tmp_path: Path, script: str, name: str = "src") -> str:
     directory = tmp_path / name
     directory.mkdir(exist_ok=True)
@@ -129,8 +140,9 @@ def gone(pid: int) -> bool:
     return stat[stat.rfind(")") + 2] in "ZX"
 
 
-def test_a_fresh_instance_adopts_running_workers_after_the_first_is_dropped(tmp_path: Path) -> None:
-    home = tmp_path / "home"
+def test_a_fresh_instance_adopts_running_workers_after_the_first_is_dropped(
+    tmp_path: Path, home: Path
+) -> None:
     src = source(tmp_path, GREETER)
 
     async def scenario() -> None:
@@ -169,8 +181,9 @@ asyncio.run(LocalBackend(Path(sys.argv[1])).launch(spec))
 """
 
 
-def test_workers_of_an_exited_control_plane_are_adopted_and_their_death_seen(tmp_path: Path) -> None:
-    home = tmp_path / "home"
+def test_workers_of_an_exited_control_plane_are_adopted_and_their_death_seen(
+    tmp_path: Path, home: Path
+) -> None:
     src = source(tmp_path, GREETER)
     subprocess.run(
         [sys.executable, "-c", RESTARTED_CONTROL_PLANE, str(home), src], check=True, timeout=DEADLINE_S
@@ -196,8 +209,8 @@ def test_workers_of_an_exited_control_plane_are_adopted_and_their_death_seen(tmp
     asyncio.run(scenario())
 
 
-def test_stop_sends_sigterm_first(tmp_path: Path) -> None:
-    backend = LocalBackend(tmp_path / "home")
+def test_stop_sends_sigterm_first(tmp_path: Path, home: Path) -> None:
+    backend = LocalBackend(home)
 
     async def scenario() -> None:
         await backend.launch(spec("wk_1", source(tmp_path, EXITS_ON_SIGTERM)))
@@ -210,8 +223,7 @@ def test_stop_sends_sigterm_first(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_stop_kills_a_worker_that_ignores_sigterm_after_the_grace_period(tmp_path: Path) -> None:
-    home = tmp_path / "home"
+def test_stop_kills_a_worker_that_ignores_sigterm_after_the_grace_period(tmp_path: Path, home: Path) -> None:
     backend = LocalBackend(home)
 
     async def scenario() -> None:
@@ -229,8 +241,8 @@ def test_stop_kills_a_worker_that_ignores_sigterm_after_the_grace_period(tmp_pat
     asyncio.run(scenario())
 
 
-def test_stop_kills_the_whole_process_group(tmp_path: Path) -> None:
-    backend = LocalBackend(tmp_path / "home")
+def test_stop_kills_the_whole_process_group(tmp_path: Path, home: Path) -> None:
+    backend = LocalBackend(home)
 
     async def scenario() -> None:
         await backend.launch(spec("wk_1", source(tmp_path, SPAWNS_GRANDCHILD)))
@@ -243,8 +255,7 @@ def test_stop_kills_the_whole_process_group(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_a_crashed_worker_is_reaped_and_leaves_no_zombie(tmp_path: Path) -> None:
-    home = tmp_path / "home"
+def test_a_crashed_worker_is_reaped_and_leaves_no_zombie(tmp_path: Path, home: Path) -> None:
     backend = LocalBackend(home)
 
     async def scenario() -> None:
@@ -270,10 +281,10 @@ def test_a_crashed_worker_is_reaped_and_leaves_no_zombie(tmp_path: Path) -> None
 
 
 def test_env_gpus_and_mounts_reach_the_process_and_nothing_else_leaks(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("EMBER_TEST_CONTROL_PLANE_SECRET", "must-not-leak")
-    backend = LocalBackend(tmp_path / "home")
+    backend = LocalBackend(home)
     shown = ",".join(
         [
             "FOO",
@@ -308,8 +319,8 @@ def test_env_gpus_and_mounts_reach_the_process_and_nothing_else_leaks(
     asyncio.run(scenario())
 
 
-def test_without_devices_cuda_visible_devices_is_not_set(tmp_path: Path) -> None:
-    backend = LocalBackend(tmp_path / "home")
+def test_without_devices_cuda_visible_devices_is_not_set(tmp_path: Path, home: Path) -> None:
+    backend = LocalBackend(home)
     env = {"RUNPOD_POD_ID": "wk_1", "SHOW": "CUDA_VISIBLE_DEVICES"}
 
     async def scenario() -> None:
@@ -320,8 +331,8 @@ def test_without_devices_cuda_visible_devices_is_not_set(tmp_path: Path) -> None
     asyncio.run(scenario())
 
 
-def test_exec_runs_in_the_worker_dir_with_its_env_and_interpreter(tmp_path: Path) -> None:
-    backend = LocalBackend(tmp_path / "home")
+def test_exec_runs_in_the_worker_dir_with_its_env_and_interpreter(tmp_path: Path, home: Path) -> None:
+    backend = LocalBackend(home)
     src = source(tmp_path, GREETER)
     probe = "import os, sys; print(os.getcwd()); print(os.environ['FOO']); print(sys.executable)"
 
@@ -338,8 +349,8 @@ def test_exec_runs_in_the_worker_dir_with_its_env_and_interpreter(tmp_path: Path
     asyncio.run(scenario())
 
 
-def test_exec_past_its_timeout_is_killed_with_code_124(tmp_path: Path) -> None:
-    backend = LocalBackend(tmp_path / "home")
+def test_exec_past_its_timeout_is_killed_with_code_124(tmp_path: Path, home: Path) -> None:
+    backend = LocalBackend(home)
 
     async def scenario() -> None:
         await backend.launch(spec("wk_1", source(tmp_path, GREETER)))
@@ -351,8 +362,8 @@ def test_exec_past_its_timeout_is_killed_with_code_124(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_custom_command_and_interpreter_are_used(tmp_path: Path) -> None:
-    backend = LocalBackend(tmp_path / "home", python="/no/such/python")
+def test_custom_command_and_interpreter_are_used(tmp_path: Path, home: Path) -> None:
+    backend = LocalBackend(home, python="/no/such/python")
     src = source(tmp_path, GREETER)
 
     async def scenario() -> None:
@@ -371,8 +382,8 @@ def test_custom_command_and_interpreter_are_used(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_bad_launches_are_backend_errors(tmp_path: Path) -> None:
-    backend = LocalBackend(tmp_path / "home")
+def test_bad_launches_are_backend_errors(tmp_path: Path, home: Path) -> None:
+    backend = LocalBackend(home)
 
     async def scenario() -> None:
         with pytest.raises(BackendError, match="does not exist"):
@@ -386,8 +397,8 @@ def test_bad_launches_are_backend_errors(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_logs_keep_a_partial_last_line_and_tail_across_chunks(tmp_path: Path) -> None:
-    backend = LocalBackend(tmp_path / "home")
+def test_logs_keep_a_partial_last_line_and_tail_across_chunks(tmp_path: Path, home: Path) -> None:
+    backend = LocalBackend(home)
     many = "import sys\nfor i in range(20000): print('line', i)\nsys.stdout.write('no newline')\n"
 
     async def scenario() -> None:
