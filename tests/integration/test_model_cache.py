@@ -274,3 +274,20 @@ def _embed_if_possible(cache: ModelCache, repo: str, snap: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("(1, 384)")
+
+
+def test_a_download_killed_midway_reads_as_interrupted_and_the_next_ensure_completes_it(
+    hub: FakeHub, tmp_path: Path
+) -> None:
+    root = tmp_path / "cache"
+    hub.hold()
+    child = child_ensure(root, hub.url, "org/tiny")
+    wait_for(lambda: hub.held_count() > 0, what="a held download")
+    child.kill()
+    child.communicate(timeout=30)
+    cache = ModelCache(root, endpoint_url=hub.url)
+    assert cache.status("org/tiny").state == "interrupted"
+    hub.release()
+    snap = cache.ensure("org/tiny")
+    assert (snap / "model.safetensors").read_bytes() == BIG
+    assert cache.status("org/tiny").state == "ready"
