@@ -68,7 +68,9 @@ def test_concurrent_calls_build_one_venv_whose_pins_win_and_that_imports_ember(t
     assert len((cache / BUILDS_LOG).read_text().splitlines()) == 1
 
 
-def test_a_failed_build_raises_with_the_log_tail_and_leaves_nothing_behind(tmp_path: Path) -> None:
+def test_a_failed_build_raises_with_the_log_tail_and_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     source = project(tmp_path, "app", "this is not a requirement ===\n")
     cache = tmp_path / "cache"
     lines: list[str] = []
@@ -79,8 +81,10 @@ def test_a_failed_build_raises_with_the_log_tail_and_leaves_nothing_behind(tmp_p
     assert lines, "pip's output is streamed to on_output"
     assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == []
 
-    # The lock was released: fixing the file builds at once (an empty requirements file needs no index).
+    # The lock was released: fixing the file builds at once (an empty requirements file needs no
+    # index), and relative paths are taken from the caller's directory, not the build's.
     (source / "requirements.txt").write_text("# nothing pinned\n")
-    python = ensure_venv(source, cache)
-    assert python is not None
+    monkeypatch.chdir(tmp_path)
+    python = ensure_venv(Path("app"), Path("cache"))
+    assert python is not None and Path(python).is_absolute() and Path(python).parent.parent.parent == cache
     assert run_python(python, "import ember, runpod; print('ok')") == "ok"

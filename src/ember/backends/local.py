@@ -142,7 +142,7 @@ class LocalBackend:
     name = "local"
 
     def __init__(self, home: Path, *, python: str = sys.executable) -> None:
-        self._home = Path(home)
+        self._home = Path(home).absolute()
         self._python = python
         self._workers_dir = self._home / "workers"
         self._logs_dir = self._home / "logs"
@@ -224,6 +224,7 @@ class LocalBackend:
             raise BackendError(f"worker {spec.worker_id!r} has neither a source_dir nor a command")
         if not os.path.isdir(cwd):
             raise BackendError(f"source directory {cwd!r} of worker {spec.worker_id!r} does not exist")
+        cwd = os.path.abspath(cwd)  # recorded for exec, which may come from another working dir
         env = worker_env(spec, python, dict(os.environ))
         worker_dir.mkdir(parents=True, exist_ok=True)
         try:

@@ -71,13 +71,13 @@ def ensure_venv(
     Raises BuildError (with the tail of pip's output) when the install fails or runs past `timeout_s`.
     Blocking: call it from a thread in async code.
     """
-    requirements_path = Path(source_dir) / REQUIREMENTS
+    source_dir, cache_dir = Path(source_dir).resolve(), Path(cache_dir).resolve()
+    requirements_path = source_dir / REQUIREMENTS
     if not requirements_path.is_file():
         return None
     requirements = requirements_path.read_bytes()
     parents = parent_paths()
     key = venv_key(requirements, parents)
-    cache_dir = Path(cache_dir)
     final = cache_dir / key
     if (final / MARKER).is_file():
         return str(final / "bin" / "python")
@@ -86,7 +86,7 @@ def ensure_venv(
         _lock(lock_file, timeout_s + _LOCK_SLACK_S, key)
         try:
             if not (final / MARKER).is_file():  # built by whoever held the lock before us
-                _build(Path(source_dir), cache_dir, key, parents, timeout_s, on_output)
+                _build(source_dir, cache_dir, key, parents, timeout_s, on_output)
         finally:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
     return str(final / "bin" / "python")
