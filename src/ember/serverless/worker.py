@@ -85,7 +85,12 @@ class Worker:
         else:
             self._spawn(self._stop_loop, "ember-stop")
         log.info("worker_started", worker_id=self.env.worker_id)
-        self._take_loop()
+        while not self._stopping.is_set():
+            try:
+                self._take_loop()
+            except Exception as exc:  # a bug here must not kill a worker holding jobs
+                log.error("take_loop_crashed", error=repr(exc))
+                self._stopping.wait(BACKOFF_CAP_S)
         with self._cond:
             while self._held:
                 self._cond.wait(WAIT_SLICE_S)
@@ -328,4 +333,10 @@ class Worker:
 
     @staticmethod
     def _spawn(target: Callable[[], None], name: str) -> None:
-        threading.Thread(target=target, name=name, daemon=True).start()
+        def guarded() -> None:
+            try:
+                target()
+            except Exception as exc:
+                log.error("thread_crashed", thread=name, error=repr(exc))
+
+        threading.Thread(target=guarded, name=name, daemon=True).start()
