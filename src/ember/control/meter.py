@@ -1,6 +1,7 @@
 """The billing meter: turns recorded worker-state intervals into charges (per second, `core.billing`),
 appends them to the ledger and debits balances. Idempotent per interval: a cursor per worker records
-how far it has been billed, with the fraction of a second carried to the next run."""
+how far it has been billed, with the fraction of a second carried to the next run. Network volumes are
+billed per GB-month of provisioned size, per whole second, with their own cursors (`kind="volume"`)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,17 @@ from ember.core.billing import Interval, PriceTable, bill
 from ember.core.workers import WorkerState, WorkerType
 from ember.store.accounts import Charge
 from ember.store.facade import Store
+from ember.store.resources import ResourceStore, VolumeCharge
 
 log = logging.getLogger("ember.meter")
+MONTH_S = 30 * 24 * 3600
+DEFAULT_VOLUME_PRICE_MICROS = 70_000  # $0.07 per GB and month of provisioned size
+
+
+def volume_charge(size_gb: int, price_micros_per_gb_month: int, seconds: int, carry: int) -> tuple[int, int]:
+    """(micro-dollars, new carry) for `seconds` of a `size_gb` volume. Exact in integers: the carry is
+    the remainder in micro-dollar-seconds-per-month units (always < MONTH_S), so nothing is lost."""
+    return divmod(size_gb * price_micros_per_gb_month * seconds + carry, MONTH_S)
 
 
 def intervals_for(
@@ -48,14 +58,42 @@ def intervals_for(
 
 
 class Meter:
-    def __init__(self, store: Store, clock: Clock, prices: PriceTable) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        prices: PriceTable,
+        volume_price_micros: int = DEFAULT_VOLUME_PRICE_MICROS,
+    ) -> None:
         self.store = store
         self.clock = clock
         self.prices = prices
+        self.volume_price_micros = volume_price_micros
+        self.resources = ResourceStore(store.db.engine)
 
     async def tick(self) -> int:
         """Bill everything up to now; returns the number of ledger rows written."""
-        return await self.store.run(self._bill, self.clock.now())
+        now = self.clock.now()
+        return await self.store.run(self._bill, now) + await self.store.run(self._bill_volumes, now)
+
+    def _bill_volumes(self, now: float) -> int:
+        written = 0
+        for vol, cursor, carry in self.resources.volume_meter_candidates():
+            since = cursor if cursor is not None else vol["created_at"]
+            until = now if vol["deleted_at"] is None else min(now, vol["deleted_at"])
+            seconds = int(until - since)
+            if seconds <= 0:
+                if vol["deleted_at"] is not None and until > since:
+                    self.resources.save_volume_meter(vol["id"], until, carry, None)  # close it out
+                continue
+            amount, carry = volume_charge(int(vol["size_gb"]), self.volume_price_micros, seconds, carry)
+            to_at = since + seconds
+            charge = VolumeCharge(
+                vol["account_id"], vol["id"], int(vol["size_gb"]), seconds, amount, since, to_at
+            )
+            self.resources.save_volume_meter(vol["id"], to_at, carry, charge)
+            written += 1
+        return written
 
     def _bill(self, now: float) -> int:
         s = self.store
