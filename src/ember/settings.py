@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     lost_worker_requeues: int = 1
     hf_endpoint: str | None = None
     model_cache_budget_gb: float = 200.0
+    # Network volumes: price per GB and month of provisioned size (dollars); bytes in one "GB" on
+    # disk; None tries loop-mounted images (hard size limit) and falls back to plain directories.
+    volume_price_gb_month: str = "0.07"
+    volume_unit_bytes: int = 1024**3
+    volume_enforce: bool | None = None
 
     @property
     def api_url(self) -> str:
