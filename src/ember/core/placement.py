@@ -47,23 +47,25 @@ class Placement:
 
 
 def place(
-    pending: Sequence[Pending], hosts: Sequence[Host], used: Collection[tuple[str, str]] = ()
+    pending: Sequence[Pending], hosts: Sequence[Host], used: Collection[tuple[str, str, str]] = ()
 ) -> Placement:
     """Assign free devices to `pending` workers.
 
-    `used` holds (host id, device id) pairs already held by live workers. Order: endpoints take turns
-    (round-robin), the endpoint whose oldest worker has waited longest first, and within an endpoint
-    its workers oldest first, so one busy endpoint cannot starve the others. Each worker tries its
-    GPU types in preference order; for a type it takes the host with the fewest free devices of that
-    type that still fit (best fit keeps big hosts free for multi-GPU workers; ties by host id). A
-    worker that fits nowhere stays throttled; later, smaller workers may still be placed. Never
-    assigns a device twice, nor one in `used`.
+    `used` holds the (host id, GPU type, device id) slots already held by live workers (a slot is
+    named by its type too: virtual declarations such as "TEST_GPU:2,A100:2" reuse device ids).
+
+    Order: endpoints take turns (round-robin), the endpoint whose oldest worker has waited longest
+    first, and within an endpoint its workers oldest first, so one busy endpoint cannot starve the
+    others. Each worker tries its GPU types in preference order; for a type it takes the host with
+    the fewest free devices of that type that still fit (best fit keeps big hosts free for multi-GPU
+    workers; ties by host id). A worker that fits nowhere stays throttled; later, smaller workers may
+    still be placed. Never assigns a device twice, nor one in `used`.
     """
     taken = set(used)
     free: dict[tuple[str, str], list[str]] = {}
     for host in hosts:
         for gpu_type, devices in host.slots.items():
-            free[(host.id, gpu_type)] = [d for d in devices if (host.id, d) not in taken]
+            free[(host.id, gpu_type)] = [d for d in devices if (host.id, gpu_type, d) not in taken]
 
     assigned: list[Assignment] = []
     throttled: list[str] = []
