@@ -58,6 +58,9 @@ class _Snapshot:
     stats: dict[str, Any]
     accounts: dict[str, Mapping[str, Any]]
     observed: dict[str, Observed] = field(default_factory=dict)
+    # Workers with a launch or stop in flight when the snapshot began: what `observed` says of them may
+    # predate that operation's end, so health checks must not judge them from this snapshot.
+    ops_in_flight: frozenset[str] = frozenset()
 
 
 class Lifecycle:
@@ -91,6 +94,7 @@ class Lifecycle:
     async def _snapshot(self) -> _Snapshot:
         s = self.store
         now = self.clock.now()
+        ops_in_flight = frozenset(self._busy_ops)
         endpoints = list(await s.run(s.endpoints.list))
         workers = list(await s.run(lambda: s.workers.list()))
         snap = _Snapshot(
@@ -101,6 +105,7 @@ class Lifecycle:
             busy=await s.run(s.jobs.in_progress_by_worker),
             stats=await s.run(s.jobs.queue_stats),
             accounts={a["id"]: a for a in await s.run(s.accounts.all)},
+            ops_in_flight=ops_in_flight,
         )
         for name, backend in self.backends.items():
             try:
@@ -121,7 +126,9 @@ class Lifecycle:
         known = {w["id"] for w in snap.workers}
         for w in snap.workers:
             wid = w["id"]
-            if wid in self._busy_ops or w["state"] not in {s.value for s in LIVE}:
+            if wid in self._busy_ops or wid in snap.ops_in_flight:
+                continue
+            if w["state"] not in {s.value for s in LIVE}:
                 continue
             obs = snap.observed.get(wid)
             if obs is None or not obs.running:
