@@ -72,6 +72,7 @@ class Lifecycle:
         signals: Signals,
         cfg: LifecycleConfig,
         launch: LaunchConfig,
+        preparer: Any = None,  # control.models.ModelPreparer: gates launches on the endpoint's model
     ) -> None:
         self.store = store
         self.backends = backends
@@ -79,6 +80,7 @@ class Lifecycle:
         self.signals = signals
         self.cfg = cfg
         self.launch_cfg = launch
+        self.preparer = preparer
         self._busy_ops: dict[str, asyncio.Task[None]] = {}  # worker id -> launch/stop in flight
         self._stuck_since: dict[str, float] = {}
 
@@ -361,11 +363,26 @@ class Lifecycle:
         for wid, why in steps.stop:
             if wid not in self._busy_ops:
                 await self._stop(rows[wid], why)
+        if steps.launch and not zero and not await self._model_ready(ep, spec):
+            return
         for wtype in steps.launch:
             if zero:
                 break
             await self._create_worker(ep, spec, wtype, snap.now)
             per_account[ep["account_id"]] = per_account.get(ep["account_id"], 0) + 1
+
+    async def _model_ready(self, ep: Mapping[str, Any], spec: EndpointSpec) -> bool:
+        """Workers of an endpoint whose model is still being fetched are neither created nor started
+        (so nobody is billed for the download); the endpoint's status line says how far it has got."""
+        if self.preparer is None:
+            return True
+        ok, why = await self.preparer.ready(ep, spec)
+        current = ep["status_message"]
+        if not ok and why != current:
+            await self.store.run(self.store.endpoints.set_status, ep["id"], why)
+        elif ok and self.preparer.owns_status(current):
+            await self.store.run(self.store.endpoints.set_status, ep["id"], "")
+        return bool(ok)
 
     async def _create_worker(
         self, ep: Mapping[str, Any], spec: EndpointSpec, wtype: WorkerType, now: float
@@ -423,6 +440,9 @@ class Lifecycle:
                         w["endpoint_id"],
                         f"worker {w['id']} kept failing for 7 days: {w['reason']}",
                     )
+                    continue
+                ep_row = next(e for e in snap.endpoints if e["id"] == w["endpoint_id"])
+                if not await self._model_ready(ep_row, spec):
                     continue
                 rows[w["id"]] = w
                 pending.append(
