@@ -24,6 +24,7 @@ from ember.api import client as client_routes
 from ember.api import endpoints as endpoint_routes
 from ember.api import errors as api_errors
 from ember.api import manage as manage_routes
+from ember.api import resources as resource_routes
 from ember.api import worker as worker_routes
 from ember.api.deps import Limits, Runtime
 from ember.backends.base import Backend
@@ -121,11 +122,13 @@ def create_app(
         backends=dict(backends),
         limit_table=DEFAULT_TABLE,
     )
+    preparer, volume_hook = _models_and_volumes(settings, store, clock, runtime)
     launch = LaunchConfig(
         api_url=settings.api_url,
         home=settings.home,
         ping_interval_ms=settings.ping_interval_ms,
         prepare_python=_venv_builder(settings.home),
+        hooks=[volume_hook, preparer.launch_hook],
     )
     default_backend = settings.backend if settings.backend in backends else next(iter(backends), "local")
     lifecycle = Lifecycle(
@@ -144,9 +147,15 @@ def create_app(
             limit_table=DEFAULT_TABLE,
         ),
         launch,
+        preparer=preparer,
     )
     reaper = Reaper(store, clock, signals, ReaperConfig(retention_run_s=limits.retention_run_s))
-    meter = Meter(store, clock, PriceTable(active_discount_pct=settings.active_discount_pct))
+    meter = Meter(
+        store,
+        clock,
+        PriceTable(active_discount_pct=settings.active_discount_pct),
+        volume_price_micros=parse_dollars(settings.volume_price_gb_month, field="volume_price_gb_month"),
+    )
     runner = Runner(
         lifecycle,
         reaper,
@@ -184,12 +193,33 @@ def create_app(
     app.include_router(worker_routes.router)
     app.include_router(endpoint_routes.router)
     app.include_router(manage_routes.router)
+    app.include_router(resource_routes.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
         return Response('{"status":"ok"}', media_type="application/json")
 
     return app
+
+
+def _models_and_volumes(settings: Settings, store: Store, clock: Clock, runtime: Runtime) -> tuple[Any, Any]:
+    """The host model cache, network volumes and account secrets, registered in `runtime.extras`."""
+    from ember.control.models import ModelPreparer, volume_hook
+    from ember.models.cache import ModelCache
+    from ember.store.resources import ResourceStore
+    from ember.volumes.store import VolumeManager
+
+    budget = int(settings.model_cache_budget_gb * 1024**3) if settings.model_cache_budget_gb > 0 else None
+    cache = ModelCache(settings.home / "models", endpoint_url=settings.hf_endpoint, budget_bytes=budget)
+    volumes = VolumeManager(
+        settings.home / "volumes", unit_bytes=settings.volume_unit_bytes, enforce=settings.volume_enforce
+    )
+    resources = ResourceStore(store.db.engine)
+    preparer = ModelPreparer(cache, store, resources, clock, access_path=cache.root / "ember" / "access.json")
+    runtime.extras.update(
+        models=cache, volumes=volumes, resources=resources, preparer=preparer, on_spec=preparer.on_spec
+    )
+    return preparer, volume_hook(volumes)
 
 
 def _venv_builder(home: Path) -> Any:
