@@ -134,6 +134,7 @@ def test_never_over_assigns_and_uses_each_device_once(
             continue
         assert a.gpu_type in p.gpu_type_ids
         assert len(a.device_ids) == p.gpu_count
+        assert a.gpu_type is not None
         host = next(h for h in hosts if h.id == a.host_id)
         assert set(a.device_ids) <= set(host.slots[a.gpu_type])
         taken.extend((a.host_id, a.gpu_type, d) for d in a.device_ids)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import Enum
+from typing import TypeVar
 
 import pytest
 
@@ -12,13 +13,15 @@ from ember.core import jobs, workers
 from ember.core.jobs import JobState
 from ember.core.workers import WorkerState
 
+E = TypeVar("E", bound=Enum)
 
-def exits(table: Mapping[Enum, frozenset[Enum]], state: Enum) -> set[Enum]:
+
+def exits(table: Mapping[E, frozenset[E]], state: E) -> set[E]:
     """The states reachable in one step from `state` (the tables map to-state -> sources)."""
     return {to for to, sources in table.items() if state in sources}
 
 
-def reachable(table: Mapping[Enum, frozenset[Enum]], start: Enum) -> set[Enum]:
+def reachable(table: Mapping[E, frozenset[E]], start: E) -> set[E]:
     seen, todo = {start}, [start]
     while todo:
         for nxt in exits(table, todo.pop()) - seen:
@@ -71,7 +74,7 @@ def test_terminal_jobs_leave_only_by_retry_back_to_the_queue() -> None:
 
 
 def test_every_worker_state_is_reachable_from_a_new_worker() -> None:
-    seen: set[Enum] = set()
+    seen: set[WorkerState] = set()
     for start in workers.INITIAL:
         seen |= reachable(workers.ALLOWED, start)
     assert seen == set(WorkerState)
