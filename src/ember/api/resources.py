@@ -228,7 +228,11 @@ async def list_models(request: Request) -> Response:
     return json_response([await _model_view(rt, who, st) for st in items if _visible(rt, who, st.repo_id)])
 
 
-@router.post("/models/pull", tags=["models"], summary="Download a model into the host cache")
+@router.post(
+    "/models/pull",
+    tags=["models"],
+    summary="Download a model into the host cache (idempotent: call again to follow its progress)",
+)
 async def pull_model(request: Request) -> Response:
     who = caller(request)
     rt = runtime(request)
@@ -250,9 +254,28 @@ async def pull_model(request: Request) -> Response:
             "invalid model name", [Problem("name", "a Hugging Face repo id like org/name", name)]
         ) from None
     job = await preparer.start(who.account_id, name, revision)
-    return json_response(
-        {"name": name, "revision": revision or "main", "status": preparer.describe(job)}, 202
-    )
+    state = "downloading"
+    if not job.running and job.snapshot is not None:
+        state = "ready"
+    elif not job.running and job.error is not None:
+        state = "failed"
+    out: dict[str, Any] = {
+        "name": name,
+        "revision": revision or "main",
+        "state": state,
+        "status": preparer.describe(job),
+        "error": job.error if state == "failed" else None,
+        "doneBytes": 0,
+        "totalBytes": 0,
+        "sizeBytes": 0,
+        "path": str(job.snapshot) if state == "ready" else None,
+    }
+    try:
+        st = await anyio.to_thread.run_sync(_service(rt, "models").status, name)
+        out.update(doneBytes=st.done_bytes, totalBytes=st.total_bytes, sizeBytes=st.size_bytes)
+    except NotFound:
+        pass
+    return json_response(out, 200 if state == "ready" else 202)
 
 
 async def _model_status(rt: Runtime, who: KeyInfo, repo_id: str) -> Any:

@@ -1,0 +1,148 @@
+"""`ember models` (pull with progress, ls, rm) and `ember volumes` (create, ls, resize, rm): thin
+commands over /v1/models and /v1/networkvolumes."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
+
+from ember.cli.http import call, fail, print_json
+
+console = Console()
+models_app = typer.Typer(help="The host's Hugging Face model cache", no_args_is_help=True)
+volumes_app = typer.Typer(help="Network volumes, mounted at /runpod-volume in workers", no_args_is_help=True)
+POLL_S = 0.5
+
+
+def _size(n_bytes: int | None) -> str:
+    if n_bytes is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n_bytes < 1000 or unit == "GB":
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1000  # type: ignore[assignment]
+    return str(n_bytes)
+
+
+# ---- models ---------------------------------------------------------------------------------------
+@models_app.command("pull")
+def models_pull(
+    name: str = typer.Argument(..., help="Hugging Face model, e.g. org/name"),
+    revision: str | None = typer.Option(None, "--revision", help="Branch, tag or commit (default main)"),
+    timeout_s: float = typer.Option(4 * 3600.0, "--timeout", help="Give up waiting after this many seconds"),
+) -> None:
+    """Download a model into the host cache (with the account's HF_TOKEN secret), showing progress."""
+    body: dict[str, Any] = {"name": name}
+    if revision:
+        body["revision"] = revision
+    deadline = time.monotonic() + timeout_s
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(name, total=None)
+        while True:
+            # Pulling is idempotent: each call reports the one download's progress (or its result).
+            model = call("POST", "/v1/models/pull", json_body=body)
+            progress.update(task, completed=model["doneBytes"], total=model["totalBytes"] or None)
+            if model["state"] == "ready":
+                break
+            if model["state"] == "failed":
+                progress.stop()
+                fail(f"model {name}: {model['error']}")
+            if time.monotonic() >= deadline:
+                progress.stop()
+                fail(f"model {name} is still downloading after {timeout_s:.0f}s (see `ember models ls`)")
+            time.sleep(POLL_S)
+    console.print(f"Model {name} is ready ({_size(model['sizeBytes'])}) at {model['path']}")
+
+
+@models_app.command("ls")
+def models_ls(as_json: bool = typer.Option(False, "--json")) -> None:
+    """List cached models with state, size, progress and the endpoints using them."""
+    rows = call("GET", "/v1/models")
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("MODEL", "REVISION", "STATE", "PROGRESS", "SIZE", "LAST USED", "ENDPOINTS")
+    for m in rows:
+        state = m["state"] if not m["error"] else f"{m['state']}: {m['error'][:60]}"
+        table.add_row(
+            m["name"],
+            m["revision"],
+            state,
+            f"{m['progress']}% of {_size(m['totalBytes'])}",
+            _size(m["sizeBytes"]),
+            m["lastUsedAt"] or "-",
+            ", ".join(e["name"] for e in m["endpoints"]) or "-",
+        )
+    console.print(table)
+
+
+@models_app.command("rm")
+def models_rm(name: str = typer.Argument(..., help="Model to remove, e.g. org/name")) -> None:
+    """Remove a model from the host cache (refused while an endpoint uses it)."""
+    call("DELETE", f"/v1/models/{name}")
+    console.print(f"Model {name} removed from the cache")
+
+
+# ---- volumes --------------------------------------------------------------------------------------
+def _print_volume(v: dict[str, Any]) -> None:
+    enforced = "enforced" if v.get("sizeEnforced") else "not enforced"
+    console.print(
+        f"Volume {v['id']} ({v['name']}): {v['size']} GB ({enforced}), used {_size(v.get('usedBytes'))}"
+    )
+
+
+@volumes_app.command("create")
+def volumes_create(
+    name: str = typer.Argument(..., help="Volume name"),
+    size: int = typer.Option(..., "--size", help="Size in GB"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Create a network volume; mount it with `ember deploy --volume ID`."""
+    vol = call("POST", "/v1/networkvolumes", json_body={"name": name, "size": size})
+    if as_json:
+        print_json(vol)
+        return
+    _print_volume(vol)
+
+
+@volumes_app.command("ls")
+def volumes_ls(as_json: bool = typer.Option(False, "--json")) -> None:
+    """List network volumes with size, usage, enforcement and the endpoints using them."""
+    rows = call("GET", "/v1/networkvolumes")
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("ID", "NAME", "SIZE", "USED", "LIMIT", "BILLED $", "ENDPOINTS")
+    for v in rows:
+        table.add_row(
+            v["id"],
+            v["name"],
+            f"{v['size']} GB",
+            _size(v.get("usedBytes")),
+            "enforced" if v.get("sizeEnforced") else "not enforced",
+            v.get("billed", "-"),
+            ", ".join(e["name"] for e in v["endpoints"]) or "-",
+        )
+    console.print(table)
+
+
+@volumes_app.command("resize")
+def volumes_resize(
+    volume_id: str = typer.Argument(..., help="Volume id"),
+    size: int = typer.Option(..., "--size", help="New size in GB (volumes only grow)"),
+) -> None:
+    """Grow a network volume."""
+    _print_volume(call("PATCH", f"/v1/networkvolumes/{volume_id}", json_body={"size": size}))
+
+
+@volumes_app.command("rm")
+def volumes_rm(volume_id: str = typer.Argument(..., help="Volume id")) -> None:
+    """Delete a network volume and its data (refused while an endpoint uses it)."""
+    call("DELETE", f"/v1/networkvolumes/{volume_id}")
+    console.print(f"Volume {volume_id} deleted")
