@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from ember.cli import endpoint_cmds as ep
+from ember.cli import resource_cmds as res
 from ember.cli import server_cmds as srv
 
 app = typer.Typer(
@@ -32,6 +33,8 @@ accounts = typer.Typer(help="Accounts (admin)")
 accounts.command("create")(ep.accounts_create)
 accounts.command("credit")(ep.credit)
 app.add_typer(accounts, name="accounts")
+app.add_typer(res.models_app, name="models")
+app.add_typer(res.volumes_app, name="volumes")
 
 
 def _optional_groups() -> None:
