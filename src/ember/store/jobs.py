@@ -430,7 +430,11 @@ class JobStore:
             return list(due)
 
     def purge_expired(self, now: float) -> int:
-        keep_for_webhook = and_(J.webhook_state == "PENDING", J.webhook_attempts < 3)
+        # webhook_state is NULL for jobs without a webhook: test it explicitly, or NOT(NULL AND …) is NULL
+        # and such jobs are never purged.
+        keep_for_webhook = and_(
+            J.webhook_state.is_not(None), J.webhook_state == "PENDING", J.webhook_attempts < 3
+        )
         with self.engine.begin() as conn:
             ids = list(
                 conn.execute(select(J.id).where(J.purge_at < now, ~keep_for_webhook).limit(5000)).scalars()
