@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Start the services Ember's tests use (PostgreSQL, Redis, Docker engine, a loopback registry, the
-# base image) if they are not running yet, and print the matching `export` lines on stdout:
+# Start the services Ember's tests use (PostgreSQL, Redis, Docker engine, two loopback registries, one
+# with a password, and the base image) if they are not running yet, and print the matching `export`
+# lines on stdout:
 #     eval "$(bash .ci/services.sh)"
 # Everything binds to 127.0.0.1. Idempotent: a second run only checks. Needs root for dockerd.
 set -euo pipefail
@@ -9,6 +10,10 @@ CI_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE_DIR="${EMBER_CI_CACHE:-/var/cache/ember-ci}"
 BASE_IMAGE="${EMBER_TEST_BASE_IMAGE:-ember-base:bookworm}"
 REGISTRY_ADDR="127.0.0.1:5000"
+# A second registry that wants a password, for the registry-auth tests (test-only credentials).
+AUTH_REGISTRY_ADDR="127.0.0.1:5001"
+AUTH_REGISTRY_USER="ember-ci"
+AUTH_REGISTRY_PASSWORD="ember-ci-password"
 DEBIAN_MIRROR="${EMBER_CI_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 PG_URL="postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -67,14 +72,27 @@ start_docker() {
     wait_for 60 dockerd docker info
 }
 
+registry_up() { curl -sS -o /dev/null -w '%{http_code}' "http://$1/v2/" 2>/dev/null | grep -qE '^(200|401)$'; }
+
+# start_registry NAME ADDR TEMPLATE: run docker-registry with a config made from TEMPLATE.
 start_registry() {
-    if curl -fsS "http://$REGISTRY_ADDR/v2/" >/dev/null 2>&1; then return 0; fi
-    mkdir -p "$CACHE_DIR/registry"
-    sed "s#@STORAGE@#$CACHE_DIR/registry#; s#@ADDR@#$REGISTRY_ADDR#" "$CI_DIR/registry.yml" \
-        >"$CACHE_DIR/registry.yml"
-    log "starting docker-registry on $REGISTRY_ADDR (log: /var/log/ember-ci-registry.log)"
-    setsid docker-registry serve "$CACHE_DIR/registry.yml" >/var/log/ember-ci-registry.log 2>&1 </dev/null &
-    wait_for 30 registry curl -fsS "http://$REGISTRY_ADDR/v2/"
+    local name="$1" addr="$2" template="$3"
+    if registry_up "$addr"; then return 0; fi
+    mkdir -p "$CACHE_DIR/$name"
+    sed "s#@STORAGE@#$CACHE_DIR/$name#; s#@ADDR@#$addr#; s#@HTPASSWD@#$CACHE_DIR/$name.htpasswd#" \
+        "$CI_DIR/$template" >"$CACHE_DIR/$name.yml"
+    log "starting docker-registry $name on $addr (log: /var/log/ember-ci-$name.log)"
+    setsid docker-registry serve "$CACHE_DIR/$name.yml" >"/var/log/ember-ci-$name.log" 2>&1 </dev/null &
+    wait_for 30 "registry $name" registry_up "$addr"
+}
+
+write_htpasswd() {
+    local file="$CACHE_DIR/registry-auth.htpasswd"
+    if [ -s "$file" ]; then return 0; fi
+    mkdir -p "$CACHE_DIR"
+    # bcrypt, which docker-registry requires (Python's crypt module; `htpasswd -B` would do the same).
+    python3 -W ignore -c 'import crypt, sys; print(sys.argv[1] + ":" + crypt.crypt(sys.argv[2], crypt.mksalt(crypt.METHOD_BLOWFISH)))' \
+        "$AUTH_REGISTRY_USER" "$AUTH_REGISTRY_PASSWORD" >"$file"
 }
 
 # The base image: a minimal Debian bookworm with Python, made with debootstrap (no image hub is
@@ -105,12 +123,15 @@ build_base_image() {
 start_postgres
 start_redis
 start_docker
-start_registry
+start_registry registry "$REGISTRY_ADDR" registry.yml
+write_htpasswd
+start_registry registry-auth "$AUTH_REGISTRY_ADDR" registry-auth.yml
 build_base_image
 
 cat <<EOF
 export EMBER_TEST_BASE_IMAGE=$BASE_IMAGE
 export EMBER_TEST_REGISTRY=$REGISTRY_ADDR
+export EMBER_TEST_AUTH_REGISTRY=$AUTH_REGISTRY_USER:$AUTH_REGISTRY_PASSWORD@$AUTH_REGISTRY_ADDR
 export EMBER_TEST_PG_URL=$PG_URL
 export EMBER_TEST_REDIS_URL=redis://127.0.0.1:6379/0
 EOF

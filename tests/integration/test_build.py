@@ -18,13 +18,13 @@ import typer
 from typer.testing import CliRunner
 
 from ember.build.image import analyse, build_image, human_bytes, push_image
-from ember.build.registry import CredentialStore, registry_host
+from ember.build.registry import CredentialStore, registry_host, verify_login
 from ember.build.scaffold import init_project, render_dockerfile
 from ember.cli import build_cmds
 from ember.core.errors import BuildError, InvalidInput
 
 # The fixtures are imported by name until tests/conftest.py lists tests.support.docker_env in pytest_plugins.
-from tests.support.docker_env import base_image, docker_client, registry
+from tests.support.docker_env import AuthRegistry, auth_registry, base_image, docker_client, registry
 
 
 @pytest.fixture
@@ -242,3 +242,18 @@ def test_cli_login_build_and_push_through_the_local_registry(
     (tmp_path / "w" / "Dockerfile").write_text(f"FROM {base_image}\nRUN exit 5\n")
     failed = runner.invoke(app, ["build", str(tmp_path / "w"), "-t", ref])
     assert failed.exit_code == 1 and "error: building" in failed.output
+
+
+@pytest.mark.docker
+def test_push_and_login_against_a_password_protected_registry(
+    base_image: str, auth_registry: AuthRegistry, docker_client: Any, tags: list[str]
+) -> None:
+    ref = f"{auth_registry.host}/{unique('private')}:v1"
+    docker_client.images.get(base_image).tag(ref)
+    tags.append(ref)
+    with pytest.raises(BuildError, match="pushing"):
+        push_image(ref, on_log=lambda _line: None)
+    assert push_image(ref, auth=auth_registry.auth_config(), on_log=lambda _line: None).startswith("sha256:")
+    verify_login(auth_registry.host, auth_registry.username, auth_registry.password)
+    with pytest.raises(BuildError, match="refused the login"):
+        verify_login(auth_registry.host, auth_registry.username, "wrong-password")

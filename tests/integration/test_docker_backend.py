@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 import uuid
@@ -20,7 +21,7 @@ from ember.backends.docker import LABEL_ENDPOINT, DockerBackend
 from ember.core.errors import BackendError, NotFound
 
 # The fixtures are imported by name until tests/conftest.py lists tests.support.docker_env in pytest_plugins.
-from tests.support.docker_env import base_image, docker_client, registry
+from tests.support.docker_env import AuthRegistry, auth_registry, base_image, docker_client, registry
 
 pytestmark = [pytest.mark.docker, pytest.mark.anyio]
 
@@ -239,3 +240,29 @@ async def test_missing_image_and_unreachable_engine_raise_backend_errors(
     with pytest.raises(BackendError, match="docker"):
         await offline.observe()
     await offline.aclose()
+
+
+async def test_launch_pulls_from_a_password_protected_registry_with_the_spec_auth(
+    base_image: str,
+    auth_registry: AuthRegistry,
+    endpoint_id: str,
+    docker_client: Any,
+) -> None:
+    ref = f"{auth_registry.host}/ember-test/private-{endpoint_id}:v1"
+    docker_client.images.get(base_image).tag(ref)
+    for event in docker_client.api.push(
+        ref, stream=True, decode=True, auth_config=auth_registry.auth_config()
+    ):
+        assert "error" not in event, event
+    docker_client.images.remove(ref)
+    backend = DockerBackend()
+    try:
+        with pytest.raises(BackendError, match="pulling .* failed: .*basic auth credentials"):
+            await backend.launch(spec(endpoint_id, ref, worker="anon"))
+        s = spec(endpoint_id, ref, registry_auth=auth_registry.auth_config())
+        await backend.launch(s)
+        assert [o.worker_id for o in await backend.observe(endpoint_id) if o.running] == [s.worker_id]
+    finally:
+        await backend.aclose()
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_client.images.remove(ref, force=True)

@@ -1,14 +1,16 @@
-"""Pytest fixtures for the real Docker engine, the test base image and the loopback registry.
+"""Pytest fixtures for the real Docker engine, the test base image and the loopback registries.
 
-`.ci/services.sh` provides all three and prints the variables (EMBER_TEST_BASE_IMAGE, EMBER_TEST_REGISTRY).
-A missing one skips on a developer machine and fails in CI (through `tests.conftest.need`).
+`.ci/services.sh` provides them and prints their EMBER_TEST_* variables; a missing one skips on a
+developer machine and fails in CI (through `tests.conftest.need`).
 """
 
 from __future__ import annotations
 
 import os
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -62,3 +64,31 @@ def registry() -> str:
         address = f"{address} ({exc})"
     need("registry", ok, f"no registry answers at {address}; {_HINT}")
     return os.environ["EMBER_TEST_REGISTRY"]
+
+
+@dataclass(frozen=True)
+class AuthRegistry:
+    host: str
+    username: str
+    password: str = field(repr=False)
+
+    def auth_config(self) -> dict[str, str]:
+        return {"username": self.username, "password": self.password, "serveraddress": self.host}
+
+
+@pytest.fixture(scope="session")
+def auth_registry() -> AuthRegistry:
+    """A loopback registry that wants a password (EMBER_TEST_AUTH_REGISTRY = user:password@host:port)."""
+    value = os.environ.get("EMBER_TEST_AUTH_REGISTRY", "")
+    credentials, _, host = value.rpartition("@")
+    username, _, password = credentials.partition(":")
+    need("registry", bool(host and username and password), f"EMBER_TEST_AUTH_REGISTRY is not set; {_HINT}")
+    try:
+        urllib.request.urlopen(f"http://{host}/v2/", timeout=5).close()
+        status = 200
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except OSError:
+        status = 0
+    need("registry", status == 401, f"no password-protected registry answers at {host}; {_HINT}")
+    return AuthRegistry(host, username, password)

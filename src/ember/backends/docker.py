@@ -130,10 +130,25 @@ class DockerBackend:
         repository, tag = parse_repository_tag(image)
         report = self._on_progress or (lambda _w, _t: None)
         report(worker_id, f"pulling {image}")
+        try:
+            self._pull(client, worker_id, image, repository, tag or "latest", auth, report)
+        except docker.errors.APIError as exc:
+            hint = " (no or wrong registry credentials?)" if "auth" in str(exc.explanation).lower() else ""
+            raise BackendError(f"docker: pulling {image} failed: {exc.explanation or exc}{hint}")
+
+    def _pull(
+        self,
+        client: Any,
+        worker_id: str,
+        image: str,
+        repository: str,
+        tag: str,
+        auth: dict[str, str] | None,
+        report: ProgressCallback,
+    ) -> None:
         layers: set[str] = set()
         done: set[str] = set()
-        stream = client.api.pull(repository, tag or "latest", stream=True, decode=True, auth_config=auth)
-        for event in stream:
+        for event in client.api.pull(repository, tag, stream=True, decode=True, auth_config=auth):
             if "error" in event:
                 raise BackendError(f"docker: pulling {image} failed: {event['error']}")
             layer, status = event.get("id"), event.get("status", "")
