@@ -146,6 +146,8 @@ class Lifecycle:
                 continue
             last_seen = w["last_seen_at"]
             ping = self.signals.pings.get(wid)
+            if ping is not None and ping[0] < (w["launched_at"] or 0.0):
+                ping = None  # from this worker id's previous run: it was restarted since
             if ping is not None and (last_seen is None or ping[0] > last_seen):
                 last_seen = ping[0]
             why = is_lost(
