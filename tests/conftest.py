@@ -10,6 +10,8 @@ import os
 
 import pytest
 
+pytest_plugins = ["tests.support.docker_env"]
+
 
 def required_services() -> set[str]:
     return {s.strip() for s in os.environ.get("EMBER_TEST_REQUIRE", "").split(",") if s.strip()}

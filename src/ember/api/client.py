@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from ember.api.deps import Runtime, caller, read_json, runtime
+from ember.api.deps import Runtime, caller, hold_clock, read_json, runtime
 from ember.api.errors import json_response
 from ember.core import jobs as J
 from ember.core.errors import Conflict, InvalidInput, NotFound, Problem
@@ -128,13 +128,13 @@ async def runsync(endpoint_id: str, request: Request, wait: str | None = None) -
             )
         wait_ms = min(max(int(wait), J.RUNSYNC_WAIT_MIN_MS), J.RUNSYNC_WAIT_MAX_MS)
     rt, job_id, ep = await _submit(request, endpoint_id, J.RUNSYNC_BODY_LIMIT_BYTES, sync=True)
-    deadline = rt.clock.now() + wait_ms / 1000.0
+    deadline = hold_clock() + wait_ms / 1000.0
     row = None
     while True:
-        remaining = deadline - rt.clock.now()
+        remaining = deadline - hold_clock()
         await rt.signals.done.wait(job_id, min(remaining, 1.0))
         row = await rt.store.run(rt.store.jobs.get, job_id)
-        if row is None or row["state"] in _FINAL or rt.clock.now() >= deadline:
+        if row is None or row["state"] in _FINAL or hold_clock() >= deadline:
             break
     if row is None:
         raise NotFound(f"job {job_id!r} expired")

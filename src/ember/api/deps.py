@@ -6,6 +6,7 @@ cache (keys rarely change; a dropped worker key is evicted at once in this proce
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from dataclasses import dataclass, field
@@ -157,6 +158,12 @@ async def read_json(request: Request, limit_bytes: int) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"malformed JSON body: {exc}")
+
+
+def hold_clock() -> float:
+    """Monotonic time for how long a request is held (long polls, runsync waits). Holding is a transport
+    matter measured in real time; what is recorded (job and worker times) comes from the injected clock."""
+    return asyncio.get_running_loop().time()
 
 
 def new_token(nbytes: int = 16) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from ember.api.deps import Runtime, read_json, runtime, worker_caller
+from ember.api.deps import Runtime, hold_clock, read_json, runtime, worker_caller
 from ember.api.errors import json_response
 from ember.core import jobs as J
 from ember.core.errors import Conflict, InvalidInput, NotFound
@@ -23,18 +23,23 @@ _TAKING = {s.value for s in TAKES_JOBS}
 RESULT_LIMIT_BYTES = 64 * 1024 * 1024
 
 
-async def _mark_seen(rt: Runtime, worker: Any, now: float) -> Any:
-    """First contact makes an INITIALIZING worker IDLE; otherwise refresh last_seen_at (at most 1/s)."""
-    if worker["state"] == WorkerState.INITIALIZING.value:
+async def _mark_seen(rt: Runtime, worker: Any, now: float, *, ready: bool = True) -> Any:
+    """Refresh last_seen_at (at most once a second). With `ready`, first contact also makes an
+    INITIALIZING worker IDLE (a take that gets a job at once makes it RUNNING instead)."""
+    if ready and worker["state"] == WorkerState.INITIALIZING.value:
         await rt.store.run(
-            lambda: rt.store.workers.transition(
-                worker["id"], WorkerState.IDLE, now, "ready", last_seen_at=now, idle_since=now
-            )
+            rt.store.workers.transition,
+            worker["id"],
+            WorkerState.IDLE,
+            now,
+            "ready",
+            last_seen_at=now,
+            idle_since=now,
         )
         rt.signals.reconcile.set()
         return await rt.store.run(rt.store.workers.get, worker["id"])
     if worker["last_seen_at"] is None or now - worker["last_seen_at"] >= 1.0:
-        await rt.store.run(lambda: rt.store.workers.update(worker["id"], last_seen_at=now))
+        await rt.store.run(rt.store.workers.update, worker["id"], last_seen_at=now)
     return worker
 
 
@@ -49,13 +54,13 @@ async def _worker(request: Request, endpoint_id: str, worker_id: str) -> tuple[R
 
 async def _take(request: Request, endpoint_id: str, worker_id: str, limit: int) -> Response:
     rt, worker = await _worker(request, endpoint_id, worker_id)
-    worker = await _mark_seen(rt, worker, rt.clock.now())
-    deadline = rt.clock.now() + rt.limits.take_hold_s
+    worker = await _mark_seen(rt, worker, rt.clock.now(), ready=False)
+    deadline = hold_clock() + rt.limits.take_hold_s
     first = True
     while True:
         if worker["state"] not in _TAKING or worker["recycle"]:
             # Outdated, stopping or recycled workers take no new job: hold, then say "nothing".
-            await rt.signals.stops.wait("retire:" + worker_id, max(0.0, deadline - rt.clock.now()))
+            await rt.signals.stops.wait("retire:" + worker_id, max(0.0, deadline - hold_clock()))
             return NO_CONTENT
         now = rt.clock.now()
         claimed = await rt.store.run(rt.store.jobs.claim, endpoint_id, worker_id, limit, now)
@@ -68,7 +73,9 @@ async def _take(request: Request, endpoint_id: str, worker_id: str, limit: int) 
                     now,
                     "took a job",
                     idle_since=None,
+                    last_seen_at=now,
                 )
+                rt.signals.reconcile.set()
             if limit == 1 and not request.url.path.endswith("-batch/" + worker_id):
                 body = worker_job(claimed[0].id, claimed[0].input_json, claimed[0].extra_json)
             else:
@@ -76,6 +83,8 @@ async def _take(request: Request, endpoint_id: str, worker_id: str, limit: int) 
             return Response(body, media_type="application/json")
         if first:
             first = False
+            if worker["state"] == WorkerState.INITIALIZING.value:
+                worker = await _mark_seen(rt, worker, now)
             in_progress = request.query_params.get("job_in_progress") == "1"
             if worker["state"] == WorkerState.RUNNING.value and not in_progress:
                 held = await rt.store.run(rt.store.jobs.held_by, worker_id)
@@ -88,7 +97,7 @@ async def _take(request: Request, endpoint_id: str, worker_id: str, limit: int) 
                         "no job",
                         idle_since=now,
                     )
-        remaining = deadline - rt.clock.now()
+        remaining = deadline - hold_clock()
         if remaining <= 0 or await request.is_disconnected():
             return NO_CONTENT
         await rt.signals.jobs.wait(endpoint_id, min(remaining, 5.0))
@@ -126,6 +135,7 @@ async def job_done(endpoint_id: str, worker_id: str, job_id: str, request: Reque
     if not isinstance(body, dict):
         raise InvalidInput("the result must be a JSON object")
     now = rt.clock.now()
+    await _mark_seen(rt, worker, now)
     if J.is_progress_update(body):
         await rt.store.run(rt.store.jobs.progress, job_id, worker_id, _dump(body.get("output")))
         return json_response({"status": "ok"})
@@ -192,12 +202,12 @@ async def ping(endpoint_id: str, worker_id: str, request: Request) -> Response:
 @router.get("/job-stop/{worker_id}", summary="Jobs this worker should stop (long poll)")
 async def job_stop(endpoint_id: str, worker_id: str, request: Request) -> Response:
     rt, _ = await _worker(request, endpoint_id, worker_id)
-    deadline = rt.clock.now() + rt.limits.take_hold_s
+    deadline = hold_clock() + rt.limits.take_hold_s
     while True:
         ids = await rt.store.run(rt.store.jobs.take_stops, worker_id)
         if ids:
             return json_response({"jobsToStop": ids})
-        remaining = deadline - rt.clock.now()
+        remaining = deadline - hold_clock()
         if remaining <= 0 or await request.is_disconnected():
             return NO_CONTENT
         await rt.signals.stops.wait(worker_id, min(remaining, 5.0))

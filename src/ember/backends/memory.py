@@ -126,6 +126,10 @@ class MemoryBackend:
             if endpoint_id is None or w.spec.endpoint_id == endpoint_id
         ]
 
+    def launched(self, worker_id: str) -> LaunchSpec:
+        """The spec a worker was launched with (its environment, devices, mounts)."""
+        return self._require(worker_id).spec
+
     def crash(self, worker_id: str, exit_code: int = 1) -> None:
         """End a worker as if its process died with `exit_code` (its runner task is cancelled)."""
         worker = self._require(worker_id)

@@ -421,16 +421,15 @@ class Lifecycle:
     async def _place(self, snap: _Snapshot) -> None:
         pending: list[Pending] = []
         rows: dict[str, Mapping[str, Any]] = {}
-        used: set[tuple[str, str]] = set()
+        used: set[tuple[str, str, str]] = set()
         live_endpoints = {e["id"] for e in snap.endpoints}
         for w in snap.workers:
-            if w["id"] in self._busy_ops:
-                if w["gpu_devices"]:
-                    used.update(("local", d) for d in w["gpu_devices"].split(","))
-                continue
             state = w["state"]
-            if state in {s.value for s in LIVE} and w["gpu_devices"]:
-                used.update(("local", d) for d in w["gpu_devices"].split(","))
+            holds = w["id"] in self._busy_ops or state in {s.value for s in LIVE}
+            if holds and w["gpu_devices"]:
+                used.update(("local", w["gpu_type"], d) for d in w["gpu_devices"].split(","))
+            if w["id"] in self._busy_ops:
+                continue
             if w["endpoint_id"] not in live_endpoints:
                 continue
             spec = snap.specs[w["endpoint_id"]]
