@@ -237,20 +237,22 @@ class JobStore:
         )
         if self.pg:
             pick = pick.with_for_update(skip_locked=True)
+        # A CTE is evaluated once; PostgreSQL may re-run an IN-subquery and so exceed the LIMIT.
+        picked = pick.cte("picked")
         stmt = (
             update(jobs)
-            .where(J.id.in_(pick.scalar_subquery()), J.state == JobState.IN_QUEUE.value)
+            .where(J.id == picked.c.id, J.state == JobState.IN_QUEUE.value)
             .values(
                 state=JobState.IN_PROGRESS.value,
                 worker_id=worker_id,
                 started_at=now,
                 deadline_at=J.execution_timeout_ms / 1000.0 + now,
             )
-            .returning(J.id, J.input, J.extra, J.created_at)
+            .returning(J.id, J.input, J.extra, J.low_priority, J.created_at)
         )
         with self.engine.begin() as conn:
             rows = conn.execute(stmt).all()
-        rows.sort(key=lambda r: r.created_at)
+        rows.sort(key=lambda r: (r.low_priority, r.created_at))
         return [Claimed(r.id, r.input, r.extra) for r in rows]
 
     def progress(self, job_id: str, worker_id: str, output_json: str) -> bool:

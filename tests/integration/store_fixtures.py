@@ -1,0 +1,47 @@
+"""Fresh stores on each real database: SQLite in a temp dir, and PostgreSQL at EMBER_TEST_PG_URL."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from ember.store.facade import Store
+from tests.conftest import need
+
+PG_URL = os.environ.get("EMBER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def pg_available() -> tuple[bool, str]:
+    try:
+        engine = create_engine(PG_URL)
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+        engine.dispose()
+        return True, ""
+    except Exception as exc:  # any driver or connection error means "not here"
+        return False, f"{PG_URL}: {exc.__class__.__name__}"
+
+
+def fresh_pg() -> Store:
+    engine = create_engine(PG_URL)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    return Store.open(PG_URL)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        s = Store.open(f"sqlite:///{tmp_path / 'ember.db'}")
+    else:
+        ok, why = pg_available()
+        need("postgres", ok, why)
+        s = fresh_pg()
+    yield s
+    s.close()
