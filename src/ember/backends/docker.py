@@ -27,6 +27,8 @@ LABEL_ENDPOINT = "ember.endpoint-id"
 LABEL_ACCOUNT = "ember.account-id"
 LABEL_RELEASE = "ember.release"
 LABEL_MANAGED = "ember.managed"
+# Which control plane owns a container (one Docker engine may serve several Ember installations).
+LABEL_INSTANCE = "ember.instance"
 
 ProgressCallback = Callable[[str, str], None]
 
@@ -86,8 +88,12 @@ class DockerBackend:
         *,
         host_network: bool = True,
         on_progress: ProgressCallback | None = None,
+        instance: str | None = None,
     ) -> None:
+        """`instance` scopes the backend to one control plane: its containers carry that label and
+        `observe` lists only those (None: every Ember-managed container on the engine)."""
         self._client_factory = client_factory
+        self._instance = instance
         self._host_network = host_network
         self._on_progress = on_progress
         self._client: Any = None
@@ -189,6 +195,8 @@ class DockerBackend:
             LABEL_RELEASE: str(spec.release),
             LABEL_MANAGED: "1",
         }
+        if self._instance:
+            labels[LABEL_INSTANCE] = self._instance
         mounts = [Mount(m.target, m.source, type="bind", read_only=m.read_only) for m in spec.mounts]
         try:
             client.containers.run(
@@ -239,6 +247,8 @@ class DockerBackend:
 
     def _list(self, client: Any, endpoint_id: str | None) -> list[Observed]:
         filters = [f"{LABEL_MANAGED}=1"]
+        if self._instance:
+            filters.append(f"{LABEL_INSTANCE}={self._instance}")
         if endpoint_id is not None:
             filters.append(f"{LABEL_ENDPOINT}={endpoint_id}")
         observed = []
