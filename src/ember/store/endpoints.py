@@ -112,13 +112,36 @@ class EndpointStore:
         log: str,
         image: str | None = None,
         commit: str | None = None,
+        spec_json: str | None = None,
     ) -> None:
+        """Record a build's outcome; `spec_json` replaces the release's spec (a built image's name)."""
+        values: dict[str, Any] = dict(status=status, log=log, image=image, commit=commit)
+        if spec_json is not None:
+            values["spec"] = spec_json
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(releases).where(R.endpoint_id == endpoint_id, R.number == number).values(**values)
+            )
+
+    def set_release_log(self, endpoint_id: str, number: int, log: str) -> None:
+        """The build log so far of a release still building."""
         with self.engine.begin() as conn:
             conn.execute(
                 update(releases)
-                .where(R.endpoint_id == endpoint_id, R.number == number)
-                .values(status=status, log=log, image=image, commit=commit)
+                .where(R.endpoint_id == endpoint_id, R.number == number, R.status == "BUILDING")
+                .values(log=log)
             )
+
+    def building(self) -> Sequence[RowMapping]:
+        """Releases waiting to be built (of endpoints not deleted), oldest first."""
+        q = (
+            select(releases)
+            .join(endpoints, E.id == R.endpoint_id)
+            .where(R.status == "BUILDING", E.deleted_at.is_(None))
+            .order_by(R.created_at, R.number)
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(q).mappings().all()
 
     def set_scaling(
         self,
