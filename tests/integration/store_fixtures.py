@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from sqlalchemy import create_engine, text
 
 from ember.store.facade import Store
-from tests.conftest import need
 
 PG_URL = os.environ.get("EMBER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -33,15 +29,3 @@ def fresh_pg() -> Store:
         conn.execute(text("CREATE SCHEMA public"))
     engine.dispose()
     return Store.open(PG_URL)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        s = Store.open(f"sqlite:///{tmp_path / 'ember.db'}")
-    else:
-        ok, why = pg_available()
-        need("postgres", ok, why)
-        s = fresh_pg()
-    yield s
-    s.close()

@@ -15,14 +15,14 @@ from ember.core.jobs import JobState
 from ember.store.facade import Store
 from ember.store.jobs import NewJob
 from tests.conftest import need
-from tests.integration.store_fixtures import fresh_pg, pg_available, store  # noqa: F401
+from tests.integration.store_fixtures import fresh_pg, pg_available
 
 EP = "ep-1"
 ACCT = "acct-1"
 
 
 def job(i: int, low: bool = False) -> NewJob:
-    return NewJob(f"job-{i}", EP, ACCT, '{"i": %d}' % i, None, None, low, 600_000, 86_400_000, False)
+    return NewJob(f"job-{i}", EP, ACCT, f'{{"i": {i}}}', None, None, low, 600_000, 86_400_000, False)
 
 
 def finish(s: Store, job_id: str, worker: str, now: float, state: JobState = JobState.COMPLETED) -> str:
