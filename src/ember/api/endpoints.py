@@ -14,6 +14,7 @@ from starlette.responses import Response
 from ember.api import views
 from ember.api.deps import Runtime, caller, read_json, runtime
 from ember.api.errors import json_response
+from ember.api.git import normalise_git
 from ember.build.source import snapshot
 from ember.core.errors import Conflict, InvalidInput, NotFound, Problem
 from ember.core.ids import make_id
@@ -125,6 +126,8 @@ async def _resolve_spec(
         raise InvalidInput(
             "invalid endpoint: " + "; ".join(f"{p.field} {p.message}" for p in problems), problems
         )
+    if spec.git:
+        spec = spec.with_changes(git=normalise_git(spec.git, base.git if base else None))
     if spec.source_dir:
         digest, _ = await _snapshot(rt, spec.source_dir)
         spec = spec.with_changes(
@@ -149,8 +152,14 @@ async def _snapshot(rt: Runtime, source_dir: str) -> tuple[str, Path]:
     return await anyio.to_thread.run_sync(snapshot, source_dir, rt.home / "sources")
 
 
-def _needs_build(spec: EndpointSpec) -> bool:
-    return bool(spec.git)
+def _needs_build(spec: EndpointSpec, base: EndpointSpec | None = None) -> bool:
+    """A git endpoint builds when created, when its git source changes, or while nothing has built yet;
+    other changes (env, command) reuse the image that serves."""
+    if not spec.git:
+        return False
+    if base is None or not base.image_name or not base.git:
+        return True
+    return any(spec.git.get(k) != base.git.get(k) for k in ("url", "branch", "dockerfile", "context"))
 
 
 async def _endpoint_view(rt: Runtime, row: Any) -> dict[str, Any]:
@@ -226,7 +235,7 @@ async def update_endpoint(ref: str, request: Request) -> Response:
             raise Conflict(f"an endpoint named {spec.name!r} already exists")
     key = release_key(spec)
     new_release = key != row["release_key"]
-    status = "BUILDING" if new_release and _needs_build(spec) else "READY"
+    status = "BUILDING" if new_release and _needs_build(spec, base) else "READY"
     await rt.store.run(
         lambda: rt.store.endpoints.update_spec(
             row["id"],
