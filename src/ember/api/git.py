@@ -1,0 +1,151 @@
+"""Git sources: `POST /v1/git/webhook` (GitHub push events, proven by `X-Hub-Signature-256`, no API key),
+a release's build log, and the shape of an endpoint's `git` field. Builds themselves run in the loop."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from ember.api.deps import caller, runtime
+from ember.api.errors import json_response
+from ember.core.errors import InvalidInput, NotFound, PayloadTooLarge, Problem, Unauthorized
+from ember.core.specs import spec_from_json, spec_to_json
+
+router = APIRouter(prefix="/v1")
+log = logging.getLogger("ember.git")
+WEBHOOK_BODY_LIMIT = 25 * 1024 * 1024  # GitHub caps webhook payloads at 25 MB
+GIT_DEFAULTS = {"branch": "main", "dockerfile": "Dockerfile", "context": "."}
+GIT_FIELDS = ("url", "branch", "dockerfile", "context", "webhookSecret")
+
+
+def normalise_git(git: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
+    """An endpoint's `git` field with defaults filled in and a webhook secret (kept from `previous`, else
+    new). Raises InvalidInput naming every bad field."""
+    problems = [Problem(f"git.{k}", "unknown field") for k in git if k not in GIT_FIELDS]
+    out = {**GIT_DEFAULTS, **{k: v for k, v in git.items() if v is not None}}
+    for key in GIT_FIELDS:
+        value = out.get(key)
+        if key in out and (not isinstance(value, str) or not value.strip()):
+            problems.append(Problem(f"git.{key}", "must be a non-empty string", value))
+    if isinstance(out.get("branch"), str) and out["branch"].startswith(("-", "refs/")):
+        problems.append(Problem("git.branch", "must be a branch name (like main)", out["branch"]))
+    if problems:
+        raise InvalidInput("invalid git source", problems)
+    if "webhookSecret" not in out:
+        kept = (previous or {}).get("webhookSecret")
+        out["webhookSecret"] = kept if isinstance(kept, str) and kept else secrets.token_hex(20)
+    return out
+
+
+def repo_key(url: str) -> str:
+    """A repository URL reduced for matching: no scheme, credentials, `.git` or trailing slash;
+    `git@host:owner/name` and `https://host/owner/name` give the same key."""
+    text = url.strip().rstrip("/")
+    text = text.removesuffix(".git").rstrip("/")
+    if "://" in text:
+        scheme, rest = text.split("://", 1)
+        if scheme == "file":
+            return rest
+        rest = rest.rsplit("@", 1)[-1] if "@" in rest.split("/", 1)[0] else rest
+        host, _, path = rest.partition("/")
+        return f"{host.split(':')[0].lower()}/{path}"
+    if "@" in text and ":" in text and not text.startswith("/"):  # scp-like: git@github.com:owner/name
+        host, _, path = text.split("@", 1)[1].partition(":")
+        return f"{host.lower()}/{path}"
+    return text
+
+
+def signature_ok(secret: str, body: bytes, header: str) -> bool:
+    """Whether `header` is GitHub's `sha256=<hex HMAC-SHA256 of body>` under `secret` (constant time)."""
+    if not header.startswith("sha256="):
+        return False
+    expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected.encode(), header.strip().encode())
+
+
+async def _raw_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > WEBHOOK_BODY_LIMIT:
+        raise PayloadTooLarge(f"webhook body of {declared} bytes exceeds {WEBHOOK_BODY_LIMIT} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > WEBHOOK_BODY_LIMIT:
+            raise PayloadTooLarge(f"webhook body exceeds {WEBHOOK_BODY_LIMIT} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post("/git/webhook", tags=["git"], summary="GitHub push webhook: rebuild matching git endpoints")
+async def webhook(request: Request) -> Response:
+    """No API key: the HMAC signature under an endpoint's `git.webhookSecret` is the proof. Every
+    endpoint whose repository and branch match, and whose secret signed the body, gets a new release."""
+    rt = runtime(request)
+    body = await _raw_body(request)
+    header = request.headers.get("x-hub-signature-256", "")
+    if not header:
+        raise Unauthorized("missing X-Hub-Signature-256: sign the payload with the endpoint's webhook secret")
+    try:
+        event = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        event = None
+    repo = event.get("repository") if isinstance(event, dict) else None
+    if not isinstance(repo, dict):
+        # Nothing to match a secret against; an unsigned or foreign body learns nothing more.
+        raise Unauthorized("signature does not match any endpoint of this repository")
+    urls = {
+        repo_key(u)
+        for k in ("clone_url", "ssh_url", "html_url", "git_url")
+        if isinstance(u := repo.get(k), str)
+    }
+    ref = event.get("ref") if isinstance(event.get("ref"), str) else ""
+    kind = request.headers.get("x-github-event", "push")
+    verified, matched = False, []
+    for ep in await rt.store.run(rt.store.endpoints.list):
+        spec = spec_from_json(ep["spec"])
+        git = spec.git or {}
+        if not git.get("url") or repo_key(str(git["url"])) not in urls:
+            continue
+        if not signature_ok(str(git.get("webhookSecret") or ""), body, header):
+            continue
+        verified = True
+        if kind == "push" and ref == f"refs/heads/{git.get('branch') or 'main'}":
+            matched.append((ep, spec))
+    if not verified:
+        log.warning("git_webhook_refused repository=%s", sorted(urls))
+        raise Unauthorized("signature does not match any endpoint of this repository")
+    redeployed = []
+    now = rt.clock.now()
+    for ep, spec in matched:
+        number = await rt.store.run(
+            rt.store.endpoints.add_release, ep["id"], spec_to_json(spec), "BUILDING", now
+        )
+        log.info("git_webhook_release endpoint=%s release=%d ref=%s", ep["id"], number, ref)
+        redeployed.append(ep["id"])
+    if redeployed:
+        rt.signals.builds.set()
+    return json_response({"redeployed": redeployed, "event": kind, "ref": ref})
+
+
+@router.get(
+    "/endpoints/{ref}/releases/{number}/log", tags=["endpoints"], summary="A release's build log (so far)"
+)
+async def release_log(ref: str, number: int, request: Request) -> Response:
+    who = caller(request)
+    rt = runtime(request)
+    ep = await rt.store.run(rt.store.endpoints.get, ref, who.account_id)
+    if ep is None:
+        raise NotFound(f"endpoint {ref!r} not found")
+    row = await rt.store.run(rt.store.endpoints.release, ep["id"], number)
+    if row is None:
+        raise NotFound(f"release {number} of endpoint {ref!r} not found")
+    return json_response(
+        {"release": number, "status": row["status"], "commit": row["commit"], "log": row["log"] or ""}
+    )
