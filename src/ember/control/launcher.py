@@ -24,6 +24,8 @@ class LaunchConfig:
     ping_interval_ms: int = 2000
     hooks: list[MountHook] = field(default_factory=list)
     prepare_python: Callable[[Path], Awaitable[str | None]] | None = None  # venv builder for local sources
+    # The engine auth_config for pulling an image reference (stored registry logins), or None.
+    registry_auth: Callable[[str], dict[str, str] | None] | None = None
 
 
 def worker_env(
@@ -98,6 +100,8 @@ async def launch_spec(
     )
     command = spec.docker_start_cmd.split() if spec.docker_start_cmd else None
     if backend == "docker":
+        if registry_auth is None and cfg.registry_auth is not None and spec.image_name:
+            registry_auth = cfg.registry_auth(spec.image_name)
         return LaunchSpec(image=spec.image_name, command=command, registry_auth=registry_auth, **common)
     source = cfg.home / "sources" / (spec.source_digest or "")
     python = await cfg.prepare_python(source) if cfg.prepare_python else None
