@@ -23,6 +23,7 @@ from ember import __version__
 from ember.api import client as client_routes
 from ember.api import endpoints as endpoint_routes
 from ember.api import errors as api_errors
+from ember.api import git as git_routes
 from ember.api import manage as manage_routes
 from ember.api import resources as resource_routes
 from ember.api import worker as worker_routes
@@ -72,14 +73,46 @@ def ensure_admin(store: Store, settings: Settings, clock: Clock) -> str | None:
 
 
 def default_backends(settings: Settings, clock: Clock) -> dict[str, Backend]:
+    """Local processes always; Docker when asked for (backend=docker, EMBER_DOCKER=1) or when an engine
+    answers. An unreachable engine never fails startup: launches on it fail with a clear error instead."""
     from ember.backends.local import LocalBackend
 
     backends: dict[str, Backend] = {"local": LocalBackend(settings.home / "runtime", python=sys.executable)}
-    if settings.backend == "docker" or os.environ.get("EMBER_DOCKER", "") == "1":
+    wanted = settings.backend == "docker" or os.environ.get("EMBER_DOCKER", "") == "1"
+    if wanted or (os.environ.get("EMBER_DOCKER", "") != "0" and _docker_reachable()):
         from ember.backends.docker import DockerBackend
 
-        backends["docker"] = DockerBackend()
+        backends["docker"] = DockerBackend(instance=instance_id(settings.home))
     return backends
+
+
+def _docker_reachable(timeout_s: float = 2.0) -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=int(max(1, timeout_s)))
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:  # no SDK, no socket, no answer: all mean "not reachable"
+        return False
+
+
+def instance_id(home: Path) -> str:
+    """This installation's id (kept in EMBER_HOME/instance_id): labels its containers, so a restart
+    adopts them and another Ember on the same engine leaves them alone."""
+    path = home / "instance_id"
+    try:
+        value = path.read_text().strip()
+        if value:
+            return value
+    except FileNotFoundError:
+        pass
+    value = "ei_" + uuid.uuid4().hex[:16]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(value + "\n")
+    return value
 
 
 def hosts_from(settings: Settings) -> list[Host]:
@@ -123,12 +156,16 @@ def create_app(
         limit_table=DEFAULT_TABLE,
     )
     preparer, volume_hook = _models_and_volumes(settings, store, clock, runtime)
+    from ember.build.registry import CredentialStore
+
+    credentials = CredentialStore(settings.home)
     launch = LaunchConfig(
         api_url=settings.api_url,
         home=settings.home,
         ping_interval_ms=settings.ping_interval_ms,
         prepare_python=_venv_builder(settings.home),
         hooks=[volume_hook, preparer.launch_hook],
+        registry_auth=credentials.auth_for,
     )
     default_backend = settings.backend if settings.backend in backends else next(iter(backends), "local")
     lifecycle = Lifecycle(
@@ -156,6 +193,8 @@ def create_app(
         PriceTable(active_discount_pct=settings.active_discount_pct),
         volume_price_micros=parse_dollars(settings.volume_price_gb_month, field="volume_price_gb_month"),
     )
+    builder = _builder(settings, store, clock, signals, credentials)
+    runtime.extras.update(builder=builder)
     runner = Runner(
         lifecycle,
         reaper,
@@ -163,6 +202,7 @@ def create_app(
         clock,
         signals,
         Intervals(tick_s=settings.tick_s, meter_s=settings.meter_interval_s),
+        extra=[builder.tick],
     )
 
     @contextlib.asynccontextmanager
@@ -194,6 +234,7 @@ def create_app(
     app.include_router(endpoint_routes.router)
     app.include_router(manage_routes.router)
     app.include_router(resource_routes.router)
+    app.include_router(git_routes.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
@@ -220,6 +261,14 @@ def _models_and_volumes(settings: Settings, store: Store, clock: Clock, runtime:
         models=cache, volumes=volumes, resources=resources, preparer=preparer, on_spec=preparer.on_spec
     )
     return preparer, volume_hook(volumes)
+
+
+def _builder(settings: Settings, store: Store, clock: Clock, signals: Signals, credentials: Any) -> Any:
+    """The loop that builds git releases and pushes them to `settings.registry`."""
+    from ember.control.builder import BuildConfig, Builder
+
+    cfg = BuildConfig(home=settings.home, registry=settings.registry, registry_auth=credentials.auth_for)
+    return Builder(store, clock, signals, cfg)
 
 
 def _venv_builder(home: Path) -> Any:
