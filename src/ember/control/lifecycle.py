@@ -83,14 +83,20 @@ class Lifecycle:
         self.preparer = preparer
         self._busy_ops: dict[str, asyncio.Task[None]] = {}  # worker id -> launch/stop in flight
         self._stuck_since: dict[str, float] = {}
+        self._acted = 0  # bumped by every step that changes the store
 
     # ---- the tick ------------------------------------------------------------------------------------
     async def tick(self) -> None:
+        """Health, then scaling and planning, then placement; each step sees what the previous one
+        changed (the snapshot is taken again only when a step acted)."""
         snap = await self._snapshot()
+        acted = self._acted
         await self._health(snap)
-        snap = await self._snapshot()
+        if self._acted != acted:
+            snap, acted = await self._snapshot(), self._acted
         await self._scale_and_plan(snap)
-        snap = await self._snapshot()
+        if self._acted != acted:
+            snap = await self._snapshot()
         await self._place(snap)
 
     async def _snapshot(self) -> _Snapshot:
@@ -206,6 +212,7 @@ class Lifecycle:
             await self._stop(w, "stopped: it kept running a job that was cancelled or timed out")
 
     async def _fail(self, w: Mapping[str, Any], reason: str, now: float, kill: bool = False) -> None:
+        self._acted += 1
         s = self.store
         state = backoff.Backoff(w["failures"], w["first_failure_at"], now if w["failures"] else None)
         state = state.record_failure(now)
@@ -353,6 +360,7 @@ class Lifecycle:
             return
         rows = {w["id"]: w for w in workers}
         # Workers being launched or stopped right now count, but are not acted on twice.
+        self._acted += 1
         for wid in steps.outdate:
             if wid in self._busy_ops:
                 continue
@@ -389,6 +397,7 @@ class Lifecycle:
     async def _create_worker(
         self, ep: Mapping[str, Any], spec: EndpointSpec, wtype: WorkerType, now: float
     ) -> None:
+        self._acted += 1
         s = self.store
         wid = make_id("worker", uuid.uuid4().hex[:12])
         backend = backend_for_spec(spec, self.backends, self.cfg.default_backend)
@@ -477,6 +486,7 @@ class Lifecycle:
         devices: Sequence[str],
         now: float,
     ) -> None:
+        self._acted += 1
         s = self.store
         key = "wk_" + secrets.token_hex(20)
         prev = await s.run(
@@ -530,6 +540,7 @@ class Lifecycle:
     # ---- stopping ------------------------------------------------------------------------------------
     async def _stop(self, w: Mapping[str, Any], reason: str) -> None:
         """Stop assigning jobs, then SIGTERM (the SDK drains), then record STOPPED."""
+        self._acted += 1
         s = self.store
         await s.run(lambda: s.workers.update(w["id"], recycle=True))
         self.signals.stops.wake("retire:" + w["id"])
@@ -546,6 +557,7 @@ class Lifecycle:
         self._spawn(w["id"], go())
 
     async def _finish_stop(self, w: Mapping[str, Any], reason: str) -> None:
+        self._acted += 1
         s = self.store
         now = self.clock.now()
         prev = await s.run(lambda: s.workers.transition(w["id"], _S.STOPPED, now, reason))
