@@ -180,7 +180,7 @@ class Lifecycle:
                 )
         # Orphans: runtime workers with no live record (e.g. a stop interrupted by a crash).
         live_ids = {w["id"] for w in snap.workers if w["state"] in {s.value for s in LIVE}}
-        for wid, obs in snap.observed.items():
+        for wid in snap.observed:
             if wid not in live_ids and wid not in self._busy_ops:
                 row = None if wid in known else await self.store.run(self.store.workers.get, wid)
                 backend_name = row["backend"] if row else None

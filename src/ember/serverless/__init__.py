@@ -15,6 +15,9 @@ __all__ = ["start", "progress_update", "VERSION"]
 VERSION = "0.1.0"
 
 _active: Any = None
+# Set by `ember dev` while it loads a handler file: `start` hands it the config (and it raises, ending
+# the file's execution there) instead of running a worker process.
+_capture: Any = None
 
 
 def start(config: dict[str, Any]) -> None:
@@ -25,6 +28,8 @@ def start(config: dict[str, Any]) -> None:
     (generator chunks also returned as the final output list), `refresh_worker` (exit after one job).
     With `--test_input` or without `RUNPOD_WEBHOOK_GET_JOB` it runs one local job instead (exit 0/1).
     """
+    if _capture is not None:
+        _capture(config)
     from ember.serverless.main import main
 
     raise SystemExit(main(config))

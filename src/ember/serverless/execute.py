@@ -111,6 +111,13 @@ class AsyncBridge:
             ready.wait(10.0)
             self._loop = loop
 
+    def close(self) -> None:
+        """Stop the loop thread, if it was started (a worker that ran in-process is done with it)."""
+        with self._lock:
+            loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+
     def run(self, awaitable: Any, run: JobRun) -> Any:
         """Run `awaitable` on the loop and wait for it; raises JobCancelled if `run` was stopped."""
         import asyncio

@@ -99,10 +99,12 @@ class HttpTransport:
         *,
         retry_s: float = RESULT_RETRY_S,
         sleep: Callable[[float], None] = time.sleep,
+        on_retry: Callable[[str, float], None] | None = None,
     ) -> tuple[bool, str]:
         """POST a result, retrying 5xx, 429 and connection errors for `retry_s`; 4xx is final.
 
-        Returns (delivered, detail). The server must accept duplicates (first final result wins).
+        Returns (delivered, detail). `on_retry(detail, delay_s)` is told of each failed attempt that
+        will be retried. The server must accept duplicates (first final result wins).
         """
         deadline = time.monotonic() + retry_s
         delay_s = 0.2
@@ -120,6 +122,8 @@ class HttpTransport:
                     return False, detail
             if time.monotonic() + delay_s > deadline:
                 return False, detail
+            if on_retry is not None:
+                on_retry(detail, delay_s)
             sleep(delay_s)
             delay_s = min(delay_s * 2, _BACKOFF_CAP_S)
 

@@ -69,6 +69,7 @@ class Worker:
         self._held: dict[str, JobRun] = {}
         self._concurrency = 1
         self._stopping = threading.Event()
+        self._done = threading.Event()  # drained: background loops end, so in-process workers leak nothing
         self._signals = 0
         self._progress: queue.SimpleQueue[tuple[JobRun, Any] | None] = queue.SimpleQueue()
 
@@ -94,20 +95,31 @@ class Worker:
         with self._cond:
             while self._held:
                 self._cond.wait(WAIT_SLICE_S)
+        self._done.set()
         self._progress.put(None)
+        self.bridge.close()
         log.info("worker_stopped", worker_id=self.env.worker_id)
         return 0
 
     def request_shutdown(self, reason: str, *, from_signal: bool = False) -> None:
-        """Stop taking jobs; held jobs finish and report. A second signal also cuts in-flight polls."""
+        """Stop taking jobs; held jobs finish and report their results.
+
+        A signal (SIGTERM, SIGINT) also cuts the in-flight take poll, as RunPod's SDK does, so that the
+        worker takes no new job and exits as soon as its held jobs are done.
+        """
         if from_signal:
             self._signals += 1
         log.info("shutdown_requested", reason=reason, held=len(self._held))
         self._stopping.set()
         with self._cond:
             self._cond.notify_all()
-        if self._signals > 1:
+        if from_signal:
             self.transport.abort_polls()
+
+    def stop_now(self, reason: str) -> None:
+        """`request_shutdown` that also cuts the in-flight take poll (for a host stopping the worker)."""
+        self.request_shutdown(reason)
+        self.transport.abort_polls()
 
     def progress(self, job: dict[str, Any], value: Any) -> None:
         """Queue a progress update for a held job; updates for unknown or finished jobs are dropped."""
@@ -234,9 +246,12 @@ class Worker:
             log.error("job_done_url_missing", job_id=run.job_id)
             return
         url = urls.result_url(self.env.done_template, self.env.worker_id, run.job_id, is_stream=is_stream)
+        def retrying(detail: str, delay_s: float) -> None:
+            log.warn("job_done_retry", job_id=run.job_id, error=detail, retry_in_s=round(delay_s, 2))
+
         with run.post_lock:
             run.finished = True
-            ok, detail = self.transport.post_result(url, wire.encode_body(result))
+            ok, detail = self.transport.post_result(url, wire.encode_body(result), on_retry=retrying)
         if ok:
             log.info("job_done", job_id=run.job_id, failed=bool(result.get("error")) or None)
         else:
@@ -288,14 +303,17 @@ class Worker:
                     log.warn("ping_rejected", status=resp.status)
             except TransportFailure as exc:
                 log.warn("ping_failed", error=exc)
-            time.sleep(self.env.ping_interval_s)
+            if self._done.wait(self.env.ping_interval_s):
+                return
 
     def _stop_loop(self) -> None:
         stop = urls.stop_url(self.env.take_template or "", self.env.worker_id) or ""
-        while True:
+        while not self._done.is_set():
             with self._cond:
-                while not self._held:
+                while not self._held and not self._done.is_set():
                     self._cond.wait(WAIT_SLICE_S)
+            if self._done.is_set():
+                return
             began = time.monotonic()
             pause_s = 0.0
             try:
