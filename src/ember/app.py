@@ -178,6 +178,7 @@ def create_app(
             init_timeout_s=settings.init_timeout_s,
             stop_grace_s=settings.stop_grace_s,
             lost_worker_requeues=settings.lost_worker_requeues,
+            backoff_base_s=settings.backoff_base_s,
             retention_run_s=limits.retention_run_s,
             default_backend=default_backend,
             hosts=hosts_from(settings),

@@ -46,6 +46,7 @@ class LifecycleConfig:
     default_backend: str = "local"
     hosts: Sequence[Host] = ()
     limit_table: Any = DEFAULT_TABLE
+    backoff_base_s: float = backoff.BASE_DELAY_S
 
 
 @dataclass
@@ -224,7 +225,7 @@ class Lifecycle:
                 reason,
                 failures=state.failures,
                 first_failure_at=state.first_failure_at,
-                next_attempt_at=backoff.next_attempt_at(now, state.failures),
+                next_attempt_at=now + backoff.delay_s(state.failures, base_s=self.cfg.backoff_base_s),
                 recycle=False,
                 idle_since=None,
             )
