@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from ember.cli import dev_cmds
 from ember.cli import endpoint_cmds as ep
 from ember.cli import resource_cmds as res
 from ember.cli import server_cmds as srv
@@ -17,6 +18,7 @@ app = typer.Typer(
 
 app.command()(srv.up)
 app.command()(srv.server)
+app.command()(dev_cmds.dev)
 app.command()(ep.deploy)
 app.command()(ep.endpoints)
 app.command()(ep.delete)

@@ -37,6 +37,9 @@ class JobRun:
     finished: bool = False
     post_lock: threading.Lock = field(default_factory=threading.Lock)
     _future: concurrent.futures.Future[Any] | None = None
+    # True from just before a coroutine step is scheduled until it ends: the step may start running
+    # before its future is attached, and a stop in that gap must still count as interrupting it.
+    _in_async: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -48,16 +51,22 @@ class JobRun:
         with self._lock:
             self.cancel_requested = True
             future = self._future
+            in_async = self._in_async
         if future is not None:
             future.cancel()
-            return True
-        return False
+        return in_async or future is not None
 
     def attach(self, future: concurrent.futures.Future[Any] | None) -> None:
+        """Record the running coroutine step (None when it ended); a stop already requested cancels it."""
         with self._lock:
             self._future = future
+            self._in_async = future is not None
             if future is not None and self.cancel_requested:
                 future.cancel()
+
+    def entering_async(self) -> None:
+        with self._lock:
+            self._in_async = True
 
 
 @dataclass(frozen=True)
@@ -127,6 +136,7 @@ class AsyncBridge:
         async def wrapper() -> Any:
             return await awaitable
 
+        run.entering_async()
         future = asyncio.run_coroutine_threadsafe(wrapper(), self._loop)
         run.attach(future)
         try:

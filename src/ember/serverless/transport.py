@@ -44,6 +44,7 @@ class HttpTransport:
             self._headers["Authorization"] = api_key
         self._idle: dict[tuple[str, str], list[http.client.HTTPConnection]] = {}
         self._polls: set[http.client.HTTPConnection] = set()
+        self._aborted: set[http.client.HTTPConnection] = set()  # cut on purpose: never resent
         self._lock = threading.Lock()
         self._closed = False
 
@@ -75,7 +76,7 @@ class HttpTransport:
                 data = resp.read()
             except _STALE_ERRORS as exc:
                 conn.close()
-                if reused and attempt == 0 and not self._closed:
+                if reused and attempt == 0 and not self._closed and not self._was_aborted(conn):
                     continue
                 raise TransportFailure(f"{method} {parts.path}: {exc!r}") from exc
             except (OSError, http.client.HTTPException) as exc:
@@ -85,6 +86,7 @@ class HttpTransport:
                 if abortable:
                     with self._lock:
                         self._polls.discard(conn)
+                        self._aborted.discard(conn)
             if resp.will_close or self._closed:
                 conn.close()
             else:
@@ -131,6 +133,7 @@ class HttpTransport:
         """Cut every in-flight abortable request (used on a second shutdown signal)."""
         with self._lock:
             polls = list(self._polls)
+            self._aborted.update(polls)
         for conn in polls:
             sock = conn.sock
             if sock is not None:
@@ -138,6 +141,10 @@ class HttpTransport:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+    def _was_aborted(self, conn: http.client.HTTPConnection) -> bool:
+        with self._lock:
+            return conn in self._aborted
 
     def close(self) -> None:
         with self._lock:

@@ -246,6 +246,7 @@ class Worker:
             log.error("job_done_url_missing", job_id=run.job_id)
             return
         url = urls.result_url(self.env.done_template, self.env.worker_id, run.job_id, is_stream=is_stream)
+
         def retrying(detail: str, delay_s: float) -> None:
             log.warn("job_done_retry", job_id=run.job_id, error=detail, retry_in_s=round(delay_s, 2))
 

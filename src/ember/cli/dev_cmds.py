@@ -1,0 +1,251 @@
+"""`ember dev [DIR]`: the real control plane (SQLite in a dev home) serving DIR/handler.py in-process
+behind the real /v2 client routes, reloading on file change; `curl` and the `runpod` client work as
+against a deployed endpoint. Never changes how `ember server` authenticates."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+import typer
+import uvicorn
+from rich.console import Console
+from rich.markup import escape
+
+from ember.backends.memory import MemoryBackend
+from ember.cli.dev_worker import HANDLER_FILE, InProcessWorkers
+from ember.control.signals import Signals
+from ember.settings import Settings
+
+console = Console(highlight=False)
+# The fixed key of a dev server bound to loopback, so that examples and scripts need no setup. A dev
+# server on any other address gets a random key instead (or --key).
+LOOPBACK_DEV_KEY = "ek_dev_local"
+DEV_SCALING = {"workersMin": 1, "workersMax": 1, "idleTimeout": 5}
+POLL_WAKE_TRIES = 40
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def choose_key(home: Path, host: str, key: str | None) -> str:
+    """The admin key: the one a reused home already has, else --key, else the loopback dev key, else a
+    random one."""
+    existing = home / "admin_key"
+    if existing.is_file():
+        return existing.read_text().strip()
+    if key:
+        return key
+    return LOOPBACK_DEV_KEY if is_loopback(host) else "ek_dev_" + secrets.token_hex(16)
+
+
+def dev_settings(home: Path, host: str, port: int, key: str) -> Settings:
+    # Workers run in this process and reach the API over loopback whatever address is served.
+    public_url = f"http://127.0.0.1:{port}" if host in ("0.0.0.0", "::") else f"http://{host}:{port}"
+    return Settings(
+        home=home,
+        host=host,
+        port=port,
+        public_url=public_url,
+        database_url=f"sqlite:///{home / 'ember.db'}",
+        backend="memory",
+        admin_key=key,
+    )
+
+
+async def deploy(api: httpx.AsyncClient, name: str, directory: Path) -> dict[str, Any]:
+    """Create the endpoint `name` serving `directory`, or update it (a changed directory makes a new
+    release). Returns the endpoint as the API shows it."""
+    body = {"name": name, "sourceDir": str(directory), **DEV_SCALING}
+    existing = await api.get(f"/v1/endpoints/{name}")
+    if existing.status_code == 200:
+        resp = await api.patch(f"/v1/endpoints/{name}", json={"sourceDir": str(directory)})
+    else:
+        resp = await api.post("/v1/endpoints", json=body)
+    if resp.status_code >= 400:
+        raise typer.BadParameter(f"cannot deploy {directory}: {resp.text}")
+    return resp.json()  # type: ignore[no-any-return]
+
+
+async def watch_and_reload(
+    api: httpx.AsyncClient, name: str, directory: Path, release: int, stop: asyncio.Event
+) -> None:
+    """On each change under `directory`, redeploy it; the lifecycle rolls the worker to the new release
+    (the old one finishes its held jobs first)."""
+    import watchfiles
+
+    async for changes in watchfiles.awatch(
+        directory, stop_event=stop, watch_filter=watchfiles.DefaultFilter()
+    ):
+        files = sorted({Path(path).name for _, path in changes if Path(path).exists()}) or ["(removed)"]
+        try:
+            ep = await deploy(api, name, directory)
+        except (typer.BadParameter, httpx.HTTPError) as exc:
+            console.print(f"[red]reload failed[/] ({', '.join(files)}): {escape(str(exc))}")
+            continue
+        if ep["release"] != release:
+            release = ep["release"]
+            console.print(f"[cyan]reloaded[/] {', '.join(files)} -> release {release}")
+
+
+def _example_input(directory: Path) -> str:
+    test_input = directory / "test_input.json"
+    if test_input.is_file():
+        try:
+            return json.dumps(json.loads(test_input.read_text()), separators=(",", ":"))
+        except ValueError:
+            pass
+    return '{"input":{}}'
+
+
+def banner(url: str, key: str, name: str, endpoint: dict[str, Any], directory: Path, home: Path) -> str:
+    body = _example_input(directory).replace("'", "'\\''")
+    return (
+        f"\n[bold green]ember dev[/] serving {escape(str(directory / HANDLER_FILE))} in-process, "
+        f"reloading on change\n"
+        f"  endpoint [bold]{name}[/] ({endpoint['id']}), release {endpoint['release']}; "
+        f"home {escape(str(home))}\n"
+        f"  API key: [bold]{key}[/]\n\n"
+        f"  curl -s -X POST {url}/v2/{name}/runsync \\\n"
+        f'    -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\\n'
+        f"    -d '{escape(body)}'\n\n"
+        f'  runpod: runpod.api_key = "{key}"; runpod.endpoint_url_base = "{url}/v2"; '
+        f'runpod.Endpoint("{name}")\n'
+    )
+
+
+class _DevServer(uvicorn.Server):
+    """Stops the in-process workers first on shutdown, and wakes the take polls they held, so that
+    shutting down waits for no long poll."""
+
+    def __init__(self, config: uvicorn.Config, workers: InProcessWorkers, signals: Signals) -> None:
+        super().__init__(config)
+        self._workers = workers
+        self._signals = signals
+        self.endpoint_id: str | None = None
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        self._workers.stop_all()
+        # A woken poll sees its client gone and returns; wake-ups are hints, so extra ones are harmless.
+        for _ in range(POLL_WAKE_TRIES):
+            if self.endpoint_id is None or not self._signals.jobs.waiting(self.endpoint_id):
+                break
+            await asyncio.sleep(0.05)
+            self._signals.jobs.wake(self.endpoint_id)
+        await super().shutdown(sockets)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def serve(directory: Path, *, host: str, port: int, name: str, home: Path, key: str) -> None:
+    from ember.app import create_app
+
+    logging.basicConfig(
+        level=os.environ.get("EMBER_LOG_LEVEL", "WARNING"),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    from ember.serverless import log as sdk_log
+
+    sdk_log.configure(os.environ)
+    settings = dev_settings(home, host, port, key)
+    workers = InProcessWorkers(label=directory / HANDLER_FILE)
+    backend = MemoryBackend(runner=workers)
+    app = create_app(settings, backends={"memory": backend})
+    # Workers run in this interpreter, so a per-endpoint virtualenv would go unused: the handler's
+    # requirements must be installed where `ember dev` runs.
+    app.state.lifecycle.launch_cfg.prepare_python = None
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        timeout_keep_alive=75,
+        timeout_graceful_shutdown=3,
+    )
+    server = _DevServer(config, workers, app.state.runtime.signals)
+
+    async def main() -> None:
+        serving = asyncio.create_task(server.serve())
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.05)
+        if not server.started:
+            await serving
+            return
+        stop = asyncio.Event()
+        headers = {"Authorization": f"Bearer {key}"}
+        async with httpx.AsyncClient(base_url=settings.api_url, headers=headers, timeout=120) as api:
+            try:
+                ep = await deploy(api, name, directory)
+            except typer.BadParameter as exc:
+                console.print(f"[red]error:[/] {escape(str(exc))}")
+                server.should_exit = True
+                await serving
+                raise typer.Exit(2)
+            server.endpoint_id = ep["id"]
+            console.print(banner(f"http://{host}:{port}", key, name, ep, directory, home), soft_wrap=True)
+            watcher = asyncio.create_task(watch_and_reload(api, name, directory, ep["release"], stop))
+            try:
+                await serving
+            finally:
+                stop.set()
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await watcher
+
+    # uvicorn re-raises the signal that stopped it; SIGTERM then ends `ember dev` as Ctrl-C does,
+    # through the clean-up below rather than by the default action.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        console.print("ember dev stopped")
+
+
+def dev(
+    directory: Path = typer.Argument(Path("."), help="Directory with handler.py (default: here)"),
+    port: int = typer.Option(8000, "--port", help="Port to serve the API on"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind"),
+    name: str = typer.Option("dev", "--name", help="Endpoint name: /v2/<name>/… routes"),
+    home: Path | None = typer.Option(None, "--home", help="Keep the dev store here (default: a temp dir)"),
+    key: str | None = typer.Option(None, "--key", help="API key (default: ek_dev_local on loopback)"),
+) -> None:
+    """Serve DIR/handler.py in-process behind the real /v2 API, reloading on change."""
+    directory = directory.expanduser().resolve()
+    if not (directory / HANDLER_FILE).is_file():
+        console.print(f"[red]error:[/] {escape(str(directory / HANDLER_FILE))} not found")
+        raise typer.Exit(2)
+    temporary = home is None
+    dev_home = Path(tempfile.mkdtemp(prefix="ember-dev-")) if home is None else home.expanduser().resolve()
+    if dev_home == directory or directory in dev_home.parents:
+        console.print("[red]error:[/] --home must be outside DIR (its changes would trigger reloads)")
+        raise typer.Exit(2)
+    dev_home.mkdir(parents=True, exist_ok=True)
+    # As `python handler.py` run from DIR: relative paths in the handler resolve against DIR.
+    os.chdir(directory)
+    try:
+        serve(directory, host=host, port=port, name=name, home=dev_home, key=choose_key(dev_home, host, key))
+    finally:
+        if temporary:
+            shutil.rmtree(dev_home, ignore_errors=True)
