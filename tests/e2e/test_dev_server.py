@@ -159,9 +159,7 @@ def test_cancel_stops_a_running_async_job(async_dev: DevServer, rp: Any) -> None
     wait_for(lambda: f"job_stopped job_id={job.job_id}" in async_dev.log(), 30, what="job_stopped")
 
 
-def test_a_changed_handler_is_served_after_reload_and_ctrl_c_exits_cleanly(
-    tmp_path: Path, rp: Any
-) -> None:
+def test_a_changed_handler_is_served_after_reload_and_ctrl_c_exits_cleanly(tmp_path: Path, rp: Any) -> None:
     server = DevServer(tmp_path, "echo").start()
     try:
         rp.endpoint_url_base = server.url + "/v2"
