@@ -213,8 +213,20 @@ def logs(
         pass
 
 
-def releases(endpoint: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json")) -> None:
-    """List an endpoint's releases and their build status."""
+def releases(
+    endpoint: str = typer.Argument(...),
+    as_json: bool = typer.Option(False, "--json"),
+    log: int | None = typer.Option(None, "--log", help="Print the whole build log of this release"),
+) -> None:
+    """List an endpoint's releases and their build status (or one release's build log)."""
+    if log is not None:
+        build = call("GET", f"/v1/endpoints/{endpoint}/releases/{log}/log")
+        if as_json:
+            print_json(build)
+            return
+        typer.echo(build["log"])
+        console.print(f"release {build['release']}: {build['status']}")
+        return
     rows = call("GET", f"/v1/endpoints/{endpoint}/releases")
     if as_json:
         print_json(rows)
