@@ -215,6 +215,8 @@ def test_git_endpoint_builds_redeploys_on_signed_push_survives_a_broken_build_an
     )
     listing = ok(ember(server, "releases", "gitdemo"))
     assert "FAILED" in listing and "release 3 failed" in listing, listing
+    whole_log = ok(ember(server, "releases", "gitdemo", "--log", "3"))
+    assert "==> build failed" in whole_log and "release 3: FAILED" in whole_log, whole_log
     assert runsync(server, ep, {})["output"] == {"release": "two"}
 
     # Rollback returns to release 1's image.

@@ -8,7 +8,7 @@ import asyncio
 import logging
 import re
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,7 +83,7 @@ class Builder:
                 return
             await self.build(waiting[0])
 
-    async def build(self, release: Mapping[str, Any]) -> None:
+    async def build(self, release: Any) -> None:
         """Build one release row and record the outcome (never raises for a failed build)."""
         endpoint_id, number = release["endpoint_id"], int(release["number"])
         spec = spec_from_json(release["spec"])

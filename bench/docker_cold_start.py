@@ -1,0 +1,130 @@
+"""Container worker cold start: an image endpoint deployed at zero workers, then one runsync (scale-up,
+container start, SDK start, job, result), beside a bare `docker run --rm --network host IMAGE python3 -c
+pass` measured in the same run, alternating. Median of BENCH_RUNS runs. Target (issue): <= 1.5x bare."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from _support import ROOT, LiveServer, print_table, wait_for
+
+RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+BASE_IMAGE = os.environ.get("EMBER_TEST_BASE_IMAGE", "ember-base:bookworm")
+TARGET_RATIO = 1.5
+
+
+def docker_ready() -> str | None:
+    """Why the benchmark cannot run here, or None."""
+    if shutil.which("docker") is None:
+        return "no docker command"
+    probe = subprocess.run(["docker", "image", "inspect", BASE_IMAGE], capture_output=True, timeout=30)
+    if probe.returncode != 0:
+        return f'base image {BASE_IMAGE} missing or engine down (run `eval "$(bash .ci/services.sh)"`)'
+    return None
+
+
+def build_worker_image(tag: str) -> None:
+    """The `ember init` project (template handler, vendored SDK) built on the base image."""
+    from ember.build.image import build_image
+    from ember.build.scaffold import init_project
+
+    project = Path(tempfile.mkdtemp(prefix="ember-bench-cold-"))
+    init_project(project, base_image=BASE_IMAGE, force=True)
+    build_image(project, tag, on_log=lambda _line: None)
+    shutil.rmtree(project, ignore_errors=True)
+
+
+def bare_run_s(image: str) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(
+        ["docker", "run", "--rm", "--network", "host", image, "python3", "-c", "pass"],
+        check=True,
+        timeout=120,
+    )
+    return time.perf_counter() - t0
+
+
+def containers_of(endpoint_id: str) -> list[str]:
+    out = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=ember.endpoint-id={endpoint_id}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    return out.split()
+
+
+def ember_cold_start_s(server: LiveServer, image: str, run: int) -> tuple[float, float]:
+    """(runsync seconds on an endpoint at zero workers, deploy + runsync seconds)."""
+    t_deploy = time.perf_counter()
+    resp = server.api(
+        "POST",
+        "/v1/endpoints",
+        json={"name": f"cold-{run}", "imageName": image, "workersMin": 0, "workersMax": 1, "idleTimeout": 1},
+    )
+    resp.raise_for_status()
+    endpoint_id = resp.json()["id"]
+    t0 = time.perf_counter()
+    result = server.api(
+        "POST", f"/v2/{endpoint_id}/runsync", json={"input": {"name": "bench"}}, params={"wait": "120000"}
+    )
+    t1 = time.perf_counter()
+    body = result.json()
+    if body.get("status") != "COMPLETED":
+        raise SystemExit(f"cold-start job did not complete: {body}")
+    server.api("DELETE", f"/v1/endpoints/{endpoint_id}").raise_for_status()
+    wait_for(lambda: not containers_of(endpoint_id), 60, what=f"the containers of {endpoint_id} to go")
+    return t1 - t0, t1 - t_deploy
+
+
+def main() -> None:
+    why = docker_ready()
+    if why:
+        print(f"docker_cold_start: skipped: {why}")
+        return
+    image = f"ember-bench/cold-{uuid.uuid4().hex[:8]}:v1"
+    build_worker_image(image)
+    home = Path(tempfile.mkdtemp(prefix="ember-bench-home-"))
+    env = {"EMBER_LOG_LEVEL": "WARNING", "EMBER_TICK_S": "0.5", "EMBER_PING_INTERVAL_MS": "2000"}
+    server = LiveServer(home, env=env, args=["--backend", "docker"]).start()
+    bare: list[float] = []
+    cold: list[float] = []
+    total: list[float] = []
+    try:
+        bare_run_s(image)  # warm the engine's caches once for both sides
+        for run in range(RUNS):
+            bare.append(bare_run_s(image))
+            runsync_s, with_deploy_s = ember_cold_start_s(server, image, run)
+            cold.append(runsync_s)
+            total.append(with_deploy_s)
+    finally:
+        server.stop()
+        subprocess.run(["docker", "image", "rm", "-f", image], capture_output=True, timeout=60)
+        shutil.rmtree(home, ignore_errors=True)
+    bare_med, cold_med, total_med = (statistics.median(v) for v in (bare, cold, total))
+    ratio = cold_med / bare_med
+    print_table(
+        f"Container worker cold start ({RUNS} runs, medians; image {BASE_IMAGE} + ember init project)",
+        [
+            ("bare docker run --rm --network host python3 -c pass", f"{bare_med * 1000:.0f} ms"),
+            ("ember: runsync at zero workers -> first result", f"{cold_med * 1000:.0f} ms"),
+            ("ember: deploy + runsync -> first result", f"{total_med * 1000:.0f} ms"),
+            ("ratio (runsync cold start / bare docker run)", f"{ratio:.2f}x (target <= {TARGET_RATIO}x)"),
+            ("all bare runs (ms)", " ".join(f"{v * 1000:.0f}" for v in bare)),
+            ("all cold starts (ms)", " ".join(f"{v * 1000:.0f}" for v in cold)),
+        ],
+    )
+    print(f"\n{'PASS' if ratio <= TARGET_RATIO else 'MISS'}: cold start is {ratio:.2f}x the bare docker run")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT / "src"))
+    main()
