@@ -69,6 +69,12 @@ class Signals:
         self.done.wake(job_id)
         self.webhooks.set()
 
+    def retire(self, worker_id: str, endpoint_id: str) -> None:
+        """A worker takes no new job: end its held job-take now, and let every other take on the endpoint
+        re-check (so a stopping worker no longer counts as one waiting for jobs)."""
+        self.stops.wake("retire:" + worker_id)
+        self.jobs.wake(endpoint_id)
+
     def poke_scaler(self) -> None:
         self.scale.set()
         self.reconcile.set()
