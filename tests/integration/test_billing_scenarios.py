@@ -161,3 +161,52 @@ def test_unhealthy_restarts_wait_for_a_growing_backoff(tmp_path: Path) -> None:
         await h.api.aclose()
 
     run(scenario())
+
+
+def test_at_a_zero_balance_no_worker_starts_and_the_endpoint_says_why(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = build(tmp_path)
+        acct = (await h.api.post("/v1/accounts", json={"name": "broke"})).json()
+        key = {"Authorization": f"Bearer {acct['apiKey']}"}
+        src = h.home / "src" / "broke"
+        src.mkdir(parents=True)
+        (src / "handler.py").write_text("def handler(job):\n    return 1\n")
+        resp = await h.api.post("/v1/endpoints", headers=key, json={"name": "broke", "sourceDir": str(src)})
+        ep = resp.json()
+        await h.api.post(f"/v2/{ep['id']}/run", headers=key, json={"input": {}})
+        await h.tick()
+        record = (await h.api.get(f"/v1/endpoints/{ep['id']}", headers=key)).json()
+        assert record["workerCounts"] == {}
+        assert record["scaling"]["reason"] == "zero_balance"
+        assert "balance" in record["status"]
+        assert (await h.api.get("/v1/accounts/me", headers=key)).json()["balance"] == "0.000000"
+        await h.api.post(f"/v1/accounts/{acct['id']}/credits", json={"amount": "10.00"})
+        await h.tick()
+        workers = (await h.api.get(f"/v1/endpoints/{ep['id']}/workers", headers=key)).json()
+        assert len(workers) == 1
+        await h.api.aclose()
+
+    run(scenario())
+
+
+def test_usage_and_history_stay_readable_after_the_endpoint_is_deleted(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = build(tmp_path)
+        ep = await h.deploy("gone", gpuTypeIds=["TEST_GPU"], workersMin=1, workersMax=1)
+        await h.tick()
+        [worker] = await h.workers(ep["id"])
+        h.clock.advance(5)
+        await h.api.delete(f"/v1/endpoints/{ep['id']}")
+        await h.tick()
+        await h.meter()
+        assert (await h.api.get(f"/v1/endpoints/{ep['id']}")).status_code == 404
+        report = await usage(h, endpointId=ep["id"])
+        assert seconds_by_state(report) == {"INITIALIZING": 5}
+        history = (await h.api.get(f"/v1/workers/{worker['id']}/history")).json()
+        assert [e["state"] for e in history][-1] == "STOPPED"
+        balance_before = (await h.api.get("/v1/accounts/me")).json()["balance"]
+        await h.meter()  # metering again never charges twice
+        assert (await h.api.get("/v1/accounts/me")).json()["balance"] == balance_before
+        await h.api.aclose()
+
+    run(scenario())
