@@ -10,7 +10,16 @@ import os
 import sys
 import time
 
-from _support import AsyncRawClient, EchoServer, RawClient, handler_source, print_table, start_ember, summary, wait_idle
+from _support import (
+    AsyncRawClient,
+    EchoServer,
+    RawClient,
+    handler_source,
+    print_table,
+    start_ember,
+    summary,
+    wait_idle,
+)
 
 N_LATENCY = int(os.environ.get("BENCH_N", "2000"))
 N_THROUGHPUT = int(os.environ.get("BENCH_JOBS", "6000"))
@@ -75,17 +84,29 @@ def main() -> None:
         server.kill_workers()
 
     ratio = ember_lat["p50_ms"] / echo_lat["p50_ms"]
-    print_table("runsync latency, one warm worker, no-op handler, sequential, raw keep-alive socket", [
-        (f"echo baseline p50 / p99 (n={N_LATENCY})", f"{echo_lat['p50_ms']:.3f} / {echo_lat['p99_ms']:.3f} ms"),
-        (f"ember runsync p50 / p99 (n={N_LATENCY})", f"{ember_lat['p50_ms']:.3f} / {ember_lat['p99_ms']:.3f} ms"),
-        ("ratio p50 (target <= 6x, stretch 4x)", f"{ratio:.2f}x"),
-    ])
-    print_table(f"throughput, 4 workers, {CLIENTS} concurrent clients, durable SQLite", [
-        (f"echo baseline (n={N_THROUGHPUT})", f"{echo_rps:,.0f} req/s"),
-        (f"ember runsync end to end (n={N_THROUGHPUT})", f"{ember_rps:,.0f} jobs/s"),
-        ("ratio ember / echo", f"{ember_rps / echo_rps:.2f}"),
-        ("target", ">= 1,000 jobs/s"),
-    ])
+    print_table(
+        "runsync latency, one warm worker, no-op handler, sequential, raw keep-alive socket",
+        [
+            (
+                f"echo baseline p50 / p99 (n={N_LATENCY})",
+                f"{echo_lat['p50_ms']:.3f} / {echo_lat['p99_ms']:.3f} ms",
+            ),
+            (
+                f"ember runsync p50 / p99 (n={N_LATENCY})",
+                f"{ember_lat['p50_ms']:.3f} / {ember_lat['p99_ms']:.3f} ms",
+            ),
+            ("ratio p50 (target <= 6x, stretch 4x)", f"{ratio:.2f}x"),
+        ],
+    )
+    print_table(
+        f"throughput, 4 workers, {CLIENTS} concurrent clients, durable SQLite",
+        [
+            (f"echo baseline (n={N_THROUGHPUT})", f"{echo_rps:,.0f} req/s"),
+            (f"ember runsync end to end (n={N_THROUGHPUT})", f"{ember_rps:,.0f} jobs/s"),
+            ("ratio ember / echo", f"{ember_rps / echo_rps:.2f}"),
+            ("target", ">= 1,000 jobs/s"),
+        ],
+    )
     sys.stdout.flush()
 
 

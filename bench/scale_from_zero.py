@@ -46,11 +46,17 @@ def main() -> None:
         server.kill_workers()
     base = statistics.median(baseline)
     med = statistics.median(cold)
-    print_table(f"scale from zero: runsync at zero workers -> result, handler imports numpy ({RUNS} runs)", [
-        ("spawn `python -c 'import numpy'` median", f"{base * 1000:.0f} ms"),
-        ("ember cold runsync median", f"{med * 1000:.0f} ms (min {min(cold) * 1000:.0f}, max {max(cold) * 1000:.0f})"),
-        ("ratio (target <= 1.5x)", f"{med / base:.2f}x"),
-    ])
+    print_table(
+        f"scale from zero: runsync at zero workers -> result, handler imports numpy ({RUNS} runs)",
+        [
+            ("spawn `python -c 'import numpy'` median", f"{base * 1000:.0f} ms"),
+            (
+                "ember cold runsync median",
+                f"{med * 1000:.0f} ms (min {min(cold) * 1000:.0f}, max {max(cold) * 1000:.0f})",
+            ),
+            ("ratio (target <= 1.5x)", f"{med / base:.2f}x"),
+        ],
+    )
 
 
 if __name__ == "__main__":

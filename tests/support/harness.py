@@ -46,8 +46,9 @@ class Harness:
         return resp.json()  # type: ignore[no-any-return]
 
     async def workers(self, endpoint_id: str, include_stopped: bool = True) -> list[dict[str, Any]]:
-        resp = await self.api.get(f"/v1/endpoints/{endpoint_id}/workers",
-                                  params={"includeStopped": str(include_stopped).lower()})
+        resp = await self.api.get(
+            f"/v1/endpoints/{endpoint_id}/workers", params={"includeStopped": str(include_stopped).lower()}
+        )
         assert resp.status_code == 200, resp.text
         return resp.json()  # type: ignore[no-any-return]
 
@@ -55,15 +56,24 @@ class Harness:
         return {"Authorization": self.backend.launched(worker_id).env["RUNPOD_AI_API_KEY"]}
 
     async def take(self, endpoint_id: str, worker_id: str) -> httpx.Response:
-        return await self.api.get(f"/v2/{endpoint_id}/job-take/{worker_id}?job_in_progress=0",
-                                  headers=self.worker_headers(worker_id))
+        return await self.api.get(
+            f"/v2/{endpoint_id}/job-take/{worker_id}?job_in_progress=0",
+            headers=self.worker_headers(worker_id),
+        )
 
     async def ping(self, endpoint_id: str, worker_id: str) -> httpx.Response:
-        return await self.api.get(f"/v2/{endpoint_id}/ping/{worker_id}", headers=self.worker_headers(worker_id))
+        return await self.api.get(
+            f"/v2/{endpoint_id}/ping/{worker_id}", headers=self.worker_headers(worker_id)
+        )
 
-    async def done(self, endpoint_id: str, worker_id: str, job_id: str, body: dict[str, Any]) -> httpx.Response:
-        return await self.api.post(f"/v2/{endpoint_id}/job-done/{worker_id}/{job_id}?isStream=false", json=body,
-                                   headers=self.worker_headers(worker_id))
+    async def done(
+        self, endpoint_id: str, worker_id: str, job_id: str, body: dict[str, Any]
+    ) -> httpx.Response:
+        return await self.api.post(
+            f"/v2/{endpoint_id}/job-done/{worker_id}/{job_id}?isStream=false",
+            json=body,
+            headers=self.worker_headers(worker_id),
+        )
 
 
 def build(home: Path, *, gpus: str = "TEST_GPU:2", **settings: Any) -> Harness:
@@ -72,6 +82,9 @@ def build(home: Path, *, gpus: str = "TEST_GPU:2", **settings: Any) -> Harness:
     store = Store.open(f"sqlite:///{home / 'ember.db'}")
     cfg = Settings(home=home, backend="memory", gpus=gpus, admin_key=ADMIN_KEY, take_hold_s=0.05, **settings)
     app = create_app(cfg, store=store, backends={"memory": backend}, clock=clock, start_loops=False)
-    api = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ember.test",
-                            headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    api = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://ember.test",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+    )
     return Harness(app, clock, backend, store, api, home)

@@ -18,7 +18,7 @@ def iso(at: float | None) -> str | None:
 
 
 def endpoint(
-    row: Mapping[str, Any], *, owner: bool = True, workers: list[Mapping[str, Any]] | None = None
+    row: Mapping[Any, Any], *, owner: bool = True, workers: list[Mapping[Any, Any]] | None = None
 ) -> dict[str, Any]:
     spec = spec_from_json(row["spec"])
     out = to_wire(spec)
@@ -42,7 +42,7 @@ def endpoint(
     return out
 
 
-def worker(row: Mapping[str, Any], now: float) -> dict[str, Any]:
+def worker(row: Mapping[Any, Any], now: float) -> dict[str, Any]:
     return {
         "id": row["id"],
         "endpointId": row["endpoint_id"],
@@ -62,7 +62,7 @@ def worker(row: Mapping[str, Any], now: float) -> dict[str, Any]:
     }
 
 
-def event(row: Mapping[str, Any]) -> dict[str, Any]:
+def event(row: Mapping[Any, Any]) -> dict[str, Any]:
     return {
         "state": row["to_state"],
         "from": row["from_state"],
@@ -71,7 +71,7 @@ def event(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def release(row: Mapping[str, Any], serving: int) -> dict[str, Any]:
+def release(row: Mapping[Any, Any], serving: int) -> dict[str, Any]:
     spec = json.loads(row["spec"])
     log = row["log"] or ""
     return {
@@ -85,7 +85,7 @@ def release(row: Mapping[str, Any], serving: int) -> dict[str, Any]:
     }
 
 
-def account(row: Mapping[str, Any], *, max_workers: int, workers: int) -> dict[str, Any]:
+def account(row: Mapping[Any, Any], *, max_workers: int, workers: int) -> dict[str, Any]:
     return {
         "id": row["id"],
         "name": row["name"],

@@ -66,7 +66,7 @@ def worker_env(
 async def launch_spec(
     cfg: LaunchConfig,
     *,
-    worker: Mapping[str, Any],
+    worker: Mapping[Any, Any],
     spec: EndpointSpec,
     key: str,
     backend: str,
@@ -108,7 +108,7 @@ async def launch_spec(
     return LaunchSpec(source_dir=str(source), command=command, python=python, **common)
 
 
-def backend_for_spec(spec: EndpointSpec, enabled: Mapping[str, Any], default: str) -> str:
+def backend_for_spec(spec: EndpointSpec, enabled: Mapping[Any, Any], default: str) -> str:
     """Images run on Docker; directories on the local-process backend (or the memory one in dev)."""
     if spec.image_name or spec.git:
         return "docker"

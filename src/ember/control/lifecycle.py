@@ -52,12 +52,12 @@ class LifecycleConfig:
 @dataclass
 class _Snapshot:
     now: float
-    endpoints: list[Mapping[str, Any]]
+    endpoints: Sequence[Mapping[Any, Any]]
     specs: dict[str, EndpointSpec]
-    workers: list[Mapping[str, Any]]
+    workers: Sequence[Mapping[Any, Any]]
     busy: dict[str, int]
     stats: dict[str, Any]
-    accounts: dict[str, Mapping[str, Any]]
+    accounts: dict[str, Mapping[Any, Any]]
     observed: dict[str, Observed] = field(default_factory=dict)
     # Workers with a launch or stop in flight when the snapshot began: what `observed` says of them may
     # predate that operation's end, so health checks must not judge them from this snapshot.
@@ -191,7 +191,7 @@ class Lifecycle:
                         self._spawn(wid, backend.stop(wid, self.cfg.stop_grace_s))
 
     async def _check_stuck(
-        self, w: Mapping[str, Any], ping: tuple[float, frozenset[str]] | None, now: float
+        self, w: Mapping[Any, Any], ping: tuple[float, frozenset[str]] | None, now: float
     ) -> None:
         """A worker still holding a job that was cancelled or timed out (a sync handler ignoring job-stop)
         is stopped after a grace period, so the platform enforces the execution timeout."""
@@ -212,7 +212,7 @@ class Lifecycle:
             log.info("stuck_worker_stop worker=%s", w["id"])
             await self._stop(w, "stopped: it kept running a job that was cancelled or timed out")
 
-    async def _fail(self, w: Mapping[str, Any], reason: str, now: float, kill: bool = False) -> None:
+    async def _fail(self, w: Mapping[Any, Any], reason: str, now: float, kill: bool = False) -> None:
         self._acted += 1
         s = self.store
         state = backoff.Backoff(w["failures"], w["first_failure_at"], now if w["failures"] else None)
@@ -255,7 +255,7 @@ class Lifecycle:
 
     # ---- scaling and planning ------------------------------------------------------------------------
     async def _scale_and_plan(self, snap: _Snapshot) -> None:
-        by_endpoint: dict[str, list[Mapping[str, Any]]] = {}
+        by_endpoint: dict[str, list[Mapping[Any, Any]]] = {}
         for w in snap.workers:
             by_endpoint.setdefault(w["endpoint_id"], []).append(w)
         live_ids = {e["id"] for e in snap.endpoints}
@@ -273,9 +273,9 @@ class Lifecycle:
 
     async def _scale_endpoint(
         self,
-        ep: Mapping[str, Any],
+        ep: Mapping[Any, Any],
         snap: _Snapshot,
-        workers: list[Mapping[str, Any]],
+        workers: list[Mapping[Any, Any]],
         per_account: dict[str, int],
     ) -> None:
         s = self.store
@@ -382,7 +382,7 @@ class Lifecycle:
             await self._create_worker(ep, spec, wtype, snap.now)
             per_account[ep["account_id"]] = per_account.get(ep["account_id"], 0) + 1
 
-    async def _model_ready(self, ep: Mapping[str, Any], spec: EndpointSpec) -> bool:
+    async def _model_ready(self, ep: Mapping[Any, Any], spec: EndpointSpec) -> bool:
         """Workers of an endpoint whose model is still being fetched are neither created nor started
         (so nobody is billed for the download); the endpoint's status line says how far it has got."""
         if self.preparer is None:
@@ -396,7 +396,7 @@ class Lifecycle:
         return bool(ok)
 
     async def _create_worker(
-        self, ep: Mapping[str, Any], spec: EndpointSpec, wtype: WorkerType, now: float
+        self, ep: Mapping[Any, Any], spec: EndpointSpec, wtype: WorkerType, now: float
     ) -> None:
         self._acted += 1
         s = self.store
@@ -430,7 +430,7 @@ class Lifecycle:
     # ---- placement and launch ------------------------------------------------------------------------
     async def _place(self, snap: _Snapshot) -> None:
         pending: list[Pending] = []
-        rows: dict[str, Mapping[str, Any]] = {}
+        rows: dict[str, Mapping[Any, Any]] = {}
         used: set[tuple[str, str, str]] = set()
         live_endpoints = {e["id"] for e in snap.endpoints}
         for w in snap.workers:
@@ -476,12 +476,12 @@ class Lifecycle:
                     )
                 )
 
-    def _due(self, w: Mapping[str, Any], now: float) -> bool:
+    def _due(self, w: Mapping[Any, Any], now: float) -> bool:
         return w["next_attempt_at"] is None or w["next_attempt_at"] <= now
 
     async def _launch(
         self,
-        w: Mapping[str, Any],
+        w: Mapping[Any, Any],
         spec: EndpointSpec,
         gpu_type: str | None,
         devices: Sequence[str],
@@ -524,7 +524,7 @@ class Lifecycle:
                 now=now,
             )
         )
-        row = await s.run(s.workers.get, w["id"])
+        row = await s.run(s.workers.get, w["id"]) or w
         backend = self.backends.get(w["backend"])
 
         async def go() -> None:
@@ -539,7 +539,7 @@ class Lifecycle:
         self._spawn(w["id"], go())
 
     # ---- stopping ------------------------------------------------------------------------------------
-    async def _stop(self, w: Mapping[str, Any], reason: str) -> None:
+    async def _stop(self, w: Mapping[Any, Any], reason: str) -> None:
         """Stop assigning jobs, then SIGTERM (the SDK drains), then record STOPPED."""
         self._acted += 1
         s = self.store
@@ -557,7 +557,7 @@ class Lifecycle:
 
         self._spawn(w["id"], go())
 
-    async def _finish_stop(self, w: Mapping[str, Any], reason: str) -> None:
+    async def _finish_stop(self, w: Mapping[Any, Any], reason: str) -> None:
         self._acted += 1
         s = self.store
         now = self.clock.now()

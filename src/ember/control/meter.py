@@ -28,7 +28,7 @@ def volume_charge(size_gb: int, price_micros_per_gb_month: int, seconds: int, ca
 
 
 def intervals_for(
-    worker: Mapping[str, Any], events: Sequence[Mapping[str, Any]], since_at: float, until_at: float
+    worker: Mapping[Any, Any], events: Sequence[Mapping[Any, Any]], since_at: float, until_at: float
 ) -> list[Interval]:
     """The worker's state intervals clipped to [since_at, until_at). `events` are its transitions in
     order; each state lasts until the next transition (the current one until `until_at`)."""

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 
-def record(row: Mapping[str, Any]) -> dict[str, Any]:
+def record(row: Mapping[Any, Any]) -> dict[str, Any]:
     """`{"id", "status", "delayTime", "executionTime", "workerId", "output" | "error"}`.
 
     Fields not known yet are omitted."""

@@ -190,7 +190,7 @@ class JobStore:
 
     def read_stream(
         self, job_id: str, account_id: str, endpoint_id: str
-    ) -> tuple[RowMapping, list[str]] | None:
+    ) -> tuple[RowMapping, Sequence[str]] | None:
         """The job and every chunk not yet read (each chunk is handed out once), oldest first."""
         with self.engine.begin() as conn:
             job = (
@@ -226,7 +226,7 @@ class JobStore:
         return out
 
     # ---- worker side -------------------------------------------------------------------------------
-    def claim(self, endpoint_id: str, worker_id: str, limit: int, now: float) -> list[Claimed]:
+    def claim(self, endpoint_id: str, worker_id: str, limit: int, now: float) -> Sequence[Claimed]:
         """Hand up to `limit` queued jobs to `worker_id` in one statement: normal priority first, then
         oldest first. Concurrent claimers never get the same job."""
         pick = (
@@ -252,8 +252,8 @@ class JobStore:
         )
         with self.engine.begin() as conn:
             rows = conn.execute(stmt).all()
-        rows.sort(key=lambda r: (r.low_priority, r.created_at))
-        return [Claimed(r.id, r.input, r.extra) for r in rows]
+        ordered = sorted(rows, key=lambda r: (r.low_priority, r.created_at))
+        return [Claimed(r.id, r.input, r.extra) for r in ordered]
 
     def progress(self, job_id: str, worker_id: str, output_json: str) -> bool:
         with self.engine.begin() as conn:
@@ -320,7 +320,7 @@ class JobStore:
             return "unknown"
         return "final" if row.state in FINAL_VALUES else "not_held"
 
-    def held_by(self, worker_id: str) -> list[str]:
+    def held_by(self, worker_id: str) -> Sequence[str]:
         with self.engine.connect() as conn:
             return list(
                 conn.execute(
@@ -328,7 +328,7 @@ class JobStore:
                 ).scalars()
             )
 
-    def take_stops(self, worker_id: str) -> list[str]:
+    def take_stops(self, worker_id: str) -> Sequence[str]:
         """Ids of jobs this worker should abandon (cancelled or timed out); each is handed out once."""
         with self.engine.begin() as conn:
             ids = list(
@@ -369,7 +369,7 @@ class JobStore:
             ).all()
         return {r[0]: int(r[1]) for r in rows}
 
-    def time_out_running(self, now: float, retention_run_s: float) -> list[RowMapping]:
+    def time_out_running(self, now: float, retention_run_s: float) -> Sequence[RowMapping]:
         """IN_PROGRESS jobs past their execution deadline become TIMED_OUT and are flagged for job-stop."""
         with self.engine.begin() as conn:
             due = (
@@ -399,7 +399,7 @@ class JobStore:
                 )
             return list(due)
 
-    def expire(self, now: float, grace_s: float) -> list[RowMapping]:
+    def expire(self, now: float, grace_s: float) -> Sequence[RowMapping]:
         """Jobs past their ttl end TIMED_OUT and are purged shortly after (status then answers 404)."""
         with self.engine.begin() as conn:
             due = (
@@ -448,7 +448,7 @@ class JobStore:
 
     def release_worker_jobs(
         self, worker_id: str, reason: str, max_requeues: int, now: float, retention_run_s: float
-    ) -> tuple[list[str], list[str]]:
+    ) -> tuple[Sequence[str], Sequence[str]]:
         """A worker is gone: its IN_PROGRESS jobs are re-queued (up to `max_requeues` times each), the
         rest failed with `reason`. Returns (requeued ids, failed ids)."""
         with self.engine.begin() as conn:

@@ -168,7 +168,7 @@ class WorkerStore:
             ).all()
         return {r[0]: int(r[1]) for r in rows}
 
-    def meter_candidates(self) -> list[tuple[RowMapping, float | None, int]]:
+    def meter_candidates(self) -> Sequence[tuple[RowMapping, float | None, int]]:
         """Workers with time not yet billed: live ones, and stopped ones billed short of their stop."""
         m = meter_cursors.c
         q = (
