@@ -9,6 +9,7 @@ import json
 import logging
 import secrets
 from typing import Any
+from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -83,6 +84,17 @@ async def _raw_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
+def _event(body: bytes, content_type: str) -> Any:
+    """The event of a JSON body, or of a form body's `payload` field (GitHub offers both)."""
+    try:
+        if content_type.startswith("application/x-www-form-urlencoded"):
+            payload = parse_qs(body.decode("utf-8")).get("payload", [""])[0]
+            return json.loads(payload)
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
 @router.post("/git/webhook", tags=["git"], summary="GitHub push webhook: rebuild matching git endpoints")
 async def webhook(request: Request) -> Response:
     """No API key: the HMAC signature under an endpoint's `git.webhookSecret` is the proof. Every
@@ -92,10 +104,7 @@ async def webhook(request: Request) -> Response:
     header = request.headers.get("x-hub-signature-256", "")
     if not header:
         raise Unauthorized("missing X-Hub-Signature-256: sign the payload with the endpoint's webhook secret")
-    try:
-        event = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        event = None
+    event = _event(body, request.headers.get("content-type", ""))
     repo = event.get("repository") if isinstance(event, dict) else None
     if not isinstance(repo, dict):
         # Nothing to match a secret against; an unsigned or foreign body learns nothing more.

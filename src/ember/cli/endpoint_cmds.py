@@ -91,6 +91,14 @@ def deploy(
         f"Endpoint [bold]{record['name']}[/] {verb}: id {record['id']}, release {record['release']}"
     )
     console.print(f"  {api_url()}/v2/{record['id']}/runsync")
+    if record.get("git"):
+        console.print(
+            f"  builds from {record['git']['url']} ({record['git']['branch']}); follow with "
+            f"`ember releases {record['name']}`\n"
+            f"  push webhook: {api_url()}/v1/git/webhook (content type application/json, "
+            f"secret {record['git'].get('webhookSecret', '-')})",
+            markup=False,
+        )
 
 
 def _find(name: str) -> dict[str, Any] | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import shutil
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -116,6 +117,8 @@ class Builder:
         url, branch = str(git["url"]), str(git.get("branch") or "main")
         root = self.cfg.home / "builds" / _SAFE_ID.sub("_", endpoint_id) / "src"
         out.add(f"==> checking out {mask_url(url)} branch {branch}")
+        if root.exists() and not (root / ".git").exists():
+            shutil.rmtree(root)  # a clone cut short (e.g. by a crash of the control plane)
         commit = checkout(url, branch, root, timeout_s=self.cfg.git_timeout_s)
         out.add(f"    commit {commit}")
         root = root.resolve()
