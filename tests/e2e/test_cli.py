@@ -48,6 +48,8 @@ def deployed(server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> di
         "chatty",
         "--workers-max",
         "2",
+        "--idle-timeout",
+        "300",
         "--env",
         "EMBER_TEST_SDK=ember",
         "--json",
