@@ -63,19 +63,11 @@ async def _take(request: Request, endpoint_id: str, worker_id: str, limit: int) 
             await rt.signals.stops.wait("retire:" + worker_id, max(0.0, deadline - hold_clock()))
             return NO_CONTENT
         now = rt.clock.now()
-        claimed = await rt.store.run(rt.store.jobs.claim, endpoint_id, worker_id, limit, now)
+        was_running = worker["state"] == WorkerState.RUNNING.value
+        claimed = await rt.store.run(
+            rt.store.take, endpoint_id, worker_id, limit, now, mark_running=not was_running
+        )
         if claimed:
-            if worker["state"] != WorkerState.RUNNING.value:
-                await rt.store.run(
-                    rt.store.workers.transition,
-                    worker_id,
-                    WorkerState.RUNNING,
-                    now,
-                    "took a job",
-                    idle_since=None,
-                    last_seen_at=now,
-                )
-                rt.signals.reconcile.set()
             if limit == 1 and not request.url.path.endswith("-batch/" + worker_id):
                 body = worker_job(claimed[0].id, claimed[0].input_json, claimed[0].extra_json)
             else:
@@ -142,7 +134,7 @@ async def job_done(endpoint_id: str, worker_id: str, job_id: str, request: Reque
     state, fields = J.classify_result(body)
     output = _dump(fields["output"]) if "output" in fields else None
     outcome = await rt.store.run(
-        rt.store.jobs.finish,
+        rt.store.report,
         job_id,
         worker_id,
         state,
@@ -158,7 +150,6 @@ async def job_done(endpoint_id: str, worker_id: str, job_id: str, request: Reque
         raise Conflict(f"job {job_id!r} is not held by worker {worker_id!r}")
     if outcome == "done":
         rt.signals.job_finished(job_id)
-        await rt.store.run(rt.store.workers.settle_if_idle, worker_id, now)
     if body.get("stopPod"):
         await rt.store.run(lambda: rt.store.workers.update(worker_id, recycle=True))
         rt.signals.reconcile.set()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,7 +16,7 @@ import anyio.to_thread
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
@@ -68,6 +69,12 @@ def migrate(engine: Engine) -> None:
             command.upgrade(cfg, "head")
     except SQLAlchemyError as exc:
         raise StoreError(f"database migration failed: {exc}") from exc
+
+
+def transaction(engine: Engine, conn: Connection | None) -> AbstractContextManager[Connection]:
+    """The caller's transaction when it passes one (so that several repositories write atomically),
+    else a new one."""
+    return nullcontext(conn) if conn is not None else engine.begin()
 
 
 class Database:

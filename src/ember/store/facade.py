@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
 
+from ember.core.jobs import JobState
+from ember.core.workers import WorkerState
 from ember.store.accounts import AccountStore
 from ember.store.db import Database, make_engine, migrate
 from ember.store.endpoints import EndpointStore
-from ember.store.jobs import JobStore
+from ember.store.jobs import Claimed, JobStore
 from ember.store.workers import WorkerStore
 
 T = TypeVar("T")
@@ -23,6 +25,52 @@ class Store:
         self.workers = WorkerStore(engine)
         self.accounts = AccountStore(engine)
         self.endpoints = EndpointStore(engine)
+
+    def take(
+        self, endpoint_id: str, worker_id: str, limit: int, now: float, *, mark_running: bool
+    ) -> Sequence[Claimed]:
+        """Claim up to `limit` jobs for a worker and, when it got some, make it RUNNING: one transaction."""
+        with self.db.engine.begin() as conn:
+            claimed = self.jobs.claim(endpoint_id, worker_id, limit, now, conn=conn)
+            if claimed and mark_running:
+                self.workers.transition(
+                    worker_id,
+                    WorkerState.RUNNING,
+                    now,
+                    "took a job",
+                    conn=conn,
+                    idle_since=None,
+                    last_seen_at=now,
+                )
+        return claimed
+
+    def report(
+        self,
+        job_id: str,
+        worker_id: str,
+        state: JobState,
+        output_json: str | None,
+        error: str | None,
+        now: float,
+        retention_run_s: float,
+        retention_sync_s: float,
+    ) -> str:
+        """Record a job's result and, when the worker holds nothing more, make it IDLE: one transaction."""
+        with self.db.engine.begin() as conn:
+            outcome = self.jobs.finish(
+                job_id,
+                worker_id,
+                state,
+                output_json,
+                error,
+                now,
+                retention_run_s,
+                retention_sync_s,
+                conn=conn,
+            )
+            if outcome == "done":
+                self.workers.settle_if_idle(worker_id, now, conn=conn)
+        return outcome
 
     @classmethod
     def open(cls, url: str) -> Store:

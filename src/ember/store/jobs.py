@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, case, delete, func, insert, select, update
-from sqlalchemy.engine import Engine, RowMapping
+from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from ember.core.jobs import TERMINAL, JobState, sources
+from ember.store.db import transaction
 from ember.store.schema import job_stream, jobs
 
 J = jobs.c
@@ -226,7 +227,9 @@ class JobStore:
         return out
 
     # ---- worker side -------------------------------------------------------------------------------
-    def claim(self, endpoint_id: str, worker_id: str, limit: int, now: float) -> Sequence[Claimed]:
+    def claim(
+        self, endpoint_id: str, worker_id: str, limit: int, now: float, conn: Connection | None = None
+    ) -> Sequence[Claimed]:
         """Hand up to `limit` queued jobs to `worker_id` in one statement: normal priority first, then
         oldest first. Concurrent claimers never get the same job."""
         pick = (
@@ -250,8 +253,8 @@ class JobStore:
             )
             .returning(J.id, J.input, J.extra, J.low_priority, J.created_at)
         )
-        with self.engine.begin() as conn:
-            rows = conn.execute(stmt).all()
+        with transaction(self.engine, conn) as tx:
+            rows = tx.execute(stmt).all()
         ordered = sorted(rows, key=lambda r: (r.low_priority, r.created_at))
         return [Claimed(r.id, r.input, r.extra) for r in ordered]
 
@@ -274,11 +277,12 @@ class JobStore:
         now: float,
         retention_run_s: float,
         retention_sync_s: float,
+        conn: Connection | None = None,
     ) -> str:
         """Record a final result. Returns "done", "final" (already final: ignored, idempotent),
         "not_held" (the job is in progress on another worker or queued) or "unknown"."""
-        with self.engine.begin() as conn:
-            res = conn.execute(
+        with transaction(self.engine, conn) as tx:
+            res = tx.execute(
                 update(jobs)
                 .where(
                     J.id == job_id,
@@ -297,7 +301,7 @@ class JobStore:
             )
             if res.rowcount:
                 return "done"
-            row = conn.execute(select(J.state, J.worker_id).where(J.id == job_id)).first()
+            row = tx.execute(select(J.state, J.worker_id).where(J.id == job_id)).first()
         if row is None:
             return "unknown"
         if row.state in FINAL_VALUES:

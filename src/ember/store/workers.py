@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, insert, or_, select, update
-from sqlalchemy.engine import Engine, RowMapping
+from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from ember.core.workers import WorkerState, sources
+from ember.store.db import transaction
 from ember.store.schema import jobs, meter_cursors, worker_events, workers
 
 W = workers.c
@@ -74,23 +75,24 @@ class WorkerStore:
         now: float,
         reason: str = "",
         only_from: Sequence[WorkerState] | None = None,
+        conn: Connection | None = None,
         **values: Any,
     ) -> str | None:
         """Move a worker to `to` if its current state allows it. Returns the previous state, or None
         when the transition was not legal (or the worker is unknown); nothing changes then."""
         allowed = [s.value for s in (only_from if only_from is not None else sources(to)) if s in sources(to)]
-        with self.engine.begin() as conn:
-            row = conn.execute(select(W.state, W.endpoint_id, W.account_id).where(W.id == worker_id)).first()
+        with transaction(self.engine, conn) as tx:
+            row = tx.execute(select(W.state, W.endpoint_id, W.account_id).where(W.id == worker_id)).first()
             if row is None or row.state not in allowed:
                 return None
-            res = conn.execute(
+            res = tx.execute(
                 update(workers)
                 .where(W.id == worker_id, W.state == row.state)
                 .values(state=to.value, state_since=now, reason=reason, **values)
             )
             if not res.rowcount:
                 return None
-            conn.execute(
+            tx.execute(
                 insert(worker_events).values(
                     worker_id=worker_id,
                     endpoint_id=row.endpoint_id,
@@ -103,7 +105,7 @@ class WorkerStore:
             )
             return str(row.state)
 
-    def settle_if_idle(self, worker_id: str, now: float) -> bool:
+    def settle_if_idle(self, worker_id: str, now: float, conn: Connection | None = None) -> bool:
         """RUNNING -> IDLE when the worker holds no IN_PROGRESS job any more (one transaction)."""
         held = (
             select(func.count())
@@ -111,8 +113,8 @@ class WorkerStore:
             .where(jobs.c.worker_id == worker_id, jobs.c.state == "IN_PROGRESS")
             .scalar_subquery()
         )
-        with self.engine.begin() as conn:
-            row = conn.execute(
+        with transaction(self.engine, conn) as tx:
+            row = tx.execute(
                 update(workers)
                 .where(W.id == worker_id, W.state == WorkerState.RUNNING.value, held == 0)
                 .values(
@@ -122,7 +124,7 @@ class WorkerStore:
             ).first()
             if row is None:
                 return False
-            conn.execute(
+            tx.execute(
                 insert(worker_events).values(
                     worker_id=worker_id,
                     endpoint_id=row.endpoint_id,
