@@ -5,9 +5,11 @@ previous release keeps serving. It never starts or stops workers: the lifecycle 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import shutil
+import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,6 +69,28 @@ def _inside(root: Path, relative: str, what: str) -> Path:
     return path
 
 
+def _in_daemon_thread(fn: Callable[[], Any], name: str) -> asyncio.Future[Any]:
+    """Run `fn` in a daemon thread (not the default executor, which a shutdown would wait on for the
+    whole build); the future carries its result or exception."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not future.done():
+            (future.set_result if ok else future.set_exception)(value)
+
+    def target() -> None:
+        try:
+            outcome = (True, fn())
+        except BaseException as exc:  # handed over to the awaiting coroutine
+            outcome = (False, exc)
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return future
+
+
 class Builder:
     """Builds releases one at a time, oldest first. `tick()` is the loop body (the runner calls it when
     `signals.builds` is set, and every tick); it returns once nothing waits."""
@@ -93,8 +117,8 @@ class Builder:
         try:
             if not spec.git:
                 raise BuildError("this release has no git source to build")
-            work = asyncio.ensure_future(
-                asyncio.to_thread(self._build_blocking, endpoint_id, number, spec, out)
+            work = _in_daemon_thread(
+                lambda: self._build_blocking(endpoint_id, number, spec, out), f"ember-build-{endpoint_id}"
             )
             while not work.done():
                 await asyncio.wait({work}, timeout=LOG_FLUSH_S)
