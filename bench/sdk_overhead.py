@@ -2,18 +2,22 @@
 of the same Ember server, running a no-op handler with concurrency_modifier 1 and 8. Per configuration:
 jobs/s over a bounded batch queued with /run before the worker starts, and the worker-side time per job
 (the server's executionTime: job-take answered -> job-done received, median); then a cold import of
-each SDK in fresh interpreters. Targets (issue): Ember >= 3x RunPod's jobs/s at concurrency 1; a cold
-`import ember.serverless` under 60 ms."""
+each SDK in fresh interpreters. A last row runs Ember's loop against a bare stdlib server, to show
+what the SDK itself costs apart from the control plane. Targets (issue): Ember >= 3x RunPod's jobs/s
+at concurrency 1; a cold `import ember.serverless` under 60 ms."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from _support import RawClient, handler_source, print_table, start_ember, wait_for
 
@@ -88,6 +92,82 @@ def cold_import_ms(module: str, runs: int) -> tuple[float, float]:
     return statistics.median(imports), statistics.median(processes)
 
 
+class _BareProtocol(BaseHTTPRequestHandler):
+    """A bare worker-protocol server: answers job-take at once with a fresh job (204 once `total` are
+    out), records when each job went out and when its job-done came back."""
+
+    protocol_version = "HTTP/1.1"
+    total = 0
+    issued: dict[str, float] = {}
+    latencies_s: list[float] = []
+    finished = threading.Event()
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+
+    def do_GET(self) -> None:  # noqa: N802
+        cls = type(self)
+        if "/job-take/" not in self.path or len(cls.issued) >= cls.total:
+            self.finished.wait(1.0)
+            self._answer(204 if "/job-take/" in self.path else 200, b"")
+            return
+        job_id = f"job-{len(cls.issued)}"
+        self._answer(200, json.dumps({"id": job_id, "input": {}}).encode())
+        cls.issued[job_id] = time.perf_counter()
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        at = time.perf_counter()
+        self._answer(200, b"{}")
+        cls = type(self)
+        job_id = self.path.split("/job-done/bench/", 1)[-1].split("?", 1)[0]
+        if job_id in cls.issued:
+            cls.latencies_s.append(at - cls.issued[job_id])
+            if len(cls.latencies_s) >= cls.total:
+                cls.finished.set()
+
+
+def ember_sdk_alone(jobs: int) -> tuple[float, float]:
+    """Ember's worker loop in this process against the bare server: (jobs/s, median take-answered ->
+    job-done-received in ms). What the SDK itself costs, without Ember's server in the way."""
+    from ember.serverless import log
+    from ember.serverless.env import WorkerEnv
+    from ember.serverless.transport import HttpTransport
+    from ember.serverless.worker import Worker, WorkerConfig
+
+    log.configure({"RUNPOD_LOG_LEVEL": "WARN"})
+    _BareProtocol.total = jobs
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _BareProtocol)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}/v2/bench"
+    env = WorkerEnv.from_environ({
+        "RUNPOD_WEBHOOK_GET_JOB": base + "/job-take/$ID?gpu=cpu",
+        "RUNPOD_WEBHOOK_POST_OUTPUT": base + "/job-done/$RUNPOD_POD_ID/$ID?gpu=cpu",
+        "RUNPOD_POD_ID": "bench",
+    })  # fmt: skip
+    worker = Worker(WorkerConfig(handler=lambda job: {}), env, HttpTransport("", "bench"), version="bench")
+    began = time.perf_counter()
+    threading.Thread(target=worker.run, daemon=True).start()
+    if not _BareProtocol.finished.wait(120):
+        raise SystemExit("the bare-server run did not finish in 120 s")
+    elapsed_s = time.perf_counter() - began
+    worker.stop_now("bench done")
+    server.shutdown()
+    return jobs / elapsed_s, statistics.median(_BareProtocol.latencies_s) * 1000
+
+
 def load_average() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -103,6 +183,7 @@ def main() -> None:
     finally:
         server.stop()
         server.kill_workers()
+    alone_rate, alone_ms = ember_sdk_alone(JOBS[("ember", 1)])
     ember_import = cold_import_ms("ember.serverless", IMPORT_RUNS)
     runpod_import = cold_import_ms("runpod", IMPORT_RUNS)
     bare = cold_import_ms("sys", IMPORT_RUNS)
@@ -121,6 +202,10 @@ def main() -> None:
             (f"ratio ember / runpod jobs/s, concurrency {concurrency}", f"{e.jobs_per_s / r.jobs_per_s:.1f}x")
         )
     rows.append(("target at concurrency 1", ">= 3x"))
+    rows.append((
+        "ember SDK alone, bare stdlib server, concurrency 1",
+        f"{alone_rate:8.1f} jobs/s   take answered -> job-done received p50 {alone_ms:.2f} ms",
+    ))  # fmt: skip
     print_table("one worker, no-op handler, one Ember server (SQLite), jobs queued before the worker starts",
                 rows)  # fmt: skip
     title = f"cold import in a fresh interpreter, median of {IMPORT_RUNS} (import alone; whole process)"
