@@ -207,6 +207,34 @@ def test_an_image_with_the_unmodified_runpod_sdk_runs_as_a_worker(
     assert {"id", "input"} <= set(result["output"]["keys"])
 
 
+def test_an_image_endpoint_update_is_a_new_release_and_rollback_returns_to_the_first(
+    server: LiveServer, fixture_image: str, docker_client: Any
+) -> None:
+    first = create(
+        server,
+        name="image-releases",
+        imageName=fixture_image,
+        dockerStartCmd="python3 -u echo.py",
+        env={"EMBER_TEST_SDK": "ember"},
+        workersMax=1,
+    )
+    assert runsync(server, first["id"], {"n": 1})["output"]["echo"] == {"n": 1}
+    second_ref = fixture_image.replace(":v1", ":v2")
+    docker_client.images.get(fixture_image).tag(second_ref)
+    patch = {"imageName": second_ref, "dockerStartCmd": "python3 -u returns_str.py"}
+    updated = server.api("PATCH", f"/v1/endpoints/{first['id']}", json=patch).json()
+    assert updated["release"] == 2, updated
+    assert runsync(server, first["id"], {"n": 2})["output"] == "hello"
+    assert "release 1" in ok(ember(server, "rollback", "image-releases"))
+    assert runsync(server, first["id"], {"n": 3})["output"]["echo"] == {"n": 3}
+    listing = json.loads(ok(ember(server, "releases", "image-releases", "--json")))
+    assert [(r["release"], r["image"], r["serving"]) for r in listing] == [
+        (1, fixture_image, True),
+        (2, second_ref, False),
+    ]
+    docker_client.images.remove(second_ref)
+
+
 def test_a_private_registry_image_is_pulled_with_the_stored_login(
     server: LiveServer, fixture_image: str, auth_registry: AuthRegistry, docker_client: Any
 ) -> None:
