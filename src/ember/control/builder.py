@@ -48,12 +48,19 @@ class _Log:
     """A build's log lines, bounded; filled by the build thread, read by the loop to store progress."""
 
     lines: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_LINES_KEPT))
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, line: str) -> None:
-        self.lines.append(line.rstrip())
+        with self.lock:
+            self.lines.append(line.rstrip())
+
+    def last(self) -> str:
+        with self.lock:
+            return self.lines[-1] if self.lines else ""
 
     def text(self) -> str:
-        return "\n".join(self.lines)
+        with self.lock:
+            return "\n".join(self.lines)
 
 
 def image_ref(registry: str | None, endpoint_id: str, number: int) -> str:
@@ -227,7 +234,7 @@ class Builder:
     ) -> None:
         s = self.store
         tail = getattr(exc, "log_tail", "")
-        if tail and tail.splitlines()[-1] not in out.lines:
+        if tail and tail.splitlines()[-1] != out.last():
             out.add(tail)
         out.add(f"==> build failed: {exc.message}")
         await s.run(lambda: s.endpoints.finish_release(endpoint_id, number, status="FAILED", log=out.text()))
