@@ -23,7 +23,9 @@ DEV_KEY = "ek_dev_local"  # what `ember dev` uses on loopback when given no --ke
 class DevServer:
     """`ember dev DIR` in a subprocess, with its home (store) and output kept under `root`."""
 
-    def __init__(self, root: Path, fixture: str, *, name: str = "dev") -> None:
+    def __init__(
+        self, root: Path, fixture: str, *, name: str = "dev", env: dict[str, str] | None = None
+    ) -> None:
         self.dir = root / "src"
         self.dir.mkdir(parents=True)
         (self.dir / "handler.py").write_text((HANDLERS / f"{fixture}.py").read_text())
@@ -33,9 +35,11 @@ class DevServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = root / "dev.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra_env = env or {}
 
     def start(self) -> DevServer:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "EMBER_TAKE_HOLD_S": "5", "EMBER_TICK_S": "0.2"}
+        env.update(self.extra_env)
         for var in ("EMBER_HOME", "EMBER_DATABASE_URL", "EMBER_PUBLIC_URL", "EMBER_ADMIN_KEY"):
             env.pop(var, None)
         with open(self.log_path, "ab") as log:
@@ -87,8 +91,8 @@ def rp() -> Iterator[Any]:
     runpod.api_key, runpod.endpoint_url_base = saved
 
 
-def _dev(root: Path, fixture: str) -> Iterator[DevServer]:
-    server = DevServer(root, fixture).start()
+def _dev(root: Path, fixture: str, env: dict[str, str] | None = None) -> Iterator[DevServer]:
+    server = DevServer(root, fixture, env=env).start()
     try:
         yield server
     finally:
@@ -108,6 +112,11 @@ def generator_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServe
 @pytest.fixture(scope="module")
 def async_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
     yield from _dev(tmp_path_factory.mktemp("dev-async"), "concurrency4")
+
+
+@pytest.fixture(scope="module")
+def runpod_progress_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
+    yield from _dev(tmp_path_factory.mktemp("dev-rp"), "progress", env={"EMBER_TEST_SDK": "runpod"})
 
 
 def test_banner_shows_the_dev_key_and_a_curl_line(echo_dev: DevServer) -> None:
@@ -182,3 +191,12 @@ def test_a_changed_handler_is_served_after_reload_and_ctrl_c_exits_cleanly(tmp_p
         assert server.proc.wait(15) == 0
     finally:
         server.stop()
+
+
+def test_a_runpod_sdk_handler_runs_unchanged_and_its_progress_shows(
+    runpod_progress_dev: DevServer, rp: Any
+) -> None:
+    rp.endpoint_url_base = runpod_progress_dev.url + "/v2"
+    job = rp.Endpoint("dev").run({"pause_s": 3})
+    wait_for(lambda: job.output() == {"step": 1}, 30, interval_s=0.1, what="the progress update")
+    assert job.output(timeout=30) == {"done": True}

@@ -5,6 +5,7 @@ thread against the dev server, with the RUNPOD_* environment of the worker's Lau
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import sys
 import threading
@@ -161,11 +162,12 @@ class InProcessWorkers:
             else:
                 done.set_result(result)
 
-        thread = threading.Thread(
-            target=lambda: loop.call_soon_threadsafe(finish, self._serve(spec)),
-            name=f"ember-dev-{spec.worker_id}",
-            daemon=True,
-        )
+        def body() -> None:
+            outcome = self._serve(spec)
+            with contextlib.suppress(RuntimeError):  # the loop closed first: the dev server is gone
+                loop.call_soon_threadsafe(finish, outcome)
+
+        thread = threading.Thread(target=body, name=f"ember-dev-{spec.worker_id}", daemon=True)
         thread.start()
         try:
             return await asyncio.shield(done)
