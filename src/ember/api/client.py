@@ -107,8 +107,8 @@ async def _submit(
     job = NewJob(job_id, ep.id, ep.account_id, input_json, extra_json, webhook, low, timeout_ms, ttl_ms, sync)
     await rt.store.run(rt.store.jobs.submit, job, rt.clock.now())
     rt.signals.jobs_queued(ep.id)
-    if not rt.signals.jobs.waiting(ep.id) or low:
-        rt.signals.poke_scaler()
+    if not rt.signals.live_workers.get(ep.id):
+        rt.signals.poke_scaler()  # the first job on an endpoint at zero starts a worker at once
     return rt, job_id, ep
 
 

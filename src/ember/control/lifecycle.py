@@ -128,6 +128,10 @@ class Lifecycle:
                         snap.observed.setdefault(
                             w["id"], Observed(w["id"], w["endpoint_id"], w["release"], True)
                         )
+        counts: dict[str, int] = {}
+        for w in workers:
+            counts[w["endpoint_id"]] = counts.get(w["endpoint_id"], 0) + 1
+        self.signals.live_workers = counts
         return snap
 
     # ---- health --------------------------------------------------------------------------------------

@@ -59,6 +59,9 @@ class Signals:
         self.builds = asyncio.Event()  # a release waits to be built
         # Latest ping per worker: (at, job ids the worker says it holds).
         self.pings: dict[str, tuple[float, frozenset[str]]] = {}
+        # Non-stopped workers per endpoint, as the lifecycle loop last counted them (a job for an endpoint
+        # with none wakes the loop at once; otherwise its next tick handles the backlog).
+        self.live_workers: dict[str, int] = {}
         # Fitness-check failures reported by workers (ping with status=unhealthy), by worker id.
         self.fitness: dict[str, str] = {}
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
+from ember.store.db import writer
 from ember.store.schema import accounts, api_keys, ledger
 
 A = accounts.c
@@ -44,7 +45,8 @@ class Charge:
 
 class AccountStore:
     def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+        self.engine = writer(engine)
+        self.reader = engine
 
     def create(self, *, id: str, name: str, is_admin: bool, balance_micros: int, now: float) -> None:
         with self.engine.begin() as conn:
@@ -61,15 +63,15 @@ class AccountStore:
                 )
 
     def get(self, account_id: str) -> RowMapping | None:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return conn.execute(select(accounts).where(A.id == account_id)).mappings().first()
 
     def admin(self) -> RowMapping | None:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return conn.execute(select(accounts).where(A.is_admin.is_(True))).mappings().first()
 
     def all(self) -> Sequence[RowMapping]:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return conn.execute(select(accounts)).mappings().all()
 
     def add_key(
@@ -95,7 +97,7 @@ class AccountStore:
             )
 
     def resolve_key(self, plain: str) -> KeyInfo | None:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             row = conn.execute(select(api_keys).where(K.key_hash == hash_key(plain))).first()
         if row is None:
             return None
@@ -186,5 +188,5 @@ class AccountStore:
         if to_at is not None:
             q = q.where(L.from_at < to_at)
         q = q.group_by(L.worker_id, L.endpoint_id, L.state, L.worker_type, L.gpu_type).order_by(L.worker_id)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return conn.execute(q).mappings().all()

@@ -51,7 +51,10 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Writes take the write lock up front, so a claim never races another writer; plain reads
+            # run in autocommit (WAL readers never block and need no transaction of their own).
+            if conn.get_execution_options().get("ember_write"):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     if url.startswith("postgresql://"):
@@ -59,12 +62,17 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
 
 
+def writer(engine: Engine) -> Engine:
+    """The engine that repositories write through (`begin()`); `connect()` on the plain one reads."""
+    return engine.execution_options(ember_write=True)
+
+
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest revision (idempotent)."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     try:
-        with engine.begin() as conn:
+        with writer(engine).begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
     except SQLAlchemyError as exc:

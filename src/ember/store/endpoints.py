@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.engine import Engine, RowMapping
 
+from ember.store.db import writer
 from ember.store.schema import endpoints, releases, templates, volumes
 
 E = endpoints.c
@@ -19,7 +20,8 @@ V = volumes.c
 
 class EndpointStore:
     def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+        self.engine = writer(engine)
+        self.reader = engine
 
     # ---- endpoints ---------------------------------------------------------------------------------
     def create(
@@ -140,7 +142,7 @@ class EndpointStore:
             .where(R.status == "BUILDING", E.deleted_at.is_(None))
             .order_by(R.created_at, R.number)
         )
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return conn.execute(q).mappings().all()
 
     def set_scaling(
@@ -173,7 +175,7 @@ class EndpointStore:
             q = q.where(E.account_id == account_id)
         if not include_deleted:
             q = q.where(E.deleted_at.is_(None))
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(q).mappings().all()
         for row in rows:  # an id match wins over a name match
             if row["id"] == ref:
@@ -184,7 +186,7 @@ class EndpointStore:
         q = select(endpoints).where(E.deleted_at.is_(None))
         if account_id is not None:
             q = q.where(E.account_id == account_id)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return conn.execute(q.order_by(E.created_at)).mappings().all()
 
     def delete(self, endpoint_id: str, now: float) -> None:
@@ -193,7 +195,7 @@ class EndpointStore:
 
     # ---- releases ----------------------------------------------------------------------------------
     def releases(self, endpoint_id: str) -> Sequence[RowMapping]:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return (
                 conn.execute(select(releases).where(R.endpoint_id == endpoint_id).order_by(R.number))
                 .mappings()
@@ -201,7 +203,7 @@ class EndpointStore:
             )
 
     def release(self, endpoint_id: str, number: int) -> RowMapping | None:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return (
                 conn.execute(select(releases).where(R.endpoint_id == endpoint_id, R.number == number))
                 .mappings()
@@ -237,7 +239,7 @@ class EndpointStore:
             )
 
     def templates(self, account_id: str) -> Sequence[RowMapping]:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return (
                 conn.execute(select(templates).where(T.account_id == account_id).order_by(T.created_at))
                 .mappings()
@@ -245,7 +247,7 @@ class EndpointStore:
             )
 
     def template(self, template_id: str, account_id: str) -> RowMapping | None:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return (
                 conn.execute(select(templates).where(T.id == template_id, T.account_id == account_id))
                 .mappings()
@@ -272,7 +274,7 @@ class EndpointStore:
             )
 
     def volumes(self, account_id: str) -> Sequence[RowMapping]:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return (
                 conn.execute(
                     select(volumes)
@@ -284,7 +286,7 @@ class EndpointStore:
             )
 
     def volume(self, volume_id: str, account_id: str) -> RowMapping | None:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return (
                 conn.execute(
                     select(volumes).where(

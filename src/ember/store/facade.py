@@ -30,7 +30,7 @@ class Store:
         self, endpoint_id: str, worker_id: str, limit: int, now: float, *, mark_running: bool
     ) -> Sequence[Claimed]:
         """Claim up to `limit` jobs for a worker and, when it got some, make it RUNNING: one transaction."""
-        with self.db.engine.begin() as conn:
+        with self.jobs.engine.begin() as conn:
             claimed = self.jobs.claim(endpoint_id, worker_id, limit, now, conn=conn)
             if claimed and mark_running:
                 self.workers.transition(
@@ -56,7 +56,7 @@ class Store:
         retention_sync_s: float,
     ) -> str:
         """Record a job's result and, when the worker holds nothing more, make it IDLE: one transaction."""
-        with self.db.engine.begin() as conn:
+        with self.jobs.engine.begin() as conn:
             outcome = self.jobs.finish(
                 job_id,
                 worker_id,

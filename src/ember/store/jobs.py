@@ -8,11 +8,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, insert, select, update
+from sqlalchemy import and_, bindparam, case, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from ember.core.jobs import TERMINAL, JobState, sources
-from ember.store.db import transaction
+from ember.store.db import transaction, writer
 from ember.store.schema import job_stream, jobs
 
 J = jobs.c
@@ -52,16 +52,49 @@ class QueueStats:
     in_progress: int
 
 
+def _claim_statement(pg: bool) -> Any:
+    """Hand up to :p_limit queued jobs of :p_endpoint to :p_worker: normal priority first, then oldest
+    first. A CTE is evaluated once (PostgreSQL may re-run an IN-subquery and so exceed the LIMIT)."""
+    pick = (
+        select(J.id)
+        .where(J.endpoint_id == bindparam("p_endpoint"), J.state == JobState.IN_QUEUE.value)
+        .order_by(J.low_priority, J.created_at)
+        .limit(bindparam("p_limit"))
+    )
+    if pg:
+        pick = pick.with_for_update(skip_locked=True)
+    picked = pick.cte("picked")
+    return (
+        update(jobs)
+        .where(J.id == picked.c.id, J.state == JobState.IN_QUEUE.value)
+        .values(
+            state=JobState.IN_PROGRESS.value,
+            worker_id=bindparam("p_worker"),
+            started_at=bindparam("p_now"),
+            deadline_at=J.execution_timeout_ms / 1000.0 + bindparam("p_now"),
+        )
+        .returning(J.id, J.input, J.extra, J.low_priority, J.created_at)
+    )
+
+
 class JobStore:
     def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+        self.engine = writer(engine)
+        self.reader = engine
         self.pg = engine.dialect.name == "postgresql"
+        # The hot statements are built once, with bound parameters: building them per call costs more
+        # than running them.
+        self._insert = insert(jobs)
+        self._claim = _claim_statement(self.pg)
+        self._get = select(jobs).where(J.id == bindparam("id"))
 
     # ---- client side -------------------------------------------------------------------------------
     def submit(self, job: NewJob, now: float) -> None:
+        """Queue a job; committed (on disk) when this returns."""
         with self.engine.begin() as conn:
             conn.execute(
-                insert(jobs).values(
+                self._insert,
+                dict(
                     id=job.id,
                     endpoint_id=job.endpoint_id,
                     account_id=job.account_id,
@@ -75,19 +108,21 @@ class JobStore:
                     created_at=now,
                     expires_at=now + job.ttl_ms / 1000.0,
                     webhook_state="PENDING" if job.webhook else None,
-                )
+                ),
             )
 
     def get(
         self, job_id: str, account_id: str | None = None, endpoint_id: str | None = None
     ) -> RowMapping | None:
-        q = select(jobs).where(J.id == job_id)
-        if account_id is not None:
-            q = q.where(J.account_id == account_id)
-        if endpoint_id is not None:
-            q = q.where(J.endpoint_id == endpoint_id)
-        with self.engine.connect() as conn:
-            return conn.execute(q).mappings().first()
+        with self.reader.connect() as conn:
+            row = conn.execute(self._get, {"id": job_id}).mappings().first()
+        if row is None:
+            return None
+        if (account_id is not None and row["account_id"] != account_id) or (
+            endpoint_id is not None and row["endpoint_id"] != endpoint_id
+        ):
+            return None
+        return row
 
     def list(
         self, account_id: str, endpoint_id: str | None = None, state: str | None = None, limit: int = 100
@@ -98,7 +133,7 @@ class JobStore:
         if state:
             q = q.where(J.state == state)
         q = q.order_by(J.created_at.desc()).limit(limit)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return conn.execute(q).mappings().all()
 
     def cancel(
@@ -215,7 +250,7 @@ class JobStore:
             return job, [c.output for c in chunks]
 
     def counts(self, endpoint_id: str) -> dict[str, int]:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(
                 select(J.state, func.count()).where(J.endpoint_id == endpoint_id).group_by(J.state)
             ).all()
@@ -232,29 +267,9 @@ class JobStore:
     ) -> Sequence[Claimed]:
         """Hand up to `limit` queued jobs to `worker_id` in one statement: normal priority first, then
         oldest first. Concurrent claimers never get the same job."""
-        pick = (
-            select(J.id)
-            .where(J.endpoint_id == endpoint_id, J.state == JobState.IN_QUEUE.value)
-            .order_by(J.low_priority, J.created_at)
-            .limit(limit)
-        )
-        if self.pg:
-            pick = pick.with_for_update(skip_locked=True)
-        # A CTE is evaluated once; PostgreSQL may re-run an IN-subquery and so exceed the LIMIT.
-        picked = pick.cte("picked")
-        stmt = (
-            update(jobs)
-            .where(J.id == picked.c.id, J.state == JobState.IN_QUEUE.value)
-            .values(
-                state=JobState.IN_PROGRESS.value,
-                worker_id=worker_id,
-                started_at=now,
-                deadline_at=J.execution_timeout_ms / 1000.0 + now,
-            )
-            .returning(J.id, J.input, J.extra, J.low_priority, J.created_at)
-        )
+        params = {"p_endpoint": endpoint_id, "p_worker": worker_id, "p_limit": limit, "p_now": now}
         with transaction(self.engine, conn) as tx:
-            rows = tx.execute(stmt).all()
+            rows = tx.execute(self._claim, params).all()
         ordered = sorted(rows, key=lambda r: (r.low_priority, r.created_at))
         return [Claimed(r.id, r.input, r.extra) for r in ordered]
 
@@ -325,7 +340,7 @@ class JobStore:
         return "final" if row.state in FINAL_VALUES else "not_held"
 
     def held_by(self, worker_id: str) -> Sequence[str]:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return list(
                 conn.execute(
                     select(J.id).where(J.worker_id == worker_id, J.state == JobState.IN_PROGRESS.value)
@@ -360,12 +375,12 @@ class JobStore:
             .where(J.state.in_([JobState.IN_QUEUE.value, JobState.IN_PROGRESS.value]))
             .group_by(J.endpoint_id)
         )
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(q).all()
         return {r[0]: QueueStats(int(r[1] or 0), int(r[2] or 0), r[3], int(r[4] or 0)) for r in rows}
 
     def in_progress_by_worker(self) -> dict[str, int]:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(
                 select(J.worker_id, func.count())
                 .where(J.state == JobState.IN_PROGRESS.value)
@@ -493,7 +508,7 @@ class JobStore:
             return again, fail
 
     def webhooks_due(self, now: float, limit: int = 100) -> Sequence[RowMapping]:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return (
                 conn.execute(
                     select(jobs)

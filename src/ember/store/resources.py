@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.engine import Engine, RowMapping
 
+from ember.store.db import writer
 from ember.store.schema import accounts, ledger, meter_cursors, volumes
 
 A = accounts.c
@@ -33,12 +34,13 @@ class VolumeCharge:
 
 class ResourceStore:
     def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+        self.engine = writer(engine)
+        self.reader = engine
 
     # ---- secrets ---------------------------------------------------------------------------------
     def secrets(self, account_id: str) -> dict[str, str]:
         """The account's secrets (name -> value); {} for an unknown account or an unreadable column."""
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             raw = conn.execute(select(A.secrets).where(A.id == account_id)).scalar_one_or_none()
         try:
             data = json.loads(raw or "{}")
@@ -75,7 +77,7 @@ class ResourceStore:
             .select_from(volumes.outerjoin(meter_cursors, M.worker_id == V.id))
             .where(or_(V.deleted_at.is_(None), M.metered_until.is_(None), M.metered_until < V.deleted_at))
         )
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(q).mappings().all()
         return [(r, r["metered_until"], int(r["carry_ms"] or 0)) for r in rows]
 
@@ -123,5 +125,5 @@ class ResourceStore:
             .where(L.kind == "volume", L.worker_id.in_(list(volume_ids)))
             .group_by(L.worker_id)
         )
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return {r[0]: (int(r[1] or 0), int(r[2] or 0)) for r in conn.execute(q).all()}

@@ -6,19 +6,49 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from ember.core.workers import WorkerState, sources
-from ember.store.db import transaction
+from ember.store.db import transaction, writer
 from ember.store.schema import jobs, meter_cursors, worker_events, workers
 
 W = workers.c
 
 
+SETTLED = "finished its jobs"
+
+
+def _settle_statement() -> Any:
+    """RUNNING -> IDLE for worker :p_id at :p_now, only while it holds no IN_PROGRESS job."""
+    held = (
+        select(func.count())
+        .select_from(jobs)
+        .where(jobs.c.worker_id == bindparam("p_id"), jobs.c.state == "IN_PROGRESS")
+        .scalar_subquery()
+    )
+    return (
+        update(workers)
+        .where(W.id == bindparam("p_id"), W.state == WorkerState.RUNNING.value, held == 0)
+        .values(
+            state=WorkerState.IDLE.value,
+            state_since=bindparam("p_now"),
+            idle_since=bindparam("p_now"),
+            reason=SETTLED,
+        )
+        .returning(W.endpoint_id, W.account_id)
+    )
+
+
 class WorkerStore:
     def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+        self.engine = writer(engine)
+        self.reader = engine
+        # Hot statements, built once with bound parameters.
+        self._get = select(workers).where(W.id == bindparam("p_id"))
+        self._current = select(W.state, W.endpoint_id, W.account_id).where(W.id == bindparam("p_id"))
+        self._event = insert(worker_events)
+        self._settle = _settle_statement()
 
     def create(
         self,
@@ -82,7 +112,7 @@ class WorkerStore:
         when the transition was not legal (or the worker is unknown); nothing changes then."""
         allowed = [s.value for s in (only_from if only_from is not None else sources(to)) if s in sources(to)]
         with transaction(self.engine, conn) as tx:
-            row = tx.execute(select(W.state, W.endpoint_id, W.account_id).where(W.id == worker_id)).first()
+            row = tx.execute(self._current, {"p_id": worker_id}).first()
             if row is None or row.state not in allowed:
                 return None
             res = tx.execute(
@@ -93,7 +123,8 @@ class WorkerStore:
             if not res.rowcount:
                 return None
             tx.execute(
-                insert(worker_events).values(
+                self._event,
+                dict(
                     worker_id=worker_id,
                     endpoint_id=row.endpoint_id,
                     account_id=row.account_id,
@@ -101,39 +132,27 @@ class WorkerStore:
                     to_state=to.value,
                     at=now,
                     reason=reason,
-                )
+                ),
             )
             return str(row.state)
 
     def settle_if_idle(self, worker_id: str, now: float, conn: Connection | None = None) -> bool:
         """RUNNING -> IDLE when the worker holds no IN_PROGRESS job any more (one transaction)."""
-        held = (
-            select(func.count())
-            .select_from(jobs)
-            .where(jobs.c.worker_id == worker_id, jobs.c.state == "IN_PROGRESS")
-            .scalar_subquery()
-        )
         with transaction(self.engine, conn) as tx:
-            row = tx.execute(
-                update(workers)
-                .where(W.id == worker_id, W.state == WorkerState.RUNNING.value, held == 0)
-                .values(
-                    state=WorkerState.IDLE.value, state_since=now, idle_since=now, reason="finished its jobs"
-                )
-                .returning(W.endpoint_id, W.account_id)
-            ).first()
+            row = tx.execute(self._settle, {"p_id": worker_id, "p_now": now}).first()
             if row is None:
                 return False
             tx.execute(
-                insert(worker_events).values(
+                self._event,
+                dict(
                     worker_id=worker_id,
                     endpoint_id=row.endpoint_id,
                     account_id=row.account_id,
                     from_state=WorkerState.RUNNING.value,
                     to_state=WorkerState.IDLE.value,
                     at=now,
-                    reason="finished its jobs",
-                )
+                    reason=SETTLED,
+                ),
             )
             return True
 
@@ -142,11 +161,11 @@ class WorkerStore:
             conn.execute(update(workers).where(W.id == worker_id).values(**values))
 
     def get(self, worker_id: str, account_id: str | None = None) -> RowMapping | None:
-        q = select(workers).where(W.id == worker_id)
-        if account_id is not None:
-            q = q.where(W.account_id == account_id)
-        with self.engine.connect() as conn:
-            return conn.execute(q).mappings().first()
+        with self.reader.connect() as conn:
+            row = conn.execute(self._get, {"p_id": worker_id}).mappings().first()
+        if row is None or (account_id is not None and row["account_id"] != account_id):
+            return None
+        return row
 
     def list(
         self, *, endpoint_id: str | None = None, account_id: str | None = None, include_stopped: bool = False
@@ -158,11 +177,11 @@ class WorkerStore:
             q = q.where(W.account_id == account_id)
         if not include_stopped:
             q = q.where(W.state != WorkerState.STOPPED.value)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return conn.execute(q.order_by(W.created_at)).mappings().all()
 
     def count_live_by_account(self) -> dict[str, int]:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(
                 select(W.account_id, func.count())
                 .where(W.state != WorkerState.STOPPED.value)
@@ -184,7 +203,7 @@ class WorkerStore:
                 )
             )
         )
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(q).mappings().all()
         return [(r, r["metered_until"], int(r["carry_ms"] or 0)) for r in rows]
 
@@ -205,7 +224,7 @@ class WorkerStore:
                 )
 
     def history(self, worker_id: str) -> Sequence[RowMapping]:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return (
                 conn.execute(
                     select(worker_events)
@@ -217,7 +236,7 @@ class WorkerStore:
             )
 
     def events_since(self, worker_id: str, since_at: float) -> Sequence[RowMapping]:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return (
                 conn.execute(
                     select(worker_events)
