@@ -88,10 +88,7 @@ def wait_final(server: LiveServer, endpoint_id: str, job_id: str, timeout_s: flo
 
 def worker_key(server: LiveServer, worker_id: str) -> str:
     """A worker's own key, read from its process environment (as the worker sees it)."""
-    meta = json.loads((server.home / "runtime" / "workers" / worker_id / "meta.json").read_text())
-    environ = Path(f"/proc/{meta['pid']}/environ").read_bytes().split(b"\0")
-    values = dict(e.decode().split("=", 1) for e in environ if b"=" in e)
-    return values["RUNPOD_AI_API_KEY"]
+    return server.worker_key(worker_id)
 
 
 def post_raw(server: LiveServer, path: str, body: bytes, key: str | None = None) -> httpx.Response:

@@ -180,10 +180,7 @@ def _worker(server: LiveServer, endpoint_id: str) -> tuple[str, str]:
         what="a ready worker",
     )
     wid = workers[0]["id"]
-    meta = json.loads((server.home / "runtime" / "workers" / wid / "meta.json").read_text())
-    environ = Path(f"/proc/{meta['pid']}/environ").read_bytes().split(b"\0")
-    env = dict(e.decode().split("=", 1) for e in environ if b"=" in e)
-    return wid, env["RUNPOD_AI_API_KEY"]
+    return wid, server.worker_key(wid)
 
 
 def test_a_worker_reporting_a_job_it_does_not_hold_gets_a_clear_4xx(

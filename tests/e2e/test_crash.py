@@ -4,7 +4,6 @@ whose success the server accepted runs again."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -34,8 +33,7 @@ def _status(server: LiveServer, endpoint_id: str, job_id: str) -> dict[str, Any]
 
 
 def _pid(server: LiveServer, worker_id: str) -> int:
-    meta = json.loads((server.home / "runtime" / "workers" / worker_id / "meta.json").read_text())
-    return int(meta["pid"])
+    return server.worker_pid(worker_id)
 
 
 def _alive(pid: int) -> bool:

@@ -4,9 +4,7 @@ worker routes."""
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -123,9 +121,7 @@ def test_a_user_key_cannot_use_admin_routes(server: LiveServer, world: dict[str,
 
 
 def _worker_key(server: LiveServer, worker_id: str) -> str:
-    meta = json.loads((server.home / "runtime" / "workers" / worker_id / "meta.json").read_text())
-    environ = Path(f"/proc/{meta['pid']}/environ").read_bytes().split(b"\0")
-    return dict(e.decode().split("=", 1) for e in environ if b"=" in e)["RUNPOD_AI_API_KEY"]
+    return server.worker_key(worker_id)
 
 
 def test_a_worker_key_reaches_only_its_own_endpoint_s_worker_routes(

@@ -4,6 +4,7 @@ conditions, SIGKILL and restart it."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -119,13 +120,25 @@ class LiveServer:
             return
         for meta in runtime.glob("*/meta.json"):
             try:
-                import json
-
                 pid = json.loads(meta.read_text()).get("pid")
                 if pid:
                     os.killpg(pid, signal.SIGKILL)
             except (OSError, ValueError):
                 pass
+
+    def worker_pid(self, worker_id: str) -> int:
+        """The pid of a local-process worker, from its backend's meta file."""
+        meta = json.loads((self.home / "runtime" / "workers" / worker_id / "meta.json").read_text())
+        return int(meta["pid"])
+
+    def worker_env(self, worker_id: str) -> dict[str, str]:
+        """A local-process worker's environment, as the worker sees it."""
+        environ = Path(f"/proc/{self.worker_pid(worker_id)}/environ").read_bytes().split(b"\0")
+        return dict(e.decode().split("=", 1) for e in environ if b"=" in e)
+
+    def worker_key(self, worker_id: str) -> str:
+        """A worker's own key (RUNPOD_AI_API_KEY), read from its process environment."""
+        return self.worker_env(worker_id)["RUNPOD_AI_API_KEY"]
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-20000:] if self.log_path.exists() else ""
