@@ -187,7 +187,12 @@ def create_app(
         launch,
         preparer=preparer,
     )
-    reaper = Reaper(store, clock, signals, ReaperConfig(retention_run_s=limits.retention_run_s))
+    reaper = Reaper(
+        store,
+        clock,
+        signals,
+        ReaperConfig(retention_run_s=limits.retention_run_s, webhook_retry_s=settings.webhook_retry_s),
+    )
     meter = Meter(
         store,
         clock,

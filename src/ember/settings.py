@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     lost_worker_requeues: int = 1
     # Unhealthy workers restart after backoff_base_s, doubling up to an hour, for up to 7 days.
     backoff_base_s: float = 10.0
+    # A webhook that fails is tried again this long after, up to 3 attempts in all (as RunPod does).
+    webhook_retry_s: float = 10.0
     hf_endpoint: str | None = None
     model_cache_budget_gb: float = 200.0
     # Network volumes: price per GB and month of provisioned size (dollars); bytes in one "GB" on
