@@ -15,7 +15,7 @@ from rich.console import Console
 
 from ember.settings import Settings
 
-console = Console()
+console = Console(soft_wrap=True)  # the curl line must stay copy-pastable
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hello"
 
 
@@ -43,6 +43,8 @@ def _serve(settings: Settings, *, example: bool) -> None:
         level=os.environ.get("EMBER_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    for noisy in ("httpx", "alembic.runtime.migration"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     app = create_app(settings)
     new_key = app.state.new_admin_key
     config = uvicorn.Config(
