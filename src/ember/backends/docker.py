@@ -168,14 +168,35 @@ class DockerBackend:
                 report(worker_id, status)
 
     def _run(self, client: Any, spec: LaunchSpec) -> None:
-        existing = self._find(client, spec.worker_id)
-        if existing is not None:
-            if existing.status in ("running", "created", "restarting"):
-                return
-            existing.remove(force=True)  # an exited worker of the same id: start afresh
+        """Create and start the worker's container in as few engine calls as a cold start allows: the
+        image is looked up (and pulled) only when the engine says it is missing, and an existing
+        container of the same worker id only when the name is taken."""
         if not spec.image:
             raise BackendError(f"docker: worker {spec.worker_id} has no image to run")
-        self._ensure_image(client, spec.worker_id, spec.image, spec.registry_auth)
+        for _attempt in range(3):  # bounded: a name conflict or a missing image each cost one retry
+            try:
+                container_id = self._create(client, spec)
+            except docker.errors.ImageNotFound:
+                self._ensure_image(client, spec.worker_id, spec.image, spec.registry_auth)
+                continue
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:
+                    raise
+                existing = self._find(client, spec.worker_id)
+                if existing is None:
+                    continue  # removed meanwhile: try again
+                if existing.status in ("running", "restarting"):
+                    return  # already running (or a concurrent launch of the same worker won the name)
+                if existing.status == "created":
+                    container_id = existing.id  # created but never started (e.g. a crash in between)
+                else:
+                    existing.remove(force=True)  # an exited worker of the same id: start afresh
+                    continue
+            client.api.start(container_id)
+            return
+        raise BackendError(f"docker: could not create the container of worker {spec.worker_id}")
+
+    def _create(self, client: Any, spec: LaunchSpec) -> str:
         env = dict(spec.env)
         device_requests = []
         if spec.real_gpus:
@@ -198,23 +219,21 @@ class DockerBackend:
         if self._instance:
             labels[LABEL_INSTANCE] = self._instance
         mounts = [Mount(m.target, m.source, type="bind", read_only=m.read_only) for m in spec.mounts]
-        try:
-            client.containers.run(
-                spec.image,
-                command=spec.command,
-                name=container_name(spec.worker_id),
-                labels=labels,
-                environment=env,
-                network_mode="host" if self._host_network else None,
-                mounts=mounts,
-                device_requests=device_requests or None,
-                init=True,
-                detach=True,
-            )
-        except docker.errors.APIError as exc:
-            if exc.status_code == 409 and self._find(client, spec.worker_id) is not None:
-                return  # a concurrent launch of the same worker won the name
-            raise
+        host_config = client.api.create_host_config(
+            network_mode="host" if self._host_network else None,
+            mounts=mounts or None,
+            device_requests=device_requests or None,
+            init=True,
+        )
+        created = client.api.create_container(
+            spec.image,
+            command=spec.command,
+            name=container_name(spec.worker_id),
+            labels=labels,
+            environment=env,
+            host_config=host_config,
+        )
+        return str(created["Id"])
 
     async def launch(self, spec: LaunchSpec) -> None:
         """Pull the image if missing, then start the container; a running worker id is a no-op."""
