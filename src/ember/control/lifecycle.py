@@ -84,12 +84,17 @@ class Lifecycle:
         self.preparer = preparer
         self._busy_ops: dict[str, asyncio.Task[None]] = {}  # worker id -> launch/stop in flight
         self._stuck_since: dict[str, float] = {}
+        # When this control plane's first tick ran: workers cannot ping a control plane that is down, so
+        # their silence counts from here at the earliest (a restart adopts them instead of failing them).
+        self._started_at: float | None = None
         self._acted = 0  # bumped by every step that changes the store
 
     # ---- the tick ------------------------------------------------------------------------------------
     async def tick(self) -> None:
         """Health, then scaling and planning, then placement; each step sees what the previous one
         changed (the snapshot is taken again only when a step acted)."""
+        if self._started_at is None:
+            self._started_at = self.clock.now()
         snap = await self._snapshot()
         acted = self._acted
         await self._health(snap)
@@ -161,6 +166,8 @@ class Lifecycle:
                 ping = None  # from this worker id's previous run: it was restarted since
             if ping is not None and (last_seen is None or ping[0] > last_seen):
                 last_seen = ping[0]
+            if last_seen is not None and self._started_at is not None:
+                last_seen = max(last_seen, self._started_at)
             why = is_lost(
                 last_seen_at=last_seen,
                 launched_at=w["launched_at"] or w["state_since"],
