@@ -175,7 +175,7 @@ def test_init_build_push_deploy_image_then_runsync_logs_and_exec(
     docker_client.images.remove(ref)  # the worker has to pull it from the registry
 
     record = json.loads(
-        ok(ember(server, "deploy", "--image", ref, "--name", "demo", "--workers-max", "1", "--json"))
+        ok(ember(server, "deploy", "--image", ref, "--name", "demo", "--idle-timeout", "120", "--json"))
     )
     assert record["imageName"] == ref and record["release"] == 1
     result = runsync(server, record["id"], {"name": "Ada"})
