@@ -3,7 +3,6 @@ reports, no new job is taken, exit 0), and a result survives a control-plane res
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from pathlib import Path
@@ -41,11 +40,6 @@ def _status(server: LiveServer, endpoint_id: str, job_id: str) -> dict[str, Any]
     return resp.json()  # type: ignore[no-any-return]
 
 
-def _pid(server: LiveServer, worker_id: str) -> int:
-    meta = json.loads((server.home / "runtime" / "workers" / worker_id / "meta.json").read_text())
-    return int(meta["pid"])
-
-
 def _worker_log(server: LiveServer, worker_id: str) -> str:
     path = server.home / "runtime" / "logs" / f"{worker_id}.log"
     return path.read_text(errors="replace") if path.exists() else ""
@@ -53,7 +47,7 @@ def _worker_log(server: LiveServer, worker_id: str) -> str:
 
 def test_sigterm_drains_the_held_job_takes_no_new_one_and_exits_0(server: LiveServer, tmp_path: Path) -> None:
     endpoint_id, worker = _deploy_slow(server, tmp_path, "drain")
-    pid = _pid(server, worker["id"])
+    pid = server.worker_pid(worker["id"])
     held = _run(server, endpoint_id, 3)
     wait_for(
         lambda: _status(server, endpoint_id, held)["status"] == "IN_PROGRESS", 30, what="the job to start"
@@ -87,7 +81,7 @@ def test_a_result_posted_while_the_control_plane_is_down_is_retried_until_it_is_
     # so the job can only complete through the worker's retried job-done.
     with live_server(tmp_path / "home", env={"EMBER_PING_TIMEOUT_S": "60"}) as server:
         endpoint_id, worker = _deploy_slow(server, tmp_path, "retry")
-        pid = _pid(server, worker["id"])
+        pid = server.worker_pid(worker["id"])
         job = _run(server, endpoint_id, 1)
         wait_for(lambda: _status(server, endpoint_id, job)["status"] == "IN_PROGRESS", 30, what="job start")
         server.kill()
