@@ -57,6 +57,7 @@ class Runtime:
     backends: dict[str, Any] = field(default_factory=dict)  # name -> Backend
     limit_table: Any = None  # core.limits table; None = the default
     extras: dict[str, Any] = field(default_factory=dict)  # optional services: model cache, volumes, builder
+    heard: dict[str, float] = field(default_factory=dict)  # worker id -> when its last_seen_at was written
     _keys: dict[str, tuple[float, KeyInfo | None]] = field(default_factory=dict)
     _endpoints: dict[tuple[str, str], tuple[float, EndpointInfo | None]] = field(default_factory=dict)
 

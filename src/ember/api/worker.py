@@ -43,6 +43,13 @@ async def _mark_seen(rt: Runtime, worker: Any, now: float, *, ready: bool = True
     return worker
 
 
+async def _heard_from(rt: Runtime, worker_id: str, now: float) -> None:
+    """Refresh a worker's last_seen_at, at most once a second, without reading its record."""
+    if now - rt.heard.get(worker_id, 0.0) >= 1.0:
+        rt.heard[worker_id] = now
+        await rt.store.run(rt.store.workers.update, worker_id, last_seen_at=now)
+
+
 async def _worker(request: Request, endpoint_id: str, worker_id: str) -> tuple[Runtime, Any]:
     rt = runtime(request)
     worker_caller(request, endpoint_id, worker_id)
@@ -120,14 +127,17 @@ def _dump(value: Any) -> str:
 
 @router.post("/job-done/{worker_id}/{job_id}", summary="Report a job's result or progress")
 async def job_done(endpoint_id: str, worker_id: str, job_id: str, request: Request) -> Response:
-    rt, worker = await _worker(request, endpoint_id, worker_id)
+    # The worker key names this endpoint and worker (keys die with their worker), so the hot path
+    # needs no worker record: the result statement itself checks that the worker holds the job.
+    rt = runtime(request)
+    worker_caller(request, endpoint_id, worker_id)
     body = await read_json(request, RESULT_LIMIT_BYTES)
     if body is None:
         body = {}
     if not isinstance(body, dict):
         raise InvalidInput("the result must be a JSON object")
     now = rt.clock.now()
-    await _mark_seen(rt, worker, now)
+    await _heard_from(rt, worker_id, now)
     if J.is_progress_update(body):
         await rt.store.run(rt.store.jobs.progress, job_id, worker_id, _dump(body.get("output")))
         return json_response({"status": "ok"})

@@ -54,7 +54,12 @@ class Runner:
             asyncio.create_task(self._loop("reaper", self.reaper.tick, self.intervals.tick_s, None)),
             asyncio.create_task(
                 self._loop(
-                    "webhooks", self.reaper.deliver_webhooks, self.intervals.webhook_s, self.signals.webhooks
+                    "webhooks",
+                    self.reaper.deliver_webhooks,
+                    self.intervals.webhook_s,
+                    self.signals.webhooks,
+                    # Every finished job wakes this loop; gather a burst of them into one look at the store.
+                    debounce_s=0.05,
                 )
             ),
             asyncio.create_task(self._loop("meter", self.meter.tick, self.intervals.meter_s, None)),
@@ -65,7 +70,12 @@ class Runner:
             )
 
     async def _loop(
-        self, name: str, fn: Callable[[], Awaitable[object]], every_s: float, wake: asyncio.Event | None
+        self,
+        name: str,
+        fn: Callable[[], Awaitable[object]],
+        every_s: float,
+        wake: asyncio.Event | None,
+        debounce_s: float = 0.0,
     ) -> None:
         while True:
             try:
@@ -84,6 +94,8 @@ class Runner:
             finally:
                 sleeper.cancel()
                 waiter.cancel()
+            if debounce_s and wake.is_set():
+                await asyncio.sleep(debounce_s)  # real time: a transport matter, not the domain clock
             wake.clear()
 
     async def stop(self) -> None:
