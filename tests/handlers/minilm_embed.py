@@ -114,11 +114,10 @@ class MiniLM:
 def find_model_dir(job_input=None):
     if os.environ.get("EMBER_MODEL_PATH"):
         return os.environ["EMBER_MODEL_PATH"]
-    if job_input and job_input.get("model_dir"):
-        given = Path(job_input["model_dir"])
-        return str(given if given.is_absolute() else Path(VOLUME) / given)
-    if os.environ.get("MINILM_MODEL_DIR"):  # a directory fixed at deploy time (a baked image, a volume path)
-        return os.environ["MINILM_MODEL_DIR"]
+    # A directory named in the job or fixed at deploy time (a baked image); a relative one is on the volume.
+    given = (job_input or {}).get("model_dir") or os.environ.get("MINILM_MODEL_DIR")
+    if given:
+        return str(given if Path(given).is_absolute() else Path(VOLUME) / given)
     try:
         from huggingface_hub import snapshot_download
 
