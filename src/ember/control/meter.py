@@ -74,7 +74,9 @@ class Meter:
     async def tick(self) -> int:
         """Bill everything up to now; returns the number of ledger rows written."""
         now = self.clock.now()
-        return await self.store.run(self._bill, now) + await self.store.run(self._bill_volumes, now)
+        return await self.store.run_background(self._bill, now) + await self.store.run_background(
+            self._bill_volumes, now
+        )
 
     def _bill_volumes(self, now: float) -> int:
         written = 0

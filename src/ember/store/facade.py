@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+import anyio.to_thread
 from sqlalchemy.engine import Engine
 
 from ember.core.jobs import JobState
@@ -81,6 +83,11 @@ class Store:
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call a blocking store method from async code (inline on SQLite, in a thread otherwise)."""
         return await self.db.run(fn, *args, **kwargs)
+
+    async def run_background(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Like `run`, but always in a thread: for long background work (billing) that must not hold up
+        requests. SQLite serialises its writers with BEGIN IMMEDIATE and a busy timeout."""
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
 
     def close(self) -> None:
         self.db.dispose()
