@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.engine import Connection, Engine, RowMapping
+from sqlalchemy.engine import Connection, RowMapping
 
-from ember.store.db import writer
+from ember.store.db import Repository
 from ember.store.schema import accounts, api_keys, ledger
 
 A = accounts.c
@@ -43,11 +43,7 @@ class Charge:
     to_at: float
 
 
-class AccountStore:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = writer(engine)
-        self.reader = engine
-
+class AccountStore(Repository):
     def create(self, *, id: str, name: str, is_admin: bool, balance_micros: int, now: float) -> None:
         with self.engine.begin() as conn:
             conn.execute(
@@ -63,16 +59,13 @@ class AccountStore:
                 )
 
     def get(self, account_id: str) -> RowMapping | None:
-        with self.reader.connect() as conn:
-            return conn.execute(select(accounts).where(A.id == account_id)).mappings().first()
+        return self._one(select(accounts).where(A.id == account_id))
 
     def admin(self) -> RowMapping | None:
-        with self.reader.connect() as conn:
-            return conn.execute(select(accounts).where(A.is_admin.is_(True))).mappings().first()
+        return self._one(select(accounts).where(A.is_admin.is_(True)))
 
     def all(self) -> Sequence[RowMapping]:
-        with self.reader.connect() as conn:
-            return conn.execute(select(accounts)).mappings().all()
+        return self._all(select(accounts))
 
     def add_key(
         self,
@@ -188,5 +181,4 @@ class AccountStore:
         if to_at is not None:
             q = q.where(L.from_at < to_at)
         q = q.group_by(L.worker_id, L.endpoint_id, L.state, L.worker_type, L.gpu_type).order_by(L.worker_id)
-        with self.reader.connect() as conn:
-            return conn.execute(q).mappings().all()
+        return self._all(q)

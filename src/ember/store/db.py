@@ -7,7 +7,7 @@ sent to a thread pool by `Database.run` so the event loop never blocks on the ne
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,7 +16,7 @@ import anyio.to_thread
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, RowMapping
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
@@ -65,6 +65,23 @@ def make_engine(url: str) -> Engine:
 def writer(engine: Engine) -> Engine:
     """The engine that repositories write through (`begin()`); `connect()` on the plain one reads."""
     return engine.execution_options(ember_write=True)
+
+
+class Repository:
+    """Base of the store's repositories: writes go through `self.engine.begin()` (the writer), reads
+    through `_all` / `_one` on the plain engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = writer(engine)
+        self.reader = engine
+
+    def _all(self, query: Any, params: dict[str, Any] | None = None) -> Sequence[RowMapping]:
+        with self.reader.connect() as conn:
+            return conn.execute(query, params).mappings().all()
+
+    def _one(self, query: Any, params: dict[str, Any] | None = None) -> RowMapping | None:
+        with self.reader.connect() as conn:
+            return conn.execute(query, params).mappings().first()
 
 
 def migrate(engine: Engine) -> None:

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, insert, or_, select, update
-from sqlalchemy.engine import Engine, RowMapping
+from sqlalchemy.engine import RowMapping
 
-from ember.store.db import writer
+from ember.store.db import Repository
 from ember.store.schema import endpoints, releases, templates, volumes
 
 E = endpoints.c
@@ -18,11 +18,7 @@ T = templates.c
 V = volumes.c
 
 
-class EndpointStore:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = writer(engine)
-        self.reader = engine
-
+class EndpointStore(Repository):
     # ---- endpoints ---------------------------------------------------------------------------------
     def create(
         self,
@@ -142,8 +138,7 @@ class EndpointStore:
             .where(R.status == "BUILDING", E.deleted_at.is_(None))
             .order_by(R.created_at, R.number)
         )
-        with self.reader.connect() as conn:
-            return conn.execute(q).mappings().all()
+        return self._all(q)
 
     def set_scaling(
         self,
@@ -186,8 +181,7 @@ class EndpointStore:
         q = select(endpoints).where(E.deleted_at.is_(None))
         if account_id is not None:
             q = q.where(E.account_id == account_id)
-        with self.reader.connect() as conn:
-            return conn.execute(q.order_by(E.created_at)).mappings().all()
+        return self._all(q.order_by(E.created_at))
 
     def delete(self, endpoint_id: str, now: float) -> None:
         with self.engine.begin() as conn:
@@ -195,20 +189,10 @@ class EndpointStore:
 
     # ---- releases ----------------------------------------------------------------------------------
     def releases(self, endpoint_id: str) -> Sequence[RowMapping]:
-        with self.reader.connect() as conn:
-            return (
-                conn.execute(select(releases).where(R.endpoint_id == endpoint_id).order_by(R.number))
-                .mappings()
-                .all()
-            )
+        return self._all(select(releases).where(R.endpoint_id == endpoint_id).order_by(R.number))
 
     def release(self, endpoint_id: str, number: int) -> RowMapping | None:
-        with self.reader.connect() as conn:
-            return (
-                conn.execute(select(releases).where(R.endpoint_id == endpoint_id, R.number == number))
-                .mappings()
-                .first()
-            )
+        return self._one(select(releases).where(R.endpoint_id == endpoint_id, R.number == number))
 
     def add_release(self, endpoint_id: str, spec_json: str, status: str, now: float) -> int:
         with self.engine.begin() as conn:
@@ -239,20 +223,10 @@ class EndpointStore:
             )
 
     def templates(self, account_id: str) -> Sequence[RowMapping]:
-        with self.reader.connect() as conn:
-            return (
-                conn.execute(select(templates).where(T.account_id == account_id).order_by(T.created_at))
-                .mappings()
-                .all()
-            )
+        return self._all(select(templates).where(T.account_id == account_id).order_by(T.created_at))
 
     def template(self, template_id: str, account_id: str) -> RowMapping | None:
-        with self.reader.connect() as conn:
-            return (
-                conn.execute(select(templates).where(T.id == template_id, T.account_id == account_id))
-                .mappings()
-                .first()
-            )
+        return self._one(select(templates).where(T.id == template_id, T.account_id == account_id))
 
     def update_template(self, template_id: str, name: str, data: dict[str, Any]) -> None:
         with self.engine.begin() as conn:
@@ -274,28 +248,14 @@ class EndpointStore:
             )
 
     def volumes(self, account_id: str) -> Sequence[RowMapping]:
-        with self.reader.connect() as conn:
-            return (
-                conn.execute(
-                    select(volumes)
-                    .where(V.account_id == account_id, V.deleted_at.is_(None))
-                    .order_by(V.created_at)
-                )
-                .mappings()
-                .all()
-            )
+        return self._all(
+            select(volumes).where(V.account_id == account_id, V.deleted_at.is_(None)).order_by(V.created_at)
+        )
 
     def volume(self, volume_id: str, account_id: str) -> RowMapping | None:
-        with self.reader.connect() as conn:
-            return (
-                conn.execute(
-                    select(volumes).where(
-                        V.id == volume_id, V.account_id == account_id, V.deleted_at.is_(None)
-                    )
-                )
-                .mappings()
-                .first()
-            )
+        return self._one(
+            select(volumes).where(V.id == volume_id, V.account_id == account_id, V.deleted_at.is_(None))
+        )
 
     def resize_volume(self, volume_id: str, size_gb: int) -> None:
         with self.engine.begin() as conn:

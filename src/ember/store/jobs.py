@@ -12,7 +12,7 @@ from sqlalchemy import and_, bindparam, case, delete, func, insert, select, upda
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from ember.core.jobs import TERMINAL, JobState, sources
-from ember.store.db import transaction, writer
+from ember.store.db import Repository, transaction
 from ember.store.schema import job_stream, jobs
 
 J = jobs.c
@@ -77,16 +77,32 @@ def _claim_statement(pg: bool) -> Any:
     )
 
 
-class JobStore:
+class JobStore(Repository):
     def __init__(self, engine: Engine) -> None:
-        self.engine = writer(engine)
-        self.reader = engine
+        super().__init__(engine)
         self.pg = engine.dialect.name == "postgresql"
         # The hot statements are built once, with bound parameters: building them per call costs more
         # than running them.
         self._insert = insert(jobs)
         self._claim = _claim_statement(self.pg)
         self._get = select(jobs).where(J.id == bindparam("id"))
+        self._state_of = select(J.state, J.worker_id).where(J.id == bindparam("id"))
+        self._finish = (
+            update(jobs)
+            .where(
+                J.id == bindparam("p_id"),
+                J.worker_id == bindparam("p_worker"),
+                J.state == JobState.IN_PROGRESS.value,
+            )
+            .values(
+                state=bindparam("p_state"),
+                output=bindparam("p_output"),
+                error=bindparam("p_error"),
+                completed_at=bindparam("p_now"),
+                purge_at=case((J.is_sync, bindparam("p_purge_sync")), else_=bindparam("p_purge_run")),
+                webhook_next_at=bindparam("p_now"),
+            )
+        )
 
     # ---- client side -------------------------------------------------------------------------------
     def submit(self, job: NewJob, now: float) -> None:
@@ -133,8 +149,7 @@ class JobStore:
         if state:
             q = q.where(J.state == state)
         q = q.order_by(J.created_at.desc()).limit(limit)
-        with self.reader.connect() as conn:
-            return conn.execute(q).mappings().all()
+        return self._all(q)
 
     def cancel(
         self, job_id: str, account_id: str, endpoint_id: str, now: float, retention_s: float
@@ -296,27 +311,23 @@ class JobStore:
     ) -> str:
         """Record a final result. Returns "done", "final" (already final: ignored, idempotent),
         "not_held" (the job is in progress on another worker or queued) or "unknown"."""
+        if JobState.IN_PROGRESS not in sources(state):
+            raise ValueError(f"{state} is not a result state")
+        params = {
+            "p_id": job_id,
+            "p_worker": worker_id,
+            "p_state": state.value,
+            "p_output": output_json,
+            "p_error": error,
+            "p_now": now,
+            "p_purge_sync": now + retention_sync_s,
+            "p_purge_run": now + retention_run_s,
+        }
         with transaction(self.engine, conn) as tx:
-            res = tx.execute(
-                update(jobs)
-                .where(
-                    J.id == job_id,
-                    J.worker_id == worker_id,
-                    J.state.in_(_src(state)),
-                    J.state == JobState.IN_PROGRESS.value,
-                )
-                .values(
-                    state=state.value,
-                    output=output_json,
-                    error=error,
-                    completed_at=now,
-                    purge_at=case((J.is_sync, now + retention_sync_s), else_=now + retention_run_s),
-                    webhook_next_at=now,
-                )
-            )
+            res = tx.execute(self._finish, params)
             if res.rowcount:
                 return "done"
-            row = tx.execute(select(J.state, J.worker_id).where(J.id == job_id)).first()
+            row = tx.execute(self._state_of, {"id": job_id}).first()
         if row is None:
             return "unknown"
         if row.state in FINAL_VALUES:
@@ -508,16 +519,11 @@ class JobStore:
             return again, fail
 
     def webhooks_due(self, now: float, limit: int = 100) -> Sequence[RowMapping]:
-        with self.reader.connect() as conn:
-            return (
-                conn.execute(
-                    select(jobs)
-                    .where(J.webhook_state == "PENDING", J.state.in_(FINAL_VALUES), J.webhook_next_at <= now)
-                    .limit(limit)
-                )
-                .mappings()
-                .all()
-            )
+        return self._all(
+            select(jobs)
+            .where(J.webhook_state == "PENDING", J.state.in_(FINAL_VALUES), J.webhook_next_at <= now)
+            .limit(limit)
+        )
 
     def webhook_result(
         self, job_id: str, delivered: bool, now: float, retry_after_s: float, max_attempts: int

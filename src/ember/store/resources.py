@@ -9,9 +9,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import func, insert, or_, select, update
-from sqlalchemy.engine import Engine, RowMapping
+from sqlalchemy.engine import RowMapping
 
-from ember.store.db import writer
+from ember.store.db import Repository
 from ember.store.schema import accounts, ledger, meter_cursors, volumes
 
 A = accounts.c
@@ -32,11 +32,7 @@ class VolumeCharge:
     to_at: float
 
 
-class ResourceStore:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = writer(engine)
-        self.reader = engine
-
+class ResourceStore(Repository):
     # ---- secrets ---------------------------------------------------------------------------------
     def secrets(self, account_id: str) -> dict[str, str]:
         """The account's secrets (name -> value); {} for an unknown account or an unreadable column."""

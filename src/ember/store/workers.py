@@ -10,7 +10,7 @@ from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from ember.core.workers import WorkerState, sources
-from ember.store.db import transaction, writer
+from ember.store.db import Repository, transaction
 from ember.store.schema import jobs, meter_cursors, worker_events, workers
 
 W = workers.c
@@ -40,10 +40,9 @@ def _settle_statement() -> Any:
     )
 
 
-class WorkerStore:
+class WorkerStore(Repository):
     def __init__(self, engine: Engine) -> None:
-        self.engine = writer(engine)
-        self.reader = engine
+        super().__init__(engine)
         # Hot statements, built once with bound parameters.
         self._get = select(workers).where(W.id == bindparam("p_id"))
         self._current = select(W.state, W.endpoint_id, W.account_id).where(W.id == bindparam("p_id"))
@@ -177,8 +176,7 @@ class WorkerStore:
             q = q.where(W.account_id == account_id)
         if not include_stopped:
             q = q.where(W.state != WorkerState.STOPPED.value)
-        with self.reader.connect() as conn:
-            return conn.execute(q.order_by(W.created_at)).mappings().all()
+        return self._all(q.order_by(W.created_at))
 
     def count_live_by_account(self) -> dict[str, int]:
         with self.reader.connect() as conn:
@@ -224,25 +222,15 @@ class WorkerStore:
                 )
 
     def history(self, worker_id: str) -> Sequence[RowMapping]:
-        with self.reader.connect() as conn:
-            return (
-                conn.execute(
-                    select(worker_events)
-                    .where(worker_events.c.worker_id == worker_id)
-                    .order_by(worker_events.c.at, worker_events.c.id)
-                )
-                .mappings()
-                .all()
-            )
+        return self._all(
+            select(worker_events)
+            .where(worker_events.c.worker_id == worker_id)
+            .order_by(worker_events.c.at, worker_events.c.id)
+        )
 
     def events_since(self, worker_id: str, since_at: float) -> Sequence[RowMapping]:
-        with self.reader.connect() as conn:
-            return (
-                conn.execute(
-                    select(worker_events)
-                    .where(worker_events.c.worker_id == worker_id, worker_events.c.at >= since_at)
-                    .order_by(worker_events.c.at, worker_events.c.id)
-                )
-                .mappings()
-                .all()
-            )
+        return self._all(
+            select(worker_events)
+            .where(worker_events.c.worker_id == worker_id, worker_events.c.at >= since_at)
+            .order_by(worker_events.c.at, worker_events.c.id)
+        )
