@@ -180,6 +180,9 @@ def test_credentials_are_stored_0600_and_never_shown(tmp_path: Path) -> None:
     credential = store.save("https://ghcr.io/", "bob", "hunter2")
     assert "hunter2" not in repr(credential) and "hunter2" not in str(credential)
     assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
+    assert "hunter2" not in store.path.read_text()  # encrypted at rest
+    assert stat.S_IMODE((store.path.parent / "secret.key").stat().st_mode) == 0o600
+    assert CredentialStore(tmp_path / "home").get("ghcr.io").password == "hunter2"  # a new instance reads it
     assert store.auth_for("ghcr.io/bob/worker:v1") == {
         "username": "bob",
         "password": "hunter2",

@@ -1,4 +1,6 @@
-"""Container-registry credentials (`ember registry login HOST`), kept under the Ember home, mode 0600.
+"""Container-registry credentials (`ember registry login HOST`), kept under the Ember home, mode 0600,
+with each password encrypted (Fernet) by a key of its own in `<home>/secret.key` (also 0600), so the
+credentials file alone (a backup, a copy) reveals no password.
 
 Passwords are never printed: a credential's repr masks them, and nothing here logs them.
 """
@@ -16,11 +18,13 @@ from typing import Any
 
 import docker
 import docker.errors
+from cryptography.fernet import Fernet, InvalidToken
 
 from ember.core.errors import BuildError, InvalidInput
 
 DOCKER_HUB = "docker.io"
 FILE_NAME = "registries.json"
+KEY_NAME = "secret.key"
 
 
 @dataclass(frozen=True)
@@ -80,13 +84,29 @@ class CredentialStore:
                 os.unlink(tmp)
             raise
 
+    def _cipher(self) -> Fernet:
+        key_path = self.path.parent / KEY_NAME
+        try:
+            return Fernet(key_path.read_bytes().strip())
+        except FileNotFoundError:
+            pass
+        key_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first
+            return Fernet(key_path.read_bytes().strip())
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(Fernet.generate_key())
+        return Fernet(key_path.read_bytes().strip())
+
     def save(self, host: str, username: str, password: str) -> RegistryCredential:
-        """Store (or replace) the credential for `host`."""
+        """Store (or replace) the credential for `host`; the password is kept encrypted."""
         host = _normalise_host(host)
         if not host or not username or not password:
             raise InvalidInput("a registry login needs a host, a username and a password")
         data = self._read()
-        data[host] = {"username": username, "password": password}
+        sealed = self._cipher().encrypt(password.encode()).decode()
+        data[host] = {"username": username, "password_encrypted": sealed}
         self._write(data)
         return RegistryCredential(host, username, password)
 
@@ -94,7 +114,14 @@ class CredentialStore:
         entry = self._read().get(_normalise_host(host))
         if not entry:
             return None
-        return RegistryCredential(_normalise_host(host), entry["username"], entry["password"])
+        try:
+            password = self._cipher().decrypt(entry["password_encrypted"].encode()).decode()
+        except (KeyError, InvalidToken):
+            raise InvalidInput(
+                f"the saved login for {host} cannot be read (the key in {self.path.parent / KEY_NAME} "
+                "does not match): run `ember registry login` again"
+            )
+        return RegistryCredential(_normalise_host(host), entry["username"], password)
 
     def remove(self, host: str) -> bool:
         """Forget `host`'s credential; True when there was one."""
