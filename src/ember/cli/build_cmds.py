@@ -7,6 +7,7 @@ EmberError into one line on stderr and exit code 1.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,13 +66,19 @@ def init(
 
 def build(
     directory: Path = typer.Argument(Path("."), help="Build context (the project directory)."),
-    tag: str = typer.Option(..., "--tag", "-t", help="Image reference to tag the build with."),
+    tag: str | None = typer.Option(
+        None,
+        "--tag",
+        "-t",
+        help="Image reference to tag the build with (default: [$EMBER_REGISTRY/]<directory name>:latest).",
+    ),
     dockerfile: str = typer.Option("Dockerfile", "--file", "-f", help="Dockerfile inside the directory."),
     size_budget_gb: float = typer.Option(
         DEFAULT_SIZE_BUDGET_BYTES / 1e9, "--size-budget-gb", help="Warn when the image is bigger."
     ),
 ) -> None:
     """Build the image (streaming the build output), then report its size and what makes it big."""
+    tag = tag or default_tag(directory)
     secrets = {"hf_token": os.environ["HF_TOKEN"]} if os.environ.get("HF_TOKEN") else {}
     console.print(f"[bold]building[/] {tag} from {directory}")
     with _errors_as_exit():
@@ -87,6 +94,13 @@ def build(
         style = "yellow" if line.startswith(("warning:", "advice:")) else None
         console.print(line, style=style, markup=False)
     console.print(f"[green]built[/] {tag}; push it with [bold]ember push {tag}[/]")
+
+
+def default_tag(directory: Path) -> str:
+    """`<directory name>:latest`, under EMBER_REGISTRY when it is set (so `ember push` needs no more)."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", directory.resolve().name.lower()).strip(".-_") or "worker"
+    registry = os.environ.get("EMBER_REGISTRY", "").strip().rstrip("/")
+    return f"{registry}/{name}:latest" if registry else f"{name}:latest"
 
 
 def push(
