@@ -157,6 +157,9 @@ Index("ix_jobs_queue", jobs.c.endpoint_id, jobs.c.state, jobs.c.low_priority, jo
 Index("ix_jobs_worker", jobs.c.worker_id, jobs.c.state)
 Index("ix_jobs_state_deadline", jobs.c.state, jobs.c.deadline_at)
 Index("ix_jobs_webhook", jobs.c.webhook_state, jobs.c.webhook_next_at)
+# The reaper's scans each tick: ttl expiry of open jobs, and purging results past their retention.
+Index("ix_jobs_state_expires", jobs.c.state, jobs.c.expires_at)
+Index("ix_jobs_purge", jobs.c.purge_at)
 
 job_stream = Table(
     "job_stream",
