@@ -10,7 +10,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,9 @@ class RawClient:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
 
-    def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    def request(
+        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
         head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
         for k, v in (headers or {}).items():
             head += f"{k}: {v}\r\n"
@@ -69,7 +70,9 @@ class AsyncRawClient:
         r, w = await asyncio.open_connection("127.0.0.1", port)
         return cls(r, w)
 
-    async def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    async def request(
+        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
         head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
         for k, v in (headers or {}).items():
             head += f"{k}: {v}\r\n"
@@ -99,7 +102,7 @@ def summary(values_s: list[float]) -> dict[str, float]:
     return {"p50_ms": statistics.median(ms), "p99_ms": pct(ms, 0.99), "mean_ms": statistics.fmean(ms)}
 
 
-ECHO_APP = '''
+ECHO_APP = """
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -108,10 +111,11 @@ import json
 
 async def echo(request: Request) -> Response:
     body = json.loads(await request.body())
-    return Response(json.dumps({"id": "x", "status": "COMPLETED", "output": body["input"]}), media_type="application/json")
+    record = {"id": "x", "status": "COMPLETED", "output": body["input"]}
+    return Response(json.dumps(record), media_type="application/json")
 
 app = Starlette(routes=[Route("/echo", echo, methods=["POST"])])
-'''
+"""
 
 
 class EchoServer:
@@ -122,14 +126,33 @@ class EchoServer:
         self.dir = tempfile.mkdtemp(prefix="ember-echo-")
         Path(self.dir, "echo_app.py").write_text(ECHO_APP)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "echo_app:app", "--port", str(self.port), "--log-level", "warning",
-             "--no-access-log", "--loop", "uvloop", "--http", "httptools"],
-            cwd=self.dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "echo_app:app",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+            ],
+            cwd=self.dir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for(self._up, 20, what="echo server")
 
     def _up(self) -> bool:
         try:
-            return httpx.post(f"http://127.0.0.1:{self.port}/echo", json={"input": 1}, timeout=1).status_code == 200
+            return (
+                httpx.post(f"http://127.0.0.1:{self.port}/echo", json={"input": 1}, timeout=1).status_code
+                == 200
+            )
         except httpx.HTTPError:
             return False
 
@@ -140,8 +163,13 @@ class EchoServer:
 
 def start_ember(extra_env: dict[str, str] | None = None) -> LiveServer:
     home = Path(tempfile.mkdtemp(prefix="ember-bench-"))
-    env = {"EMBER_LOG_LEVEL": "WARNING", "EMBER_TAKE_HOLD_S": "20", "EMBER_PING_INTERVAL_MS": "2000",
-           "EMBER_PING_TIMEOUT_S": "30", "EMBER_TICK_S": "0.5"}
+    env = {
+        "EMBER_LOG_LEVEL": "WARNING",
+        "EMBER_TAKE_HOLD_S": "20",
+        "EMBER_PING_INTERVAL_MS": "2000",
+        "EMBER_PING_TIMEOUT_S": "30",
+        "EMBER_TICK_S": "0.5",
+    }
     env.update(extra_env or {})
     return LiveServer(home, env=env).start()
 
@@ -153,8 +181,11 @@ def handler_source(name: str) -> Path:
 
 
 def wait_idle(server: LiveServer, endpoint_id: str, count: int, timeout_s: float = 60) -> None:
-    wait_for(lambda: sum(1 for w in server.workers(endpoint_id) if w["state"] == "IDLE") >= count, timeout_s,
-             what=f"{count} idle workers")
+    wait_for(
+        lambda: sum(1 for w in server.workers(endpoint_id) if w["state"] == "IDLE") >= count,
+        timeout_s,
+        what=f"{count} idle workers",
+    )
 
 
 def print_table(title: str, rows: list[tuple[str, Any]]) -> None:
@@ -165,5 +196,3 @@ def print_table(title: str, rows: list[tuple[str, Any]]) -> None:
 
 def as_json(data: dict[str, Any]) -> str:
     return json.dumps(data)
-
-
