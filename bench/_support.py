@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -21,6 +23,24 @@ sys.path.insert(0, str(ROOT))
 from tests.support.live import LiveServer, free_port, wait_for  # noqa: E402
 
 
+def encode_request(method: str, path: str, body: bytes, headers: dict[str, str] | None) -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+    for k, v in (headers or {}).items():
+        head += f"{k}: {v}\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+def parse_head(raw_head: bytes) -> tuple[int, int]:
+    """(status code, content length) of a response head."""
+    lines = raw_head.split(b"\r\n")
+    length = 0
+    for line in lines[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length":
+            length = int(v)
+    return int(lines[0].split()[1]), length
+
+
 class RawClient:
     """One keep-alive connection; `request` returns (status, body bytes)."""
 
@@ -32,20 +52,11 @@ class RawClient:
     def request(
         self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
     ) -> tuple[int, bytes]:
-        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
-        for k, v in (headers or {}).items():
-            head += f"{k}: {v}\r\n"
-        self.sock.sendall(head.encode() + b"\r\n" + body)
+        self.sock.sendall(encode_request(method, path, body, headers))
         while b"\r\n\r\n" not in self.buf:
             self.buf += self._recv()
         raw_head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        lines = raw_head.split(b"\r\n")
-        status = int(lines[0].split()[1])
-        length = 0
-        for line in lines[1:]:
-            k, _, v = line.partition(b":")
-            if k.strip().lower() == b"content-length":
-                length = int(v)
+        status, length = parse_head(raw_head)
         while len(self.buf) < length:
             self.buf += self._recv()
         data, self.buf = self.buf[:length], self.buf[length:]
@@ -73,18 +84,9 @@ class AsyncRawClient:
     async def request(
         self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
     ) -> tuple[int, bytes]:
-        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
-        for k, v in (headers or {}).items():
-            head += f"{k}: {v}\r\n"
-        self.writer.write(head.encode() + b"\r\n" + body)
+        self.writer.write(encode_request(method, path, body, headers))
         raw_head = await self.reader.readuntil(b"\r\n\r\n")
-        lines = raw_head.split(b"\r\n")
-        status = int(lines[0].split()[1])
-        length = 0
-        for line in lines[1:]:
-            k, _, v = line.partition(b":")
-            if k.strip().lower() == b"content-length":
-                length = int(v)
+        status, length = parse_head(raw_head)
         data = await self.reader.readexactly(length) if length else b""
         return status, data
 
@@ -196,3 +198,16 @@ def print_table(title: str, rows: list[tuple[str, Any]]) -> None:
 
 def as_json(data: dict[str, Any]) -> str:
     return json.dumps(data)
+
+
+BASE_IMAGE = os.environ.get("EMBER_TEST_BASE_IMAGE", "ember-base:bookworm")
+
+
+def docker_ready() -> str | None:
+    """Why the Docker benchmarks cannot run here, or None."""
+    if shutil.which("docker") is None:
+        return "no docker command"
+    probe = subprocess.run(["docker", "image", "inspect", BASE_IMAGE], capture_output=True, timeout=30)
+    if probe.returncode != 0:
+        return f'base image {BASE_IMAGE} missing or engine down (run `eval "$(bash .ci/services.sh)"`)'
+    return None

@@ -14,21 +14,10 @@ import time
 import uuid
 from pathlib import Path
 
-from _support import ROOT, LiveServer, print_table, wait_for
+from _support import BASE_IMAGE, ROOT, LiveServer, docker_ready, print_table, wait_for
 
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
-BASE_IMAGE = os.environ.get("EMBER_TEST_BASE_IMAGE", "ember-base:bookworm")
 TARGET_RATIO = 1.5
-
-
-def docker_ready() -> str | None:
-    """Why the benchmark cannot run here, or None."""
-    if shutil.which("docker") is None:
-        return "no docker command"
-    probe = subprocess.run(["docker", "image", "inspect", BASE_IMAGE], capture_output=True, timeout=30)
-    if probe.returncode != 0:
-        return f'base image {BASE_IMAGE} missing or engine down (run `eval "$(bash .ci/services.sh)"`)'
-    return None
 
 
 def build_worker_image(tag: str) -> None:

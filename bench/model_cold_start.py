@@ -16,25 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _support import ROOT, LiveServer, handler_source, print_table, wait_for
+from _support import BASE_IMAGE, ROOT, LiveServer, docker_ready, handler_source, print_table, wait_for
 
 from tests.support.fakehub import FakeHub, minilm_files
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
-BASE_IMAGE = os.environ.get("EMBER_TEST_BASE_IMAGE", "ember-base:bookworm")
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 SENTENCE = {"sentence": "A man is eating food."}
 ENV = {"EMBER_LOG_LEVEL": "WARNING", "EMBER_TICK_S": "0.2", "EMBER_PING_INTERVAL_MS": "2000"}
-
-
-def docker_ready() -> str | None:
-    """Why the Docker cases cannot run here, or None."""
-    if shutil.which("docker") is None:
-        return "no docker command"
-    probe = subprocess.run(["docker", "image", "inspect", BASE_IMAGE], capture_output=True, timeout=30)
-    if probe.returncode != 0:
-        return f'base image {BASE_IMAGE} missing or engine down (run `eval "$(bash .ci/services.sh)"`)'
-    return None
 
 
 def cold_start_s(server: LiveServer, body: dict[str, Any]) -> float:

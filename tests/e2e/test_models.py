@@ -28,7 +28,6 @@ TINY = {
     "tokenizer/vocab.txt": b"[PAD]\n[UNK]\n",
 }
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
-FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
 
 
 @pytest.fixture(scope="module")
@@ -65,20 +64,6 @@ def idle_workers(
         return idle if len(idle) >= n else None
 
     return wait_for(enough, 120, what=f"{n} idle workers\n{server.log()[-3000:]}")
-
-
-def run_job(server: LiveServer, endpoint_id: str, job_input: Any = None) -> dict[str, Any]:
-    resp = server.api("POST", f"/v2/{endpoint_id}/run", json={"input": job_input or {}})
-    assert resp.status_code == 200, resp.text
-    job_id = resp.json()["id"]
-
-    def done() -> dict[str, Any] | None:
-        body = server.api("GET", f"/v2/{endpoint_id}/status/{job_id}").json()
-        return body if body["status"] in FINAL else None
-
-    record = wait_for(done, 90, what=f"job {job_id}\n{server.log()[-3000:]}")
-    assert record["status"] == "COMPLETED", record
-    return dict(record["output"])
 
 
 def epoch(iso: str) -> float:
@@ -127,7 +112,7 @@ def test_workers_wait_for_one_unbilled_download_and_a_restart_downloads_nothing(
         assert hub.gets("org/tiny", name) == 1, name  # fetched once for both workers
     assert endpoint(mserver, ep["id"])["status"] == ""
 
-    out = run_job(mserver, ep["id"])
+    out = mserver.run_job(ep["id"])
     assert out["config"]["model_type"] == "tiny-bert" and out["same_path"] is True
     assert out["offline"] == "1" and out["token_env"] == []
     assert out["files"] == sorted(TINY)
@@ -176,7 +161,7 @@ def test_a_gated_model_needs_the_accounts_token_which_never_leaks(
     assert resp.status_code == 200 and resp.json() == {"secrets": ["HF_TOKEN"]}, resp.text
     seen.append(resp.text)
     idle_workers(mserver, ep["id"], 1)
-    out = run_job(mserver, ep["id"])
+    out = mserver.run_job(ep["id"])
     assert out["config"]["model_type"] == "tiny-bert" and out["token_env"] == []
     seen.append(json.dumps(out))
     assert f"Bearer {TOKEN}" in hub.stats.auth_headers  # the token really went to the hub
@@ -232,7 +217,7 @@ def test_the_real_minilm_model_downloads_through_the_cache_and_loads_offline(
     )
     ep = mserver.deploy("minilm", handler_dir(tmp_path, "model_reader"), modelName=MINILM, workersMin=1)
     idle_workers(mserver, ep["id"], 1)
-    out = run_job(mserver, ep["id"])
+    out = mserver.run_job(ep["id"])
     # Computing an embedding needs torch, which the test environment does not install: the worker
     # resolves the snapshot offline by repo id and reads the real config and file list instead.
     assert out["config"]["model_type"] == "bert" and out["config"]["hidden_size"] == 384

@@ -21,7 +21,6 @@ from tests.support.live import LiveServer, handler_dir, live_server, wait_for
 UNIT_BYTES = 16 * 1024 * 1024  # one "GB" of this server's volumes, so that filling one stays quick
 # $2592 per GB-month is exactly $0.001 (1000 micro-dollars) per GB-second: easy to check exactly.
 PRICE = "2592"
-FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
 
 
 @pytest.fixture(scope="module")
@@ -35,20 +34,6 @@ def vserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         manager = VolumeManager(home / "volumes", unit_bytes=UNIT_BYTES)
         for info in manager.list():  # unmount loop images left behind by a failed test
             manager.delete(info.volume_id)
-
-
-def run_job(server: LiveServer, endpoint_id: str, job_input: dict[str, Any]) -> dict[str, Any]:
-    resp = server.api("POST", f"/v2/{endpoint_id}/run", json={"input": job_input})
-    assert resp.status_code == 200, resp.text
-    job_id = resp.json()["id"]
-
-    def done() -> dict[str, Any] | None:
-        body = server.api("GET", f"/v2/{endpoint_id}/status/{job_id}").json()
-        return body if body["status"] in FINAL else None
-
-    record = wait_for(done, 90, what=f"job {job_id}\n{server.log()[-3000:]}")
-    assert record["status"] == "COMPLETED", record
-    return dict(record["output"])
 
 
 def idle_worker(server: LiveServer, endpoint_id: str, release: int) -> dict[str, Any]:
@@ -77,7 +62,7 @@ def test_volume_data_outlives_worker_and_redeploy_and_an_attached_volume_cannot_
     )
     first = idle_worker(vserver, ep["id"], 1)
     text = "written by the first worker " + os.urandom(4).hex()
-    out = run_job(vserver, ep["id"], {"write": "hello.txt", "text": text})
+    out = vserver.run_job(ep["id"], {"write": "hello.txt", "text": text})
     assert out["worker"] == first["id"]
     # The worker wrote into the volume's directory on the host, not somewhere of its own.
     assert Path(out["root"]).resolve() == (vserver.home / "volumes" / vol["id"] / "data").resolve()
@@ -89,7 +74,7 @@ def test_volume_data_outlives_worker_and_redeploy_and_an_attached_volume_cannot_
     wait_for(
         lambda: all(w["id"] != first["id"] for w in vserver.workers(ep["id"])), 60, what="old worker gone"
     )
-    out = run_job(vserver, ep["id"], {"read": "hello.txt"})
+    out = vserver.run_job(ep["id"], {"read": "hello.txt"})
     assert out == {**out, "text": text, "worker": second["id"]}
 
     info = vserver.api("GET", f"/v1/networkvolumes/{vol['id']}").json()
@@ -137,12 +122,12 @@ def test_writing_past_the_size_fails_where_enforced_and_growing_makes_room(
     )
     try:
         idle_worker(vserver, ep["id"], 1)
-        out = run_job(vserver, ep["id"], {"fill_mb": 64})
+        out = vserver.run_job(ep["id"], {"fill_mb": 64})
         assert out["enospc"] is True and out["filled_bytes"] < UNIT_BYTES, out
 
         resp = vserver.api("PATCH", f"/v1/networkvolumes/{vol['id']}", json={"size": 3})
         assert resp.status_code == 200 and resp.json()["size"] == 3, resp.text
-        out = run_job(vserver, ep["id"], {"fill_mb": 24})
+        out = vserver.run_job(ep["id"], {"fill_mb": 24})
         assert out["errno"] is None and out["filled_bytes"] == 24 * 1024 * 1024, out
 
         resp = vserver.api("PATCH", f"/v1/networkvolumes/{vol['id']}", json={"size": 2})

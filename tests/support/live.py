@@ -21,6 +21,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 HANDLERS = ROOT / "tests" / "handlers"
 T = TypeVar("T")
+FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 
 
 def free_port() -> int:
