@@ -162,6 +162,20 @@ class LiveServer:
         assert resp.status_code == 201, resp.text
         return resp.json()  # type: ignore[no-any-return]
 
+    def run_job(self, endpoint_id: str, job_input: Any = None, timeout_s: float = 90) -> dict[str, Any]:
+        """Queue a job with /run, wait for it to finish, assert it COMPLETED and return its output."""
+        resp = self.api("POST", f"/v2/{endpoint_id}/run", json={"input": job_input or {}})
+        assert resp.status_code == 200, resp.text
+        job_id = resp.json()["id"]
+
+        def done() -> dict[str, Any] | None:
+            body: dict[str, Any] = self.api("GET", f"/v2/{endpoint_id}/status/{job_id}").json()
+            return body if body["status"] in FINAL_STATES else None
+
+        record = wait_for(done, timeout_s, what=f"job {job_id}\n{self.log()[-3000:]}")
+        assert record["status"] == "COMPLETED", record
+        return dict(record["output"])
+
     def workers(
         self, endpoint_id: str, key: str | None = None, include_stopped: bool = False
     ) -> list[dict[str, Any]]:
