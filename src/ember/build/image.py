@@ -132,11 +132,26 @@ def _client(client_factory: Callable[[], Any]) -> Any:
         raise BuildError(f"the Docker engine is not reachable: {exc}")
 
 
-def _build_with_api(client: Any, context: Path, tag: str, dockerfile: str, on_log: LogFn) -> None:
+def _build_with_api(
+    client: Any,
+    context: Path,
+    tag: str,
+    dockerfile: str,
+    on_log: LogFn,
+    build_args: dict[str, str] | None = None,
+    network: str | None = None,
+) -> None:
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     try:
         for event in client.api.build(
-            path=str(context), dockerfile=dockerfile, tag=tag, rm=True, forcerm=True, decode=True
+            path=str(context),
+            dockerfile=dockerfile,
+            tag=tag,
+            rm=True,
+            forcerm=True,
+            decode=True,
+            buildargs=build_args or None,
+            network_mode=network,
         ):
             if "error" in event:
                 tail.append(event["error"].rstrip())
@@ -174,12 +189,22 @@ def _buildkit_command() -> tuple[list[str], dict[str, str]]:
 
 
 def _build_with_buildkit(
-    context: Path, tag: str, dockerfile: str, secrets: dict[str, str], on_log: LogFn
+    context: Path,
+    tag: str,
+    dockerfile: str,
+    secrets: dict[str, str],
+    on_log: LogFn,
+    build_args: dict[str, str] | None = None,
+    network: str | None = None,
 ) -> None:
     command, extra_env = _buildkit_command()
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     with tempfile.TemporaryDirectory(prefix="ember-secrets-") as secret_dir:
         argv = [*command, "--progress=plain", "-f", str(context / dockerfile), "-t", tag]
+        for name, value in (build_args or {}).items():
+            argv += ["--build-arg", f"{name}={value}"]
+        if network:
+            argv += ["--network", network]
         for secret_id, value in secrets.items():
             path = Path(secret_dir) / secret_id
             path.touch(mode=0o600)
@@ -214,6 +239,8 @@ def build_image(
     size_budget_bytes: int = DEFAULT_SIZE_BUDGET_BYTES,
     top_layers: int = 5,
     client_factory: Callable[[], Any] = docker.from_env,
+    build_args: dict[str, str] | None = None,
+    network: str | None = None,
 ) -> BuildReport:
     """Build `context_dir` into `tag`, streaming every build line to `on_log`, and report the image size.
 
@@ -227,9 +254,9 @@ def build_image(
     client = _client(client_factory)
     try:
         if _SECRET_MOUNT.search(dockerfile_path.read_text(encoding="utf-8")):
-            _build_with_buildkit(context, tag, dockerfile, dict(secrets or {}), on_log)
+            _build_with_buildkit(context, tag, dockerfile, dict(secrets or {}), on_log, build_args, network)
         else:
-            _build_with_api(client, context, tag, dockerfile, on_log)
+            _build_with_api(client, context, tag, dockerfile, on_log, build_args, network)
         try:
             image = client.images.get(tag)
             history = image.history()

@@ -80,6 +80,10 @@ def build(
     """Build the image (streaming the build output), then report its size and what makes it big."""
     tag = tag or default_tag(directory)
     secrets = {"hf_token": os.environ["HF_TOKEN"]} if os.environ.get("HF_TOKEN") else {}
+    # A hub mirror named by HF_ENDPOINT reaches a baked-model step; host networking lets the build reach
+    # one on this machine (as worker containers do).
+    hub = os.environ.get("HF_ENDPOINT", "").strip()
+    build_args = {"HF_ENDPOINT": hub} if hub else {}
     console.print(f"[bold]building[/] {tag} from {directory}")
     with _errors_as_exit():
         report = build_image(
@@ -89,6 +93,8 @@ def build(
             on_log=_log,
             secrets=secrets,
             size_budget_bytes=int(size_budget_gb * 1e9),
+            build_args=build_args,
+            network="host" if hub else None,
         )
     for line in report.lines():
         style = "yellow" if line.startswith(("warning:", "advice:")) else None
