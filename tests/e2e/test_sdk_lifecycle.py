@@ -63,8 +63,15 @@ def test_sigterm_drains_the_held_job_takes_no_new_one_and_exits_0(server: LiveSe
     assert queued not in first_run[0]  # never taken by the draining process
     done = _status(server, endpoint_id, held)
     assert done["status"] == "COMPLETED" and done["output"] == {"slept_s": 3.0}
-    history = server.api("GET", f"/v1/workers/{worker['id']}/history").json()
-    assert any("exit code 0" in (event["reason"] or "") for event in history), history
+    # The lifecycle notices the exit on its next tick and records why.
+    wait_for(
+        lambda: any(
+            "exit code 0" in (event["reason"] or "")
+            for event in server.api("GET", f"/v1/workers/{worker['id']}/history").json()
+        ),
+        30,
+        what="the worker's exit (code 0) in its history",
+    )
     # The queued job is served once the lifecycle has replaced the worker.
     final = wait_for(
         lambda: (s := _status(server, endpoint_id, queued))["status"] in FINAL and s,
