@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, insert, or_, select, update
-from sqlalchemy.engine import RowMapping
+from sqlalchemy.engine import Connection, RowMapping
 
-from ember.store.db import Repository
+from ember.store.db import Repository, transaction
 from ember.store.schema import endpoints, releases, templates, volumes
 
 E = endpoints.c
@@ -68,23 +68,7 @@ class EndpointStore(Repository):
             values: dict[str, Any] = dict(name=name, spec=spec_json, updated_at=now)
             number = current
             if new_release:
-                number = (
-                    int(
-                        conn.execute(
-                            select(func.coalesce(func.max(R.number), 0)).where(R.endpoint_id == endpoint_id)
-                        ).scalar_one()
-                    )
-                    + 1
-                )
-                conn.execute(
-                    insert(releases).values(
-                        endpoint_id=endpoint_id,
-                        number=number,
-                        spec=spec_json,
-                        status=release_status,
-                        created_at=now,
-                    )
-                )
+                number = self.add_release(endpoint_id, spec_json, release_status, now, conn=conn)
                 values["release_key"] = release_key
                 if release_status == "READY":
                     values["release"] = number
@@ -194,17 +178,16 @@ class EndpointStore(Repository):
     def release(self, endpoint_id: str, number: int) -> RowMapping | None:
         return self._one(select(releases).where(R.endpoint_id == endpoint_id, R.number == number))
 
-    def add_release(self, endpoint_id: str, spec_json: str, status: str, now: float) -> int:
-        with self.engine.begin() as conn:
-            number = (
-                int(
-                    conn.execute(
-                        select(func.coalesce(func.max(R.number), 0)).where(R.endpoint_id == endpoint_id)
-                    ).scalar_one()
-                )
-                + 1
-            )
-            conn.execute(
+    def add_release(
+        self, endpoint_id: str, spec_json: str, status: str, now: float, conn: Connection | None = None
+    ) -> int:
+        """Add the endpoint's next release (numbered 1, 2, 3…) and return its number."""
+        with transaction(self.engine, conn) as tx:
+            last = tx.execute(
+                select(func.coalesce(func.max(R.number), 0)).where(R.endpoint_id == endpoint_id)
+            ).scalar_one()
+            number = int(last) + 1
+            tx.execute(
                 insert(releases).values(
                     endpoint_id=endpoint_id, number=number, spec=spec_json, status=status, created_at=now
                 )
