@@ -1,6 +1,7 @@
 """Container-registry credentials (`ember registry login HOST`), kept under the Ember home, mode 0600,
 with each password encrypted (Fernet) by a key of its own in `<home>/secret.key` (also 0600), so the
-credentials file alone (a backup, a copy) reveals no password.
+credentials file alone (a backup, a copy) reveals no password. `Sealer` is that encryption, also used
+for the accounts' registry auths (`/v1/containerregistryauth`) kept in the database.
 
 Passwords are never printed: a credential's repr masks them, and nothing here logs them.
 """
@@ -56,11 +57,45 @@ def _normalise_host(host: str) -> str:
     return host
 
 
+class Sealer:
+    """Encrypts short secrets (registry passwords) with the Fernet key in `<home>/secret.key`, made
+    (mode 0600) on first use. What it seals is opened only by the same home's key."""
+
+    def __init__(self, home: str | Path) -> None:
+        self.key_path = Path(home) / KEY_NAME
+
+    def _cipher(self) -> Fernet:
+        key_path = self.key_path
+        try:
+            return Fernet(key_path.read_bytes().strip())
+        except FileNotFoundError:
+            pass
+        key_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first
+            return Fernet(key_path.read_bytes().strip())
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(Fernet.generate_key())
+        return Fernet(key_path.read_bytes().strip())
+
+    def seal(self, secret: str) -> str:
+        return self._cipher().encrypt(secret.encode()).decode()
+
+    def open(self, sealed: str) -> str:
+        """The secret; InvalidInput when this home's key did not seal it (or the text is damaged)."""
+        try:
+            return self._cipher().decrypt(sealed.encode()).decode()
+        except InvalidToken:
+            raise InvalidInput(f"a stored secret cannot be decrypted with the key in {self.key_path}")
+
+
 class CredentialStore:
     """Credentials per registry host in `<home>/registries.json` (created with mode 0600)."""
 
     def __init__(self, home: str | Path) -> None:
         self.path = Path(home) / FILE_NAME
+        self.sealer = Sealer(home)
 
     def _read(self) -> dict[str, dict[str, str]]:
         try:
@@ -84,28 +119,13 @@ class CredentialStore:
                 os.unlink(tmp)
             raise
 
-    def _cipher(self) -> Fernet:
-        key_path = self.path.parent / KEY_NAME
-        try:
-            return Fernet(key_path.read_bytes().strip())
-        except FileNotFoundError:
-            pass
-        key_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        try:
-            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it first
-            return Fernet(key_path.read_bytes().strip())
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(Fernet.generate_key())
-        return Fernet(key_path.read_bytes().strip())
-
     def save(self, host: str, username: str, password: str) -> RegistryCredential:
         """Store (or replace) the credential for `host`; the password is kept encrypted."""
         host = _normalise_host(host)
         if not host or not username or not password:
             raise InvalidInput("a registry login needs a host, a username and a password")
         data = self._read()
-        sealed = self._cipher().encrypt(password.encode()).decode()
+        sealed = self.sealer.seal(password)
         data[host] = {"username": username, "password_encrypted": sealed}
         self._write(data)
         return RegistryCredential(host, username, password)
@@ -115,8 +135,8 @@ class CredentialStore:
         if not entry:
             return None
         try:
-            password = self._cipher().decrypt(entry["password_encrypted"].encode()).decode()
-        except (KeyError, InvalidToken):
+            password = self.sealer.open(entry["password_encrypted"])
+        except (KeyError, InvalidInput):
             raise InvalidInput(
                 f"the saved login for {host} cannot be read (the key in {self.path.parent / KEY_NAME} "
                 "does not match): run `ember registry login` again"
