@@ -17,6 +17,7 @@ PREFIXES = {
     "volume": "vol",
     "release": "rel",
     "key": "key",
+    "registry_auth": "cra",
 }
 
 _SAFE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")

@@ -41,6 +41,9 @@ class EndpointSpec:
     model_name: str | None = None
     model_revision: str | None = None
     template_id: str | None = None
+    # The account's registry auth (`/v1/containerregistryauth`) the image is pulled with. Not a release
+    # field: changing it changes how an image is fetched, not what runs.
+    container_registry_auth_id: str | None = None
     # Where and how it runs.
     gpu_type_ids: tuple[str, ...] = ()
     gpu_count: int = 1
@@ -76,6 +79,7 @@ WIRE_FIELDS: dict[str, tuple[str, str]] = {
     "modelName": ("model_name", "spec"),
     "modelRevision": ("model_revision", "spec"),
     "templateId": ("template_id", "spec"),
+    "containerRegistryAuthId": ("container_registry_auth_id", "spec"),
     "gpuTypeIds": ("gpu_type_ids", "spec"),
     "gpuCount": ("gpu_count", "spec"),
     "networkVolumeId": ("network_volume_id", "spec"),
@@ -131,6 +135,8 @@ def from_wire(
         spec_changes["gpu_type_ids"] = tuple(spec_changes["gpu_type_ids"])
     if "env" in spec_changes and spec_changes["env"] is None:
         spec_changes["env"] = {}
+    if spec_changes.get("container_registry_auth_id") == "":
+        spec_changes["container_registry_auth_id"] = None  # RunPod's clients send "" for "none"
     start = base or EndpointSpec(name=spec_changes.get("name", ""))
     scaling = replace(start.scaling, **scaling_changes)
     spec = replace(start, scaling=scaling, **spec_changes)
@@ -154,6 +160,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "model_name": (str, type(None)),
     "model_revision": (str, type(None)),
     "template_id": (str, type(None)),
+    "container_registry_auth_id": (str, type(None)),
     "gpu_type_ids": (list, tuple),
     "gpu_count": (int,),
     "network_volume_id": (str, type(None)),

@@ -1,6 +1,7 @@
-"""Account secrets (the `accounts.secrets` JSON column) and the network-volume meter: its cursor per
-volume and its ledger rows (`kind="volume"`). Secret values are returned only to the control plane's
-own code, never listed by name with values."""
+"""Account secrets (the `accounts.secrets` JSON column), accounts' registry auths (their passwords as
+sealed by the caller: this module never sees one in the clear) and the network-volume meter: its cursor
+per volume and its ledger rows (`kind="volume"`). Secret values are returned only to the control
+plane's own code, never listed by name with values."""
 
 from __future__ import annotations
 
@@ -8,15 +9,17 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import IntegrityError
 
 from ember.store.db import Repository
-from ember.store.schema import accounts, ledger, meter_cursors, volumes
+from ember.store.schema import accounts, ledger, meter_cursors, registry_auths, volumes
 
 A = accounts.c
 L = ledger.c
 M = meter_cursors.c
+R = registry_auths.c
 V = volumes.c
 # Volume cursors share `meter_cursors` with workers; volume ids (`vol-…`) never clash with worker ids.
 
@@ -63,6 +66,42 @@ class ResourceStore(Repository):
                     data[name] = value
             conn.execute(update(accounts).where(A.id == account_id).values(secrets=json.dumps(data)))
             return sorted(data)
+
+    # ---- registry auths ----------------------------------------------------------------------------
+    def create_registry_auth(
+        self, *, id: str, account_id: str, name: str, username: str, password_sealed: str, now: float
+    ) -> bool:
+        """Add a registry auth; False (and nothing stored) when the account already has one so named."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(registry_auths).values(
+                        id=id,
+                        account_id=account_id,
+                        name=name,
+                        username=username,
+                        password_sealed=password_sealed,
+                        created_at=now,
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    def registry_auths(self, account_id: str) -> list[RowMapping]:
+        """The account's registry auths, by name."""
+        q = select(registry_auths).where(R.account_id == account_id).order_by(R.name)
+        return list(self._all(q))
+
+    def registry_auth(self, auth_id: str, account_id: str) -> RowMapping | None:
+        """One registry auth of the account (None for another account's: ids never leak)."""
+        return self._one(select(registry_auths).where(R.id == auth_id, R.account_id == account_id))
+
+    def delete_registry_auth(self, auth_id: str, account_id: str) -> bool:
+        """Remove it; False when the account has no such auth."""
+        with self.engine.begin() as conn:
+            res = conn.execute(delete(registry_auths).where(R.id == auth_id, R.account_id == account_id))
+            return bool(res.rowcount)
 
     # ---- volume meter ----------------------------------------------------------------------------
     def volume_meter_candidates(self) -> list[tuple[RowMapping, float | None, int]]:

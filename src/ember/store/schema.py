@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 metadata = MetaData()
@@ -49,6 +50,20 @@ templates = Table(
     Column("name", String(200), nullable=False),
     Column("data", Text, nullable=False),
     Column("created_at", Float, nullable=False),
+)
+
+# An account's container-registry logins (RunPod's containerRegistryAuth); templates and endpoints name one
+# by id in their `containerRegistryAuthId`. The password is sealed with the server's key (never plain).
+registry_auths = Table(
+    "registry_auths",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("account_id", String(64), nullable=False, index=True),
+    Column("name", String(200), nullable=False),
+    Column("username", String(200), nullable=False),
+    Column("password_sealed", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("account_id", "name", name="uq_registry_auths_account_name"),
 )
 
 endpoints = Table(
