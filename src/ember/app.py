@@ -25,6 +25,7 @@ from ember.api import endpoints as endpoint_routes
 from ember.api import errors as api_errors
 from ember.api import git as git_routes
 from ember.api import manage as manage_routes
+from ember.api import registry_auth as registry_auth_routes
 from ember.api import resources as resource_routes
 from ember.api import worker as worker_routes
 from ember.api.deps import Limits, Runtime
@@ -157,8 +158,11 @@ def create_app(
     )
     preparer, volume_hook = _models_and_volumes(settings, store, clock, runtime)
     from ember.build.registry import CredentialStore
+    from ember.control.registry_auths import RegistryAuths
 
     credentials = CredentialStore(settings.home)
+    registry_auths = RegistryAuths(store, runtime.extras["resources"], credentials.sealer)
+    runtime.extras.update(registry_auths=registry_auths)
     launch = LaunchConfig(
         api_url=settings.api_url,
         home=settings.home,
@@ -166,6 +170,7 @@ def create_app(
         prepare_python=_venv_builder(settings.home),
         hooks=[volume_hook, preparer.launch_hook],
         registry_auth=credentials.auth_for,
+        account_registry_auth=registry_auths.auth_config,
     )
     default_backend = settings.backend if settings.backend in backends else next(iter(backends), "local")
     lifecycle = Lifecycle(
@@ -240,6 +245,7 @@ def create_app(
     app.include_router(endpoint_routes.router)
     app.include_router(manage_routes.router)
     app.include_router(resource_routes.router)
+    app.include_router(registry_auth_routes.router)
     app.include_router(git_routes.router)
 
     @app.get("/healthz", include_in_schema=False)

@@ -15,6 +15,7 @@ from ember.api import views
 from ember.api.deps import Runtime, caller, read_json, runtime
 from ember.api.errors import json_response
 from ember.api.git import normalise_git
+from ember.api.registry_auth import require_owned
 from ember.build.source import snapshot
 from ember.core.errors import Conflict, InvalidInput, NotFound, Problem
 from ember.core.ids import make_id
@@ -22,7 +23,7 @@ from ember.core.specs import EndpointSpec, from_wire, release_key, spec_from_jso
 
 router = APIRouter(prefix="/v1")
 BODY_LIMIT = 1024 * 1024
-TEMPLATE_FIELDS = ("imageName", "env", "dockerStartCmd", "containerDiskInGb")
+TEMPLATE_FIELDS = ("imageName", "env", "dockerStartCmd", "containerDiskInGb", "containerRegistryAuthId")
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -57,6 +58,7 @@ async def create_template(request: Request) -> Response:
     who = caller(request)
     rt = runtime(request)
     data = _template_data(await _body(request))
+    await require_owned(rt, who.account_id, data.get("containerRegistryAuthId"))
     template_id = make_id("template", uuid.uuid4().hex[:16])
     await rt.store.run(
         lambda: rt.store.endpoints.create_template(
@@ -94,6 +96,7 @@ async def update_template(template_id: str, request: Request) -> Response:
     rt = runtime(request)
     row = await _own_template(rt, who.account_id, template_id)
     data = _template_data({**json.loads(row["data"]), **await _body(request)})
+    await require_owned(rt, who.account_id, data.get("containerRegistryAuthId"))
     await rt.store.run(rt.store.endpoints.update_template, template_id, data["name"], data)
     return json_response(_template_view(await _own_template(rt, who.account_id, template_id)))
 
@@ -140,6 +143,7 @@ async def _resolve_spec(
                 f"network volume {spec.network_volume_id!r} not found",
                 [Problem("networkVolumeId", "not found", spec.network_volume_id)],
             )
+    await require_owned(rt, account_id, spec.container_registry_auth_id)
     hook = rt.extras.get("on_spec")
     if hook is not None:
         spec = await hook(account_id, spec)

@@ -24,8 +24,10 @@ class LaunchConfig:
     ping_interval_ms: int = 2000
     hooks: list[MountHook] = field(default_factory=list)
     prepare_python: Callable[[Path], Awaitable[str | None]] | None = None  # venv builder for local sources
-    # The engine auth_config for pulling an image reference (stored registry logins), or None.
+    # The engine auth_config for pulling an image reference (the host's `ember registry login`s), or None.
     registry_auth: Callable[[str], dict[str, str] | None] | None = None
+    # The engine auth_config from an account's registry auth: (account id, auth id, image reference).
+    account_registry_auth: Callable[[str, str, str], Awaitable[dict[str, str]]] | None = None
 
 
 def worker_env(
@@ -100,12 +102,25 @@ async def launch_spec(
     )
     command = spec.docker_start_cmd.split() if spec.docker_start_cmd else None
     if backend == "docker":
-        if registry_auth is None and cfg.registry_auth is not None and spec.image_name:
-            registry_auth = cfg.registry_auth(spec.image_name)
+        if registry_auth is None:
+            registry_auth = await pull_auth(cfg, worker["account_id"], spec)
         return LaunchSpec(image=spec.image_name, command=command, registry_auth=registry_auth, **common)
     source = cfg.home / "sources" / (spec.source_digest or "")
     python = await cfg.prepare_python(source) if cfg.prepare_python else None
     return LaunchSpec(source_dir=str(source), command=command, python=python, **common)
+
+
+async def pull_auth(cfg: LaunchConfig, account_id: str, spec: EndpointSpec) -> dict[str, str] | None:
+    """The credential a Docker worker's image is pulled with: the endpoint's own registry auth
+    (`containerRegistryAuthId`) first, then the host's stored login for the image's registry, else
+    None (an anonymous pull). A git endpoint's image is Ember's own build in Ember's registry, so it
+    is pulled with the host's login, which pushed it."""
+    if not spec.image_name:
+        return None
+    auth_id = spec.container_registry_auth_id
+    if auth_id and not spec.git and cfg.account_registry_auth is not None:
+        return await cfg.account_registry_auth(account_id, auth_id, spec.image_name)
+    return cfg.registry_auth(spec.image_name) if cfg.registry_auth is not None else None
 
 
 def backend_for_spec(spec: EndpointSpec, enabled: Mapping[Any, Any], default: str) -> str:

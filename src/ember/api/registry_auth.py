@@ -1,0 +1,103 @@
+"""/v1/containerregistryauth: an account's container-registry logins in RunPod's REST shape. A create
+takes `name`, `username` and `password`; every answer is `{"id", "name"}` (the username and password are
+never returned, and a bad password is never echoed in an error). Templates and endpoints name one by
+`containerRegistryAuthId`; workers' image pulls use it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from ember.api.deps import Runtime, caller, read_json, runtime
+from ember.api.errors import json_response
+from ember.control.registry_auths import RegistryAuth, RegistryAuths
+from ember.core.errors import BackendError, InvalidInput, Problem
+
+router = APIRouter(prefix="/v1")
+BODY_LIMIT = 64 * 1024
+NAME_MAX_CHARS = 200
+USERNAME_MAX_CHARS = 200
+PASSWORD_MAX_CHARS = 8192
+FIELDS = ("name", "username", "password")
+
+
+def registry_auths(rt: Runtime) -> RegistryAuths:
+    svc = rt.extras.get("registry_auths")
+    if svc is None:
+        raise BackendError("registry auths are not enabled on this server")
+    return svc  # type: ignore[no-any-return]
+
+
+async def require_owned(rt: Runtime, account_id: str, auth_id: object) -> None:
+    """A template's or endpoint's `containerRegistryAuthId` must be null, "" or one of the account's
+    registry auths: InvalidInput (400) naming the field otherwise."""
+    if auth_id is None or auth_id == "":
+        return
+    await registry_auths(rt).require(account_id, auth_id)
+
+
+def _view(auth: RegistryAuth) -> dict[str, Any]:
+    return {"id": auth.id, "name": auth.name}
+
+
+def _checked(body: object) -> tuple[str, str, str]:
+    """(name, username, password) from a create body, or InvalidInput with every problem at once."""
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object", [Problem("body", "must be a JSON object")])
+    problems = [Problem(k, "unknown field") for k in body if k not in FIELDS]
+    name, username, password = body.get("name"), body.get("username"), body.get("password")
+    if not isinstance(name, str) or not name.strip() or len(name) > NAME_MAX_CHARS:
+        problems.append(Problem("name", f"a non-empty string of at most {NAME_MAX_CHARS} chars", name))
+    if not isinstance(username, str) or not username or len(username) > USERNAME_MAX_CHARS:
+        problems.append(
+            Problem("username", f"a non-empty string of at most {USERNAME_MAX_CHARS} chars", username)
+        )
+    if not isinstance(password, str) or not password or len(password) > PASSWORD_MAX_CHARS:
+        # The value is never echoed back, not even in an error.
+        problems.append(Problem("password", f"a non-empty string of at most {PASSWORD_MAX_CHARS} chars"))
+    if problems:
+        raise InvalidInput("invalid registry auth", problems)
+    return str(name).strip(), str(username), str(password)
+
+
+@router.post(
+    "/containerregistryauth",
+    tags=["containerregistryauth"],
+    summary="Store a container-registry login (name, username, password)",
+)
+async def create_registry_auth(request: Request) -> Response:
+    who = caller(request)
+    rt = runtime(request)
+    name, username, password = _checked(await read_json(request, BODY_LIMIT))
+    auth = await registry_auths(rt).create(
+        who.account_id, name=name, username=username, password=password, now=rt.clock.now()
+    )
+    return json_response(_view(auth), 201)
+
+
+@router.get("/containerregistryauth", tags=["containerregistryauth"], summary="List registry logins")
+async def list_registry_auths(request: Request) -> Response:
+    who = caller(request)
+    rt = runtime(request)
+    return json_response([_view(a) for a in await registry_auths(rt).of_account(who.account_id)])
+
+
+@router.get("/containerregistryauth/{auth_id}", tags=["containerregistryauth"], summary="One registry login")
+async def get_registry_auth(auth_id: str, request: Request) -> Response:
+    who = caller(request)
+    rt = runtime(request)
+    return json_response(_view(await registry_auths(rt).get(who.account_id, auth_id)))
+
+
+@router.delete(
+    "/containerregistryauth/{auth_id}",
+    tags=["containerregistryauth"],
+    summary="Delete a registry login (refused while a template or endpoint uses it)",
+)
+async def delete_registry_auth(auth_id: str, request: Request) -> Response:
+    who = caller(request)
+    rt = runtime(request)
+    await registry_auths(rt).delete(who.account_id, auth_id)
+    return json_response({"id": auth_id, "deleted": True})
