@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ember.cli.http import api_key, api_url, call, fail, print_json
+from ember.cli.resource_cmds import resolve_registry_auth
 
 console = Console()
 
@@ -46,6 +47,11 @@ def deploy(
     env: list[str] = typer.Option([], "--env", help="KEY=VALUE (repeatable)"),
     model: str | None = typer.Option(None, "--model", help="Hugging Face model to cache on the host"),
     volume: str | None = typer.Option(None, "--volume", help="Network volume id to mount at /runpod-volume"),
+    registry_auth: str | None = typer.Option(
+        None,
+        "--registry-auth",
+        help="Pull --image with this registry login (id or name, see `ember registry ls`; '' for none)",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the endpoint record as JSON"),
 ) -> None:
     """Create or update an endpoint from a directory, an image or a git repository."""
@@ -74,6 +80,8 @@ def deploy(
             body[key] = value
     if gpu:
         body["gpuTypeIds"] = gpu
+    if registry_auth is not None:
+        body["containerRegistryAuthId"] = resolve_registry_auth(registry_auth) if registry_auth else None
     if env:
         body["env"] = _parse_env(env)
     existing = _find(name)

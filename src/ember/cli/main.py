@@ -37,6 +37,11 @@ accounts.command("credit")(ep.credit)
 app.add_typer(accounts, name="accounts")
 app.add_typer(res.models_app, name="models")
 app.add_typer(res.volumes_app, name="volumes")
+registry = typer.Typer(help="Container registry logins", no_args_is_help=True)
+registry.command("add")(res.registry_add)
+registry.command("ls")(res.registry_ls)
+registry.command("rm")(res.registry_rm)
+app.add_typer(registry, name="registry")
 
 
 def _optional_groups() -> None:
@@ -51,9 +56,7 @@ def _optional_groups() -> None:
             app.command(name)(fn)
     login = getattr(build_cmds, "registry_login", None)
     if login is not None:
-        registry = typer.Typer(help="Container registry credentials")
         registry.command("login")(login)
-        app.add_typer(registry, name="registry")
 
 
 _optional_groups()

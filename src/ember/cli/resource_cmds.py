@@ -1,8 +1,10 @@
-"""`ember models` (pull with progress, ls, rm) and `ember volumes` (create, ls, resize, rm): thin
-commands over /v1/models and /v1/networkvolumes."""
+"""`ember models` (pull with progress, ls, rm), `ember volumes` (create, ls, resize, rm) and `ember
+registry` add/ls/rm (the account's registry logins): thin commands over /v1/models,
+/v1/networkvolumes and /v1/containerregistryauth."""
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -14,6 +16,7 @@ from rich.table import Table
 from ember.cli.http import call, fail, print_json
 
 console = Console()
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 models_app = typer.Typer(help="The host's Hugging Face model cache", no_args_is_help=True)
 volumes_app = typer.Typer(help="Network volumes, mounted at /runpod-volume in workers", no_args_is_help=True)
 POLL_S = 0.5
@@ -146,3 +149,61 @@ def volumes_rm(volume_id: str = typer.Argument(..., help="Volume id")) -> None:
     """Delete a network volume and its data (refused while an endpoint uses it)."""
     call("DELETE", f"/v1/networkvolumes/{volume_id}")
     console.print(f"Volume {volume_id} deleted")
+
+
+# ---- registry auths -------------------------------------------------------------------------------
+def resolve_registry_auth(ref: str) -> str:
+    """The id of the account's registry auth with id or name `ref` (fails with a hint when none)."""
+    for auth in call("GET", "/v1/containerregistryauth"):
+        if ref in (auth["id"], auth["name"]):
+            return str(auth["id"])
+    fail(
+        f"no registry auth {ref!r} (see `ember registry ls`): add one with "
+        "`ember registry add NAME --username U`"
+    )
+    return ""
+
+
+def registry_add(
+    name: str = typer.Argument(..., help="A name for this login, e.g. ghcr-me"),
+    username: str = typer.Option(..., "--username", "-u"),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from stdin."),
+) -> None:
+    """Store a registry login on the server, for workers' image pulls; prints its id (for
+    `ember deploy --registry-auth`). The password is prompted for without echo, or read from stdin."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, err=True)  # stdout is only the id
+    if not password:
+        fail("the password is empty")
+    auth = call(
+        "POST",
+        "/v1/containerregistryauth",
+        json_body={"name": name, "username": username, "password": password},
+    )
+    typer.echo(auth["id"])
+    err_console.print(
+        f"Registry auth {auth['name']} added; use it with "
+        f"`ember deploy --image REF --registry-auth {auth['name']}`",
+        markup=False,
+    )
+
+
+def registry_ls(as_json: bool = typer.Option(False, "--json")) -> None:
+    """List the account's registry logins (names and ids; never a username or password)."""
+    rows = call("GET", "/v1/containerregistryauth")
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("ID", "NAME")
+    for auth in rows:
+        table.add_row(auth["id"], auth["name"])
+    console.print(table)
+
+
+def registry_rm(ref: str = typer.Argument(..., help="Registry auth id (or name)")) -> None:
+    """Delete a registry login (refused while a template or endpoint uses it)."""
+    auth_id = resolve_registry_auth(ref)
+    call("DELETE", f"/v1/containerregistryauth/{auth_id}")
+    console.print(f"Registry auth {auth_id} deleted")
