@@ -38,6 +38,16 @@ def test_result_urls_substitute_worker_then_job():
     assert env.result_url(DONE, "wk-1", "job-9", is_stream=True).endswith("&isStream=true")
 
 
+def test_with_take_appends_the_piggy_back_request_to_a_job_done_url():
+    url = env.result_url(DONE, "wk-1", "job-9", is_stream=False)
+    assert env.with_take(url, 1) == url + "&take=1"
+    assert parse_qs(urlsplit(env.with_take(url, 2)).query) == {
+        "gpu": ["NVIDIA TEST"],
+        "isStream": ["false"],
+        "take": ["2"],
+    }
+
+
 def test_ping_url_lists_held_jobs_as_csv_and_omits_them_when_idle():
     busy = urlsplit(env.ping_url(PING, "wk-1", ["a", "b"], version="0.1.0"))
     assert busy.path == "/v2/ep1/ping/wk-1"

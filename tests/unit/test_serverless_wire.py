@@ -161,3 +161,36 @@ def test_stop_answer_keeps_string_ids_only():
 )
 def test_stop_answer_anything_else_means_none(status, content_type, body):
     assert wire.parse_stop_response(status, content_type, body) == []
+
+
+def test_done_answer_with_piggy_backed_jobs_gives_them_whole():
+    jobs = [{"id": "j1", "input": {"a": 1}, "webhook": "http://h"}, {"id": "j2", "input": None}]
+    body = json.dumps({"status": "ok", "jobs": jobs}).encode()
+    assert wire.parse_done_response(200, JSON, body) == wire.TakeAnswer(jobs=jobs)
+
+
+def test_done_answer_skips_malformed_piggy_backed_jobs_with_a_problem_each():
+    body = b'{"status": "ok", "jobs": [{"id": "good", "input": 1}, {"input": 2}, {"id": 7, "input": 3}, "x"]}'
+    answer = wire.parse_done_response(200, JSON, body)
+    assert answer.jobs == [{"id": "good", "input": 1}]
+    assert len(answer.problems) == 3
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type", "body"),
+    [
+        (200, JSON, b'{"status": "ok"}'),  # an Ember server with no queued job, or one ignoring take
+        (200, JSON, b'{"status": "ok", "jobs": []}'),
+        (200, JSON, b'{"status": "ignored"}'),
+        (200, JSON, b""),
+        (200, "text/plain", b"OK"),  # RunPod-like answers that are not JSON at all
+        (200, JSON, b'{"jobs": '),
+        (200, JSON, b'[{"jobs": [{"id": "j", "input": 1}]}]'),
+        (200, JSON, b'{"jobs": {"id": "j", "input": 1}}'),
+        (200, JSON, b'{"jobs": null}'),
+        (204, "", b""),
+        (500, JSON, b'{"jobs": [{"id": "j", "input": 1}]}'),
+    ],
+)
+def test_done_answer_anything_else_means_no_job_and_no_problem(status, content_type, body):
+    assert wire.parse_done_response(status, content_type, body) == wire.TakeAnswer()

@@ -89,6 +89,14 @@ def result_url(template: str, worker_id: str, job_id: str, *, is_stream: bool) -
     return f"{base}&isStream={'true' if is_stream else 'false'}"
 
 
+def with_take(done_url: str, slots: int) -> str:
+    """A job-done URL asking an Ember server to piggy-back up to `slots` jobs on its answer.
+
+    An Ember extension: servers that do not know `take` (RunPod) ignore the parameter.
+    """
+    return f"{done_url}&take={slots}"
+
+
 def ping_url(template: str, worker_id: str, job_ids: list[str], *, version: str) -> str:
     """Ping URL with `job_id=<csv>` (omitted when idle, cut at a comma past 64 KiB) and the SDK version."""
     base = template.replace("$RUNPOD_POD_ID", worker_id)

@@ -1,4 +1,5 @@
-"""Wire shapes of the worker protocol: validating job-take answers and wrapping handler results.
+"""Wire shapes of the worker protocol: validating job-take (and piggy-backed job-done) answers and
+wrapping handler results.
 
 Pure functions, no I/O: the result bodies match RunPod's `run_job` table (spec §1.6) so that a handler
 behaves the same under either SDK.
@@ -46,6 +47,33 @@ def parse_take_response(status: int, content_type: str, body: bytes) -> TakeAnsw
     except ValueError as exc:
         return TakeAnswer(problems=[f"job-take answered invalid JSON: {exc}"])
     items = payload if isinstance(payload, list) else [payload]
+    jobs: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for item in items:
+        problem = job_problem(item)
+        if problem is None:
+            jobs.append(item)
+        else:
+            problems.append(problem)
+    return TakeAnswer(jobs=jobs, problems=problems)
+
+
+def parse_done_response(status: int, content_type: str, body: bytes) -> TakeAnswer:
+    """Jobs piggy-backed on a job-done answer `{"status": "ok", "jobs": [<job>, ...]}` (an Ember
+    extension, asked for with `take=N`); each job is what job-take would have answered.
+
+    Anything else (no `jobs` key, an empty list, not a 2xx, not JSON: RunPod or an older Ember) means
+    no job, silently. Only malformed elements of a `jobs` list are reported as problems.
+    """
+    if not 200 <= status < 300 or b'"jobs"' not in body:
+        return TakeAnswer()
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return TakeAnswer()
+    items = payload.get("jobs") if isinstance(payload, dict) else None
+    if not isinstance(items, list):
+        return TakeAnswer()
     jobs: list[dict[str, Any]] = []
     problems: list[str] = []
     for item in items:
