@@ -151,7 +151,9 @@ class Worker:
             )
             began = time.monotonic()
             try:
-                resp = self.transport.request("GET", url, timeout_s=POLL_TIMEOUT_S, abortable=True)
+                resp = self.transport.request(
+                    "GET", url, timeout_s=POLL_TIMEOUT_S, abortable=True, unless=self._stopping
+                )
             except TransportFailure as exc:
                 if self._stopping.is_set():
                     break
@@ -252,22 +254,22 @@ class Worker:
 
         with run.post_lock:
             run.finished = True
-            ok, detail = self.transport.post_result(url, wire.encode_body(result), on_retry=retrying)
-        if ok:
+            delivery = self.transport.post_result(url, wire.encode_body(result), on_retry=retrying)
+        if delivery.delivered:
             log.info("job_done", job_id=run.job_id, failed=bool(result.get("error")) or None)
         else:
-            log.error("job_done_not_delivered", job_id=run.job_id, detail=detail)
+            log.error("job_done_not_delivered", job_id=run.job_id, detail=delivery.detail)
 
     def _post_chunk(self, job_id: str, chunk: Any) -> None:
         if not self.env.stream_template:
             log.warn("job_stream_url_missing", job_id=job_id)
             return
         url = urls.result_url(self.env.stream_template, self.env.worker_id, job_id, is_stream=False)
-        ok, detail = self.transport.post_result(
+        delivery = self.transport.post_result(
             url, wire.encode_body({"output": chunk}), retry_s=STREAM_RETRY_S
         )
-        if not ok:
-            log.error("job_stream_not_delivered", job_id=job_id, detail=detail)
+        if not delivery.delivered:
+            log.error("job_stream_not_delivered", job_id=job_id, detail=delivery.detail)
 
     # ---- background loops -----------------------------------------------------------------------
 
@@ -284,9 +286,9 @@ class Worker:
             with run.post_lock:
                 if run.finished:
                     continue
-                ok, detail = self.transport.post_result(url, body, retry_s=PROGRESS_RETRY_S)
-            if not ok:
-                log.warn("progress_not_delivered", job_id=run.job_id, detail=detail)
+                delivery = self.transport.post_result(url, body, retry_s=PROGRESS_RETRY_S)
+            if not delivery.delivered:
+                log.warn("progress_not_delivered", job_id=run.job_id, detail=delivery.detail)
 
     def _ping_loop(self) -> None:
         if not self.env.pings_enabled:
