@@ -39,17 +39,37 @@ def main(config_dict: dict[str, Any]) -> int:
     worker = Worker(config, env, transport, version=sdk.VERSION)
     sdk._active = worker
     if threading.current_thread() is threading.main_thread():
-
-        def on_signal(signum: int, _frame: Any) -> None:
-            worker.request_shutdown(signal.Signals(signum).name, from_signal=True)
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        _forward_signals(worker)
     try:
         return worker.run()
     finally:
         sdk._active = None
         transport.close()
+
+
+def _forward_signals(worker: Worker) -> None:
+    """SIGTERM/SIGINT make the worker drain. The handler only writes the signal number to a pipe, and
+    a thread reads it and shuts the worker down: Python runs signal handlers on the main thread, which
+    may be running a job inside one of the SDK's locks, so the handler itself must take none."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        try:
+            os.write(write_fd, bytes([signum]))
+        except OSError:
+            pass  # the pipe is full of earlier signals: the worker is already stopping
+
+    def forward() -> None:
+        while True:
+            data = os.read(read_fd, 1)
+            if not data:
+                return
+            worker.request_shutdown(signal.Signals(data[0]).name, from_signal=True)
+
+    threading.Thread(target=forward, name="ember-signals", daemon=True).start()
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
 
 
 def _run_local(config: WorkerConfig, env: WorkerEnv, test_input: str | None) -> int:
