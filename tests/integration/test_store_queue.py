@@ -26,7 +26,7 @@ def job(i: int, low: bool = False) -> NewJob:
 
 
 def finish(s: Store, job_id: str, worker: str, now: float, state: JobState = JobState.COMPLETED) -> str:
-    return s.jobs.finish(job_id, worker, state, "1", None, now, 1800, 60)
+    return s.jobs.finish(job_id, worker, state, "1", None, now, 1800, 60)[0]
 
 
 def test_claims_normal_priority_first_then_oldest_first(store: Store) -> None:

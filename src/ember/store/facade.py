@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -12,39 +13,58 @@ from sqlalchemy.engine import Engine
 from ember.core.jobs import JobState
 from ember.core.workers import WorkerState
 from ember.store.accounts import AccountStore
-from ember.store.db import Database, make_engine, migrate
+from ember.store.db import Database, RawAccess, make_engine, migrate
 from ember.store.endpoints import EndpointStore
-from ember.store.jobs import Claimed, JobStore
+from ember.store.jobs import Claimed, Finished, JobStore, NewJob
 from ember.store.workers import WorkerStore
 
 T = TypeVar("T")
+
+TOOK_A_JOB = "took a job"
+
+
+@dataclass(frozen=True)
+class Report:
+    """What recording a job's result did: `outcome` ("done", "final", "not_held", "unknown"), the
+    finished job's facts when done, and the next jobs the worker was handed in the same transaction."""
+
+    outcome: str
+    finished: Finished | None = None
+    next_jobs: Sequence[Claimed] = ()
 
 
 class Store:
     def __init__(self, engine: Engine) -> None:
         self.db = Database(engine)
-        self.jobs = JobStore(engine)
-        self.workers = WorkerStore(engine)
+        self.raw = RawAccess(engine)
+        self.jobs = JobStore(engine, self.raw)
+        self.workers = WorkerStore(engine, self.raw)
         self.accounts = AccountStore(engine)
         self.endpoints = EndpointStore(engine)
 
     def take(
         self, endpoint_id: str, worker_id: str, limit: int, now: float, *, mark_running: bool
     ) -> Sequence[Claimed]:
-        """Claim up to `limit` jobs for a worker and, when it got some, make it RUNNING: one transaction."""
-        with self.jobs.engine.begin() as conn:
-            claimed = self.jobs.claim(endpoint_id, worker_id, limit, now, conn=conn)
+        """Claim up to `limit` jobs for a worker and, when it got some, make it RUNNING: one transaction.
+        An endpoint with nothing queued costs one read and no write lock."""
+        if not self.jobs.any_queued(endpoint_id):
+            return []
+        with self.raw.write() as cur:
+            claimed = self.jobs.claim(endpoint_id, worker_id, limit, now, cur=cur)
             if claimed and mark_running:
-                self.workers.transition(
-                    worker_id,
-                    WorkerState.RUNNING,
-                    now,
-                    "took a job",
-                    conn=conn,
-                    idle_since=None,
-                    last_seen_at=now,
-                )
+                self.workers.start_running(worker_id, now, TOOK_A_JOB, cur=cur)
         return claimed
+
+    def hand_over(self, job: NewJob, worker_id: str, now: float) -> bool:
+        """Record a new job as already taken by `worker_id` (a job-take was waiting for it) and make the
+        worker RUNNING; when the worker may no longer take jobs, queue the job instead and return False.
+        One transaction, committed when this returns."""
+        with self.raw.write() as cur:
+            state = self.workers.taking_state(worker_id, cur)
+            self.jobs.submit(job, now, worker_id=worker_id if state else None, cur=cur)
+            if state is not None and state != WorkerState.RUNNING.value:
+                self.workers.start_running(worker_id, now, TOOK_A_JOB, cur=cur)
+        return state is not None
 
     def report(
         self,
@@ -56,10 +76,14 @@ class Store:
         now: float,
         retention_run_s: float,
         retention_sync_s: float,
-    ) -> str:
-        """Record a job's result and, when the worker holds nothing more, make it IDLE: one transaction."""
-        with self.jobs.engine.begin() as conn:
-            outcome = self.jobs.finish(
+        *,
+        take_endpoint: str | None = None,
+        take: int = 0,
+    ) -> Report:
+        """Record a job's result; with `take`, also claim up to that many queued jobs of `take_endpoint`
+        for the worker. When it then holds nothing, it becomes IDLE. One transaction."""
+        with self.raw.write() as cur:
+            outcome, finished = self.jobs.finish(
                 job_id,
                 worker_id,
                 state,
@@ -68,11 +92,16 @@ class Store:
                 now,
                 retention_run_s,
                 retention_sync_s,
-                conn=conn,
+                cur=cur,
             )
-            if outcome == "done":
-                self.workers.settle_if_idle(worker_id, now, conn=conn)
-        return outcome
+            if outcome != "done":
+                return Report(outcome)
+            claimed: Sequence[Claimed] = ()
+            if take > 0 and take_endpoint is not None and self.workers.taking_state(worker_id, cur):
+                claimed = self.jobs.claim(take_endpoint, worker_id, take, now, cur=cur)
+            if not claimed:
+                self.workers.settle_if_idle(worker_id, now, cur=cur)
+        return Report(outcome, finished, claimed)
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -90,4 +119,5 @@ class Store:
         return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
 
     def close(self) -> None:
+        self.raw.close()
         self.db.dispose()

@@ -9,14 +9,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, bindparam, case, delete, func, insert, select, update
-from sqlalchemy.engine import Connection, Engine, RowMapping
+from sqlalchemy.engine import Engine, RowMapping
 
 from ember.core.jobs import TERMINAL, JobState, sources
-from ember.store.db import Repository, transaction
+from ember.store.db import Prepared, RawAccess, Repository, constant
 from ember.store.schema import job_stream, jobs
 
 J = jobs.c
 FINAL_VALUES = [s.value for s in TERMINAL]
+# The states that partial indexes cover, as constants in the SQL (see `constant`).
+QUEUED = J.state == constant(JobState.IN_QUEUE.value)
+RUNNING = J.state == constant(JobState.IN_PROGRESS.value)
 
 
 def _src(to: JobState) -> list[str]:
@@ -57,7 +60,7 @@ def _claim_statement(pg: bool) -> Any:
     first. A CTE is evaluated once (PostgreSQL may re-run an IN-subquery and so exceed the LIMIT)."""
     pick = (
         select(J.id)
-        .where(J.endpoint_id == bindparam("p_endpoint"), J.state == JobState.IN_QUEUE.value)
+        .where(J.endpoint_id == bindparam("p_endpoint"), QUEUED)
         .order_by(J.low_priority, J.created_at)
         .limit(bindparam("p_limit"))
     )
@@ -66,7 +69,7 @@ def _claim_statement(pg: bool) -> Any:
     picked = pick.cte("picked")
     return (
         update(jobs)
-        .where(J.id == picked.c.id, J.state == JobState.IN_QUEUE.value)
+        .where(J.id == picked.c.id, QUEUED)
         .values(
             state=JobState.IN_PROGRESS.value,
             worker_id=bindparam("p_worker"),
@@ -77,22 +80,64 @@ def _claim_statement(pg: bool) -> Any:
     )
 
 
+def _insert_statement() -> Any:
+    """A new job: queued, or (with :p_worker set) already handed to a waiting worker."""
+    return insert(jobs).values(
+        id=bindparam("p_id"),
+        endpoint_id=bindparam("p_endpoint"),
+        account_id=bindparam("p_account"),
+        state=bindparam("p_state"),
+        input=bindparam("p_input"),
+        extra=bindparam("p_extra"),
+        webhook=bindparam("p_webhook"),
+        low_priority=bindparam("p_low"),
+        execution_timeout_ms=bindparam("p_timeout_ms"),
+        is_sync=bindparam("p_sync"),
+        created_at=bindparam("p_now"),
+        expires_at=bindparam("p_expires"),
+        webhook_state=bindparam("p_webhook_state"),
+        worker_id=bindparam("p_worker"),
+        started_at=bindparam("p_started"),
+        deadline_at=bindparam("p_deadline"),
+        requeues=0,
+        retried=0,
+        stream_next=0,
+        stream_read=0,
+        stop_requested=False,
+        webhook_attempts=0,
+    )
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What `finish` learns about a job it finished: enough for its record without reading it again."""
+
+    created_at: float
+    started_at: float | None
+    retried: int
+    has_webhook: bool
+
+
 class JobStore(Repository):
-    def __init__(self, engine: Engine) -> None:
-        super().__init__(engine)
+    def __init__(self, engine: Engine, raw: RawAccess | None = None) -> None:
+        super().__init__(engine, raw)
         self.pg = engine.dialect.name == "postgresql"
-        # The hot statements are built once, with bound parameters: building them per call costs more
-        # than running them.
-        self._insert = insert(jobs)
-        self._claim = _claim_statement(self.pg)
-        self._get = select(jobs).where(J.id == bindparam("id"))
-        self._state_of = select(J.state, J.worker_id).where(J.id == bindparam("id"))
-        self._finish = (
+        # The hot statements are compiled once and run on the raw connection (see `Prepared`).
+        self._insert = Prepared(engine, _insert_statement())
+        self._claim = Prepared(engine, _claim_statement(self.pg))
+        self._get = Prepared(engine, select(jobs).where(J.id == bindparam("id")))
+        self._state_of = Prepared(engine, select(J.state, J.worker_id).where(J.id == bindparam("id")))
+        self._any_queued = Prepared(
+            engine,
+            select(J.id).where(J.endpoint_id == bindparam("p_endpoint"), QUEUED).limit(1),
+        )
+        self._finish = Prepared(
+            engine,
             update(jobs)
             .where(
                 J.id == bindparam("p_id"),
                 J.worker_id == bindparam("p_worker"),
-                J.state == JobState.IN_PROGRESS.value,
+                RUNNING,
             )
             .values(
                 state=bindparam("p_state"),
@@ -102,36 +147,39 @@ class JobStore(Repository):
                 purge_at=case((J.is_sync, bindparam("p_purge_sync")), else_=bindparam("p_purge_run")),
                 webhook_next_at=bindparam("p_now"),
             )
+            .returning(J.created_at, J.started_at, J.retried, J.webhook),
         )
 
     # ---- client side -------------------------------------------------------------------------------
-    def submit(self, job: NewJob, now: float) -> None:
-        """Queue a job; committed (on disk) when this returns."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                self._insert,
-                dict(
-                    id=job.id,
-                    endpoint_id=job.endpoint_id,
-                    account_id=job.account_id,
-                    state=JobState.IN_QUEUE.value,
-                    input=job.input_json,
-                    extra=job.extra_json,
-                    webhook=job.webhook,
-                    low_priority=job.low_priority,
-                    execution_timeout_ms=job.execution_timeout_ms,
-                    is_sync=job.is_sync,
-                    created_at=now,
-                    expires_at=now + job.ttl_ms / 1000.0,
-                    webhook_state="PENDING" if job.webhook else None,
-                ),
+    def submit(self, job: NewJob, now: float, *, worker_id: str | None = None, cur: Any = None) -> None:
+        """Queue a job, or with `worker_id` hand it straight to that worker (IN_PROGRESS from `now`);
+        committed (on disk) when this returns, unless it joins the caller's transaction `cur`."""
+        with self.raw.write(cur) as tx:
+            self._insert.execute(
+                tx,
+                p_id=job.id,
+                p_endpoint=job.endpoint_id,
+                p_account=job.account_id,
+                p_state=(JobState.IN_PROGRESS if worker_id else JobState.IN_QUEUE).value,
+                p_input=job.input_json,
+                p_extra=job.extra_json,
+                p_webhook=job.webhook,
+                p_low=job.low_priority,
+                p_timeout_ms=job.execution_timeout_ms,
+                p_sync=job.is_sync,
+                p_now=now,
+                p_expires=now + job.ttl_ms / 1000.0,
+                p_webhook_state="PENDING" if job.webhook else None,
+                p_worker=worker_id,
+                p_started=now if worker_id else None,
+                p_deadline=now + job.execution_timeout_ms / 1000.0 if worker_id else None,
             )
 
     def get(
         self, job_id: str, account_id: str | None = None, endpoint_id: str | None = None
-    ) -> RowMapping | None:
-        with self.reader.connect() as conn:
-            row = conn.execute(self._get, {"id": job_id}).mappings().first()
+    ) -> dict[str, Any] | None:
+        with self.raw.read() as cur:
+            row = self._get.first(cur, id=job_id)
         if row is None:
             return None
         if (account_id is not None and row["account_id"] != account_id) or (
@@ -228,7 +276,7 @@ class JobStore(Repository):
         with self.engine.begin() as conn:
             res = conn.execute(
                 update(jobs)
-                .where(J.endpoint_id == endpoint_id, J.state == JobState.IN_QUEUE.value)
+                .where(J.endpoint_id == endpoint_id, QUEUED)
                 .values(
                     state=JobState.CANCELLED.value,
                     completed_at=now,
@@ -277,22 +325,26 @@ class JobStore(Repository):
         return out
 
     # ---- worker side -------------------------------------------------------------------------------
+    def any_queued(self, endpoint_id: str) -> bool:
+        """Whether the endpoint has a queued job (a read: no write lock is taken)."""
+        with self.raw.read() as cur:
+            return self._any_queued.first(cur, p_endpoint=endpoint_id) is not None
+
     def claim(
-        self, endpoint_id: str, worker_id: str, limit: int, now: float, conn: Connection | None = None
+        self, endpoint_id: str, worker_id: str, limit: int, now: float, cur: Any = None
     ) -> Sequence[Claimed]:
         """Hand up to `limit` queued jobs to `worker_id` in one statement: normal priority first, then
         oldest first. Concurrent claimers never get the same job."""
-        params = {"p_endpoint": endpoint_id, "p_worker": worker_id, "p_limit": limit, "p_now": now}
-        with transaction(self.engine, conn) as tx:
-            rows = tx.execute(self._claim, params).all()
-        ordered = sorted(rows, key=lambda r: (r.low_priority, r.created_at))
-        return [Claimed(r.id, r.input, r.extra) for r in ordered]
+        with self.raw.write(cur) as tx:
+            rows = self._claim.rows(tx, p_endpoint=endpoint_id, p_worker=worker_id, p_limit=limit, p_now=now)
+        ordered = sorted(rows, key=lambda r: (r["low_priority"], r["created_at"]))
+        return [Claimed(r["id"], r["input"], r["extra"]) for r in ordered]
 
     def progress(self, job_id: str, worker_id: str, output_json: str) -> bool:
         with self.engine.begin() as conn:
             res = conn.execute(
                 update(jobs)
-                .where(J.id == job_id, J.worker_id == worker_id, J.state == JobState.IN_PROGRESS.value)
+                .where(J.id == job_id, J.worker_id == worker_id, RUNNING)
                 .values(output=output_json)
             )
             return res.rowcount > 0
@@ -307,38 +359,40 @@ class JobStore(Repository):
         now: float,
         retention_run_s: float,
         retention_sync_s: float,
-        conn: Connection | None = None,
-    ) -> str:
-        """Record a final result. Returns "done", "final" (already final: ignored, idempotent),
-        "not_held" (the job is in progress on another worker or queued) or "unknown"."""
+        cur: Any = None,
+    ) -> tuple[str, Finished | None]:
+        """Record a final result. Returns ("done", what it learnt of the job), or "final" (already
+        final: ignored, idempotent), "not_held" (in progress on another worker, or queued) or "unknown"."""
         if JobState.IN_PROGRESS not in sources(state):
             raise ValueError(f"{state} is not a result state")
-        params = {
-            "p_id": job_id,
-            "p_worker": worker_id,
-            "p_state": state.value,
-            "p_output": output_json,
-            "p_error": error,
-            "p_now": now,
-            "p_purge_sync": now + retention_sync_s,
-            "p_purge_run": now + retention_run_s,
-        }
-        with transaction(self.engine, conn) as tx:
-            res = tx.execute(self._finish, params)
-            if res.rowcount:
-                return "done"
-            row = tx.execute(self._state_of, {"id": job_id}).first()
+        with self.raw.write(cur) as tx:
+            done = self._finish.first(
+                tx,
+                p_id=job_id,
+                p_worker=worker_id,
+                p_state=state.value,
+                p_output=output_json,
+                p_error=error,
+                p_now=now,
+                p_purge_sync=now + retention_sync_s,
+                p_purge_run=now + retention_run_s,
+            )
+            if done is not None:
+                return "done", Finished(
+                    done["created_at"], done["started_at"], done["retried"], done["webhook"] is not None
+                )
+            row = self._state_of.first(tx, id=job_id)
         if row is None:
-            return "unknown"
-        if row.state in FINAL_VALUES:
-            return "final"
-        return "not_held"
+            return "unknown", None
+        if row["state"] in FINAL_VALUES:
+            return "final", None
+        return "not_held", None
 
     def stream_chunk(self, job_id: str, worker_id: str, output_json: str) -> str:
         with self.engine.begin() as conn:
             seq = conn.execute(
                 update(jobs)
-                .where(J.id == job_id, J.worker_id == worker_id, J.state == JobState.IN_PROGRESS.value)
+                .where(J.id == job_id, J.worker_id == worker_id, RUNNING)
                 .values(stream_next=J.stream_next + 1)
                 .returning(J.stream_next)
             ).scalar()
@@ -352,11 +406,7 @@ class JobStore(Repository):
 
     def held_by(self, worker_id: str) -> Sequence[str]:
         with self.reader.connect() as conn:
-            return list(
-                conn.execute(
-                    select(J.id).where(J.worker_id == worker_id, J.state == JobState.IN_PROGRESS.value)
-                ).scalars()
-            )
+            return list(conn.execute(select(J.id).where(J.worker_id == worker_id, RUNNING)).scalars())
 
     def take_stops(self, worker_id: str) -> Sequence[str]:
         """Ids of jobs this worker should abandon (cancelled or timed out); each is handed out once."""
@@ -372,31 +422,35 @@ class JobStore(Repository):
 
     # ---- control loops -----------------------------------------------------------------------------
     def queue_stats(self) -> dict[str, QueueStats]:
-        """Per endpoint: queued (normal), queued low-priority, oldest normal queued time, in progress."""
-        is_q = J.state == JobState.IN_QUEUE.value
-        normal = and_(is_q, J.low_priority.is_(False))
-        q = (
+        """Per endpoint: queued (normal), queued low-priority, oldest normal queued time, in progress.
+        (One query per state, so each reads its own partial index.)"""
+        queued = (
             select(
                 J.endpoint_id,
-                func.sum(case((normal, 1), else_=0)),
-                func.sum(case((and_(is_q, J.low_priority.is_(True)), 1), else_=0)),
-                func.min(case((normal, J.created_at), else_=None)),
-                func.sum(case((J.state == JobState.IN_PROGRESS.value, 1), else_=0)),
+                J.low_priority,
+                func.count(),
+                func.min(J.created_at),
             )
-            .where(J.state.in_([JobState.IN_QUEUE.value, JobState.IN_PROGRESS.value]))
-            .group_by(J.endpoint_id)
+            .where(QUEUED)
+            .group_by(J.endpoint_id, J.low_priority)
         )
+        # Running jobs are few: counted here, so that the scan reads the running-jobs index.
+        running = select(J.endpoint_id).where(RUNNING)
+        stats: dict[str, list[Any]] = {}
         with self.reader.connect() as conn:
-            rows = conn.execute(q).all()
-        return {r[0]: QueueStats(int(r[1] or 0), int(r[2] or 0), r[3], int(r[4] or 0)) for r in rows}
+            for endpoint_id, low, n, oldest in conn.execute(queued):
+                entry = stats.setdefault(endpoint_id, [0, 0, None, 0])
+                if low:
+                    entry[1] = int(n)
+                else:
+                    entry[0], entry[2] = int(n), oldest
+            for (endpoint_id,) in conn.execute(running):
+                stats.setdefault(endpoint_id, [0, 0, None, 0])[3] += 1
+        return {ep: QueueStats(*entry) for ep, entry in stats.items()}
 
     def in_progress_by_worker(self) -> dict[str, int]:
         with self.reader.connect() as conn:
-            rows = conn.execute(
-                select(J.worker_id, func.count())
-                .where(J.state == JobState.IN_PROGRESS.value)
-                .group_by(J.worker_id)
-            ).all()
+            rows = conn.execute(select(J.worker_id, func.count()).where(RUNNING).group_by(J.worker_id)).all()
         return {r[0]: int(r[1]) for r in rows}
 
     def time_out_running(self, now: float, retention_run_s: float) -> Sequence[RowMapping]:
@@ -406,7 +460,7 @@ class JobStore(Repository):
                 conn.execute(
                     self._lock(
                         select(J.id, J.worker_id, J.endpoint_id, J.execution_timeout_ms).where(
-                            J.state == JobState.IN_PROGRESS.value, J.deadline_at < now
+                            RUNNING, J.deadline_at < now
                         )
                     )
                 )
@@ -416,7 +470,7 @@ class JobStore(Repository):
             for row in due:
                 conn.execute(
                     update(jobs)
-                    .where(J.id == row["id"], J.state == JobState.IN_PROGRESS.value)
+                    .where(J.id == row["id"], RUNNING)
                     .values(
                         state=JobState.TIMED_OUT.value,
                         completed_at=now,
@@ -432,18 +486,19 @@ class JobStore(Repository):
     def expire(self, now: float, grace_s: float) -> Sequence[RowMapping]:
         """Jobs past their ttl end TIMED_OUT and are purged shortly after (status then answers 404)."""
         with self.engine.begin() as conn:
-            due = (
-                conn.execute(
+            due = [
+                row
+                for state in (JobState.IN_QUEUE.value, JobState.IN_PROGRESS.value)
+                for row in conn.execute(
                     self._lock(
                         select(J.id, J.worker_id, J.state, J.endpoint_id).where(
-                            J.state.in_([JobState.IN_QUEUE.value, JobState.IN_PROGRESS.value]),
-                            J.expires_at < now,
+                            J.state == constant(state), J.expires_at < now
                         )
                     )
                 )
                 .mappings()
                 .all()
-            )
+            ]
             for row in due:
                 conn.execute(
                     update(jobs)
@@ -483,18 +538,14 @@ class JobStore(Repository):
         rest failed with `reason`. Returns (requeued ids, failed ids)."""
         with self.engine.begin() as conn:
             held = conn.execute(
-                self._lock(
-                    select(J.id, J.requeues).where(
-                        J.worker_id == worker_id, J.state == JobState.IN_PROGRESS.value
-                    )
-                )
+                self._lock(select(J.id, J.requeues).where(J.worker_id == worker_id, RUNNING))
             ).all()
             again = [r.id for r in held if r.requeues < max_requeues]
             fail = [r.id for r in held if r.requeues >= max_requeues]
             if again:
                 conn.execute(
                     update(jobs)
-                    .where(J.id.in_(again), J.state == JobState.IN_PROGRESS.value)
+                    .where(J.id.in_(again), RUNNING)
                     .values(
                         state=JobState.IN_QUEUE.value,
                         worker_id=None,
@@ -507,7 +558,7 @@ class JobStore(Repository):
             if fail:
                 conn.execute(
                     update(jobs)
-                    .where(J.id.in_(fail), J.state == JobState.IN_PROGRESS.value)
+                    .where(J.id.in_(fail), RUNNING)
                     .values(
                         state=JobState.FAILED.value,
                         completed_at=now,
@@ -521,7 +572,9 @@ class JobStore(Repository):
     def webhooks_due(self, now: float, limit: int = 100) -> Sequence[RowMapping]:
         return self._all(
             select(jobs)
-            .where(J.webhook_state == "PENDING", J.state.in_(FINAL_VALUES), J.webhook_next_at <= now)
+            .where(
+                J.webhook_state == constant("PENDING"), J.state.in_(FINAL_VALUES), J.webhook_next_at <= now
+            )
             .limit(limit)
         )
 

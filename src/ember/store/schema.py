@@ -3,6 +3,8 @@ micro-dollars (`*_micros`); JSON payloads are stored as text exactly as they wil
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -106,7 +108,7 @@ workers = Table(
     Column("account_id", String(64), nullable=False, index=True),
     Column("release", Integer, nullable=False),
     Column("type", String(8), nullable=False),  # ACTIVE | FLEX
-    Column("state", String(16), nullable=False, index=True),
+    Column("state", String(16), nullable=False),
     Column("state_since", Float, nullable=False),
     Column("reason", Text, nullable=False, default=""),
     Column("gpu_type", String(64)),
@@ -168,13 +170,27 @@ jobs = Table(
     Column("webhook_attempts", Integer, nullable=False, default=0),
     Column("webhook_next_at", Float),
 )
-Index("ix_jobs_queue", jobs.c.endpoint_id, jobs.c.state, jobs.c.low_priority, jobs.c.created_at)
-Index("ix_jobs_worker", jobs.c.worker_id, jobs.c.state)
-Index("ix_jobs_state_deadline", jobs.c.state, jobs.c.deadline_at)
-Index("ix_jobs_webhook", jobs.c.webhook_state, jobs.c.webhook_next_at)
-# The reaper's scans each tick: ttl expiry of open jobs, and purging results past their retention.
-Index("ix_jobs_state_expires", jobs.c.state, jobs.c.expires_at)
-Index("ix_jobs_purge", jobs.c.purge_at)
+
+
+def _partial(name: str, *columns: Any, where: Any) -> Index:
+    return Index(name, *columns, sqlite_where=where, postgresql_where=where)
+
+
+# Each job index holds only the rows its scans look at (queued jobs, running ones, those awaiting a
+# webhook, a stop or their purge), so a job changing state rewrites few index pages: every page a commit
+# touches is written to the log again. Running jobs are few, so scanning all of them is cheap.
+_partial(
+    "ix_jobs_queued",
+    jobs.c.endpoint_id,
+    jobs.c.low_priority,
+    jobs.c.created_at,
+    where=jobs.c.state == "IN_QUEUE",
+)
+_partial("ix_jobs_running", jobs.c.worker_id, where=jobs.c.state == "IN_PROGRESS")
+_partial("ix_jobs_stopping", jobs.c.worker_id, where=jobs.c.stop_requested.is_(True))
+_partial("ix_jobs_webhook_due", jobs.c.webhook_next_at, where=jobs.c.webhook_state == "PENDING")
+_partial("ix_jobs_purgeable", jobs.c.purge_at, where=jobs.c.purge_at.is_not(None))
+Index("ix_jobs_endpoint", jobs.c.endpoint_id, jobs.c.created_at)
 
 job_stream = Table(
     "job_stream",

@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
-from ember.core.workers import WorkerState, sources
-from ember.store.db import Repository, transaction
+from ember.core.workers import TAKES_JOBS, WorkerState, sources
+from ember.store.db import Prepared, RawAccess, Repository, constant, transaction
 from ember.store.schema import jobs, meter_cursors, worker_events, workers
 
 W = workers.c
@@ -24,7 +24,7 @@ def _settle_statement() -> Any:
     held = (
         select(func.count())
         .select_from(jobs)
-        .where(jobs.c.worker_id == bindparam("p_id"), jobs.c.state == "IN_PROGRESS")
+        .where(jobs.c.worker_id == bindparam("p_id"), jobs.c.state == constant("IN_PROGRESS"))
         .scalar_subquery()
     )
     return (
@@ -40,14 +40,52 @@ def _settle_statement() -> Any:
     )
 
 
+def _event_statement() -> Any:
+    return insert(worker_events).values(
+        worker_id=bindparam("p_worker"),
+        endpoint_id=bindparam("p_endpoint"),
+        account_id=bindparam("p_account"),
+        from_state=bindparam("p_from"),
+        to_state=bindparam("p_to"),
+        at=bindparam("p_now"),
+        reason=bindparam("p_reason"),
+    )
+
+
+def _run_statement() -> Any:
+    """:p_from -> RUNNING for worker :p_id at :p_now (it took a job)."""
+    return (
+        update(workers)
+        .where(W.id == bindparam("p_id"), W.state == bindparam("p_from"))
+        .values(
+            state=WorkerState.RUNNING.value,
+            state_since=bindparam("p_now"),
+            reason=bindparam("p_reason"),
+            idle_since=None,
+            last_seen_at=bindparam("p_now"),
+        )
+    )
+
+
+TO_RUNNING = frozenset(s.value for s in sources(WorkerState.RUNNING))
+TAKING = frozenset(s.value for s in TAKES_JOBS)
+
+
 class WorkerStore(Repository):
-    def __init__(self, engine: Engine) -> None:
-        super().__init__(engine)
-        # Hot statements, built once with bound parameters.
-        self._get = select(workers).where(W.id == bindparam("p_id"))
+    def __init__(self, engine: Engine, raw: RawAccess | None = None) -> None:
+        super().__init__(engine, raw)
+        # Hot statements, compiled once and run on the raw connection (see `Prepared`).
+        self._get = Prepared(engine, select(workers).where(W.id == bindparam("p_id")))
         self._current = select(W.state, W.endpoint_id, W.account_id).where(W.id == bindparam("p_id"))
+        self._current_raw = Prepared(engine, self._current)
         self._event = insert(worker_events)
-        self._settle = _settle_statement()
+        self._event_raw = Prepared(engine, _event_statement())
+        self._settle = Prepared(engine, _settle_statement())
+        self._run = Prepared(engine, _run_statement())
+        self._taking = Prepared(engine, select(W.state, W.recycle).where(W.id == bindparam("p_id")))
+        self._seen = Prepared(
+            engine, update(workers).where(W.id == bindparam("p_id")).values(last_seen_at=bindparam("p_now"))
+        )
 
     def create(
         self,
@@ -135,33 +173,66 @@ class WorkerStore(Repository):
             )
             return str(row.state)
 
-    def settle_if_idle(self, worker_id: str, now: float, conn: Connection | None = None) -> bool:
-        """RUNNING -> IDLE when the worker holds no IN_PROGRESS job any more (one transaction)."""
-        with transaction(self.engine, conn) as tx:
-            row = tx.execute(self._settle, {"p_id": worker_id, "p_now": now}).first()
-            if row is None:
+    def taking_state(self, worker_id: str, cur: Any = None) -> str | None:
+        """The worker's state when it may be handed new jobs now, else None (unknown, retiring, recycled)."""
+        with self.raw.read() if cur is None else self.raw.write(cur) as tx:
+            row = self._taking.first(tx, p_id=worker_id)
+        if row is None or row["state"] not in TAKING or row["recycle"]:
+            return None
+        return str(row["state"])
+
+    def start_running(self, worker_id: str, now: float, reason: str, cur: Any = None) -> bool:
+        """IDLE (or another state that may take a job) -> RUNNING, with its event; False when the worker's
+        state doesn't allow it (nothing changes then)."""
+        with self.raw.write(cur) as tx:
+            row = self._current_raw.first(tx, p_id=worker_id)
+            if row is None or row["state"] not in TO_RUNNING:
                 return False
-            tx.execute(
-                self._event,
-                dict(
-                    worker_id=worker_id,
-                    endpoint_id=row.endpoint_id,
-                    account_id=row.account_id,
-                    from_state=WorkerState.RUNNING.value,
-                    to_state=WorkerState.IDLE.value,
-                    at=now,
-                    reason=SETTLED,
-                ),
+            self._run.execute(tx, p_id=worker_id, p_from=row["state"], p_now=now, p_reason=reason)
+            if not tx.rowcount:
+                return False
+            self._event_raw.execute(
+                tx,
+                p_worker=worker_id,
+                p_endpoint=row["endpoint_id"],
+                p_account=row["account_id"],
+                p_from=row["state"],
+                p_to=WorkerState.RUNNING.value,
+                p_now=now,
+                p_reason=reason,
             )
             return True
+
+    def settle_if_idle(self, worker_id: str, now: float, cur: Any = None) -> bool:
+        """RUNNING -> IDLE when the worker holds no IN_PROGRESS job any more (one transaction)."""
+        with self.raw.write(cur) as tx:
+            row = self._settle.first(tx, p_id=worker_id, p_now=now)
+            if row is None:
+                return False
+            self._event_raw.execute(
+                tx,
+                p_worker=worker_id,
+                p_endpoint=row["endpoint_id"],
+                p_account=row["account_id"],
+                p_from=WorkerState.RUNNING.value,
+                p_to=WorkerState.IDLE.value,
+                p_now=now,
+                p_reason=SETTLED,
+            )
+            return True
+
+    def seen(self, worker_id: str, now: float) -> None:
+        """Record that the worker was heard from at `now`."""
+        with self.raw.write() as tx:
+            self._seen.execute(tx, p_id=worker_id, p_now=now)
 
     def update(self, worker_id: str, **values: Any) -> None:
         with self.engine.begin() as conn:
             conn.execute(update(workers).where(W.id == worker_id).values(**values))
 
-    def get(self, worker_id: str, account_id: str | None = None) -> RowMapping | None:
-        with self.reader.connect() as conn:
-            row = conn.execute(self._get, {"p_id": worker_id}).mappings().first()
+    def get(self, worker_id: str, account_id: str | None = None) -> dict[str, Any] | None:
+        with self.raw.read() as cur:
+            row = self._get.first(cur, p_id=worker_id)
         if row is None or (account_id is not None and row["account_id"] != account_id):
             return None
         return row
