@@ -23,6 +23,7 @@ from ember import __version__
 from ember.api import client as client_routes
 from ember.api import endpoints as endpoint_routes
 from ember.api import errors as api_errors
+from ember.api import fastpath
 from ember.api import git as git_routes
 from ember.api import manage as manage_routes
 from ember.api import registry_auth as registry_auth_routes
@@ -240,6 +241,7 @@ def create_app(
     app.state.lifecycle = lifecycle
     app.state.new_admin_key = new_admin_key
     api_errors.install(app)
+    fastpath.install(app, client_routes.fast, worker_routes.fast)
     app.include_router(client_routes.router)
     app.include_router(worker_routes.router)
     app.include_router(endpoint_routes.router)

@@ -1,8 +1,10 @@
 """The RunPod-compatible client API under /v2/{endpoint_id}/: run, runsync, status, stream, cancel,
-retry, purge-queue, health. Routes write jobs to the store and wake the loops; they never start compute."""
+retry, purge-queue, health. Routes write jobs to the store and wake the loops; they never start compute.
+run, runsync and status are on the fast path (`api.fastpath`)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -10,14 +12,15 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from ember.api.deps import Runtime, caller, hold_clock, read_json, runtime
+from ember.api.deps import EndpointInfo, Runtime, caller, hold_clock, read_json, runtime
 from ember.api.errors import json_response
+from ember.api.fastpath import FastRoutes
 from ember.core import jobs as J
 from ember.core.errors import Conflict, InvalidInput, NotFound, Problem
 from ember.core.ids import make_id
 from ember.core.jobs import JobState
 from ember.core.wire import record
-from ember.store.jobs import NewJob
+from ember.store.jobs import Claimed, NewJob
 
 router = APIRouter(prefix="/v2/{endpoint_id}", tags=["jobs"])
 
@@ -95,55 +98,103 @@ def _ms(policy: dict[str, Any], name: str, default: int, lo: int, hi: int, probl
     return value
 
 
-async def _submit(
-    request: Request, endpoint_id: str, limit_bytes: int, sync: bool
-) -> tuple[Runtime, str, Any]:
-    rt = runtime(request)
-    who = caller(request)
-    ep = _endpoint(rt, who.account_id, endpoint_id)
-    body = await read_json(request, limit_bytes)
+fast = FastRoutes("/v2/{endpoint_id}", "jobs")
+
+
+def _new_job(ep: EndpointInfo, body: Any, sync: bool) -> NewJob:
     input_json, extra_json, webhook, low, timeout_ms, ttl_ms = _parse_job(body, ep.execution_timeout_ms)
     job_id = make_id("sync_job" if sync else "job", uuid.uuid4().hex)
-    job = NewJob(job_id, ep.id, ep.account_id, input_json, extra_json, webhook, low, timeout_ms, ttl_ms, sync)
-    await rt.store.run(rt.store.jobs.submit, job, rt.clock.now())
-    rt.signals.jobs_queued(ep.id)
-    if not rt.signals.live_workers.get(ep.id):
+    return NewJob(
+        job_id, ep.id, ep.account_id, input_json, extra_json, webhook, low, timeout_ms, ttl_ms, sync
+    )
+
+
+async def _submit(request: Request, limit_bytes: int, sync: bool) -> tuple[Runtime, NewJob]:
+    rt = runtime(request)
+    who = caller(request)
+    ep = _endpoint(rt, who.account_id, request.path_params["endpoint_id"])
+    job = _new_job(ep, await read_json(request, limit_bytes), sync)
+    return rt, job
+
+
+async def _enqueue(rt: Runtime, job: NewJob) -> None:
+    """Write the job (on disk when this returns): straight to a job-take waiting on its endpoint when
+    there is one, else into the queue."""
+    now = rt.clock.now()
+    dispatch = rt.signals.dispatch
+    taker = dispatch.next_taker(job.endpoint_id)
+    if taker is not None:
+        try:
+            handed = await rt.store.run(rt.store.hand_over, job, taker.worker_id, now)
+        except BaseException:
+            taker.future.set_result(None)
+            raise
+        taker.future.set_result(Claimed(job.id, job.input_json, job.extra_json) if handed else None)
+        if handed:
+            return
+    else:
+        await rt.store.run(rt.store.jobs.submit, job, now)
+    rt.signals.jobs_queued(job.endpoint_id)
+    if not rt.signals.live_workers.get(job.endpoint_id):
         rt.signals.poke_scaler()  # the first job on an endpoint at zero starts a worker at once
-    return rt, job_id, ep
 
 
-@router.post("/run", summary="Queue a job")
-async def run(endpoint_id: str, request: Request) -> Response:
-    _, job_id, _ = await _submit(request, endpoint_id, J.RUN_BODY_LIMIT_BYTES, sync=False)
-    return json_response({"id": job_id, "status": JobState.IN_QUEUE.value})
+@fast.route("/run", ["POST"], "Queue a job")
+async def run(request: Request) -> Response:
+    rt, job = await _submit(request, J.RUN_BODY_LIMIT_BYTES, sync=False)
+    await _enqueue(rt, job)
+    return json_response({"id": job.id, "status": JobState.IN_QUEUE.value})
 
 
-@router.post("/runsync", summary="Run a job and wait for its result")
-async def runsync(endpoint_id: str, request: Request, wait: str | None = None) -> Response:
+@fast.route("/runsync", ["POST"], "Run a job and wait for its result", query=("wait",))
+async def runsync(request: Request) -> Response:
     wait_ms = J.RUNSYNC_WAIT_DEFAULT_MS
+    wait = request.query_params.get("wait")
     if wait is not None:
         if not wait.isdigit():
             raise InvalidInput(
                 "'wait' must be an integer number of milliseconds", [Problem("wait", "not an integer", wait)]
             )
         wait_ms = min(max(int(wait), J.RUNSYNC_WAIT_MIN_MS), J.RUNSYNC_WAIT_MAX_MS)
-    rt, job_id, ep = await _submit(request, endpoint_id, J.RUNSYNC_BODY_LIMIT_BYTES, sync=True)
-    deadline = hold_clock() + wait_ms / 1000.0
-    row = None
-    while True:
-        remaining = deadline - hold_clock()
-        await rt.signals.done.wait(job_id, min(remaining, 1.0))
-        row = await rt.store.run(rt.store.jobs.get, job_id)
-        if row is None or row["state"] in _FINAL or hold_clock() >= deadline:
-            break
-    if row is None:
-        raise NotFound(f"job {job_id!r} expired")
-    if row["state"] in _FINAL:
-        return json_response(record(row))
-    return json_response({"id": job_id, "status": row["state"]})
+    rt, job = await _submit(request, J.RUNSYNC_BODY_LIMIT_BYTES, sync=True)
+    dispatch = rt.signals.dispatch
+    result = dispatch.expect_result(job.id)  # before the job exists, so its finish can't be missed
+    try:
+        await _enqueue(rt, job)
+        deadline = hold_clock() + wait_ms / 1000.0
+        while True:
+            try:
+                final = await asyncio.wait_for(result, max(0.0, min(deadline - hold_clock(), 1.0)))
+            except TimeoutError:
+                final = None
+            if final is not None:
+                return json_response(final)
+            # Woken without the record (or a slice passed): the store says how the job stands.
+            result = dispatch.expect_result(job.id)
+            row = await rt.store.run(rt.store.jobs.get, job.id)
+            if row is None:
+                raise NotFound(f"job {job.id!r} expired")
+            if row["state"] in _FINAL:
+                return json_response(record(row))
+            if hold_clock() >= deadline:
+                return json_response({"id": job.id, "status": row["state"]})
+    finally:
+        dispatch.forget_result(job.id)
 
 
 _FINAL = {s.value for s in J.TERMINAL}
+
+
+@fast.route("/status/{job_id}", ["GET", "POST"], "A job's status and output")
+async def status(request: Request) -> Response:
+    rt = runtime(request)
+    who = caller(request)
+    ep = _endpoint(rt, who.account_id, request.path_params["endpoint_id"])
+    job_id = request.path_params["job_id"]
+    row = await rt.store.run(rt.store.jobs.get, job_id, ep.account_id, ep.id)
+    if row is None:
+        raise NotFound(f"job {job_id!r} not found")
+    return json_response(record(row))
 
 
 async def _job(request: Request, endpoint_id: str, job_id: str) -> tuple[Runtime, Any, Any]:
@@ -151,15 +202,6 @@ async def _job(request: Request, endpoint_id: str, job_id: str) -> tuple[Runtime
     who = caller(request)
     ep = _endpoint(rt, who.account_id, endpoint_id)
     return rt, who, ep
-
-
-@router.api_route("/status/{job_id}", methods=["GET", "POST"], summary="A job's status and output")
-async def status(endpoint_id: str, job_id: str, request: Request) -> Response:
-    rt, _, ep = await _job(request, endpoint_id, job_id)
-    row = await rt.store.run(rt.store.jobs.get, job_id, ep.account_id, ep.id)
-    if row is None:
-        raise NotFound(f"job {job_id!r} not found")
-    return json_response(record(row))
 
 
 @router.api_route("/stream/{job_id}", methods=["GET", "POST"], summary="Stream chunks not yet read")

@@ -3,7 +3,9 @@ job-done (raw body, any content type), job-stream, ping, job-stop (long poll). W
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -11,12 +13,15 @@ from starlette.responses import Response
 
 from ember.api.deps import Runtime, hold_clock, read_json, runtime, worker_caller
 from ember.api.errors import json_response
+from ember.api.fastpath import FastRoutes
 from ember.core import jobs as J
 from ember.core.errors import Conflict, InvalidInput, NotFound
-from ember.core.wire import worker_job
+from ember.core.wire import record, worker_job
 from ember.core.workers import TAKES_JOBS, WorkerState
+from ember.store.jobs import Claimed
 
 router = APIRouter(prefix="/v2/{endpoint_id}", tags=["worker protocol"])
+fast = FastRoutes("/v2/{endpoint_id}", "worker protocol")
 
 NO_CONTENT = Response(status_code=204)
 _TAKING = {s.value for s in TAKES_JOBS}
@@ -39,7 +44,7 @@ async def _mark_seen(rt: Runtime, worker: Any, now: float, *, ready: bool = True
         rt.signals.reconcile.set()
         return await rt.store.run(rt.store.workers.get, worker["id"])
     if worker["last_seen_at"] is None or now - worker["last_seen_at"] >= 1.0:
-        await rt.store.run(rt.store.workers.update, worker["id"], last_seen_at=now)
+        await rt.store.run(rt.store.workers.seen, worker["id"], now)
     return worker
 
 
@@ -47,7 +52,7 @@ async def _heard_from(rt: Runtime, worker_id: str, now: float) -> None:
     """Refresh a worker's last_seen_at, at most once a second, without reading its record."""
     if now - rt.heard.get(worker_id, 0.0) >= 1.0:
         rt.heard[worker_id] = now
-        await rt.store.run(rt.store.workers.update, worker_id, last_seen_at=now)
+        await rt.store.run(rt.store.workers.seen, worker_id, now)
 
 
 async def _worker(request: Request, endpoint_id: str, worker_id: str) -> tuple[Runtime, Any]:
@@ -59,76 +64,122 @@ async def _worker(request: Request, endpoint_id: str, worker_id: str) -> tuple[R
     return rt, worker
 
 
-async def _take(request: Request, endpoint_id: str, worker_id: str, limit: int) -> Response:
+def _jobs_body(claimed: Sequence[Claimed], as_list: bool) -> str:
+    if not as_list:
+        return worker_job(claimed[0].id, claimed[0].input_json, claimed[0].extra_json)
+    return "[" + ",".join(worker_job(c.id, c.input_json, c.extra_json) for c in claimed) + "]"
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client hangs up (or the response has been sent)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _take(request: Request, limit: int, as_list: bool) -> Response:
+    endpoint_id, worker_id = request.path_params["endpoint_id"], request.path_params["worker_id"]
     rt, worker = await _worker(request, endpoint_id, worker_id)
     worker = await _mark_seen(rt, worker, rt.clock.now(), ready=False)
+    dispatch = rt.signals.dispatch
     deadline = hold_clock() + rt.limits.take_hold_s
     first = True
-    while True:
-        if worker["state"] not in _TAKING or worker["recycle"]:
-            # Outdated, stopping or recycled workers take no new job: hold, then say "nothing".
-            await rt.signals.stops.wait("retire:" + worker_id, max(0.0, deadline - hold_clock()))
-            return NO_CONTENT
-        now = rt.clock.now()
-        was_running = worker["state"] == WorkerState.RUNNING.value
-        claimed = await rt.store.run(
-            rt.store.take, endpoint_id, worker_id, limit, now, mark_running=not was_running
-        )
-        if claimed:
-            if limit == 1 and not request.url.path.endswith("-batch/" + worker_id):
-                body = worker_job(claimed[0].id, claimed[0].input_json, claimed[0].extra_json)
-            else:
-                body = "[" + ",".join(worker_job(c.id, c.input_json, c.extra_json) for c in claimed) + "]"
-            return Response(body, media_type="application/json")
-        if first:
-            first = False
-            if worker["state"] == WorkerState.INITIALIZING.value:
-                worker = await _mark_seen(rt, worker, now)
-            in_progress = request.query_params.get("job_in_progress") == "1"
-            if worker["state"] == WorkerState.RUNNING.value and not in_progress:
-                held = await rt.store.run(rt.store.jobs.held_by, worker_id)
-                if not held:
-                    await rt.store.run(
-                        rt.store.workers.transition,
-                        worker_id,
-                        WorkerState.IDLE,
-                        now,
-                        "no job",
-                        idle_since=now,
-                    )
-        remaining = deadline - hold_clock()
-        if remaining <= 0 or await request.is_disconnected():
-            return NO_CONTENT
-        await rt.signals.jobs.wait(endpoint_id, min(remaining, 5.0))
-        worker = await rt.store.run(rt.store.workers.get, worker_id) or worker
-
-
-def _batch_size(request: Request) -> int:
-    raw = request.query_params.get("batch_size", "1")
+    gone: asyncio.Future[None] | None = None
     try:
-        return max(1, min(int(raw), 1000))
+        while True:
+            if worker["state"] not in _TAKING or worker["recycle"]:
+                # Outdated, stopping or recycled workers take no new job: hold, then say "nothing".
+                await rt.signals.stops.wait("retire:" + worker_id, max(0.0, deadline - hold_clock()))
+                return NO_CONTENT
+            now = rt.clock.now()
+            queued_before = dispatch.queued.get(endpoint_id, 0)
+            was_running = worker["state"] == WorkerState.RUNNING.value
+            claimed = await rt.store.run(
+                rt.store.take, endpoint_id, worker_id, limit, now, mark_running=not was_running
+            )
+            if claimed:
+                return Response(_jobs_body(claimed, as_list), media_type="application/json")
+            if first:
+                first = False
+                if worker["state"] == WorkerState.INITIALIZING.value:
+                    worker = await _mark_seen(rt, worker, now)
+                in_progress = request.query_params.get("job_in_progress") == "1"
+                if was_running and not in_progress:
+                    held = await rt.store.run(rt.store.jobs.held_by, worker_id)
+                    if not held:
+                        await rt.store.run(
+                            rt.store.workers.transition,
+                            worker_id,
+                            WorkerState.IDLE,
+                            now,
+                            "no job",
+                            idle_since=now,
+                        )
+            remaining = deadline - hold_clock()
+            if remaining <= 0:
+                return NO_CONTENT
+            if dispatch.queued.get(endpoint_id, 0) != queued_before:
+                continue  # a job was queued while this take looked: look again
+            if gone is None:
+                gone = asyncio.ensure_future(_client_gone(request))
+            taker = dispatch.wait_for_job(endpoint_id, worker_id)
+            try:
+                await asyncio.wait(
+                    (taker.future, gone), timeout=min(remaining, 5.0), return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                dispatch.done_waiting(endpoint_id, taker)
+            if taker.promised:
+                handed = await taker.future  # a submit is writing this job for this worker
+                if handed is not None:
+                    return Response(_jobs_body([handed], as_list), media_type="application/json")
+            if gone.done():
+                return NO_CONTENT
+            worker = await rt.store.run(rt.store.workers.get, worker_id) or worker
+    finally:
+        if gone is not None:
+            gone.cancel()
+
+
+def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        return max(lo, min(int(raw), hi))
     except ValueError:
-        raise InvalidInput(f"batch_size must be an integer, got {raw!r}")
+        raise InvalidInput(f"{name} must be an integer, got {raw!r}")
 
 
-@router.get("/job-take/{worker_id}", summary="Take the next job (long poll)")
-async def job_take(endpoint_id: str, worker_id: str, request: Request) -> Response:
-    return await _take(request, endpoint_id, worker_id, 1)
+@fast.route("/job-take/{worker_id}", ["GET"], "Take the next job (long poll)", query=("job_in_progress",))
+async def job_take(request: Request) -> Response:
+    return await _take(request, 1, as_list=False)
 
 
-@router.get("/job-take-batch/{worker_id}", summary="Take up to batch_size jobs (long poll)")
-async def job_take_batch(endpoint_id: str, worker_id: str, request: Request) -> Response:
-    return await _take(request, endpoint_id, worker_id, _batch_size(request))
+@fast.route(
+    "/job-take-batch/{worker_id}",
+    ["GET"],
+    "Take up to batch_size jobs (long poll)",
+    query=("batch_size", "job_in_progress"),
+)
+async def job_take_batch(request: Request) -> Response:
+    return await _take(request, _int_param(request, "batch_size", 1, 1, 1000), as_list=True)
 
 
 def _dump(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-@router.post("/job-done/{worker_id}/{job_id}", summary="Report a job's result or progress")
-async def job_done(endpoint_id: str, worker_id: str, job_id: str, request: Request) -> Response:
+@fast.route(
+    "/job-done/{worker_id}/{job_id}",
+    ["POST"],
+    "Report a job's result or progress; with take=N (Ember's SDK), also take up to N next jobs",
+    query=("isStream", "take"),
+)
+async def job_done(request: Request) -> Response:
     # The worker key names this endpoint and worker (keys die with their worker), so the hot path
     # needs no worker record: the result statement itself checks that the worker holds the job.
+    p = request.path_params
+    endpoint_id, worker_id, job_id = p["endpoint_id"], p["worker_id"], p["job_id"]
     rt = runtime(request)
     worker_caller(request, endpoint_id, worker_id)
     body = await read_json(request, RESULT_LIMIT_BYTES)
@@ -143,7 +194,8 @@ async def job_done(endpoint_id: str, worker_id: str, job_id: str, request: Reque
         return json_response({"status": "ok"})
     state, fields = J.classify_result(body)
     output = _dump(fields["output"]) if "output" in fields else None
-    outcome = await rt.store.run(
+    take = 0 if body.get("stopPod") else _int_param(request, "take", 0, 0, 1000)
+    report = await rt.store.run(
         rt.store.report,
         job_id,
         worker_id,
@@ -153,17 +205,35 @@ async def job_done(endpoint_id: str, worker_id: str, job_id: str, request: Reque
         now,
         rt.limits.retention_run_s,
         rt.limits.retention_sync_s,
+        take_endpoint=endpoint_id,
+        take=take,
     )
-    if outcome == "unknown":
+    if report.outcome == "unknown":
         raise NotFound(f"job {job_id!r} not found")
-    if outcome == "not_held":
+    if report.outcome == "not_held":
         raise Conflict(f"job {job_id!r} is not held by worker {worker_id!r}")
-    if outcome == "done":
-        rt.signals.job_finished(job_id)
+    if report.finished is not None:
+        f = report.finished
+        final = {
+            "id": job_id,
+            "state": state.value,
+            "created_at": f.created_at,
+            "started_at": f.started_at,
+            "completed_at": now,
+            "worker_id": worker_id,
+            "output": output,
+            "error": fields.get("error"),
+            "retried": f.retried,
+        }
+        rt.signals.job_finished(job_id, record(final), webhook=f.has_webhook)
+        await asyncio.sleep(0)  # let a runsync waiting on this job answer its client before this reply
     if body.get("stopPod"):
         await rt.store.run(lambda: rt.store.workers.update(worker_id, recycle=True))
         rt.signals.reconcile.set()
-    return json_response({"status": "ok" if outcome == "done" else "ignored"})
+    if report.next_jobs:
+        jobs = _jobs_body(report.next_jobs, as_list=True)
+        return Response('{"status":"ok","jobs":' + jobs + "}", media_type="application/json")
+    return json_response({"status": "ok" if report.outcome == "done" else "ignored"})
 
 
 @router.post("/job-stream/{worker_id}/{job_id}", summary="Append a stream chunk")

@@ -145,10 +145,10 @@ class _DevServer(uvicorn.Server):
         self._workers.stop_all()
         # A woken poll sees its client gone and returns; wake-ups are hints, so extra ones are harmless.
         for _ in range(POLL_WAKE_TRIES):
-            if self.endpoint_id is None or not self._signals.jobs.waiting(self.endpoint_id):
+            if self.endpoint_id is None or not self._signals.dispatch.takers(self.endpoint_id):
                 break
             await asyncio.sleep(0.05)
-            self._signals.jobs.wake(self.endpoint_id)
+            self._signals.dispatch.wake_takers(self.endpoint_id)
         await super().shutdown(sockets)
 
 

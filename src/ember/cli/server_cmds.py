@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import typer
 import uvicorn
+import uvloop
 from rich.console import Console
 
 from ember.settings import Settings
@@ -75,7 +76,8 @@ def _serve(settings: Settings, *, example: bool) -> None:
                 console.print(f"Ember is serving on {settings.api_url}")
         await serving
 
-    asyncio.run(main())
+    # uvicorn's `loop=` applies only when uvicorn runs the loop itself; here we do, so ask for uvloop.
+    uvloop.run(main())
 
 
 def _example_banner(settings: Settings) -> None:

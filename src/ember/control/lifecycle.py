@@ -381,7 +381,7 @@ class Lifecycle:
             )
             if prev:
                 log.info("worker_transition worker=%s from=%s to=OUTDATED", wid, prev)
-                self.signals.retire(wid, ep["id"])
+                self.signals.retire(wid)
         for wid, why in steps.stop:
             if wid not in self._busy_ops:
                 await self._stop(rows[wid], why)
@@ -555,7 +555,7 @@ class Lifecycle:
         self._acted += 1
         s = self.store
         await s.run(lambda: s.workers.update(w["id"], recycle=True))
-        self.signals.retire(w["id"], w["endpoint_id"])
+        self.signals.retire(w["id"])
         backend = self.backends.get(w["backend"])
 
         async def go() -> None:

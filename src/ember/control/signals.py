@@ -1,11 +1,15 @@
 """In-process wake-ups between the API and the loops: jobs arrived, a job finished, a stop is wanted,
 the autoscaler should look now. Losing a wake-up only delays work until the next tick, never loses it:
-the store is the truth, these only shorten waits."""
+the store is the truth, these only shorten waits. Jobs and results themselves are handed over by the
+`Dispatcher`."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from typing import Any
+
+from ember.control.dispatch import Dispatcher
 
 
 class _Waiters:
@@ -50,8 +54,7 @@ class _Waiters:
 
 class Signals:
     def __init__(self) -> None:
-        self.jobs = _Waiters()  # key: endpoint id: jobs were queued
-        self.done = _Waiters()  # key: job id: the job reached a final state (or made progress)
+        self.dispatch = Dispatcher()  # open job-takes and runsync waiters
         self.stops = _Waiters()  # key: worker id: a job-stop is pending
         self.scale = asyncio.Event()  # the autoscaler should decide now
         self.webhooks = asyncio.Event()  # a webhook became due
@@ -66,17 +69,21 @@ class Signals:
         self.fitness: dict[str, str] = {}
 
     def jobs_queued(self, endpoint_id: str, count: int = 1) -> None:
-        self.jobs.wake(endpoint_id, count)
+        self.dispatch.wake_takers(endpoint_id, count)
 
-    def job_finished(self, job_id: str) -> None:
-        self.done.wake(job_id)
-        self.webhooks.set()
+    def job_finished(
+        self, job_id: str, record: dict[str, Any] | None = None, *, webhook: bool = True
+    ) -> None:
+        """A job reached a final state: hand `record` (when known) to its runsync waiter, and let the
+        webhook loop look (unless the job is known to have no webhook)."""
+        self.dispatch.finished(job_id, record)
+        if webhook:
+            self.webhooks.set()
 
-    def retire(self, worker_id: str, endpoint_id: str) -> None:
-        """A worker takes no new job: end its held job-take now, and let every other take on the endpoint
-        re-check (so a stopping worker no longer counts as one waiting for jobs)."""
+    def retire(self, worker_id: str) -> None:
+        """A worker takes no new job: end its held job-take now."""
         self.stops.wake("retire:" + worker_id)
-        self.jobs.wake(endpoint_id)
+        self.dispatch.release(worker_id)
 
     def poke_scaler(self) -> None:
         self.scale.set()

@@ -1,0 +1,109 @@
+"""In-memory hand-offs on the job path, so that a job waits on no poll and no re-read:
+
+- a job-take waiting on an endpoint is handed the next job submitted there (the submit records it as
+  taken by that worker in the same transaction that writes it);
+- a runsync waiting on a job is handed the job's final record by whoever finished it.
+
+The store stays the truth: a hand-off that is lost (a process dies) leaves a job the store recovers like
+any other, and a waiter woken with nothing looks in the store itself."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(eq=False)
+class Taker:
+    """A job-take held open by `worker_id`. Once `promised` (picked by a submit), it waits for its
+    future without a timeout: the submit is writing the job and resolves it with the job, or with None."""
+
+    worker_id: str
+    promised: bool = False
+    future: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class Dispatcher:
+    def __init__(self) -> None:
+        self._takers: dict[str, deque[Taker]] = {}
+        self._by_worker: dict[str, Taker] = {}
+        self._results: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
+        # Per endpoint, how many jobs were queued with no taker waiting: a take that looked at the store
+        # before a queueing and starts waiting after it (possible when store calls run on threads) sees
+        # the count moved and looks again instead of waiting.
+        self.queued: dict[str, int] = {}
+
+    # ---- job-takes -------------------------------------------------------------------------------
+    def wait_for_job(self, endpoint_id: str, worker_id: str) -> Taker:
+        taker = Taker(worker_id)
+        self._takers.setdefault(endpoint_id, deque()).append(taker)
+        old = self._by_worker.pop(worker_id, None)
+        if old is not None and not old.future.done():
+            old.future.set_result(None)  # a worker has one take open; an older one ends empty
+        self._by_worker[worker_id] = taker
+        return taker
+
+    def done_waiting(self, endpoint_id: str, taker: Taker) -> None:
+        waiting = self._takers.get(endpoint_id)
+        if waiting is not None:
+            try:
+                waiting.remove(taker)
+            except ValueError:
+                pass
+            if not waiting:
+                del self._takers[endpoint_id]
+        if self._by_worker.get(taker.worker_id) is taker:
+            del self._by_worker[taker.worker_id]
+
+    def next_taker(self, endpoint_id: str) -> Taker | None:
+        """The longest-waiting open take on the endpoint, removed from the waiters; None when none."""
+        waiting = self._takers.get(endpoint_id)
+        while waiting:
+            taker = waiting.popleft()
+            if self._by_worker.get(taker.worker_id) is taker:
+                del self._by_worker[taker.worker_id]
+            if not taker.future.done():
+                if not waiting:
+                    del self._takers[endpoint_id]
+                taker.promised = True
+                return taker
+        self._takers.pop(endpoint_id, None)
+        return None
+
+    def wake_takers(self, endpoint_id: str, count: int | None = None) -> None:
+        """Jobs were queued: end waiting takes empty-handed so they look in the store."""
+        self.queued[endpoint_id] = self.queued.get(endpoint_id, 0) + 1
+        woken = 0
+        while count is None or woken < count:
+            taker = self.next_taker(endpoint_id)
+            if taker is None:
+                return
+            taker.future.set_result(None)
+            woken += 1
+
+    def release(self, worker_id: str) -> None:
+        """A worker takes no new job (retiring, stopping): its open take ends empty-handed."""
+        taker = self._by_worker.pop(worker_id, None)
+        if taker is not None and not taker.future.done():
+            taker.future.set_result(None)
+
+    def takers(self, endpoint_id: str) -> int:
+        return sum(1 for t in self._takers.get(endpoint_id, ()) if not t.future.done())
+
+    # ---- runsync results -------------------------------------------------------------------------
+    def expect_result(self, job_id: str) -> asyncio.Future[dict[str, Any] | None]:
+        fut: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+        self._results[job_id] = fut
+        return fut
+
+    def forget_result(self, job_id: str) -> None:
+        self._results.pop(job_id, None)
+
+    def finished(self, job_id: str, record: dict[str, Any] | None = None) -> None:
+        """The job reached a final state; `record` is its final record when known (else the waiter
+        reads it)."""
+        fut = self._results.pop(job_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(record)

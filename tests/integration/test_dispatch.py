@@ -1,0 +1,210 @@
+"""The job path's hand-offs: a job submitted while a job-take waits goes straight to that worker; a
+job-done with `take=N` (Ember's SDK) is answered with the next queued jobs; a runsync gets the final
+record from the job-done that finished its job. The store stays the truth in every case."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from ember.core.jobs import JobState
+from ember.core.workers import WorkerState
+from ember.store.facade import Store
+from ember.store.jobs import NewJob
+from tests.support.harness import Harness, build
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+async def ready_worker(h: Harness, **fields: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An endpoint with one IDLE worker (started, then its first take found nothing)."""
+    ep = await h.deploy("dispatch", workersMin=1, workersMax=1, **fields)
+    await h.tick()
+    [worker] = await h.workers(ep["id"])
+    assert (await h.take(ep["id"], worker["id"])).status_code == 204
+    [worker] = await h.workers(ep["id"])
+    assert worker["state"] == "IDLE"
+    return ep, worker
+
+
+async def waiting_take(h: Harness, endpoint_id: str, worker_id: str) -> asyncio.Task[Any]:
+    h.app.state.runtime.limits.take_hold_s = 10.0
+    task = asyncio.ensure_future(h.take(endpoint_id, worker_id))
+    dispatch = h.app.state.runtime.signals.dispatch
+    for _ in range(500):
+        if dispatch.takers(endpoint_id):
+            return task
+        await asyncio.sleep(0.01)
+    raise AssertionError("the job-take never started waiting")
+
+
+def history(h: Harness, worker_id: str) -> list[tuple[str, str]]:
+    return [(e["to_state"], e["reason"]) for e in h.store.workers.history(worker_id)]
+
+
+def test_a_job_submitted_while_a_take_waits_is_handed_to_that_worker(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = build(tmp_path)
+        ep, worker = await ready_worker(h)
+        take = await waiting_take(h, ep["id"], worker["id"])
+        h.clock.advance(2)
+        job = (await h.api.post(f"/v2/{ep['id']}/run", json={"input": {"n": 7}})).json()
+        taken = await asyncio.wait_for(take, 5)
+        assert taken.status_code == 200
+        assert taken.json() == {"id": job["id"], "input": {"n": 7}}
+        row = h.store.jobs.get(job["id"])
+        assert row is not None
+        assert row["state"] == "IN_PROGRESS" and row["worker_id"] == worker["id"]
+        assert row["started_at"] == row["created_at"]  # no time in the queue
+        assert row["deadline_at"] == row["started_at"] + row["execution_timeout_ms"] / 1000
+        assert history(h, worker["id"])[-1] == ("RUNNING", "took a job")
+        status = (await h.api.get(f"/v2/{ep['id']}/status/{job['id']}")).json()
+        assert status["status"] == "IN_PROGRESS" and status["delayTime"] == 0
+        await h.api.aclose()
+
+    run(scenario())
+
+
+def test_a_runsync_gets_the_record_the_job_done_finished_it_with(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = build(tmp_path)
+        ep, worker = await ready_worker(h)
+        take = await waiting_take(h, ep["id"], worker["id"])
+        sync = asyncio.ensure_future(h.api.post(f"/v2/{ep['id']}/runsync", json={"input": {"n": 1}}))
+        job = (await asyncio.wait_for(take, 5)).json()
+        h.clock.advance(1.5)
+        done = await h.done(ep["id"], worker["id"], job["id"], {"output": {"sum": 3}})
+        assert done.json() == {"status": "ok"}
+        answer = (await asyncio.wait_for(sync, 5)).json()
+        status = (await h.api.get(f"/v2/{ep['id']}/status/{job['id']}")).json()
+        assert answer == status
+        assert answer == {
+            "id": job["id"],
+            "status": "COMPLETED",
+            "delayTime": 0,
+            "executionTime": 1500,
+            "workerId": worker["id"],
+            "output": {"sum": 3},
+        }
+        await h.api.aclose()
+
+    run(scenario())
+
+
+def test_job_done_with_take_answers_with_the_next_queued_jobs(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = build(tmp_path)
+        ep, worker = await ready_worker(h)
+        ids = [
+            (await h.api.post(f"/v2/{ep['id']}/run", json={"input": {"i": i}})).json()["id"] for i in range(3)
+        ]
+        first = (await h.take(ep["id"], worker["id"])).json()
+        assert first["id"] == ids[0]
+        url = f"/v2/{ep['id']}/job-done/{worker['id']}/{ids[0]}?isStream=false&take=2"
+        answer = (await h.api.post(url, json={"output": 1}, headers=h.worker_headers(worker["id"]))).json()
+        assert answer["status"] == "ok"
+        assert [j["id"] for j in answer["jobs"]] == ids[1:]
+        assert [j["input"] for j in answer["jobs"]] == [{"i": 1}, {"i": 2}]
+        assert [h.store.jobs.get(i)["state"] for i in ids] == ["COMPLETED", "IN_PROGRESS", "IN_PROGRESS"]
+        # It went straight on to its next jobs: Running throughout, no Idle in between.
+        assert history(h, worker["id"])[-1] == ("RUNNING", "took a job")
+        url = f"/v2/{ep['id']}/job-done/{worker['id']}/{ids[1]}?isStream=false&take=1"
+        answer = (await h.api.post(url, json={"output": 2}, headers=h.worker_headers(worker["id"]))).json()
+        assert answer == {"status": "ok"}  # nothing queued; it still holds ids[2]
+        assert h.store.workers.get(worker["id"])["state"] == "RUNNING"
+        # A repeated report is ignored and hands out nothing.
+        answer = (await h.api.post(url, json={"output": 2}, headers=h.worker_headers(worker["id"]))).json()
+        assert answer == {"status": "ignored"}
+        url = f"/v2/{ep['id']}/job-done/{worker['id']}/{ids[2]}?isStream=false&take=1"
+        answer = (await h.api.post(url, json={"output": 3}, headers=h.worker_headers(worker["id"]))).json()
+        assert answer == {"status": "ok"}
+        assert h.store.workers.get(worker["id"])["state"] == "IDLE"
+        await h.api.aclose()
+
+    run(scenario())
+
+
+def test_a_worker_that_asks_to_stop_is_handed_nothing_more(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = build(tmp_path)
+        ep, worker = await ready_worker(h)
+        ids = [
+            (await h.api.post(f"/v2/{ep['id']}/run", json={"input": {"i": i}})).json()["id"] for i in range(2)
+        ]
+        assert (await h.take(ep["id"], worker["id"])).json()["id"] == ids[0]
+        url = f"/v2/{ep['id']}/job-done/{worker['id']}/{ids[0]}?isStream=false&take=1"
+        body = {"output": 1, "stopPod": True}
+        answer = (await h.api.post(url, json=body, headers=h.worker_headers(worker["id"]))).json()
+        assert answer == {"status": "ok"}
+        assert h.store.jobs.get(ids[1])["state"] == "IN_QUEUE"
+        await h.api.aclose()
+
+    run(scenario())
+
+
+def test_bad_take_values_are_clear_errors(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = build(tmp_path)
+        ep, worker = await ready_worker(h)
+        job = (await h.api.post(f"/v2/{ep['id']}/run", json={"input": {}})).json()
+        assert (await h.take(ep["id"], worker["id"])).json()["id"] == job["id"]
+        url = f"/v2/{ep['id']}/job-done/{worker['id']}/{job['id']}?take=lots"
+        resp = await h.api.post(url, json={"output": 1}, headers=h.worker_headers(worker["id"]))
+        assert resp.status_code == 400 and "take must be an integer" in resp.json()["error"]
+        assert h.store.jobs.get(job["id"])["state"] == "IN_PROGRESS"  # nothing recorded
+        await h.api.aclose()
+
+    run(scenario())
+
+
+def _job(i: int) -> NewJob:
+    return NewJob(f"job-{i}", "ep-1", "acct-1", "{}", None, None, False, 60_000, 600_000, False)
+
+
+def _worker(store: Store, state: WorkerState) -> None:
+    store.workers.create(
+        id="wk-1",
+        endpoint_id="ep-1",
+        account_id="acct-1",
+        release=1,
+        type="FLEX",
+        state=state,
+        now=1.0,
+        reason="test",
+        gpu_type=None,
+        gpu_count=0,
+        gpu_devices="",
+        backend="memory",
+        launched=True,
+    )
+
+
+def test_hand_over_records_the_job_taken_and_the_worker_running(store: Store) -> None:
+    _worker(store, WorkerState.IDLE)
+    assert store.hand_over(_job(1), "wk-1", 5.0) is True
+    row = store.jobs.get("job-1")
+    assert row is not None and row["state"] == "IN_PROGRESS" and row["worker_id"] == "wk-1"
+    assert row["started_at"] == 5.0 and row["deadline_at"] == 65.0
+    worker = store.workers.get("wk-1")
+    assert worker is not None and worker["state"] == "RUNNING" and worker["last_seen_at"] == 5.0
+    assert store.jobs.held_by("wk-1") == ["job-1"]
+    report = store.report(
+        "job-1", "wk-1", JobState.COMPLETED, "1", None, 6.0, 1800, 60, take_endpoint="ep-1", take=1
+    )
+    assert report.outcome == "done" and not report.next_jobs
+    assert (
+        report.finished is not None and report.finished.started_at == 5.0 and not report.finished.has_webhook
+    )
+    assert store.workers.get("wk-1")["state"] == "IDLE"  # type: ignore[index]
+
+
+def test_hand_over_to_a_worker_that_may_no_longer_take_queues_the_job(store: Store) -> None:
+    _worker(store, WorkerState.OUTDATED)
+    assert store.hand_over(_job(1), "wk-1", 5.0) is False
+    row = store.jobs.get("job-1")
+    assert row is not None and row["state"] == "IN_QUEUE" and row["worker_id"] is None
+    assert store.workers.get("wk-1")["state"] == "OUTDATED"  # type: ignore[index]
+    assert store.take("ep-1", "wk-2", 1, 6.0, mark_running=False)[0].id == "job-1"

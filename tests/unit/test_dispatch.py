@@ -1,0 +1,68 @@
+"""The in-memory hand-offs of `control.dispatch`: takers in arrival order, one open take per worker,
+wake-ups and releases that end takes empty-handed, results handed to their waiter only."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ember.control.dispatch import Dispatcher
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+def test_takers_are_served_longest_waiting_first_and_skipped_once_ended() -> None:
+    async def scenario() -> None:
+        d = Dispatcher()
+        a = d.wait_for_job("ep", "wk-a")
+        b = d.wait_for_job("ep", "wk-b")
+        c = d.wait_for_job("ep", "wk-c")
+        a.future.cancel()  # its request ended (timed out) without leaving yet
+        first = d.next_taker("ep")
+        assert first is b and first.promised
+        d.done_waiting("ep", c)
+        assert d.next_taker("ep") is None
+        assert d.takers("ep") == 0
+
+    run(scenario())
+
+
+def test_a_worker_has_one_open_take_and_release_ends_it() -> None:
+    async def scenario() -> None:
+        d = Dispatcher()
+        old = d.wait_for_job("ep", "wk-a")
+        new = d.wait_for_job("ep", "wk-a")
+        assert old.future.done() and old.future.result() is None
+        d.release("wk-a")
+        assert new.future.done() and new.future.result() is None
+        assert d.next_taker("ep") is None
+
+    run(scenario())
+
+
+def test_queued_jobs_wake_as_many_takers_as_jobs_and_count_the_queueing() -> None:
+    async def scenario() -> None:
+        d = Dispatcher()
+        takers = [d.wait_for_job("ep", f"wk-{i}") for i in range(3)]
+        d.wake_takers("ep", 2)
+        assert [t.future.done() for t in takers] == [True, True, False]
+        assert d.queued["ep"] == 1
+        d.wake_takers("other")
+        assert not takers[2].future.done() and d.queued["other"] == 1
+
+    run(scenario())
+
+
+def test_a_result_goes_to_its_waiter_once() -> None:
+    async def scenario() -> None:
+        d = Dispatcher()
+        waiting = d.expect_result("job-1")
+        d.finished("job-2", {"id": "job-2"})
+        assert not waiting.done()
+        d.finished("job-1", {"id": "job-1", "status": "COMPLETED"})
+        assert waiting.result() == {"id": "job-1", "status": "COMPLETED"}
+        d.finished("job-1", None)  # a second finish (e.g. a late reaper pass) changes nothing
+        assert waiting.result() == {"id": "job-1", "status": "COMPLETED"}
+
+    run(scenario())
