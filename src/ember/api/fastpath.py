@@ -39,15 +39,14 @@ class FastRoutes:
                 {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
                 for n in re.findall(r"{(\w+)}", full)
             ] + [{"name": n, "in": "query", "required": False, "schema": {"type": "string"}} for n in query]
-            op = {
-                "tags": [self.tag],
-                "summary": summary,
-                "operationId": fn.__name__,
-                "parameters": params,
-                "responses": {"200": {"description": "JSON"}},
-            }
             for method in methods:
-                self.docs.setdefault(full, {})[method.lower()] = op
+                self.docs.setdefault(full, {})[method.lower()] = {
+                    "tags": [self.tag],
+                    "summary": summary,
+                    "operationId": f"{fn.__name__}_{method.lower()}",
+                    "parameters": params,
+                    "responses": {"200": {"description": "JSON"}},
+                }
             return fn
 
         return add
