@@ -1,8 +1,16 @@
 """The production worker loop: take jobs, run them in slots, post results, ping, honour job-stop.
 
-Threads: the caller's thread runs the take loop (long-polls job-take the moment a slot is free); each
-held job runs on its own thread; background threads ping, poll job-stop and post progress updates.
-Shutdown (signal or refresh_worker) stops taking, lets held jobs finish and report, then returns.
+Threads: the caller's thread runs the take loop (long-polls job-take the moment a slot is free). With
+one slot (no `concurrency_modifier`) a job runs on that same thread; otherwise each job taken runs on
+a thread of its own. Background threads ping, poll job-stop and post progress updates.
+
+Piggy-backed next job (an Ember extension): a final result's first POST to job-done carries `take=1`
+when the finished job's slot stays in use; an Ember server answers with up to that many jobs, which
+run at once in that slot, on the same thread, without a job-take round trip. Servers that ignore
+`take` (RunPod, older Ember) answer as before, and the slot goes back to the take loop.
+
+Shutdown (signal or refresh_worker) stops taking (no `take` either), lets held jobs finish and report,
+then returns.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +77,10 @@ class Worker:
         self._cond = threading.Condition()
         self._held: dict[str, JobRun] = {}
         self._concurrency = 1
+        # One slot: jobs run on the take loop's thread, one after another (no thread per job).
+        self._inline = config.concurrency_modifier is None
+        # The modifier asked for another concurrency: slots drain (nothing piggy-backed) until it applies.
+        self._resize_pending = False
         self._stopping = threading.Event()
         self._done = threading.Event()  # drained: background loops end, so in-process workers leak nothing
         self._signals = 0
@@ -164,8 +177,12 @@ class Worker:
             answer = wire.parse_take_response(resp.status, resp.content_type, resp.body)
             for problem in answer.problems:
                 log.warn("job_take_problem", problem=problem)
-            for job in answer.jobs:
-                self._dispatch(job)
+            runs = self._hold(answer.jobs)
+            if self._inline:
+                self._serve(runs)
+            else:
+                for run in runs:
+                    self._start_serving(run)
             if answer.retry_after_s:
                 self._stopping.wait(answer.retry_after_s)
             elif answer.failed:
@@ -190,75 +207,130 @@ class Worker:
             except Exception as exc:
                 log.error("concurrency_modifier_failed", error=repr(exc))
         with self._cond:
-            if desired != self._concurrency:
+            self._resize_pending = desired != self._concurrency
+            if self._resize_pending:
                 if self._held:
                     self._cond.wait(WAIT_SLICE_S)
                     return 0
                 log.info("concurrency_changed", old=self._concurrency, new=desired)
                 self._concurrency = desired
+                self._resize_pending = False
             free = self._concurrency - len(self._held)
             if free <= 0:
                 self._cond.wait(WAIT_SLICE_S)
             return free
 
-    def _dispatch(self, job: dict[str, Any]) -> None:
-        run = JobRun(job)
+    def _hold(self, jobs: list[dict[str, Any]], finished: JobRun | None = None) -> list[JobRun]:
+        """Count `jobs` as held (the ping reports them), releasing `finished` in the same step, so a
+        piggy-backed job takes over its slot without the take loop ever seeing it free."""
+        runs: list[JobRun] = []
         with self._cond:
-            if run.job_id in self._held:
-                log.warn("job_already_held", job_id=run.job_id)
-                return
-            self._held[run.job_id] = run
-        log.debug("job_taken", job_id=run.job_id)
-        self._spawn(lambda: self._run_job(run), f"ember-job-{run.job_id[:32]}")
+            if finished is not None:
+                self._held.pop(finished.job_id, None)
+            for job in jobs:
+                run = JobRun(job)
+                if run.job_id in self._held:
+                    log.warn("job_already_held", job_id=run.job_id)
+                    continue
+                self._held[run.job_id] = run
+                runs.append(run)
+            if finished is not None and not runs:
+                self._cond.notify_all()  # a slot is free (or the last held job is done)
+        for run in runs:
+            log.debug("job_taken", job_id=run.job_id, piggy_backed=finished is not None or None)
+        return runs
+
+    def _start_serving(self, run: JobRun) -> None:
+        self._spawn(lambda: self._serve([run]), f"ember-job-{run.job_id[:32]}")
+
+    def _serve(self, runs: list[JobRun]) -> None:
+        """Run held jobs on this thread, each followed by the jobs piggy-backed on its result.
+
+        With one slot they run one after another (a server that sent more jobs than asked for is
+        served in order); with several, every extra job gets a thread of its own.
+        """
+        pending = deque(runs)
+        while pending:
+            if not self._inline:
+                while len(pending) > 1:
+                    self._start_serving(pending.pop())
+            pending.extend(self._run_job(pending.popleft()))
 
     # ---- one job --------------------------------------------------------------------------------
 
-    def _run_job(self, run: JobRun) -> None:
+    def _run_job(self, run: JobRun) -> list[JobRun]:
+        """Run one held job and report it; returns the jobs now held in its place (piggy-backed)."""
+        try:
+            jobs = self._finish(run)
+        except BaseException as exc:
+            log.error("job_crashed", job_id=run.job_id, error=repr(exc))
+            jobs = []
+        run.finished = True
+        return self._hold(jobs, finished=run)
+
+    def _finish(self, run: JobRun) -> list[dict[str, Any]]:
         job_id = run.job_id
         try:
-            try:
-                result, is_stream = execute(
-                    self.config.handler,
-                    run,
-                    bridge=self.bridge,
-                    identity=self.identity,
-                    emit_chunk=lambda chunk: self._post_chunk(job_id, chunk),
-                    aggregate=self.config.return_aggregate_stream,
-                )
-            except JobCancelled:
-                log.info("job_stopped", job_id=job_id)
-                return
-            if self.config.refresh_worker:
-                result["stopPod"] = True
-                self.request_shutdown("refresh_worker")
-            if run.cancel_requested:
-                log.info("job_stopped_result_dropped", job_id=job_id)
-                return
-            self._post_final(run, result, is_stream)
-        except BaseException as exc:
-            log.error("job_crashed", job_id=job_id, error=repr(exc))
-        finally:
-            run.finished = True
-            with self._cond:
-                self._held.pop(job_id, None)
-                self._cond.notify_all()
+            result, is_stream = execute(
+                self.config.handler,
+                run,
+                bridge=self.bridge,
+                identity=self.identity,
+                emit_chunk=lambda chunk: self._post_chunk(job_id, chunk),
+                aggregate=self.config.return_aggregate_stream,
+            )
+        except JobCancelled:
+            log.info("job_stopped", job_id=job_id)
+            return []
+        if self.config.refresh_worker:
+            result["stopPod"] = True
+            self.request_shutdown("refresh_worker")
+        if run.cancel_requested:
+            log.info("job_stopped_result_dropped", job_id=job_id)
+            return []
+        return self._post_final(run, result, is_stream)
 
-    def _post_final(self, run: JobRun, result: dict[str, Any], is_stream: bool) -> None:
+    def _slots_to_take(self, result: dict[str, Any]) -> int:
+        """How many jobs to ask for with this result: 1 while its slot stays in use, else 0.
+
+        None while stopping, while a concurrency change waits for slots to drain, after a result that
+        asks for this worker to be recycled, or while more jobs are held than there are slots.
+        """
+        if self._stopping.is_set() or self._resize_pending or result.get("stopPod"):
+            return 0
+        with self._cond:
+            return 1 if len(self._held) - 1 < self._concurrency else 0
+
+    def _post_final(self, run: JobRun, result: dict[str, Any], is_stream: bool) -> list[dict[str, Any]]:
+        """POST the final result; returns the jobs an Ember server piggy-backed on its answer."""
         if not self.env.done_template:
             log.error("job_done_url_missing", job_id=run.job_id)
-            return
+            return []
         url = urls.result_url(self.env.done_template, self.env.worker_id, run.job_id, is_stream=is_stream)
+        take = self._slots_to_take(result)
 
         def retrying(detail: str, delay_s: float) -> None:
             log.warn("job_done_retry", job_id=run.job_id, error=detail, retry_in_s=round(delay_s, 2))
 
         with run.post_lock:
             run.finished = True
-            delivery = self.transport.post_result(url, wire.encode_body(result), on_retry=retrying)
+            delivery = self.transport.post_result(
+                url,
+                wire.encode_body(result),
+                first_url=urls.with_take(url, take) if take else None,
+                on_retry=retrying,
+            )
         if delivery.delivered:
             log.info("job_done", job_id=run.job_id, failed=bool(result.get("error")) or None)
         else:
             log.error("job_done_not_delivered", job_id=run.job_id, detail=delivery.detail)
+        answer = delivery.first_answer
+        if answer is None or not take:
+            return []
+        piggy_backed = wire.parse_done_response(answer.status, answer.content_type, answer.body)
+        for problem in piggy_backed.problems:
+            log.warn("job_done_take_problem", problem=problem)
+        return piggy_backed.jobs
 
     def _post_chunk(self, job_id: str, chunk: Any) -> None:
         if not self.env.stream_template:
