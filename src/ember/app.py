@@ -181,6 +181,7 @@ def create_app(
         signals,
         LifecycleConfig(
             ping_timeout_s=settings.ping_timeout_s,
+            dropped_grace_s=max(settings.ping_timeout_s, 3 * settings.ping_interval_ms / 1000),
             init_timeout_s=settings.init_timeout_s,
             stop_grace_s=settings.stop_grace_s,
             lost_worker_requeues=settings.lost_worker_requeues,

@@ -208,3 +208,31 @@ def test_hand_over_to_a_worker_that_may_no_longer_take_queues_the_job(store: Sto
     assert row is not None and row["state"] == "IN_QUEUE" and row["worker_id"] is None
     assert store.workers.get("wk-1")["state"] == "OUTDATED"  # type: ignore[index]
     assert store.take("ep-1", "wk-2", 1, 6.0, mark_running=False)[0].id == "job-1"
+
+
+def test_a_job_handed_over_but_never_received_is_requeued_once_the_pings_leave_it_out(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = build(tmp_path)
+        ep, worker = await ready_worker(h)
+        ids = [
+            (await h.api.post(f"/v2/{ep['id']}/run", json={"input": {"i": i}})).json()["id"] for i in range(2)
+        ]
+        assert (await h.take(ep["id"], worker["id"])).json()["id"] == ids[0]
+        # The answer to this job-done (with the next job) is lost: the worker never sees ids[1].
+        url = f"/v2/{ep['id']}/job-done/{worker['id']}/{ids[0]}?isStream=false&take=1"
+        resp = await h.api.post(url, json={"output": 1}, headers=h.worker_headers(worker["id"]))
+        assert [j["id"] for j in resp.json()["jobs"]] == [ids[1]]
+        grace = h.app.state.lifecycle.cfg.dropped_grace_s
+        h.clock.advance(1)
+        await h.ping(ep["id"], worker["id"])  # holds nothing, it says
+        await h.tick()
+        assert h.store.jobs.get(ids[1])["state"] == "IN_PROGRESS"  # not yet: a result may be on its way
+        h.clock.advance(grace)
+        await h.ping(ep["id"], worker["id"])
+        await h.tick()
+        row = h.store.jobs.get(ids[1])
+        assert row["state"] == "IN_QUEUE" and row["worker_id"] is None and row["requeues"] == 1
+        assert (await h.take(ep["id"], worker["id"])).json()["id"] == ids[1]
+        await h.api.aclose()
+
+    run(scenario())

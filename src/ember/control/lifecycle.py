@@ -21,6 +21,7 @@ from ember.control.signals import Signals
 from ember.core import backoff
 from ember.core.errors import EmberError
 from ember.core.ids import make_id
+from ember.core.jobs import dropped_jobs
 from ember.core.limits import DEFAULT_TABLE, account_room, max_workers
 from ember.core.placement import Host, Pending, place
 from ember.core.reconcile import WorkerView, plan
@@ -41,6 +42,8 @@ class LifecycleConfig:
     init_timeout_s: float = 420.0
     stop_grace_s: float = 10.0
     stuck_grace_s: float = 5.0
+    # A job a worker's pings leave out for this long was dropped (never received): re-queued or failed.
+    dropped_grace_s: float = 10.0
     lost_worker_requeues: int = 1
     retention_run_s: float = 1800.0
     default_backend: str = "local"
@@ -55,7 +58,7 @@ class _Snapshot:
     endpoints: Sequence[Mapping[Any, Any]]
     specs: dict[str, EndpointSpec]
     workers: Sequence[Mapping[Any, Any]]
-    busy: dict[str, int]
+    held: dict[str, dict[str, float]]  # worker id -> {job id -> started_at} of its IN_PROGRESS jobs
     stats: dict[str, Any]
     accounts: dict[str, Mapping[Any, Any]]
     observed: dict[str, Observed] = field(default_factory=dict)
@@ -84,6 +87,7 @@ class Lifecycle:
         self.preparer = preparer
         self._busy_ops: dict[str, asyncio.Task[None]] = {}  # worker id -> launch/stop in flight
         self._stuck_since: dict[str, float] = {}
+        self._missing_since: dict[str, dict[str, float]] = {}  # worker id -> job id -> first ping without it
         # When this control plane's first tick ran: workers cannot ping a control plane that is down, so
         # their silence counts from here at the earliest (a restart adopts them instead of failing them).
         self._started_at: float | None = None
@@ -116,7 +120,7 @@ class Lifecycle:
             endpoints=endpoints,
             specs={e["id"]: spec_from_json(e["spec"]) for e in endpoints},
             workers=workers,
-            busy=await s.run(s.jobs.in_progress_by_worker),
+            held=await s.run(s.jobs.held_by_worker),
             stats=await s.run(s.jobs.queue_stats),
             accounts={a["id"]: a for a in await s.run(s.accounts.all)},
             ops_in_flight=ops_in_flight,
@@ -180,6 +184,7 @@ class Lifecycle:
                 await self._fail(w, f"worker {wid} {why}", snap.now, kill=True)
                 continue
             await self._check_stuck(w, ping, snap.now)
+            await self._check_dropped(w, ping, snap)
             if (
                 w["failures"]
                 and w["state"] in (_S.IDLE.value, _S.RUNNING.value)
@@ -223,6 +228,20 @@ class Lifecycle:
             log.info("stuck_worker_stop worker=%s", w["id"])
             await self._stop(w, "stopped: it kept running a job that was cancelled or timed out")
 
+    async def _check_dropped(
+        self, w: Mapping[Any, Any], ping: tuple[float, frozenset[str]] | None, snap: _Snapshot
+    ) -> None:
+        """Jobs recorded as held by a live worker that its pings keep leaving out were never received
+        (say, a job handed over in an answer a crash cut off): re-queued, or failed after their re-queue."""
+        dropped, self._missing_since[w["id"]] = dropped_jobs(
+            snap.held.get(w["id"], {}), ping, self._missing_since.get(w["id"], {}), self.cfg.dropped_grace_s
+        )
+        if dropped:
+            self._acted += 1
+            log.info("jobs_dropped worker=%s jobs=%s", w["id"], ",".join(dropped))
+            reason = f"worker {w['id']} never reported holding the job (it was handed over but not received)"
+            await self._release_jobs(w["id"], reason, snap.now, only=dropped)
+
     async def _fail(self, w: Mapping[Any, Any], reason: str, now: float, kill: bool = False) -> None:
         self._acted += 1
         s = self.store
@@ -249,11 +268,13 @@ class Lifecycle:
         if backend is not None:
             self._spawn(w["id"], backend.stop(w["id"], 0.0 if not kill else 1.0))
 
-    async def _release_jobs(self, worker_id: str, reason: str, now: float) -> None:
+    async def _release_jobs(
+        self, worker_id: str, reason: str, now: float, only: Sequence[str] | None = None
+    ) -> None:
         s = self.store
         again, failed = await s.run(
             lambda: s.jobs.release_worker_jobs(
-                worker_id, reason, self.cfg.lost_worker_requeues, now, self.cfg.retention_run_s
+                worker_id, reason, self.cfg.lost_worker_requeues, now, self.cfg.retention_run_s, only
             )
         )
         for job_id in failed:
@@ -274,7 +295,7 @@ class Lifecycle:
         for ep_id, ws in by_endpoint.items():
             if ep_id not in live_ids:
                 for w in ws:
-                    if w["id"] not in self._busy_ops and not snap.busy.get(w["id"]):
+                    if w["id"] not in self._busy_ops and not snap.held.get(w["id"]):
                         await self._stop(w, "endpoint deleted")
         per_account: dict[str, int] = {}
         for w in snap.workers:
@@ -299,11 +320,11 @@ class Lifecycle:
         room = account_room(limit, per_account.get(ep["account_id"], 0) - mine)
         stats = snap.stats.get(ep["id"])
         current = [w for w in workers if w["release"] == release and w["state"] != _S.OUTDATED.value]
-        busy = [w for w in current if snap.busy.get(w["id"])]
+        busy = [w for w in current if snap.held.get(w["id"])]
         idle = [
             w["idle_since"] or w["state_since"]
             for w in current
-            if w["state"] == _S.IDLE.value and not snap.busy.get(w["id"])
+            if w["state"] == _S.IDLE.value and not snap.held.get(w["id"])
         ]
         obs = Observation(
             now=snap.now,
@@ -362,7 +383,7 @@ class Lifecycle:
                 _S(w["state"]),
                 WorkerType(w["type"]),
                 w["release"],
-                bool(snap.busy.get(w["id"])),
+                bool(snap.held.get(w["id"])),
                 w["idle_since"],
             )
             for w in workers
@@ -578,6 +599,7 @@ class Lifecycle:
         await self._release_jobs(w["id"], f"worker {w['id']} stopped ({reason})", now)
         await s.run(s.accounts.drop_worker_keys, w["id"])
         self.signals.pings.pop(w["id"], None)
+        self._missing_since.pop(w["id"], None)
         self.signals.reconcile.set()
 
     def _spawn(self, worker_id: str, coro: Any) -> None:

@@ -6,6 +6,7 @@ States and names follow RunPod's wire protocol (spec §3). No I/O here.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -91,3 +92,30 @@ def is_progress_update(body: dict[str, Any]) -> bool:
 def lost_worker_outcome(requeues_so_far: int) -> JobState:
     """What happens to a job whose worker disappeared: re-queue once, then fail."""
     return JobState.IN_QUEUE if requeues_so_far < LOST_WORKER_REQUEUES else JobState.FAILED
+
+
+def dropped_jobs(
+    held: Mapping[str, float],
+    ping: tuple[float, frozenset[str]] | None,
+    missing_since: Mapping[str, float],
+    grace_s: float,
+) -> tuple[list[str], dict[str, float]]:
+    """Jobs the store says a worker holds (id -> started_at) that its pings have left out for `grace_s`:
+    the worker never got them or dropped them (spec §1.7), e.g. a job handed over in an answer that was
+    lost. Only a ping received after a job started counts against it, and only a later ping at least
+    `grace_s` after the first that left it out condemns it, so a result still on its way wins.
+    Returns (dropped ids, job id -> time of the first ping that left it out)."""
+    if ping is None:
+        return [], {}
+    ping_at, listed = ping
+    since: dict[str, float] = {}
+    dropped: list[str] = []
+    for job_id, started_at in held.items():
+        if job_id in listed or ping_at <= started_at:
+            continue
+        first = missing_since.get(job_id, ping_at)
+        if ping_at - first >= grace_s:
+            dropped.append(job_id)
+        else:
+            since[job_id] = first
+    return sorted(dropped), since

@@ -448,10 +448,14 @@ class JobStore(Repository):
                 stats.setdefault(endpoint_id, [0, 0, None, 0])[3] += 1
         return {ep: QueueStats(*entry) for ep, entry in stats.items()}
 
-    def in_progress_by_worker(self) -> dict[str, int]:
+    def held_by_worker(self) -> dict[str, dict[str, float]]:
+        """worker id -> {job id -> started_at} of every IN_PROGRESS job."""
         with self.reader.connect() as conn:
-            rows = conn.execute(select(J.worker_id, func.count()).where(RUNNING).group_by(J.worker_id)).all()
-        return {r[0]: int(r[1]) for r in rows}
+            rows = conn.execute(select(J.worker_id, J.id, J.started_at).where(RUNNING)).all()
+        held: dict[str, dict[str, float]] = {}
+        for worker_id, job_id, started_at in rows:
+            held.setdefault(worker_id, {})[job_id] = started_at
+        return held
 
     def time_out_running(self, now: float, retention_run_s: float) -> Sequence[RowMapping]:
         """IN_PROGRESS jobs past their execution deadline become TIMED_OUT and are flagged for job-stop."""
@@ -532,14 +536,21 @@ class JobStore(Repository):
             return len(ids)
 
     def release_worker_jobs(
-        self, worker_id: str, reason: str, max_requeues: int, now: float, retention_run_s: float
+        self,
+        worker_id: str,
+        reason: str,
+        max_requeues: int,
+        now: float,
+        retention_run_s: float,
+        only: Sequence[str] | None = None,
     ) -> tuple[Sequence[str], Sequence[str]]:
-        """A worker is gone: its IN_PROGRESS jobs are re-queued (up to `max_requeues` times each), the
-        rest failed with `reason`. Returns (requeued ids, failed ids)."""
+        """A worker is gone (or dropped the jobs `only`): its IN_PROGRESS jobs are re-queued (up to
+        `max_requeues` times each), the rest failed with `reason`. Returns (requeued ids, failed ids)."""
         with self.engine.begin() as conn:
-            held = conn.execute(
-                self._lock(select(J.id, J.requeues).where(J.worker_id == worker_id, RUNNING))
-            ).all()
+            q = select(J.id, J.requeues).where(J.worker_id == worker_id, RUNNING)
+            if only is not None:
+                q = q.where(J.id.in_(list(only)))
+            held = conn.execute(self._lock(q)).all()
             again = [r.id for r in held if r.requeues < max_requeues]
             fail = [r.id for r in held if r.requeues >= max_requeues]
             if again:

@@ -14,7 +14,7 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-state = sa.column("state")
+state: sa.ColumnClause[str] = sa.column("state", sa.String)
 
 
 def _partial(name: str, columns: list[str], where: sa.ColumnElement[bool]) -> None:
