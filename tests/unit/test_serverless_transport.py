@@ -201,9 +201,20 @@ def test_a_reused_connection_that_dies_unanswered_is_resent_once_to_the_resend_u
     resp = transport.request(
         "POST", peer.url("/done?take=1"), b"{}", timeout_s=5, resend_url=peer.url("/done")
     )
-    assert resp.status == 200
+    assert resp.status == 200 and resp.resent
     assert peer.targets() == ["/first", "/done?take=1", "/done"]
     assert [number for number, _ in peer.requests] == [0, 0, 1]
+
+
+def test_post_result_has_no_first_answer_when_the_first_form_was_resent(serve, transport):
+    def reply(number: int, request: bytes) -> bytes:
+        return CLOSE if b"take=1" in request else answer(200, b'{"status": "ok"}')
+
+    peer = serve(reply)
+    transport.request("GET", peer.url("/first"), timeout_s=5)
+    delivery = transport.post_result(peer.url("/done"), b"{}", first_url=peer.url("/done?take=1"))
+    assert delivery.delivered and delivery.first_answer is None
+    assert peer.targets() == ["/first", "/done?take=1", "/done"]
 
 
 def test_a_new_connection_that_dies_unanswered_is_a_failure_not_a_resend(serve, transport):

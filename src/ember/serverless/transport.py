@@ -48,6 +48,7 @@ class Response:
     status: int
     content_type: str
     body: bytes
+    resent: bool = False  # the answer is to a resend (to the `resend_url`, when one was given)
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ class HttpTransport:
                 self._give_back(origin, conn)
             else:
                 conn.close()
-            return Response(status, content_type, data)
+            return Response(status, content_type, data, resent=attempt > 0)
         raise TransportFailure(f"{method} {_path(target)}: connection kept closing")
 
     def post_result(
@@ -164,7 +165,7 @@ class HttpTransport:
                 detail = str(exc)
             else:
                 if 200 <= resp.status < 300:
-                    return Delivery(True, f"HTTP {resp.status}", resp if first else None)
+                    return Delivery(True, f"HTTP {resp.status}", resp if first and not resp.resent else None)
                 detail = f"HTTP {resp.status}: {resp.body[:200]!r}"
                 if resp.status < 500 and resp.status != 429:
                     return Delivery(False, detail)

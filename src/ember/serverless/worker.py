@@ -293,7 +293,7 @@ class Worker:
     def _slots_to_take(self, result: dict[str, Any]) -> int:
         """How many jobs to ask for with this result: 1 while its slot stays in use, else 0.
 
-        None while stopping, while a concurrency change waits for slots to drain, after a result that
+        0 while stopping, while a concurrency change waits for slots to drain, after a result that
         asks for this worker to be recycled, or while more jobs are held than there are slots.
         """
         if self._stopping.is_set() or self._resize_pending or result.get("stopPod"):
