@@ -41,6 +41,21 @@ async def waiting_take(h: Harness, endpoint_id: str, worker_id: str) -> asyncio.
     raise AssertionError("the job-take never started waiting")
 
 
+async def done(
+    h: Harness, ep: dict[str, Any], worker: dict[str, Any], job_id: str, body: Any, take: Any
+) -> Any:
+    """A worker's job-done that asks for its next jobs (`take`), as Ember's SDK sends it."""
+    url = f"/v2/{ep['id']}/job-done/{worker['id']}/{job_id}?isStream=false&take={take}"
+    return await h.api.post(url, json=body, headers=h.worker_headers(worker["id"]))
+
+
+async def queue(h: Harness, ep: dict[str, Any], count: int) -> list[str]:
+    """Queue `count` jobs with inputs {"i": 0}, {"i": 1}, …; returns their ids."""
+    return [
+        (await h.api.post(f"/v2/{ep['id']}/run", json={"input": {"i": i}})).json()["id"] for i in range(count)
+    ]
+
+
 def history(h: Harness, worker_id: str) -> list[tuple[str, str]]:
     return [(e["to_state"], e["reason"]) for e in h.store.workers.history(worker_id)]
 
@@ -98,28 +113,23 @@ def test_job_done_with_take_answers_with_the_next_queued_jobs(tmp_path: Path) ->
     async def scenario() -> None:
         h = build(tmp_path)
         ep, worker = await ready_worker(h)
-        ids = [
-            (await h.api.post(f"/v2/{ep['id']}/run", json={"input": {"i": i}})).json()["id"] for i in range(3)
-        ]
+        ids = await queue(h, ep, 3)
         first = (await h.take(ep["id"], worker["id"])).json()
         assert first["id"] == ids[0]
-        url = f"/v2/{ep['id']}/job-done/{worker['id']}/{ids[0]}?isStream=false&take=2"
-        answer = (await h.api.post(url, json={"output": 1}, headers=h.worker_headers(worker["id"]))).json()
+        answer = (await done(h, ep, worker, ids[0], {"output": 1}, 2)).json()
         assert answer["status"] == "ok"
         assert [j["id"] for j in answer["jobs"]] == ids[1:]
         assert [j["input"] for j in answer["jobs"]] == [{"i": 1}, {"i": 2}]
         assert [h.store.jobs.get(i)["state"] for i in ids] == ["COMPLETED", "IN_PROGRESS", "IN_PROGRESS"]
         # It went straight on to its next jobs: Running throughout, no Idle in between.
         assert history(h, worker["id"])[-1] == ("RUNNING", "took a job")
-        url = f"/v2/{ep['id']}/job-done/{worker['id']}/{ids[1]}?isStream=false&take=1"
-        answer = (await h.api.post(url, json={"output": 2}, headers=h.worker_headers(worker["id"]))).json()
+        answer = (await done(h, ep, worker, ids[1], {"output": 2}, 1)).json()
         assert answer == {"status": "ok"}  # nothing queued; it still holds ids[2]
         assert h.store.workers.get(worker["id"])["state"] == "RUNNING"
         # A repeated report is ignored and hands out nothing.
-        answer = (await h.api.post(url, json={"output": 2}, headers=h.worker_headers(worker["id"]))).json()
+        answer = (await done(h, ep, worker, ids[1], {"output": 2}, 1)).json()
         assert answer == {"status": "ignored"}
-        url = f"/v2/{ep['id']}/job-done/{worker['id']}/{ids[2]}?isStream=false&take=1"
-        answer = (await h.api.post(url, json={"output": 3}, headers=h.worker_headers(worker["id"]))).json()
+        answer = (await done(h, ep, worker, ids[2], {"output": 3}, 1)).json()
         assert answer == {"status": "ok"}
         assert h.store.workers.get(worker["id"])["state"] == "IDLE"
         await h.api.aclose()
@@ -131,13 +141,9 @@ def test_a_worker_that_asks_to_stop_is_handed_nothing_more(tmp_path: Path) -> No
     async def scenario() -> None:
         h = build(tmp_path)
         ep, worker = await ready_worker(h)
-        ids = [
-            (await h.api.post(f"/v2/{ep['id']}/run", json={"input": {"i": i}})).json()["id"] for i in range(2)
-        ]
+        ids = await queue(h, ep, 2)
         assert (await h.take(ep["id"], worker["id"])).json()["id"] == ids[0]
-        url = f"/v2/{ep['id']}/job-done/{worker['id']}/{ids[0]}?isStream=false&take=1"
-        body = {"output": 1, "stopPod": True}
-        answer = (await h.api.post(url, json=body, headers=h.worker_headers(worker["id"]))).json()
+        answer = (await done(h, ep, worker, ids[0], {"output": 1, "stopPod": True}, 1)).json()
         assert answer == {"status": "ok"}
         assert h.store.jobs.get(ids[1])["state"] == "IN_QUEUE"
         await h.api.aclose()
@@ -151,8 +157,7 @@ def test_bad_take_values_are_clear_errors(tmp_path: Path) -> None:
         ep, worker = await ready_worker(h)
         job = (await h.api.post(f"/v2/{ep['id']}/run", json={"input": {}})).json()
         assert (await h.take(ep["id"], worker["id"])).json()["id"] == job["id"]
-        url = f"/v2/{ep['id']}/job-done/{worker['id']}/{job['id']}?take=lots"
-        resp = await h.api.post(url, json={"output": 1}, headers=h.worker_headers(worker["id"]))
+        resp = await done(h, ep, worker, job["id"], {"output": 1}, "lots")
         assert resp.status_code == 400 and "take must be an integer" in resp.json()["error"]
         assert h.store.jobs.get(job["id"])["state"] == "IN_PROGRESS"  # nothing recorded
         await h.api.aclose()
@@ -214,13 +219,10 @@ def test_a_job_handed_over_but_never_received_is_requeued_once_the_pings_leave_i
     async def scenario() -> None:
         h = build(tmp_path)
         ep, worker = await ready_worker(h)
-        ids = [
-            (await h.api.post(f"/v2/{ep['id']}/run", json={"input": {"i": i}})).json()["id"] for i in range(2)
-        ]
+        ids = await queue(h, ep, 2)
         assert (await h.take(ep["id"], worker["id"])).json()["id"] == ids[0]
         # The answer to this job-done (with the next job) is lost: the worker never sees ids[1].
-        url = f"/v2/{ep['id']}/job-done/{worker['id']}/{ids[0]}?isStream=false&take=1"
-        resp = await h.api.post(url, json={"output": 1}, headers=h.worker_headers(worker["id"]))
+        resp = await done(h, ep, worker, ids[0], {"output": 1}, 1)
         assert [j["id"] for j in resp.json()["jobs"]] == [ids[1]]
         grace = h.app.state.lifecycle.cfg.dropped_grace_s
         h.clock.advance(1)

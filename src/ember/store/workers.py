@@ -191,16 +191,7 @@ class WorkerStore(Repository):
             self._run.execute(tx, p_id=worker_id, p_from=row["state"], p_now=now, p_reason=reason)
             if not tx.rowcount:
                 return False
-            self._event_raw.execute(
-                tx,
-                p_worker=worker_id,
-                p_endpoint=row["endpoint_id"],
-                p_account=row["account_id"],
-                p_from=row["state"],
-                p_to=WorkerState.RUNNING.value,
-                p_now=now,
-                p_reason=reason,
-            )
+            self._log(tx, worker_id, row, row["state"], WorkerState.RUNNING, now, reason)
             return True
 
     def settle_if_idle(self, worker_id: str, now: float, cur: Any = None) -> bool:
@@ -209,17 +200,23 @@ class WorkerStore(Repository):
             row = self._settle.first(tx, p_id=worker_id, p_now=now)
             if row is None:
                 return False
-            self._event_raw.execute(
-                tx,
-                p_worker=worker_id,
-                p_endpoint=row["endpoint_id"],
-                p_account=row["account_id"],
-                p_from=WorkerState.RUNNING.value,
-                p_to=WorkerState.IDLE.value,
-                p_now=now,
-                p_reason=SETTLED,
-            )
+            self._log(tx, worker_id, row, WorkerState.RUNNING.value, WorkerState.IDLE, now, SETTLED)
             return True
+
+    def _log(
+        self, tx: Any, worker_id: str, row: Any, frm: str, to: WorkerState, now: float, reason: str
+    ) -> None:
+        """The event row of a transition made on the raw connection (`row` has its endpoint and account)."""
+        self._event_raw.execute(
+            tx,
+            p_worker=worker_id,
+            p_endpoint=row["endpoint_id"],
+            p_account=row["account_id"],
+            p_from=frm,
+            p_to=to.value,
+            p_now=now,
+            p_reason=reason,
+        )
 
     def seen(self, worker_id: str, now: float) -> None:
         """Record that the worker was heard from at `now`."""
