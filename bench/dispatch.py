@@ -9,11 +9,13 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 from _support import (
     AsyncRawClient,
     EchoServer,
     RawClient,
+    cpu_seconds,
     handler_source,
     print_table,
     start_ember,
@@ -58,6 +60,20 @@ async def concurrent(port: int, path: str, headers: dict[str, str], total: int, 
     return total / (time.perf_counter() - t0)
 
 
+class Cpu:
+    """CPU time the control plane and the endpoint's worker processes spend from now on."""
+
+    def __init__(self, server: Any, endpoint_id: str) -> None:
+        self.server_pids = [server.proc.pid]
+        self.worker_pids = [server.worker_pid(w["id"]) for w in server.workers(endpoint_id)]
+        self.start = (cpu_seconds(self.server_pids), cpu_seconds(self.worker_pids))
+
+    def per_job(self, jobs: int) -> str:
+        server = (cpu_seconds(self.server_pids) - self.start[0]) / jobs * 1000
+        workers = (cpu_seconds(self.worker_pids) - self.start[1]) / jobs * 1000
+        return f"{server:.2f} / {workers:.2f} ms"
+
+
 def main() -> None:
     echo = EchoServer()
     try:
@@ -74,11 +90,15 @@ def main() -> None:
         wait_idle(server, ep["id"], 1)
         path = f"/v2/{ep['id']}/runsync"
         sequential(server.port, path, auth, 200)
+        cpu = Cpu(server, ep["id"])
         ember_lat = summary(sequential(server.port, path, auth, N_LATENCY))
+        seq_cpu = cpu.per_job(N_LATENCY)
         server.api("PATCH", f"/v1/endpoints/{ep['id']}", json={"workersMin": 4, "workersMax": 4})
         wait_idle(server, ep["id"], 4)
         asyncio.run(concurrent(server.port, path, auth, 400, CLIENTS))
+        cpu = Cpu(server, ep["id"])
         ember_rps = asyncio.run(concurrent(server.port, path, auth, N_THROUGHPUT, CLIENTS))
+        conc_cpu = cpu.per_job(N_THROUGHPUT)
     finally:
         server.stop()
         server.kill_workers()
@@ -96,6 +116,7 @@ def main() -> None:
                 f"{ember_lat['p50_ms']:.3f} / {ember_lat['p99_ms']:.3f} ms",
             ),
             ("ratio p50 (target <= 6x, stretch 4x)", f"{ratio:.2f}x"),
+            ("CPU per job: server / worker", seq_cpu),
         ],
     )
     print_table(
@@ -104,6 +125,7 @@ def main() -> None:
             (f"echo baseline (n={N_THROUGHPUT})", f"{echo_rps:,.0f} req/s"),
             (f"ember runsync end to end (n={N_THROUGHPUT})", f"{ember_rps:,.0f} jobs/s"),
             ("ratio ember / echo", f"{ember_rps / echo_rps:.2f}"),
+            ("CPU per job: server / workers", conc_cpu),
             ("target", ">= 1,000 jobs/s"),
         ],
     )
