@@ -60,11 +60,11 @@ class Store:
         worker RUNNING; when the worker may no longer take jobs, queue the job instead and return False.
         One transaction, committed when this returns."""
         with self.raw.write() as cur:
-            state = self.workers.taking_state(worker_id, cur)
-            self.jobs.submit(job, now, worker_id=worker_id if state else None, cur=cur)
-            if state is not None and state != WorkerState.RUNNING.value:
-                self.workers.start_running(worker_id, now, TOOK_A_JOB, cur=cur)
-        return state is not None
+            worker = self.workers.taking(worker_id, cur)
+            self.jobs.submit(job, now, worker_id=worker_id if worker else None, cur=cur)
+            if worker is not None and worker["state"] != WorkerState.RUNNING.value:
+                self.workers.start_running(worker_id, now, TOOK_A_JOB, cur=cur, current=worker)
+        return worker is not None
 
     def report(
         self,
@@ -97,7 +97,7 @@ class Store:
             if outcome != "done":
                 return Report(outcome)
             claimed: Sequence[Claimed] = ()
-            if take > 0 and take_endpoint is not None and self.workers.taking_state(worker_id, cur):
+            if take > 0 and take_endpoint is not None and self.workers.taking(worker_id, cur):
                 claimed = self.jobs.claim(take_endpoint, worker_id, take, now, cur=cur)
             if not claimed:
                 self.workers.settle_if_idle(worker_id, now, cur=cur)

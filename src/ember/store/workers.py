@@ -82,7 +82,9 @@ class WorkerStore(Repository):
         self._event_raw = Prepared(engine, _event_statement())
         self._settle = Prepared(engine, _settle_statement())
         self._run = Prepared(engine, _run_statement())
-        self._taking = Prepared(engine, select(W.state, W.recycle).where(W.id == bindparam("p_id")))
+        self._taking = Prepared(
+            engine, select(W.state, W.recycle, W.endpoint_id, W.account_id).where(W.id == bindparam("p_id"))
+        )
         self._seen = Prepared(
             engine, update(workers).where(W.id == bindparam("p_id")).values(last_seen_at=bindparam("p_now"))
         )
@@ -173,19 +175,23 @@ class WorkerStore(Repository):
             )
             return str(row.state)
 
-    def taking_state(self, worker_id: str, cur: Any = None) -> str | None:
-        """The worker's state when it may be handed new jobs now, else None (unknown, retiring, recycled)."""
+    def taking(self, worker_id: str, cur: Any = None) -> dict[str, Any] | None:
+        """The worker's state, endpoint and account when it may be handed new jobs now, else None
+        (unknown, retiring, recycled)."""
         with self.raw.read() if cur is None else self.raw.write(cur) as tx:
             row = self._taking.first(tx, p_id=worker_id)
         if row is None or row["state"] not in TAKING or row["recycle"]:
             return None
-        return str(row["state"])
+        return row
 
-    def start_running(self, worker_id: str, now: float, reason: str, cur: Any = None) -> bool:
+    def start_running(
+        self, worker_id: str, now: float, reason: str, cur: Any = None, current: Any = None
+    ) -> bool:
         """IDLE (or another state that may take a job) -> RUNNING, with its event; False when the worker's
-        state doesn't allow it (nothing changes then)."""
+        state doesn't allow it (nothing changes then). `current`: its state, endpoint and account, when
+        the caller has just read them in this transaction."""
         with self.raw.write(cur) as tx:
-            row = self._current_raw.first(tx, p_id=worker_id)
+            row = current or self._current_raw.first(tx, p_id=worker_id)
             if row is None or row["state"] not in TO_RUNNING:
                 return False
             self._run.execute(tx, p_id=worker_id, p_from=row["state"], p_now=now, p_reason=reason)
