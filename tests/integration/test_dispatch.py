@@ -238,3 +238,52 @@ def test_a_job_handed_over_but_never_received_is_requeued_once_the_pings_leave_i
         await h.api.aclose()
 
     run(scenario())
+
+
+def test_a_job_done_asking_for_more_is_held_and_handed_the_next_job(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = build(tmp_path)
+        ep, worker = await ready_worker(h)
+        [first] = await queue(h, ep, 1)
+        assert (await h.take(ep["id"], worker["id"])).json()["id"] == first
+        h.app.state.runtime.limits.take_hold_s = 10.0
+        held = asyncio.ensure_future(done(h, ep, worker, first, {"output": 1}, 1))
+        dispatch = h.app.state.runtime.signals.dispatch
+        for _ in range(500):
+            if dispatch.takers(ep["id"]):
+                break
+            await asyncio.sleep(0.01)
+        assert h.store.jobs.get(first)["state"] == "COMPLETED"  # recorded before the hold
+        assert h.store.workers.get(worker["id"])["state"] == "IDLE"  # and not billed while it waits
+        [second] = await queue(h, ep, 1)
+        answer = (await asyncio.wait_for(held, 5)).json()
+        assert answer["status"] == "ok" and [j["id"] for j in answer["jobs"]] == [second]
+        assert h.store.jobs.get(second)["worker_id"] == worker["id"]
+        assert h.store.workers.get(worker["id"])["state"] == "RUNNING"
+        await h.api.aclose()
+
+    run(scenario())
+
+
+def test_a_held_job_done_ends_when_the_worker_is_retired(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = build(tmp_path)
+        ep, worker = await ready_worker(h)
+        [first] = await queue(h, ep, 1)
+        assert (await h.take(ep["id"], worker["id"])).json()["id"] == first
+        h.app.state.runtime.limits.take_hold_s = 30.0
+        held = asyncio.ensure_future(done(h, ep, worker, first, {"output": 1}, 1))
+        signals = h.app.state.runtime.signals
+        for _ in range(500):
+            if signals.dispatch.takers(ep["id"]):
+                break
+            await asyncio.sleep(0.01)
+        h.store.workers.update(worker["id"], recycle=True)
+        signals.retire(worker["id"])
+        answer = (await asyncio.wait_for(held, 5)).json()
+        assert answer == {"status": "ok"}
+        [second] = await queue(h, ep, 1)
+        assert h.store.jobs.get(second)["state"] == "IN_QUEUE"
+        await h.api.aclose()
+
+    run(scenario())

@@ -76,6 +76,22 @@ async def _client_gone(request: Request) -> None:
         pass
 
 
+async def _handed_job(
+    rt: Runtime, endpoint_id: str, worker_id: str, timeout_s: float, gone: asyncio.Future[None]
+) -> Claimed | None:
+    """Wait up to `timeout_s` for a submit to hand this worker a job (or for its client to hang up, or
+    for a wake-up that says: look in the store). The job, or None."""
+    dispatch = rt.signals.dispatch
+    taker = dispatch.wait_for_job(endpoint_id, worker_id)
+    try:
+        await asyncio.wait((taker.future, gone), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        dispatch.done_waiting(endpoint_id, taker)
+    if taker.promised:
+        return await taker.future  # type: ignore[no-any-return]  # a submit is writing this job
+    return None
+
+
 async def _take(request: Request, limit: int, as_list: bool) -> Response:
     endpoint_id, worker_id = request.path_params["endpoint_id"], request.path_params["worker_id"]
     rt, worker = await _worker(request, endpoint_id, worker_id)
@@ -121,17 +137,9 @@ async def _take(request: Request, limit: int, as_list: bool) -> Response:
                 continue  # a job was queued while this take looked: look again
             if gone is None:
                 gone = asyncio.ensure_future(_client_gone(request))
-            taker = dispatch.wait_for_job(endpoint_id, worker_id)
-            try:
-                await asyncio.wait(
-                    (taker.future, gone), timeout=min(remaining, 5.0), return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                dispatch.done_waiting(endpoint_id, taker)
-            if taker.promised:
-                handed = await taker.future  # a submit is writing this job for this worker
-                if handed is not None:
-                    return Response(_jobs_body([handed], as_list), media_type="application/json")
+            handed = await _handed_job(rt, endpoint_id, worker_id, min(remaining, 5.0), gone)
+            if handed is not None:
+                return Response(_jobs_body([handed], as_list), media_type="application/json")
             if gone.done():
                 return NO_CONTENT
             worker = await rt.store.run(rt.store.workers.get, worker_id) or worker
@@ -230,10 +238,41 @@ async def job_done(request: Request) -> Response:
     if body.get("stopPod"):
         await rt.store.run(lambda: rt.store.workers.update(worker_id, recycle=True))
         rt.signals.reconcile.set()
-    if report.next_jobs:
-        jobs = _jobs_body(report.next_jobs, as_list=True)
+    next_jobs = report.next_jobs
+    if report.may_take and not next_jobs:
+        next_jobs = await _hold_for_jobs(request, rt, endpoint_id, worker_id, take)
+    if next_jobs:
+        jobs = _jobs_body(next_jobs, as_list=True)
         return Response('{"status":"ok","jobs":' + jobs + "}", media_type="application/json")
     return json_response({"status": "ok" if report.outcome == "done" else "ignored"})
+
+
+async def _hold_for_jobs(
+    request: Request, rt: Runtime, endpoint_id: str, worker_id: str, limit: int
+) -> Sequence[Claimed]:
+    """A job-done that asked for its next jobs (take=N) and found none queued is held like a job-take:
+    the next job submitted may be handed to it. Ends empty when the hold ends, the client hangs up or
+    the worker may no longer take jobs."""
+    dispatch = rt.signals.dispatch
+    deadline = hold_clock() + rt.limits.take_hold_s
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        while (remaining := deadline - hold_clock()) > 0 and not gone.done():
+            queued_before = dispatch.queued.get(endpoint_id, 0)
+            handed = await _handed_job(rt, endpoint_id, worker_id, min(remaining, 5.0), gone)
+            if handed is not None:
+                return [handed]
+            if gone.done() or not await rt.store.run(rt.store.workers.taking, worker_id):
+                return []
+            if dispatch.queued.get(endpoint_id, 0) != queued_before:
+                claimed = await rt.store.run(
+                    rt.store.take, endpoint_id, worker_id, limit, rt.clock.now(), mark_running=True
+                )
+                if claimed:
+                    return claimed
+        return []
+    finally:
+        gone.cancel()
 
 
 @router.post("/job-stream/{worker_id}/{job_id}", summary="Append a stream chunk")

@@ -28,7 +28,7 @@ class Taker:
 class Dispatcher:
     def __init__(self) -> None:
         self._takers: dict[str, deque[Taker]] = {}
-        self._by_worker: dict[str, Taker] = {}
+        self._by_worker: dict[str, set[Taker]] = {}
         self._results: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
         # Per endpoint, how many jobs were queued with no taker waiting: a take that looked at the store
         # before a queueing and starts waiting after it (possible when store calls run on threads) sees
@@ -39,10 +39,7 @@ class Dispatcher:
     def wait_for_job(self, endpoint_id: str, worker_id: str) -> Taker:
         taker = Taker(worker_id)
         self._takers.setdefault(endpoint_id, deque()).append(taker)
-        old = self._by_worker.pop(worker_id, None)
-        if old is not None and not old.future.done():
-            old.future.set_result(None)  # a worker has one take open; an older one ends empty
-        self._by_worker[worker_id] = taker
+        self._by_worker.setdefault(worker_id, set()).add(taker)
         return taker
 
     def done_waiting(self, endpoint_id: str, taker: Taker) -> None:
@@ -54,16 +51,14 @@ class Dispatcher:
                 pass
             if not waiting:
                 del self._takers[endpoint_id]
-        if self._by_worker.get(taker.worker_id) is taker:
-            del self._by_worker[taker.worker_id]
+        self._forget(taker)
 
     def next_taker(self, endpoint_id: str) -> Taker | None:
         """The longest-waiting open take on the endpoint, removed from the waiters; None when none."""
         waiting = self._takers.get(endpoint_id)
         while waiting:
             taker = waiting.popleft()
-            if self._by_worker.get(taker.worker_id) is taker:
-                del self._by_worker[taker.worker_id]
+            self._forget(taker)
             if not taker.future.done():
                 if not waiting:
                     del self._takers[endpoint_id]
@@ -71,6 +66,13 @@ class Dispatcher:
                 return taker
         self._takers.pop(endpoint_id, None)
         return None
+
+    def _forget(self, taker: Taker) -> None:
+        mine = self._by_worker.get(taker.worker_id)
+        if mine is not None:
+            mine.discard(taker)
+            if not mine:
+                del self._by_worker[taker.worker_id]
 
     def wake_takers(self, endpoint_id: str, count: int | None = None) -> None:
         """Jobs were queued: end waiting takes empty-handed so they look in the store."""
@@ -84,10 +86,10 @@ class Dispatcher:
             woken += 1
 
     def release(self, worker_id: str) -> None:
-        """A worker takes no new job (retiring, stopping): its open take ends empty-handed."""
-        taker = self._by_worker.pop(worker_id, None)
-        if taker is not None and not taker.future.done():
-            taker.future.set_result(None)
+        """A worker takes no new job (retiring, stopping): its open takes end empty-handed."""
+        for taker in self._by_worker.pop(worker_id, set()):
+            if not taker.future.done() and not taker.promised:
+                taker.future.set_result(None)
 
     def takers(self, endpoint_id: str) -> int:
         return sum(1 for t in self._takers.get(endpoint_id, ()) if not t.future.done())

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 RESULT_RETRY_S = 30.0
+HELD_ANSWER_TIMEOUT_S = 90.0  # a job-done asking for its next jobs is held like a job-take
 _BACKOFF_CAP_S = 4.0
 _MAX_HEAD_BYTES = 64 * 1024
 _RECV_BYTES = 64 * 1024
@@ -149,17 +150,25 @@ class HttpTransport:
         """POST a result, retrying 5xx, 429 and connection errors for `retry_s`; 4xx is final.
 
         The first attempt goes to `first_url` when given and every later one (a resend on a dead
-        connection included) to `url`. `on_retry(detail, delay_s)` is told of each failed attempt that
-        will be retried. The server must accept duplicates (first final result wins).
+        connection included) to `url`. The server may hold the answer to `first_url` like a long poll
+        (job-done with take=N waits for the next job), so that attempt is abortable and may take as long
+        as a poll. `on_retry(detail, delay_s)` is told of each failed attempt that will be retried. The
+        server must accept duplicates (first final result wins).
         """
         deadline = time.monotonic() + retry_s
         delay_s = 0.2
         detail = ""
         first = first_url is not None
         while True:
+            held = first and first_url is not None
             try:
                 resp = self.request(
-                    "POST", first_url if first and first_url else url, body, timeout_s=30.0, resend_url=url
+                    "POST",
+                    first_url if held and first_url else url,
+                    body,
+                    timeout_s=HELD_ANSWER_TIMEOUT_S if held else 30.0,
+                    abortable=held,
+                    resend_url=url,
                 )
             except TransportFailure as exc:
                 detail = str(exc)

@@ -6,8 +6,10 @@ a thread of its own. Background threads ping, poll job-stop and post progress up
 
 Piggy-backed next job (an Ember extension): a final result's first POST to job-done carries `take=1`
 when the finished job's slot stays in use; an Ember server answers with up to that many jobs, which
-run at once in that slot, on the same thread, without a job-take round trip. Servers that ignore
-`take` (RunPod, older Ember) answer as before, and the slot goes back to the take loop.
+run at once in that slot, on the same thread, without a job-take round trip. With none queued it holds
+the answer like a job-take until one comes (a shutdown signal cuts that wait; the result is resent
+without `take`). Servers that ignore `take` (RunPod, older Ember) answer as before, and the slot goes
+back to the take loop.
 
 Shutdown (signal or refresh_worker) stops taking (no `take` either), lets held jobs finish and report,
 then returns.

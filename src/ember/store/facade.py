@@ -31,6 +31,7 @@ class Report:
     outcome: str
     finished: Finished | None = None
     next_jobs: Sequence[Claimed] = ()
+    may_take: bool = False  # a take was asked for and the worker may be handed jobs
 
 
 class Store:
@@ -97,11 +98,14 @@ class Store:
             if outcome != "done":
                 return Report(outcome)
             claimed: Sequence[Claimed] = ()
-            if take > 0 and take_endpoint is not None and self.workers.taking(worker_id, cur):
+            may_take = (
+                take > 0 and take_endpoint is not None and self.workers.taking(worker_id, cur) is not None
+            )
+            if may_take and take_endpoint is not None:
                 claimed = self.jobs.claim(take_endpoint, worker_id, take, now, cur=cur)
             if not claimed:
                 self.workers.settle_if_idle(worker_id, now, cur=cur)
-        return Report(outcome, finished, claimed)
+        return Report(outcome, finished, claimed, may_take)
 
     @classmethod
     def open(cls, url: str) -> Store:
