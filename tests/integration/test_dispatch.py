@@ -287,3 +287,25 @@ def test_a_held_job_done_ends_when_the_worker_is_retired(tmp_path: Path) -> None
         await h.api.aclose()
 
     run(scenario())
+
+
+def test_a_worker_still_reporting_a_cancelled_job_is_told_again_to_stop_it(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = build(tmp_path)
+        ep, worker = await ready_worker(h)
+        [job] = await queue(h, ep, 1)
+        assert (await h.take(ep["id"], worker["id"])).json()["id"] == job
+        assert (await h.api.post(f"/v2/{ep['id']}/cancel/{job}")).json()["status"] == "CANCELLED"
+        stop_url = f"/v2/{ep['id']}/job-stop/{worker['id']}"
+        headers = h.worker_headers(worker["id"])
+        assert (await h.api.get(stop_url, headers=headers)).json() == {"jobsToStop": [job]}
+        # That stop reached the worker before it had the job running, so it still runs it and says so.
+        ping = f"/v2/{ep['id']}/ping/{worker['id']}?job_id={job}"
+        assert (await h.api.get(ping, headers=headers)).status_code == 200
+        assert (await h.api.get(stop_url, headers=headers)).json() == {"jobsToStop": [job]}
+        # Once it no longer lists the job, nothing more is said.
+        assert (await h.api.get(f"/v2/{ep['id']}/ping/{worker['id']}", headers=headers)).status_code == 200
+        assert (await h.api.get(stop_url, headers=headers)).status_code == 204
+        await h.api.aclose()
+
+    run(scenario())

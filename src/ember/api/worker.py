@@ -306,6 +306,10 @@ async def ping(endpoint_id: str, worker_id: str, request: Request) -> Response:
     await _mark_seen(rt, worker, now)
     ids = frozenset(i for i in q.get("job_id", "").split(",") if i)
     rt.signals.pings[worker_id] = (now, ids)
+    if ids:
+        flagged: int = await rt.store.run(rt.store.jobs.stop_again, worker_id, sorted(ids))
+        if flagged:
+            rt.signals.stops.wake(worker_id)
     return json_response({"status": "ok"})
 
 

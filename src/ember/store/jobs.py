@@ -420,6 +420,22 @@ class JobStore(Repository):
                 conn.execute(update(jobs).where(J.id.in_(ids)).values(stop_requested=False))
             return ids
 
+    def stop_again(self, worker_id: str, job_ids: Sequence[str]) -> int:
+        """Of `job_ids`, which a worker says it still runs, flag again for job-stop those that ended
+        CANCELLED or TIMED_OUT (a stop that reached the worker before the job did is lost on it).
+        Returns how many were flagged."""
+        stopped = [JobState.CANCELLED.value, JobState.TIMED_OUT.value]
+        again = and_(
+            J.id.in_(list(job_ids)),
+            J.worker_id == worker_id,
+            J.state.in_(stopped),
+            J.stop_requested.is_(False),
+        )
+        if not self._one(select(J.id).where(again).limit(1)):
+            return 0
+        with self.engine.begin() as conn:
+            return conn.execute(update(jobs).where(again).values(stop_requested=True)).rowcount
+
     # ---- control loops -----------------------------------------------------------------------------
     def queue_stats(self) -> dict[str, QueueStats]:
         """Per endpoint: queued (normal), queued low-priority, oldest normal queued time, in progress.
