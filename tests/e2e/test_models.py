@@ -90,12 +90,17 @@ def test_workers_wait_for_one_unbilled_download_and_a_restart_downloads_nothing(
             env={"EMBER_TEST_RECORD": str(record)},
         )
         wait_for(lambda: hub.held_count() > 0, 30, what="the download to be in flight")
+        # The status goes "starting", then "listing files", then "N% (…)" as the lifecycle looks again.
         status = wait_for(
-            lambda: (s := endpoint(mserver, ep["id"])["status"]).startswith("preparing model org/tiny") and s,
+            lambda: (
+                (s := endpoint(mserver, ep["id"])["status"]).startswith("preparing model org/tiny")
+                and ("%" in s or "listing files" in s)
+                and s
+            ),
             30,
-            what="the endpoint to say it is preparing its model",
+            what="the endpoint to say how far its model's download is",
         )
-        assert "%" in status or "listing files" in status
+        assert status.startswith("preparing model org/tiny: ")
         model = mserver.api("GET", "/v1/models/org/tiny").json()
         assert model["state"] == "downloading" and model["totalBytes"] == sum(len(v) for v in TINY.values())
         # While the model downloads no worker exists, not even a throttled record: nothing to bill.
