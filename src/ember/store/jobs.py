@@ -127,6 +127,9 @@ class JobStore(Repository):
         self._claim = Prepared(engine, _claim_statement(self.pg))
         self._get = Prepared(engine, select(jobs).where(J.id == bindparam("id")))
         self._state_of = Prepared(engine, select(J.state, J.worker_id).where(J.id == bindparam("id")))
+        self._stop_state = Prepared(
+            engine, select(J.state, J.worker_id, J.stop_requested).where(J.id == bindparam("id"))
+        )
         self._any_queued = Prepared(
             engine,
             select(J.id).where(J.endpoint_id == bindparam("p_endpoint"), QUEUED).limit(1),
@@ -423,18 +426,23 @@ class JobStore(Repository):
     def stop_again(self, worker_id: str, job_ids: Sequence[str]) -> int:
         """Of `job_ids`, which a worker says it still runs, flag again for job-stop those that ended
         CANCELLED or TIMED_OUT (a stop that reached the worker before the job did is lost on it).
-        Returns how many were flagged."""
-        stopped = [JobState.CANCELLED.value, JobState.TIMED_OUT.value]
-        again = and_(
-            J.id.in_(list(job_ids)),
-            J.worker_id == worker_id,
-            J.state.in_(stopped),
-            J.stop_requested.is_(False),
-        )
-        if not self._one(select(J.id).where(again).limit(1)):
+        Returns how many were flagged. (Called on every ping: a read by primary key per id.)"""
+        stopped = (JobState.CANCELLED.value, JobState.TIMED_OUT.value)
+        with self.raw.read() as cur:
+            rows = {job_id: self._stop_state.first(cur, id=job_id) for job_id in job_ids}
+        again = [
+            job_id
+            for job_id, row in rows.items()
+            if row is not None
+            and row["worker_id"] == worker_id
+            and row["state"] in stopped
+            and not row["stop_requested"]
+        ]
+        if not again:
             return 0
         with self.engine.begin() as conn:
-            return conn.execute(update(jobs).where(again).values(stop_requested=True)).rowcount
+            flag = update(jobs).where(J.id.in_(again), J.state.in_(stopped)).values(stop_requested=True)
+            return conn.execute(flag).rowcount
 
     # ---- control loops -----------------------------------------------------------------------------
     def queue_stats(self) -> dict[str, QueueStats]:
