@@ -1,6 +1,9 @@
 """Dispatch overhead: runsync latency (p50/p99 over sequential requests, one warm worker, no-op handler)
 and end-to-end throughput (4 workers, 16 concurrent clients), each beside a bare uvicorn+Starlette JSON
-echo measured in the same run. Targets (issue): runsync p50 <= 6x the echo round trip; >= 1,000 jobs/s."""
+echo measured in the same run. Targets (issue): runsync p50 <= 6x the echo round trip; >= 1,000 jobs/s.
+
+Both servers run side by side and are measured in alternating rounds, so that a change in the machine's
+speed during the run (it is shared, and virtual) weighs on both sides alike."""
 
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from _support import (
 N_LATENCY = int(os.environ.get("BENCH_N", "2000"))
 N_THROUGHPUT = int(os.environ.get("BENCH_JOBS", "6000"))
 CLIENTS = 16
+ROUNDS = 5
 
 
 def sequential(port: int, path: str, headers: dict[str, str], n: int) -> list[float]:
@@ -61,45 +65,66 @@ async def concurrent(port: int, path: str, headers: dict[str, str], total: int, 
 
 
 class Cpu:
-    """CPU time the control plane and the endpoint's worker processes spend from now on."""
+    """CPU time the control plane and the endpoint's worker processes spend between `resume` and
+    `pause` calls."""
 
     def __init__(self, server: Any, endpoint_id: str) -> None:
         self.server_pids = [server.proc.pid]
         self.worker_pids = [server.worker_pid(w["id"]) for w in server.workers(endpoint_id)]
-        self.start = (cpu_seconds(self.server_pids), cpu_seconds(self.worker_pids))
+        self.spent = [0.0, 0.0]
+        self._at = (0.0, 0.0)
+
+    def _now(self) -> tuple[float, float]:
+        return cpu_seconds(self.server_pids), cpu_seconds(self.worker_pids)
+
+    def resume(self) -> None:
+        self._at = self._now()
+
+    def pause(self) -> None:
+        now = self._now()
+        self.spent = [self.spent[0] + now[0] - self._at[0], self.spent[1] + now[1] - self._at[1]]
 
     def per_job(self, jobs: int) -> str:
-        server = (cpu_seconds(self.server_pids) - self.start[0]) / jobs * 1000
-        workers = (cpu_seconds(self.worker_pids) - self.start[1]) / jobs * 1000
-        return f"{server:.2f} / {workers:.2f} ms"
+        return f"{self.spent[0] / jobs * 1000:.2f} / {self.spent[1] / jobs * 1000:.2f} ms"
 
 
 def main() -> None:
     echo = EchoServer()
-    try:
-        sequential(echo.port, "/echo", {}, 200)
-        echo_lat = summary(sequential(echo.port, "/echo", {}, N_LATENCY))
-        echo_rps = asyncio.run(concurrent(echo.port, "/echo", {}, N_THROUGHPUT, CLIENTS))
-    finally:
-        echo.stop()
-
     server = start_ember()
     try:
         auth = {"Authorization": f"Bearer {server.admin_key}"}
         ep = server.deploy("noop", handler_source("noop"), workersMin=1, workersMax=1)
         wait_idle(server, ep["id"], 1)
         path = f"/v2/{ep['id']}/runsync"
+        sequential(echo.port, "/echo", {}, 200)
         sequential(server.port, path, auth, 200)
+        echo_times: list[float] = []
+        ember_times: list[float] = []
         cpu = Cpu(server, ep["id"])
-        ember_lat = summary(sequential(server.port, path, auth, N_LATENCY))
-        seq_cpu = cpu.per_job(N_LATENCY)
+        for _ in range(ROUNDS):
+            echo_times += sequential(echo.port, "/echo", {}, N_LATENCY // ROUNDS)
+            cpu.resume()
+            ember_times += sequential(server.port, path, auth, N_LATENCY // ROUNDS)
+            cpu.pause()
+        echo_lat, ember_lat = summary(echo_times), summary(ember_times)
+        seq_cpu = cpu.per_job(len(ember_times))
+
         server.api("PATCH", f"/v1/endpoints/{ep['id']}", json={"workersMin": 4, "workersMax": 4})
         wait_idle(server, ep["id"], 4)
+        asyncio.run(concurrent(echo.port, "/echo", {}, 400, CLIENTS))
         asyncio.run(concurrent(server.port, path, auth, 400, CLIENTS))
+        per_round = N_THROUGHPUT // ROUNDS
+        echo_s = ember_s = 0.0
         cpu = Cpu(server, ep["id"])
-        ember_rps = asyncio.run(concurrent(server.port, path, auth, N_THROUGHPUT, CLIENTS))
-        conc_cpu = cpu.per_job(N_THROUGHPUT)
+        for _ in range(ROUNDS):
+            echo_s += per_round / asyncio.run(concurrent(echo.port, "/echo", {}, per_round, CLIENTS))
+            cpu.resume()
+            ember_s += per_round / asyncio.run(concurrent(server.port, path, auth, per_round, CLIENTS))
+            cpu.pause()
+        echo_rps, ember_rps = ROUNDS * per_round / echo_s, ROUNDS * per_round / ember_s
+        conc_cpu = cpu.per_job(ROUNDS * per_round)
     finally:
+        echo.stop()
         server.stop()
         server.kill_workers()
 
@@ -108,11 +133,11 @@ def main() -> None:
         "runsync latency, one warm worker, no-op handler, sequential, raw keep-alive socket",
         [
             (
-                f"echo baseline p50 / p99 (n={N_LATENCY})",
+                f"echo baseline p50 / p99 (n={len(echo_times)})",
                 f"{echo_lat['p50_ms']:.3f} / {echo_lat['p99_ms']:.3f} ms",
             ),
             (
-                f"ember runsync p50 / p99 (n={N_LATENCY})",
+                f"ember runsync p50 / p99 (n={len(ember_times)})",
                 f"{ember_lat['p50_ms']:.3f} / {ember_lat['p99_ms']:.3f} ms",
             ),
             ("ratio p50 (target <= 6x, stretch 4x)", f"{ratio:.2f}x"),
@@ -122,8 +147,8 @@ def main() -> None:
     print_table(
         f"throughput, 4 workers, {CLIENTS} concurrent clients, durable SQLite",
         [
-            (f"echo baseline (n={N_THROUGHPUT})", f"{echo_rps:,.0f} req/s"),
-            (f"ember runsync end to end (n={N_THROUGHPUT})", f"{ember_rps:,.0f} jobs/s"),
+            (f"echo baseline (n={ROUNDS * per_round})", f"{echo_rps:,.0f} req/s"),
+            (f"ember runsync end to end (n={ROUNDS * per_round})", f"{ember_rps:,.0f} jobs/s"),
             ("ratio ember / echo", f"{ember_rps / echo_rps:.2f}"),
             ("CPU per job: server / workers", conc_cpu),
             ("target", ">= 1,000 jobs/s"),
