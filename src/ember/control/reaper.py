@@ -57,6 +57,9 @@ class Reaper:
                 self.signals.stops.wake(row["worker_id"])
             self.signals.job_finished(row["id"])
         await s.run(s.jobs.purge_expired, now)
+        # Copy the write-ahead log back into the database off the event loop, so that no request's
+        # commit pays for it (see `store.db`).
+        await s.run_background(s.checkpoint)
 
     async def deliver_webhooks(self) -> int:
         """POST each due final job to its webhook; returns how many were attempted."""

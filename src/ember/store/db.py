@@ -30,6 +30,7 @@ from ember.core.errors import StoreError
 T = TypeVar("T")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+SAFETY_CHECKPOINT_PAGES = 10_000
 
 
 def make_engine(url: str) -> Engine:
@@ -50,6 +51,9 @@ def make_engine(url: str) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
+            # The reaper checkpoints the log each tick from a thread (`Store.checkpoint`); this is the
+            # safety net should it fall behind (about 40 MB of log).
+            cur.execute(f"PRAGMA wal_autocheckpoint={SAFETY_CHECKPOINT_PAGES}")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
@@ -140,6 +144,8 @@ class RawAccess:
     def _sqlite(self) -> Any:
         if self._conn is None:
             self._conn = self.engine.raw_connection()
+            # The job path's commits never checkpoint: that work is done off the event loop.
+            self._conn.driver_connection.execute("PRAGMA wal_autocheckpoint=0")
         return self._conn.driver_connection
 
     @contextmanager

@@ -107,6 +107,12 @@ class Store:
                 self.workers.settle_if_idle(worker_id, now, cur=cur)
         return Report(outcome, finished, claimed, may_take)
 
+    def checkpoint(self) -> None:
+        """SQLite: copy the write-ahead log into the database file (PASSIVE: never waits on writers)."""
+        if self.db.is_sqlite:
+            with self.db.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+
     @classmethod
     def open(cls, url: str) -> Store:
         engine = make_engine(url)
