@@ -36,20 +36,10 @@ class _Waiters:
                 if not waiters:
                     del self._by_key[key]
 
-    def wake(self, key: str, count: int | None = None) -> None:
-        waiters = self._by_key.get(key)
-        if not waiters:
-            return
-        woken = 0
-        for fut in list(waiters):
+    def wake(self, key: str) -> None:
+        for fut in list(self._by_key.get(key, ())):
             if not fut.done():
                 fut.set_result(None)
-                woken += 1
-                if count is not None and woken >= count:
-                    break
-
-    def waiting(self, key: str) -> int:
-        return len(self._by_key.get(key, ()))
 
 
 class Signals:
