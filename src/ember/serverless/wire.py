@@ -47,15 +47,7 @@ def parse_take_response(status: int, content_type: str, body: bytes) -> TakeAnsw
     except ValueError as exc:
         return TakeAnswer(problems=[f"job-take answered invalid JSON: {exc}"])
     items = payload if isinstance(payload, list) else [payload]
-    jobs: list[dict[str, Any]] = []
-    problems: list[str] = []
-    for item in items:
-        problem = job_problem(item)
-        if problem is None:
-            jobs.append(item)
-        else:
-            problems.append(problem)
-    return TakeAnswer(jobs=jobs, problems=problems)
+    return _runnable(items)
 
 
 def parse_done_response(status: int, content_type: str, body: bytes) -> TakeAnswer:
@@ -74,6 +66,11 @@ def parse_done_response(status: int, content_type: str, body: bytes) -> TakeAnsw
     items = payload.get("jobs") if isinstance(payload, dict) else None
     if not isinstance(items, list):
         return TakeAnswer()
+    return _runnable(items)
+
+
+def _runnable(items: list[Any]) -> TakeAnswer:
+    """The runnable jobs among `items`, and a problem for each one that isn't."""
     jobs: list[dict[str, Any]] = []
     problems: list[str] = []
     for item in items:
