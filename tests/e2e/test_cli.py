@@ -4,32 +4,13 @@ jobs and logs print what a person or a script needs; a bad call prints one clear
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.live import LiveServer, handler_dir, wait_for
-
-
-def ember(
-    server: LiveServer, *args: str, key: str | None = None, url: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "EMBER_API_URL": url or server.url,
-            "EMBER_API_KEY": key or server.admin_key,
-            "EMBER_HOME": str(server.home / "cli-home"),  # no admin_key file here: the env key is used
-            "COLUMNS": "200",
-        }
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "ember.cli.main", *args], env=env, capture_output=True, text=True, timeout=120
-    )
 
 
 def _json(proc: subprocess.CompletedProcess[str]) -> Any:
@@ -40,8 +21,7 @@ def _json(proc: subprocess.CompletedProcess[str]) -> Any:
 @pytest.fixture(scope="module")
 def deployed(server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     source = handler_dir(tmp_path_factory.mktemp("cli"), "prints_a_lot")
-    proc = ember(
-        server,
+    proc = server.cli(
         "deploy",
         str(source),
         "--name",
@@ -68,28 +48,28 @@ def test_deploy_again_updates_the_same_endpoint(
     server: LiveServer, deployed: dict[str, Any], tmp_path: Path
 ) -> None:
     source = handler_dir(tmp_path, "prints_a_lot")
-    again = _json(ember(server, "deploy", str(source), "--name", "chatty", "--workers-max", "2", "--json"))
+    again = _json(server.cli("deploy", str(source), "--name", "chatty", "--workers-max", "2", "--json"))
     assert again["id"] == deployed["id"]
-    names = [e["name"] for e in _json(ember(server, "endpoints", "--json"))]
+    names = [e["name"] for e in _json(server.cli("endpoints", "--json"))]
     assert names.count("chatty") == 1
 
 
 def test_endpoints_and_workers_print_json_arrays(server: LiveServer, deployed: dict[str, Any]) -> None:
-    eps = _json(ember(server, "endpoints", "--json"))
+    eps = _json(server.cli("endpoints", "--json"))
     assert isinstance(eps, list) and deployed["id"] in {e["id"] for e in eps}
     resp = server.api("POST", f"/v2/{deployed['id']}/runsync", json={"input": {"lines": 3}})
     assert resp.json()["status"] == "COMPLETED", resp.text
     for ref in (deployed["id"], "chatty"):  # by id or by name
-        workers = _json(ember(server, "workers", ref, "--json"))
+        workers = _json(server.cli("workers", ref, "--json"))
         assert isinstance(workers, list) and len(workers) >= 1
         assert {"id", "state", "type", "release"} <= set(workers[0])
-    table = ember(server, "workers", "chatty")
+    table = server.cli("workers", "chatty")
     assert table.returncode == 0 and workers[0]["id"] in table.stdout
 
 
 def test_jobs_lists_the_endpoint_s_jobs(server: LiveServer, deployed: dict[str, Any]) -> None:
     job = server.api("POST", f"/v2/{deployed['id']}/runsync", json={"input": {"lines": 1}}).json()
-    rows = _json(ember(server, "jobs", deployed["id"], "--json"))
+    rows = _json(server.cli("jobs", deployed["id"], "--json"))
     assert job["id"] in {r["id"] for r in rows}
     assert {r["status"] for r in rows if r["id"] == job["id"]} == {"COMPLETED"}
 
@@ -99,7 +79,7 @@ def test_logs_show_the_worker_s_output(server: LiveServer, deployed: dict[str, A
     assert resp.json()["status"] == "COMPLETED", resp.text
 
     def printed() -> subprocess.CompletedProcess[str] | None:
-        proc = ember(server, "logs", "chatty")
+        proc = server.cli("logs", "chatty")
         return proc if proc.returncode == 0 and "stdout line 3 " in proc.stdout else None
 
     proc = wait_for(printed, 30, interval_s=0.5, what="the handler's prints in `ember logs`")
@@ -120,19 +100,17 @@ def test_logs_show_the_worker_s_output(server: LiveServer, deployed: dict[str, A
 def test_a_bad_call_prints_a_clear_error_and_exits_1(
     server: LiveServer, args: tuple[str, ...], message: str
 ) -> None:
-    proc = ember(server, *args)
+    proc = server.cli(*args)
     assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
     assert message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def test_a_wrong_key_or_an_unreachable_server_is_a_clear_error(server: LiveServer, tmp_path: Path) -> None:
-    bad_key = ember(server, "endpoints", key="ek_wrong")
+    bad_key = server.cli("endpoints", key="ek_wrong")
     assert bad_key.returncode == 1 and "invalid API key" in bad_key.stderr and "401" in bad_key.stderr
-    nowhere = ember(server, "endpoints", url="http://127.0.0.1:9")
+    nowhere = server.cli("endpoints", url="http://127.0.0.1:9")
     assert nowhere.returncode == 1 and "cannot reach Ember" in nowhere.stderr
     assert "Traceback" not in bad_key.stderr + nowhere.stderr
-    invalid = ember(
-        server, "deploy", str(handler_dir(tmp_path, "echo")), "--name", "bad", "--workers-max", "-1"
-    )
+    invalid = server.cli("deploy", str(handler_dir(tmp_path, "echo")), "--name", "bad", "--workers-max", "-1")
     assert invalid.returncode == 1 and "workersMax" in invalid.stderr

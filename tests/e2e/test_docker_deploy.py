@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -30,23 +29,9 @@ WAIT = {"wait": "120000"}
 
 
 # ---- plumbing ------------------------------------------------------------------------------------------
-def ember(server: LiveServer, *args: str, home: Path | None = None, stdin: str | None = None) -> Any:
-    """Run the `ember` CLI against `server` (its own EMBER_HOME unless `home` is given)."""
-    env = dict(os.environ)
-    env.update(
-        EMBER_API_URL=server.url,
-        EMBER_API_KEY=server.admin_key,
-        EMBER_HOME=str(home or server.home / "cli-home"),
-        COLUMNS="200",
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "ember.cli.main", *args],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def ember(server: LiveServer, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """The `ember` CLI against `server`, with time for builds and pushes."""
+    return server.cli(*args, timeout_s=300, **kw)
 
 
 def ok(proc: subprocess.CompletedProcess[str]) -> str:

@@ -6,9 +6,6 @@ which never appears in logs or responses."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -232,27 +229,20 @@ def test_the_real_minilm_model_downloads_through_the_cache_and_loads_offline(
     assert mserver.api("DELETE", f"/v1/endpoints/{ep['id']}").status_code == 200
 
 
-def ember_cli(server: LiveServer, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "EMBER_API_URL": server.url, "EMBER_API_KEY": server.admin_key, "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "ember.cli.main", *args], env=env, capture_output=True, text=True, timeout=120
-    )
-
-
 def test_models_cli_pulls_lists_and_removes(hub: FakeHub, mserver: LiveServer, tmp_path: Path) -> None:
-    pulled = ember_cli(mserver, "models", "pull", "org/pullme")
+    pulled = mserver.cli("models", "pull", "org/pullme")
     assert pulled.returncode == 0 and "ready" in pulled.stdout, pulled.stdout + pulled.stderr
-    listed = {m["name"]: m for m in json.loads(ember_cli(mserver, "models", "ls", "--json").stdout)}
+    listed = {m["name"]: m for m in json.loads(mserver.cli("models", "ls", "--json").stdout)}
     assert listed["org/pullme"]["state"] == "ready" and listed["org/pullme"]["progress"] == 100
     assert hub.gets("org/pullme", "weights.bin") == 1
 
-    missing = ember_cli(mserver, "models", "pull", "org/does-not-exist")
+    missing = mserver.cli("models", "pull", "org/does-not-exist")
     assert missing.returncode == 1 and "not found" in missing.stderr
 
     ep = mserver.deploy("uses-pullme", handler_dir(tmp_path, "model_reader"), modelName="org/pullme")
-    refused = ember_cli(mserver, "models", "rm", "org/pullme")
+    refused = mserver.cli("models", "rm", "org/pullme")
     assert refused.returncode == 1 and "uses-pullme" in refused.stderr
     assert mserver.api("DELETE", f"/v1/endpoints/{ep['id']}").status_code == 200
-    removed = ember_cli(mserver, "models", "rm", "org/pullme")
+    removed = mserver.cli("models", "rm", "org/pullme")
     assert removed.returncode == 0, removed.stderr
-    assert "org/pullme" not in ember_cli(mserver, "models", "ls", "--json").stdout
+    assert "org/pullme" not in mserver.cli("models", "ls", "--json").stdout

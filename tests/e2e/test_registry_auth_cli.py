@@ -4,9 +4,7 @@ registry logins by name or id, the password read without echo and never printed.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from typing import Any
 
 from tests.support.live import LiveServer
@@ -15,24 +13,9 @@ PASSWORD = "cli-Pa55word-never-printed"
 IMAGE = "127.0.0.1:5999/team/private-worker:v1"
 
 
-def ember(server: LiveServer, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env.update(
-        EMBER_API_URL=server.url,
-        EMBER_API_KEY=server.admin_key,
-        EMBER_HOME=str(server.home / "cli-home"),
-        COLUMNS="200",
-    )
-    # A session of its own has no controlling terminal, so a hidden prompt reads standard input.
-    return subprocess.run(
-        [sys.executable, "-m", "ember.cli.main", *args],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        start_new_session=True,
-    )
+def ember(server: LiveServer, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """The `ember` CLI against `server`, with no controlling terminal: a hidden prompt reads stdin."""
+    return server.cli(*args, new_session=True, **kw)
 
 
 def ok(proc: subprocess.CompletedProcess[str]) -> str:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -158,25 +156,16 @@ def test_bad_volume_requests_get_clear_errors(vserver: LiveServer, tmp_path: Pat
     assert resp.status_code == 400 and "networkVolumeId" in resp.text
 
 
-def ember_cli(server: LiveServer, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "EMBER_API_URL": server.url, "EMBER_API_KEY": server.admin_key, "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "ember.cli.main", *args], env=env, capture_output=True, text=True, timeout=120
-    )
-
-
 def test_volumes_cli_creates_lists_grows_and_removes(vserver: LiveServer) -> None:
-    made = ember_cli(vserver, "volumes", "create", "cli-vol", "--size", "1", "--json")
+    made = vserver.cli("volumes", "create", "cli-vol", "--size", "1", "--json")
     assert made.returncode == 0, made.stderr
     vol = json.loads(made.stdout)
-    listed = ember_cli(vserver, "volumes", "ls", "--json")
+    listed = vserver.cli("volumes", "ls", "--json")
     assert vol["id"] in [v["id"] for v in json.loads(listed.stdout)]
-    grown = ember_cli(vserver, "volumes", "resize", vol["id"], "--size", "2")
+    grown = vserver.cli("volumes", "resize", vol["id"], "--size", "2")
     assert grown.returncode == 0 and "2 GB" in grown.stdout, grown.stderr
-    shrink = ember_cli(vserver, "volumes", "resize", vol["id"], "--size", "1")
+    shrink = vserver.cli("volumes", "resize", vol["id"], "--size", "1")
     assert shrink.returncode == 1 and "only grow" in shrink.stderr
-    removed = ember_cli(vserver, "volumes", "rm", vol["id"])
+    removed = vserver.cli("volumes", "rm", vol["id"])
     assert removed.returncode == 0, removed.stderr
-    assert vol["id"] not in [
-        v["id"] for v in json.loads(ember_cli(vserver, "volumes", "ls", "--json").stdout)
-    ]
+    assert vol["id"] not in [v["id"] for v in json.loads(vserver.cli("volumes", "ls", "--json").stdout)]

@@ -154,6 +154,36 @@ class LiveServer:
         with self.client(key) as c:
             return c.request(method, path, **kw)
 
+    def cli(
+        self,
+        *args: str,
+        key: str | None = None,
+        url: str | None = None,
+        home: Path | None = None,
+        stdin: str | None = None,
+        new_session: bool = False,
+        timeout_s: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the `ember` CLI against this server, as the admin unless `key` is given, with an
+        EMBER_HOME of its own unless `home` is (that home holds no admin_key file: the env key is used).
+        `new_session`: no controlling terminal, so a hidden prompt reads standard input."""
+        env = dict(os.environ)
+        env.update(
+            EMBER_API_URL=url or self.url,
+            EMBER_API_KEY=key or self.admin_key,
+            EMBER_HOME=str(home or self.home / "cli-home"),
+            COLUMNS="200",
+        )
+        return subprocess.run(
+            [sys.executable, "-m", "ember.cli.main", *args],
+            env=env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            start_new_session=new_session,
+        )
+
     def deploy(
         self, name: str, source_dir: Path | str, key: str | None = None, **fields: Any
     ) -> dict[str, Any]:
