@@ -67,37 +67,39 @@ def server(tmp_path_factory: pytest.TempPathFactory, docker_client: Any) -> Iter
         remove_containers(docker_client, s)
 
 
+def failed_pull(server: LiveServer, endpoint: dict[str, Any]) -> list[dict[str, Any]]:
+    """Create `endpoint`, queue a job, and return its workers whose start failed on the registry's
+    credentials (the hint "no or wrong registry credentials?"); the endpoint is deleted afterwards."""
+    created = server.api("POST", "/v1/endpoints", json=endpoint)
+    assert created.status_code == 201, created.text
+    endpoint_id = created.json()["id"]
+    assert server.api("POST", f"/v2/{endpoint_id}/run", json={"input": {}}).status_code == 200
+    failed = wait_for(
+        lambda: [
+            w
+            for w in server.workers(endpoint_id, include_stopped=True)
+            if "no or wrong registry credentials?" in (w["reason"] or "")
+        ],
+        120,
+        interval_s=0.2,
+        what=f"the worker of endpoint {endpoint['name']} to fail its pull",
+    )
+    assert server.api("DELETE", f"/v1/endpoints/{endpoint_id}").status_code == 200
+    return failed  # type: ignore[no-any-return]
+
+
 def test_a_private_image_runs_with_the_endpoints_registry_auth_and_fails_clearly_without(
     server: LiveServer, private_image: str, auth_registry: AuthRegistry
 ) -> None:
     assert CredentialStore(server.home).get(registry_host(private_image)) is None
 
     # Without an auth the pull is anonymous: the worker cannot start, and its reason says why.
-    bare = server.api(
-        "POST",
-        "/v1/endpoints",
-        json={
-            "name": "no-auth",
-            "imageName": private_image,
-            "env": {"EMBER_TEST_SDK": "ember"},
-            "workersMax": 1,
-        },
-    )
-    assert bare.status_code == 201, bare.text
-    assert server.api("POST", f"/v2/{bare.json()['id']}/run", json={"input": {}}).status_code == 200
-    failed = wait_for(
-        lambda: [
-            w
-            for w in server.workers(bare.json()["id"], include_stopped=True)
-            if "registry credentials" in (w["reason"] or "")
-        ],
-        120,
-        interval_s=0.2,
-        what="the worker of the endpoint without a registry auth to fail its pull",
+    failed = failed_pull(
+        server,
+        {"name": "no-auth", "imageName": private_image, "env": {"EMBER_TEST_SDK": "ember"}, "workersMax": 1},
     )
     assert "could not start" in failed[0]["reason"] and private_image in failed[0]["reason"], failed
     assert "no or wrong registry credentials?" in failed[0]["reason"], failed
-    assert server.api("DELETE", f"/v1/endpoints/{bare.json()['id']}").status_code == 200
 
     # With the account's auth (added and used through the CLI) the same image is pulled and serves.
     added = ember(
@@ -153,27 +155,6 @@ def test_a_wrong_password_fails_the_start_with_the_credentials_hint(
         json={"name": "wrong", "username": auth_registry.username, "password": "not-the-password"},
     )
     assert wrong.status_code == 201, wrong.text
-    ep = server.api(
-        "POST",
-        "/v1/endpoints",
-        json={
-            "name": "wrong-auth",
-            "imageName": private_image,
-            "containerRegistryAuthId": wrong.json()["id"],
-            "workersMax": 1,
-        },
-    )
-    assert ep.status_code == 201, ep.text
-    assert server.api("POST", f"/v2/{ep.json()['id']}/run", json={"input": {}}).status_code == 200
-    failed = wait_for(
-        lambda: [
-            w
-            for w in server.workers(ep.json()["id"], include_stopped=True)
-            if "no or wrong registry credentials?" in (w["reason"] or "")
-        ],
-        120,
-        interval_s=0.2,
-        what="the worker with a wrong registry password to fail its pull",
-    )
+    fields = {"name": "wrong-auth", "imageName": private_image, "workersMax": 1}
+    failed = failed_pull(server, {**fields, "containerRegistryAuthId": wrong.json()["id"]})
     assert "not-the-password" not in json.dumps(failed) + server.log()
-    assert server.api("DELETE", f"/v1/endpoints/{ep.json()['id']}").status_code == 200
