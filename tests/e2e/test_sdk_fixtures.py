@@ -7,6 +7,7 @@ picks the SDK), drives it through the `/v2` API and deletes the endpoint afterwa
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -207,6 +208,28 @@ def test_refresh_worker_ends_the_worker_after_each_job(server, tmp_path, sdk):
     assert first["status"] == second["status"] == "COMPLETED"
     assert first["output"] == {"ok": True}
     assert first["workerId"] != second["workerId"]
+
+
+def test_a_returned_refresh_worker_gets_each_job_a_new_worker_with_one_worker_allowed(server, tmp_path, sdk):
+    """The worker only says stopPod and keeps polling (both SDKs): Ember stops and replaces it at once,
+    so ten queued jobs all complete on workersMax 1, each on a fresh worker (a fresh process), in about
+    the time of ten cold starts."""
+    with deployed(server, tmp_path, "returns_refresh_worker", sdk) as ep:
+        started = time.monotonic()
+        first = run_to_end(server, ep, {})
+        cold_start_s = time.monotonic() - started
+        job_ids = [run(server, ep, {"n": n}) for n in range(9)]
+        records = [first] + [final_record(server, ep, j) for j in job_ids]
+        total_s = time.monotonic() - started
+        stopped = server.workers(ep, include_stopped=True)
+    assert [r["status"] for r in records] == ["COMPLETED"] * 10, records
+    assert len({r["workerId"] for r in records}) == 10
+    assert len({r["output"]["pid"] for r in records}) == 10
+    assert all("refresh_worker" not in r["output"] for r in records)
+    assert max(w["state"] == "STOPPED" for w in stopped)
+    # A wedge (the bug this guards) never ends; a replacement that waited for a timeout or the worker's
+    # own exit would take ten times that. The bound is generous against a slow, shared machine.
+    assert total_s < 10 * (cold_start_s + 3.0), (total_s, cold_start_s)
 
 
 def test_slow_sync_handler_completes(server, tmp_path, sdk):

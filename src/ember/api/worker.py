@@ -202,7 +202,8 @@ async def job_done(request: Request) -> Response:
         return json_response({"status": "ok"})
     state, fields = J.classify_result(body)
     output = _dump(fields["output"]) if "output" in fields else None
-    take = 0 if body.get("stopPod") else _int_param(request, "take", 0, 0, 1000)
+    stop_pod = bool(body.get("stopPod"))
+    take = 0 if stop_pod else _int_param(request, "take", 0, 0, 1000)
     report = await rt.store.run(
         rt.store.report,
         job_id,
@@ -215,6 +216,7 @@ async def job_done(request: Request) -> Response:
         rt.limits.retention_sync_s,
         take_endpoint=endpoint_id,
         take=take,
+        recycle=stop_pod,
     )
     if report.outcome == "unknown":
         raise NotFound(f"job {job_id!r} not found")
@@ -235,8 +237,10 @@ async def job_done(request: Request) -> Response:
         }
         rt.signals.job_finished(job_id, record(final), webhook=f.has_webhook)
         await asyncio.sleep(0)  # let a runsync waiting on this job answer its client before this reply
-    if body.get("stopPod"):
-        await rt.store.run(lambda: rt.store.workers.update(worker_id, recycle=True))
+    if stop_pod and report.outcome in ("done", "final"):
+        # Whatever SDK it runs, the worker only says so and keeps polling: end its open takes, and let the
+        # lifecycle stop and replace it now.
+        rt.signals.retire(worker_id)
         rt.signals.reconcile.set()
     next_jobs = report.next_jobs
     if report.may_take and not next_jobs:

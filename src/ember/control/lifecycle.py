@@ -34,6 +34,7 @@ log = logging.getLogger("ember.lifecycle")
 _S = WorkerState
 # A restarted worker that stays up this long is healthy again: its backoff starts over.
 HEALTHY_RESET_S = 120.0
+RECYCLED = "recycled after its job (refresh_worker / stopPod)"
 
 
 @dataclass
@@ -156,7 +157,7 @@ class Lifecycle:
             if obs is None or not obs.running:
                 code = None if obs is None else obs.exit_code
                 if w["recycle"] and (code == 0 or code is None):
-                    await self._finish_stop(w, "recycled after its job (refresh_worker / stopPod)")
+                    await self._finish_stop(w, RECYCLED)
                     continue
                 detail = (
                     f"exited unexpectedly (exit code {code})" if obs is not None else "is no longer running"
@@ -182,6 +183,11 @@ class Lifecycle:
             )
             if why:
                 await self._fail(w, f"worker {wid} {why}", snap.now, kill=True)
+                continue
+            if w["recycle"] and not snap.held.get(wid):
+                # It asked to be replaced (stopPod) and has finished its jobs; SDKs only say so and keep
+                # polling, so stop it now (SIGTERM, then SIGKILL after the grace period).
+                await self._stop(w, RECYCLED)
                 continue
             await self._check_stuck(w, ping, snap.now)
             await self._check_dropped(w, ping, snap)
@@ -319,6 +325,9 @@ class Lifecycle:
         mine = len(workers)
         room = account_room(limit, per_account.get(ep["account_id"], 0) - mine)
         stats = snap.stats.get(ep["id"])
+        # Recycled and stopping workers take no new job: they neither count toward the target nor stand
+        # in a replacement's way (the health step stops them).
+        workers = [w for w in workers if not w["recycle"]]
         current = [w for w in workers if w["release"] == release and w["state"] != _S.OUTDATED.value]
         busy = [w for w in current if snap.held.get(w["id"])]
         idle = [

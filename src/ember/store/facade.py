@@ -51,6 +51,8 @@ class Store:
         if not self.jobs.any_queued(endpoint_id):
             return []
         with self.raw.write() as cur:
+            if self.workers.taking(worker_id, cur) is None:
+                return []  # recycled or retired since the caller looked: it gets no new job
             claimed = self.jobs.claim(endpoint_id, worker_id, limit, now, cur=cur)
             if claimed and mark_running:
                 self.workers.start_running(worker_id, now, TOOK_A_JOB, cur=cur)
@@ -80,9 +82,12 @@ class Store:
         *,
         take_endpoint: str | None = None,
         take: int = 0,
+        recycle: bool = False,
     ) -> Report:
         """Record a job's result; with `take`, also claim up to that many queued jobs of `take_endpoint`
-        for the worker. When it then holds nothing, it becomes IDLE. One transaction."""
+        for the worker. When it then holds nothing, it becomes IDLE. With `recycle` (the result carried
+        stopPod), the worker is marked in the same transaction, so no hand-off or claim that commits after
+        this one gives it another job. One transaction."""
         with self.raw.write() as cur:
             outcome, finished = self.jobs.finish(
                 job_id,
@@ -95,11 +100,16 @@ class Store:
                 retention_sync_s,
                 cur=cur,
             )
+            if recycle and outcome in ("done", "final"):
+                self.workers.recycle(worker_id, cur)
             if outcome != "done":
                 return Report(outcome)
             claimed: Sequence[Claimed] = ()
             may_take = (
-                take > 0 and take_endpoint is not None and self.workers.taking(worker_id, cur) is not None
+                not recycle
+                and take > 0
+                and take_endpoint is not None
+                and self.workers.taking(worker_id, cur) is not None
             )
             if may_take and take_endpoint is not None:
                 claimed = self.jobs.claim(take_endpoint, worker_id, take, now, cur=cur)

@@ -88,6 +88,7 @@ class WorkerStore(Repository):
         self._seen = Prepared(
             engine, update(workers).where(W.id == bindparam("p_id")).values(last_seen_at=bindparam("p_now"))
         )
+        self._recycle = Prepared(engine, update(workers).where(W.id == bindparam("p_id")).values(recycle=True))
 
     def create(
         self,
@@ -223,6 +224,12 @@ class WorkerStore(Repository):
             p_now=now,
             p_reason=reason,
         )
+
+    def recycle(self, worker_id: str, cur: Any = None) -> None:
+        """Mark the worker for recycling (stopPod): it is handed no new job, and the lifecycle stops and
+        replaces it once it holds none."""
+        with self.raw.write(cur) as tx:
+            self._recycle.execute(tx, p_id=worker_id)
 
     def seen(self, worker_id: str, now: float) -> None:
         """Record that the worker was heard from at `now`."""
