@@ -151,6 +151,32 @@ def test_a_worker_that_asks_to_stop_is_handed_nothing_more(tmp_path: Path) -> No
     run(scenario())
 
 
+def test_a_worker_that_asks_to_stop_is_replaced_at_once_within_workers_max(tmp_path: Path) -> None:
+    """stopPod from a worker that then keeps polling (the runpod SDK's way): its waiting take ends empty,
+    and the next lifecycle pass stops it and starts a replacement for the queued job, on workersMax 1."""
+
+    async def scenario() -> None:
+        h = build(tmp_path)
+        ep = await h.deploy("recycle", workersMax=1)
+        [job_id, queued_id] = await queue(h, ep, 2)
+        await h.tick()
+        [worker] = await h.workers(ep["id"])
+        assert (await h.take(ep["id"], worker["id"])).json()["id"] == job_id
+        answer = await done(h, ep, worker, job_id, {"output": 1, "stopPod": True}, 0)
+        assert answer.json() == {"status": "ok"}
+        assert h.store.workers.get(worker["id"])["recycle"]  # type: ignore[index]
+        assert (await h.take(ep["id"], worker["id"])).status_code == 204
+        await h.tick()
+        workers = {w["id"]: w for w in await h.workers(ep["id"])}
+        assert workers[worker["id"]]["state"] == "STOPPED"
+        assert "stopPod" in history(h, worker["id"])[-1][1]
+        [fresh] = [w for w in workers.values() if w["state"] != "STOPPED"]
+        assert (await h.take(ep["id"], fresh["id"])).json()["id"] == queued_id
+        await h.api.aclose()
+
+    run(scenario())
+
+
 def test_bad_take_values_are_clear_errors(tmp_path: Path) -> None:
     async def scenario() -> None:
         h = build(tmp_path)
@@ -169,9 +195,9 @@ def _job(i: int) -> NewJob:
     return NewJob(f"job-{i}", "ep-1", "acct-1", "{}", None, None, False, 60_000, 600_000, False)
 
 
-def _worker(store: Store, state: WorkerState) -> None:
+def _worker(store: Store, state: WorkerState, worker_id: str = "wk-1") -> None:
     store.workers.create(
-        id="wk-1",
+        id=worker_id,
         endpoint_id="ep-1",
         account_id="acct-1",
         release=1,
@@ -212,7 +238,32 @@ def test_hand_over_to_a_worker_that_may_no_longer_take_queues_the_job(store: Sto
     row = store.jobs.get("job-1")
     assert row is not None and row["state"] == "IN_QUEUE" and row["worker_id"] is None
     assert store.workers.get("wk-1")["state"] == "OUTDATED"  # type: ignore[index]
+    assert store.take("ep-1", "wk-1", 1, 6.0, mark_running=False) == []
+    _worker(store, WorkerState.IDLE, "wk-2")
     assert store.take("ep-1", "wk-2", 1, 6.0, mark_running=False)[0].id == "job-1"
+
+
+def test_a_recycled_worker_is_neither_handed_nor_claims_a_job(store: Store) -> None:
+    _worker(store, WorkerState.IDLE)
+    assert store.hand_over(_job(1), "wk-1", 5.0) is True
+    report = store.report(
+        "job-1",
+        "wk-1",
+        JobState.COMPLETED,
+        "1",
+        None,
+        6.0,
+        1800,
+        60,
+        take_endpoint="ep-1",
+        take=1,
+        recycle=True,
+    )
+    assert report.outcome == "done" and not report.may_take and not report.next_jobs
+    assert store.workers.get("wk-1")["recycle"]  # type: ignore[index]
+    assert store.hand_over(_job(2), "wk-1", 7.0) is False
+    assert store.take("ep-1", "wk-1", 1, 8.0, mark_running=True) == []
+    assert store.jobs.get("job-2")["state"] == "IN_QUEUE"  # type: ignore[index]
 
 
 def test_a_job_handed_over_but_never_received_is_requeued_once_the_pings_leave_it_out(tmp_path: Path) -> None:
