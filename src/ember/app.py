@@ -7,12 +7,13 @@ server`, `ember up`, `ember dev` and the tests call; nothing else creates engine
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import secrets
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,9 @@ def default_backends(settings: Settings, clock: Clock) -> dict[str, Backend]:
     if wanted or (os.environ.get("EMBER_DOCKER", "") != "0" and _docker_reachable()):
         from ember.backends.docker import DockerBackend
 
-        backends["docker"] = DockerBackend(instance=instance_id(settings.home))
+        # A container's output is kept here when it is removed, so `ember logs` still shows it.
+        kept = settings.home / "runtime" / "container-logs"
+        backends["docker"] = DockerBackend(instance=instance_id(settings.home), logs_dir=kept)
     return backends
 
 
@@ -169,6 +172,8 @@ def create_app(
         home=settings.home,
         ping_interval_ms=settings.ping_interval_ms,
         prepare_python=_venv_builder(settings.home),
+        worker_log=_worker_log(backends),
+        set_starting_reason=store.workers.set_starting_reason,
         hooks=[volume_hook, preparer.launch_hook],
         registry_auth=credentials.auth_for,
         account_registry_auth=registry_auths.auth_config,
@@ -289,9 +294,22 @@ def _builder(settings: Settings, store: Store, clock: Clock, signals: Signals, c
 def _venv_builder(home: Path) -> Any:
     from ember.build.venv import ensure_venv
 
-    async def prepare(source: Path) -> str | None:
+    async def prepare(
+        source: Path,
+        *,
+        on_build: Callable[[], None] | None = None,
+        on_output: Callable[[str], None] | None = None,
+    ) -> str | None:
         import anyio.to_thread
 
-        return await anyio.to_thread.run_sync(ensure_venv, source, home / "venvs")
+        build = functools.partial(ensure_venv, on_build=on_build, on_output=on_output)
+        return await anyio.to_thread.run_sync(build, source, home / "venvs")
 
     return prepare
+
+
+def _worker_log(backends: Mapping[str, Backend]) -> Callable[[str], Path] | None:
+    """Where a local worker's output goes: its venv build's output is written there too."""
+    local = backends.get("local")
+    log_path = getattr(local, "log_path", None)
+    return log_path if callable(log_path) else None

@@ -87,6 +87,25 @@ def test_logs_show_the_worker_s_output(server: LiveServer, deployed: dict[str, A
     assert "[wk-" in proc.stdout  # each line names its worker
 
 
+def test_usage_takes_an_endpoint_name_as_other_commands_do(server: LiveServer, tmp_path: Path) -> None:
+    # An active worker is billed for all its time, so usage accrues without a job.
+    endpoint = server.deploy("metered", handler_dir(tmp_path, "echo"), workersMin=1, workersMax=1)
+
+    def billed(ref: str) -> set[str]:
+        items = _json(server.cli("usage", "--endpoint", ref, "--json"))["items"]
+        return {i["endpointId"] for i in items}
+
+    wait_for(lambda: billed(endpoint["id"]), 30, interval_s=0.5, what="the worker's metered usage")
+    assert billed("metered") == {endpoint["id"]}
+    table = server.cli("usage", "--endpoint", "metered")
+    assert table.returncode == 0 and endpoint["id"] in table.stdout
+    # Usage stays readable by name after the endpoint is deleted.
+    assert server.api("DELETE", f"/v1/endpoints/{endpoint['id']}").status_code == 200
+    assert billed("metered") == {endpoint["id"]}
+    missing = server.cli("usage", "--endpoint", "no-such-endpoint")
+    assert missing.returncode == 1 and "not found" in missing.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

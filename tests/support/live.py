@@ -167,6 +167,20 @@ class LiveServer:
         """Run the `ember` CLI against this server, as the admin unless `key` is given, with an
         EMBER_HOME of its own unless `home` is (that home holds no admin_key file: the env key is used).
         `new_session`: no controlling terminal, so a hidden prompt reads standard input."""
+        return subprocess.run(
+            [sys.executable, "-m", "ember.cli.main", *args],
+            env=self.cli_env(key=key, url=url, home=home),
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            start_new_session=new_session,
+        )
+
+    def cli_env(
+        self, *, key: str | None = None, url: str | None = None, home: Path | None = None
+    ) -> dict[str, str]:
+        """The environment `cli` runs the CLI with (for a CLI process a test runs itself)."""
         env = dict(os.environ)
         env.update(
             EMBER_API_URL=url or self.url,
@@ -174,15 +188,7 @@ class LiveServer:
             EMBER_HOME=str(home or self.home / "cli-home"),
             COLUMNS="200",
         )
-        return subprocess.run(
-            [sys.executable, "-m", "ember.cli.main", *args],
-            env=env,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            start_new_session=new_session,
-        )
+        return env
 
     def deploy(
         self, name: str, source_dir: Path | str, key: str | None = None, **fields: Any

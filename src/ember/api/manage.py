@@ -108,9 +108,10 @@ async def usage(
     q = request.query_params
     from_at = _time_param(q.get("from"), "from")
     to_at = _time_param(to, "to")
+    endpoint_id = await _usage_endpoint(rt, who.account_id, endpointId) if endpointId else None
     rows = await rt.store.run(
         lambda: rt.store.accounts.usage(
-            who.account_id, endpoint_id=endpointId, worker_id=workerId, from_at=from_at, to_at=to_at
+            who.account_id, endpoint_id=endpoint_id, worker_id=workerId, from_at=from_at, to_at=to_at
         )
     )
     items = [
@@ -127,6 +128,16 @@ async def usage(
     ]
     total = sum(int(r["amount_micros"] or 0) for r in rows)
     return json_response({"items": items, "totalCost": format_dollars(total)})
+
+
+async def _usage_endpoint(rt: Runtime, account_id: str, ref: str) -> str:
+    """The id of the caller's endpoint `ref` (an id or a name) for usage: a live endpoint first, then
+    a deleted one, whose usage stays readable. Raises NotFound when the account has neither."""
+    for include_deleted in (False, True):
+        row = await rt.store.run(rt.store.endpoints.get, ref, account_id, include_deleted=include_deleted)
+        if row is not None:
+            return str(row["id"])
+    raise NotFound(f"endpoint {ref!r} not found")
 
 
 def _time_param(value: str | None, name: str) -> float | None:
@@ -202,6 +213,9 @@ async def worker_shell(worker_id: str, request: Request) -> Response:
 
 
 # ---- logs --------------------------------------------------------------------------------------------
+_LOG_SCAN_S = 1.0  # how often a followed stream looks for workers that appeared since
+
+
 @router.get("/endpoints/{ref}/logs", tags=["logs"], summary="Worker logs (follow with ?follow=true)")
 async def logs(
     ref: str, request: Request, worker: str | None = None, follow: bool = False, tail: int | None = None
@@ -222,37 +236,50 @@ async def logs(
 async def _log_lines(
     rt: Runtime, endpoint_id: str, rows: Any, only: str | None, follow: bool, tail: int | None
 ) -> AsyncIterator[bytes]:
+    """Every listed worker's lines, prefixed with its id. With `follow`: each worker is followed until
+    it is STOPPED (through a venv build, an image pull or a restart, when it does not run), and workers
+    that appear later are followed too, from their first line (`tail` is about the past)."""
     queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=1000)
     seen: set[str] = set()
     tasks: list[asyncio.Task[None]] = []
+    loop = asyncio.get_running_loop()
 
-    async def pump(row: Any) -> None:
+    async def alive(worker_id: str) -> bool:
+        row = await rt.store.run(rt.store.workers.get, worker_id)
+        return row is not None and row["state"] != WorkerState.STOPPED.value
+
+    async def pump(row: Any, lines: int | None) -> None:
         try:
             backend = rt.backend_for(row["backend"])
             live = follow and row["state"] != WorkerState.STOPPED.value
-            async for line in backend.logs(row["id"], tail=tail, follow=live):
-                await queue.put(f"[{row['id']}] {line.rstrip()}\n")
+            wid = row["id"]
+            async for line in backend.logs(
+                wid, tail=lines, follow=live, alive=(lambda: alive(wid)) if live else None
+            ):
+                await queue.put(f"[{wid}] {line.rstrip()}\n")
         except Exception as exc:  # a worker whose logs are gone must not end the whole stream
             await queue.put(f"[{row['id']}] (logs unavailable: {exc})\n")
 
-    def start(row: Any) -> None:
+    def start(row: Any, lines: int | None) -> None:
         seen.add(row["id"])
-        tasks.append(asyncio.create_task(pump(row)))
+        tasks.append(asyncio.create_task(pump(row, lines)))
 
     for row in rows:
-        start(row)
+        start(row, tail)
+    next_scan = loop.time() + _LOG_SCAN_S
     try:
         while True:
             if not follow and all(t.done() for t in tasks) and queue.empty():
                 return
             try:
-                line = await asyncio.wait_for(queue.get(), 1.0)
+                line = await asyncio.wait_for(queue.get(), _LOG_SCAN_S)
             except TimeoutError:
-                if follow and only is None:
-                    for row in await rt.store.run(lambda: rt.store.workers.list(endpoint_id=endpoint_id)):
-                        if row["id"] not in seen:
-                            start(row)
-                continue
+                line = None
+            if follow and only is None and loop.time() >= next_scan:
+                next_scan = loop.time() + _LOG_SCAN_S
+                for row in await rt.store.run(lambda: rt.store.workers.list(endpoint_id=endpoint_id)):
+                    if row["id"] not in seen:
+                        start(row, None)  # new since the stream began: all of it is news
             if line is not None:
                 yield line.encode("utf-8", "replace")
     finally:

@@ -7,7 +7,8 @@ translated to `ember.core.errors.BackendError` inside the backend module.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -65,6 +66,29 @@ class ExecResult:
 class Backend(Protocol):
     """The small interface the control loops drive. Every method is idempotent."""
 
+# Asked (now and then) while a followed worker does not run: may it still start or restart?
+Alive = Callable[[], Awaitable[bool]]
+
+
+def throttled(alive: Alive | None, every_s: float = 1.0) -> Alive:
+    """`alive` asked at most once per `every_s` (a True answer holds that long); always False for None."""
+    until = 0.0
+
+    async def ask() -> bool:
+        nonlocal until
+        if alive is None:
+            return False
+        now = time.monotonic()
+        if now < until:
+            return True
+        if await alive():
+            until = now + every_s
+            return True
+        return False
+
+    return ask
+
+
     name: str
 
     async def launch(self, spec: LaunchSpec) -> None:
@@ -76,8 +100,19 @@ class Backend(Protocol):
     async def observe(self, endpoint_id: str | None = None) -> list[Observed]:
         """Every worker this backend knows of (running or exited-but-not-yet-stopped)."""
 
-    def logs(self, worker_id: str, *, tail: int | None = None, follow: bool = False) -> AsyncIterator[str]:
-        """The worker's stdout/stderr lines, oldest first; with `follow`, keep yielding new lines."""
+    def logs(
+        self,
+        worker_id: str,
+        *,
+        tail: int | None = None,
+        follow: bool = False,
+        alive: Alive | None = None,
+    ) -> AsyncIterator[str]:
+        """The worker's stdout/stderr lines, oldest first (the last `tail` of them; 0: none of the past);
+        with `follow`, keep yielding new lines until the worker no longer runs. `alive` (with `follow`)
+        is the caller's word that the worker may still start or restart (a venv build, an image pull,
+        a restart after a crash): while it says True, following waits for the worker (and for a log
+        that does not exist yet) instead of ending or raising."""
 
     async def exec(self, worker_id: str, command: list[str], *, timeout_s: float = 60.0) -> ExecResult:
         """Run a command inside the worker's environment and return its exit code and output."""

@@ -2,6 +2,8 @@
 
 The containers' labels are the only state (a fresh instance re-adopts them through `observe`). Every
 blocking docker-SDK call runs in a thread; docker's exceptions become `BackendError` / `NotFound` here.
+A container's output is copied to `logs_dir/<worker id>.log` (bounded) before the container is removed,
+so a stopped worker's logs stay readable, as a local worker's do.
 """
 
 from __future__ import annotations
@@ -9,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -19,7 +24,7 @@ import docker.errors
 from docker.types import DeviceRequest, Mount
 from docker.utils import parse_repository_tag
 
-from ember.backends.base import ExecResult, LaunchSpec, Observed
+from ember.backends.base import Alive, ExecResult, LaunchSpec, Observed, throttled
 from ember.core.errors import BackendError, NotFound
 
 LABEL_WORKER = "ember.worker-id"
@@ -33,6 +38,11 @@ LABEL_INSTANCE = "ember.instance"
 ProgressCallback = Callable[[str, str], None]
 
 _LAYER_DONE = {"Pull complete", "Already exists"}
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# A removed container's kept log: at most its last this many lines, and the file at most this size.
+KEPT_LOG_LINES = 20_000
+KEPT_LOG_BYTES = 4 * 1024 * 1024
+_FOLLOW_POLL_S = 0.5
 
 
 def container_name(worker_id: str) -> str:
@@ -89,10 +99,13 @@ class DockerBackend:
         host_network: bool = True,
         on_progress: ProgressCallback | None = None,
         instance: str | None = None,
+        logs_dir: Path | None = None,
     ) -> None:
         """`instance` scopes the backend to one control plane: its containers carry that label and
-        `observe` lists only those (None: every Ember-managed container on the engine)."""
+        `observe` lists only those (None: every Ember-managed container on the engine). `logs_dir` keeps
+        removed containers' logs (None: they go with the container)."""
         self._client_factory = client_factory
+        self._logs_dir = Path(logs_dir) if logs_dir is not None else None
         self._instance = instance
         self._host_network = host_network
         self._on_progress = on_progress
@@ -190,6 +203,7 @@ class DockerBackend:
                 if existing.status == "created":
                     container_id = existing.id  # created but never started (e.g. a crash in between)
                 else:
+                    self._keep_logs(existing, spec.worker_id)
                     existing.remove(force=True)  # an exited worker of the same id: start afresh
                     continue
             client.api.start(container_id)
@@ -252,9 +266,37 @@ class DockerBackend:
         try:
             if container.status == "running":
                 container.stop(timeout=max(0, math.ceil(grace_s)))
+            self._keep_logs(container, worker_id)
             container.remove(force=True)
         except docker.errors.NotFound:
             return  # removed concurrently: the goal is reached
+
+    def kept_log_path(self, worker_id: str) -> Path | None:
+        """Where the logs of `worker_id`'s removed containers are kept (None: not kept)."""
+        if self._logs_dir is None or not _SAFE_ID.match(worker_id):
+            return None
+        return self._logs_dir / f"{worker_id}.log"
+
+    def _keep_logs(self, container: Any, worker_id: str) -> None:
+        """Append the container's output (its last KEPT_LOG_LINES lines) to the worker's kept log, then
+        trim that file to its last KEPT_LOG_BYTES. Best effort: a log that cannot be kept must not keep
+        a worker from stopping."""
+        path = self.kept_log_path(worker_id)
+        if path is None:
+            return
+        try:
+            data = container.logs(stdout=True, stderr=True, stream=False, tail=KEPT_LOG_LINES)
+        except docker.errors.DockerException:
+            return
+        if not data:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "ab") as kept:
+                kept.write(data if data.endswith(b"\n") else data + b"\n")
+            _trim(path, KEPT_LOG_BYTES)
+        except OSError:
+            return
 
     async def stop(self, worker_id: str, grace_s: float = 10.0) -> None:
         """SIGTERM (through the container's init), kill after `grace_s`, remove. Unknown ids: no-op."""
@@ -287,14 +329,60 @@ class DockerBackend:
     # -- logs / exec / shell ------------------------------------------------------------------------
 
     async def logs(
-        self, worker_id: str, *, tail: int | None = None, follow: bool = False
+        self,
+        worker_id: str,
+        *,
+        tail: int | None = None,
+        follow: bool = False,
+        alive: Alive | None = None,
     ) -> AsyncIterator[str]:
-        """The container's stdout and stderr lines; with `follow`, until the container stops."""
-        container = await self._container(worker_id)
+        """The container's stdout and stderr lines; with `follow`, until the container stops.
+
+        Without a container (removed, or not created yet), the worker's kept log: with `tail` None, the
+        kept log's lines come before the container's. With `follow` and `alive`, a container that is
+        not there yet, or stopped and replaced by a new one, is waited for and followed from its start.
+        Raises NotFound when there is neither a container nor a kept log (and nothing to wait for).
+        """
+        may_start = throttled(alive if follow else None)
+        container = await self._maybe_container(worker_id)
+        kept = self.kept_log_path(worker_id)
+        if container is None and not await may_start():
+            if kept is None or not await asyncio.to_thread(kept.is_file):
+                raise NotFound(f"worker {worker_id} has no container")
+            for line in await asyncio.to_thread(_read_lines, kept, tail):
+                yield line
+            return
+        if tail is None and kept is not None:
+            for line in await asyncio.to_thread(_read_lines, kept, None):
+                yield line
+        if container is None:
+            tail = None  # its container starts later: all of its output is new
+        followed: str | None = None
+        while True:
+            if container is not None and container.id != followed:
+                async for line in self._container_logs(container, worker_id, tail, follow):
+                    yield line
+                followed, tail = container.id, None  # a later container (a restart) is new: all of it
+            if not await may_start():
+                return
+            await asyncio.sleep(_FOLLOW_POLL_S)
+            container = await self._maybe_container(worker_id)
+
+    async def _maybe_container(self, worker_id: str) -> Any | None:
+        try:
+            return await self._container(worker_id)
+        except NotFound:
+            return None
+
+    async def _container_logs(
+        self, container: Any, worker_id: str, tail: int | None, follow: bool
+    ) -> AsyncIterator[str]:
         try:
             stream = await asyncio.to_thread(
                 container.logs, stream=True, follow=follow, tail="all" if tail is None else tail
             )
+        except docker.errors.NotFound:
+            return  # removed meanwhile: its output is in the kept log
         except docker.errors.DockerException as exc:
             raise _docker_failure(f"reading logs of worker {worker_id}", exc)
         chunks: Iterator[bytes] = iter(stream)
@@ -342,3 +430,29 @@ class DockerBackend:
         if client is not None:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(client.close)
+
+
+def _read_lines(path: Path, tail: int | None) -> list[str]:
+    """The lines of a kept log (bounded in size by `_trim`), the last `tail` of them when given."""
+    try:
+        lines = path.read_bytes().decode("utf-8", "replace").splitlines()
+    except FileNotFoundError:
+        return []
+    if tail is None:
+        return lines
+    return lines[-tail:] if tail > 0 else []
+
+
+def _trim(path: Path, max_bytes: int) -> None:
+    """Keep only the file's last `max_bytes` (from a line start), replacing it atomically."""
+    size = path.stat().st_size
+    if size <= max_bytes:
+        return
+    with open(path, "rb") as f:
+        f.seek(size - max_bytes)
+        data = f.read()
+    cut = data.find(b"\n")
+    data = data[cut + 1 :] if cut != -1 else data
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ember.backends.base import ExecResult, LaunchSpec, Mount, Observed
+from ember.backends.base import Alive, ExecResult, LaunchSpec, Mount, Observed, throttled
 from ember.core.errors import BackendError
 
 # The only variables a worker inherits from the control plane; everything else comes from the spec.
@@ -357,17 +357,29 @@ class LocalBackend:
     # -- logs -------------------------------------------------------------------------------------
 
     async def logs(
-        self, worker_id: str, *, tail: int | None = None, follow: bool = False
+        self,
+        worker_id: str,
+        *,
+        tail: int | None = None,
+        follow: bool = False,
+        alive: Alive | None = None,
     ) -> AsyncIterator[str]:
-        """Lines of the worker's log file (stdout and stderr), oldest first.
+        """Lines of the worker's log file (stdout and stderr, and its venv build's output), oldest first.
 
         `tail` starts at the last `tail` lines. With `follow`, polls for new lines until the worker no
-        longer runs and the file is drained. Raises BackendError for a worker with no log.
+        longer runs (and `alive`, if given, says it will not start again) and the file is drained; a log
+        that appears while following is read from its start. Raises BackendError for a worker with no
+        log (unless `alive` keeps a follow waiting for one).
         """
         path = self.log_path(worker_id)
-        if not path.exists():
-            raise BackendError(f"no logs for worker {worker_id!r}")
-        offset = 0 if tail is None else await asyncio.to_thread(_tail_offset, path, tail)
+        may_start = throttled(alive if follow else None)
+        appeared = False
+        while not await asyncio.to_thread(path.exists):
+            if not await may_start():
+                raise BackendError(f"no logs for worker {worker_id!r}")
+            appeared = True
+            await asyncio.sleep(_FOLLOW_POLL_S)
+        offset = 0 if tail is None or appeared else await asyncio.to_thread(_tail_offset, path, tail)
         pending = b""
         stopped = not follow
         while True:
@@ -382,7 +394,7 @@ class LocalBackend:
                 if pending:
                     yield pending.decode("utf-8", "replace")
                 return
-            if await asyncio.to_thread(self._still_running, worker_id):
+            if await asyncio.to_thread(self._still_running, worker_id) or await may_start():
                 await asyncio.sleep(_FOLLOW_POLL_S)
             else:
                 stopped = True  # one more read: keep what it wrote just before it stopped

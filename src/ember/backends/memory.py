@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ember.backends.base import ExecResult, LaunchSpec, Observed
+from ember.backends.base import Alive, ExecResult, LaunchSpec, Observed, throttled
 from ember.core.errors import BackendError
 
 Runner = Callable[[LaunchSpec], Awaitable[Any]]
+_FOLLOW_POLL_S = 0.1  # how often a follow waiting for a worker to (re)start looks again
 
 
 class _Clock(Protocol):
@@ -149,21 +150,38 @@ class MemoryBackend:
         log.notify()
 
     async def logs(
-        self, worker_id: str, *, tail: int | None = None, follow: bool = False
+        self,
+        worker_id: str,
+        *,
+        tail: int | None = None,
+        follow: bool = False,
+        alive: Alive | None = None,
     ) -> AsyncIterator[str]:
-        """The worker's lines, oldest first; with `follow`, new ones until the worker is not running."""
+        """The worker's lines, oldest first; with `follow`, new ones until the worker is not running (and
+        `alive`, if given, says it will not start again)."""
+        may_start = throttled(alive if follow else None)
         log = self._logs.get(worker_id)
-        if log is None:
-            raise BackendError(f"no logs for worker {worker_id!r}")
-        start = max(len(log.lines) - tail, 0) if tail is not None else 0
+        appeared = False
+        while log is None:
+            if not await may_start():
+                raise BackendError(f"no logs for worker {worker_id!r}")
+            appeared = True
+            await asyncio.sleep(_FOLLOW_POLL_S)
+            log = self._logs.get(worker_id)
+        start = max(len(log.lines) - tail, 0) if tail is not None and not appeared else 0
         position = start
         while True:
             while position < len(log.lines):
                 yield log.lines[position]
                 position += 1
             worker = self._workers.get(worker_id)
-            if not follow or worker is None or not worker.running:
+            if not follow:
                 return
+            if worker is None or not worker.running:
+                if not await may_start():
+                    return
+                await asyncio.sleep(_FOLLOW_POLL_S)
+                continue
             if log.changed is None:
                 log.changed = asyncio.Event()
             log.changed.clear()

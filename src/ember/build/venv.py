@@ -63,11 +63,14 @@ def ensure_venv(
     *,
     timeout_s: float = 900.0,
     on_output: Callable[[str], None] | None = None,
+    on_build: Callable[[], None] | None = None,
 ) -> str | None:
     """The python of a virtualenv with `source_dir/requirements.txt` installed, or None without one.
 
     Cached under `cache_dir` by the requirements' content and the interpreter version; concurrent
-    calls (threads or processes) build it once. `on_output` receives pip's output lines as they come.
+    calls (threads or processes) build it once. `on_build` is called once, before anything else, when
+    the venv is not cached yet (this call builds it or waits for another call's build); `on_output`
+    receives pip's output lines as they come. Both are called on the calling thread.
     Raises BuildError (with the tail of pip's output) when the install fails or runs past `timeout_s`.
     Blocking: call it from a thread in async code.
     """
@@ -81,6 +84,8 @@ def ensure_venv(
     final = cache_dir / key
     if (final / MARKER).is_file():
         return str(final / "bin" / "python")
+    if on_build is not None:
+        on_build()
     cache_dir.mkdir(parents=True, exist_ok=True)
     with open(cache_dir / f"{key}.lock", "a") as lock_file:
         _lock(lock_file, timeout_s + _LOCK_SLACK_S, key)
@@ -169,6 +174,7 @@ def _run(
     """Run one build step, appending its output to `log_path`; BuildError with the tail on failure."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PIP_USER")}
     env["PIP_NO_INPUT"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"  # pip's lines reach `on_output` (a worker's log) as they are printed
     tail: list[str] = []
     try:
         proc = subprocess.Popen(

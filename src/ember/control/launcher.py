@@ -3,18 +3,39 @@ source snapshot and virtualenv (local) or image (Docker), mounts for models and 
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote_plus
 
 from ember.backends.base import LaunchSpec, Mount
+from ember.core.errors import BuildError
 from ember.core.specs import EndpointSpec
 
 # Hooks other packages register (model cache, volumes): each returns extra mounts and env for a worker.
 MountHook = Callable[[str, EndpointSpec], Awaitable[tuple[list[Mount], dict[str, str]]]]
+
+# What an INITIALIZING local worker's reason says while its start prepares (see `prepare_python`).
+INSTALLING = "installing requirements"
+STARTING_HANDLER = "starting handler"
+
+
+class PreparePython(Protocol):
+    """Builds (or finds cached) the virtualenv of a source directory; its python, or None when the
+    source has no requirements.txt. `on_build` is called (from any thread) when a build is needed,
+    `on_output` with each line of the build's output."""
+
+    def __call__(
+        self,
+        source: Path,
+        *,
+        on_build: Callable[[], None] | None = None,
+        on_output: Callable[[str], None] | None = None,
+    ) -> Awaitable[str | None]: ...
 
 
 @dataclass
@@ -23,7 +44,11 @@ class LaunchConfig:
     home: Path
     ping_interval_ms: int = 2000
     hooks: list[MountHook] = field(default_factory=list)
-    prepare_python: Callable[[Path], Awaitable[str | None]] | None = None  # venv builder for local sources
+    prepare_python: PreparePython | None = None  # venv builder for local sources
+    # The file a local worker's output goes to (the local backend's log): a venv build writes there too.
+    worker_log: Callable[[str], Path] | None = None
+    # Sets what an INITIALIZING worker's start is doing (worker id, reason); blocking, any thread.
+    set_starting_reason: Callable[[str, str], object] | None = None
     # The engine auth_config for pulling an image reference (the host's `ember registry login`s), or None.
     registry_auth: Callable[[str], dict[str, str] | None] | None = None
     # The engine auth_config from an account's registry auth: (account id, auth id, image reference).
@@ -106,8 +131,49 @@ async def launch_spec(
             registry_auth = await pull_auth(cfg, worker["account_id"], spec)
         return LaunchSpec(image=spec.image_name, command=command, registry_auth=registry_auth, **common)
     source = cfg.home / "sources" / (spec.source_digest or "")
-    python = await cfg.prepare_python(source) if cfg.prepare_python else None
+    python = await prepare_python(cfg, worker["id"], source)
     return LaunchSpec(source_dir=str(source), command=command, python=python, **common)
+
+
+async def prepare_python(cfg: LaunchConfig, worker_id: str, source: Path) -> str | None:
+    """The python a local worker runs: its source's virtualenv when it has a requirements.txt.
+
+    While the venv is built the worker's reason is INSTALLING and the build's output (pip's) goes to the
+    worker's log, so `ember logs` shows it; then the reason is STARTING_HANDLER. Raises BuildError when
+    the build fails (its output is in the log by then).
+    """
+    python = None
+    if cfg.prepare_python is not None:
+        log_path = cfg.worker_log(worker_id) if cfg.worker_log is not None else None
+        started: list[float] = []
+
+        def write(line: str) -> None:
+            if log_path is None:
+                return
+            try:
+                with open(log_path, "a", encoding="utf-8", errors="replace") as log:
+                    log.write(line + "\n")
+            except OSError:
+                pass  # a log that cannot be written must not fail the worker's start
+
+        def on_build() -> None:
+            started.append(time.monotonic())
+            if cfg.set_starting_reason is not None:
+                cfg.set_starting_reason(worker_id, INSTALLING)
+            write("[ember] installing requirements.txt into a new virtualenv (once per requirements)")
+
+        try:
+            python = await cfg.prepare_python(source, on_build=on_build, on_output=write)
+        except BuildError as exc:
+            await asyncio.to_thread(write, f"[ember] {exc.message}")
+            raise
+        if started:
+            await asyncio.to_thread(
+                write, f"[ember] virtualenv ready in {time.monotonic() - started[0]:.1f}s"
+            )
+    if cfg.set_starting_reason is not None:
+        await asyncio.to_thread(cfg.set_starting_reason, worker_id, STARTING_HANDLER)
+    return python
 
 
 async def pull_auth(cfg: LaunchConfig, account_id: str, spec: EndpointSpec) -> dict[str, str] | None:

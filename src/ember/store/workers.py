@@ -240,6 +240,18 @@ class WorkerStore(Repository):
         with self.engine.begin() as conn:
             conn.execute(update(workers).where(W.id == worker_id).values(**values))
 
+    def set_starting_reason(self, worker_id: str, reason: str) -> bool:
+        """Say what an INITIALIZING worker's start is doing now ("installing requirements"): its reason
+        changes, its state, `state_since` and history do not. False (nothing changes) when the worker is
+        unknown or no longer INITIALIZING, so a late report never overwrites a later state's reason."""
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(workers)
+                .where(W.id == worker_id, W.state == WorkerState.INITIALIZING.value)
+                .values(reason=reason)
+            )
+            return bool(res.rowcount)
+
     def get(self, worker_id: str, account_id: str | None = None) -> dict[str, Any] | None:
         with self.raw.read() as cur:
             row = self._get.first(cur, p_id=worker_id)
