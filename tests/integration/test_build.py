@@ -100,6 +100,24 @@ def test_a_failing_build_raises_build_error_with_the_log_tail(tmp_path: Path, ba
 
 
 @pytest.mark.docker
+def test_build_output_reaches_the_log_as_plain_text(tmp_path: Path, base_image: str, tags: list[str]) -> None:
+    # The step writes colour codes, a carriage-return progress line and stderr (which the engine's
+    # classic builder wraps in red); the log gets what a terminal would show, without escapes.
+    nonce = uuid.uuid4().hex[:8]
+    step = (
+        f"RUN printf '\\033[1;32mgreen-{nonce}\\033[0m\\n' && printf '10%%\\r100%%-{nonce}\\n' "
+        f"&& echo stderr-{nonce} >&2"
+    )
+    (tmp_path / "Dockerfile").write_text(f"FROM {base_image}\n{step}\n")
+    tag = unique("ansi") + ":v1"
+    tags.append(tag)
+    lines: list[str] = []
+    build_image(tmp_path, tag, on_log=lines.append)
+    assert f"green-{nonce}" in lines and f"100%-{nonce}" in lines and f"stderr-{nonce}" in lines, lines
+    assert not [line for line in lines if "\x1b" in line or "\r" in line]
+
+
+@pytest.mark.docker
 def test_buildkit_secrets_reach_the_build_but_not_the_image(
     tmp_path: Path, base_image: str, tags: list[str], docker_client: Any
 ) -> None:

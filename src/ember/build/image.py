@@ -30,6 +30,10 @@ _LARGE_COPY_BYTES = 50_000_000
 _LARGE_LAYER_BYTES = 1_000_000_000
 _BUILD_TIMEOUT_S = 3600
 _SECRET_MOUNT = re.compile(r"--mount=type=secret\b")
+# ANSI escape sequences: CSI (colours, cursor moves: ESC [ … final byte), OSC (ESC ] … BEL or ESC \\),
+# charset and other nF ones (ESC, intermediate bytes, a final byte), and the two-byte ones.
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[ -/]+[0-~]|[@-_])")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,16 @@ class BuildReport:
         out += [f"warning: {w}" for w in self.warnings]
         out += [f"advice: {a}" for a in self.advice]
         return out
+
+
+def plain_log_line(line: str) -> str:
+    """A build log line as plain text: ANSI escape sequences (the classic builder colours a step's
+    stderr red; pip and apt colour and redraw their progress) removed, and of a line redrawn with
+    carriage returns only what a terminal would end up showing, its last part."""
+    line = _ANSI.sub("", line).rstrip("\r\n")
+    if "\r" in line:
+        line = line.rsplit("\r", 1)[-1]
+    return _CONTROL.sub("", line)
 
 
 def human_bytes(size_bytes: int) -> str:
@@ -154,10 +168,12 @@ def _build_with_api(
             network_mode=network,
         ):
             if "error" in event:
-                tail.append(event["error"].rstrip())
-                on_log(event["error"].rstrip())
-                raise BuildError(f"building {tag} failed: {event['error'].strip()}", "\n".join(tail))
-            for line in str(event.get("stream", "")).splitlines():
+                error = plain_log_line(str(event["error"]).strip())
+                tail.append(error)
+                on_log(error)
+                raise BuildError(f"building {tag} failed: {error}", "\n".join(tail))
+            for raw in str(event.get("stream", "")).split("\n"):
+                line = plain_log_line(raw)
                 if line.strip():
                     tail.append(line)
                     on_log(line)
@@ -221,7 +237,7 @@ def _build_with_buildkit(
         ) as process:
             assert process.stdout is not None
             for raw in process.stdout:
-                line = raw.rstrip()
+                line = plain_log_line(raw).rstrip()
                 tail.append(line)
                 on_log(line)
             code = process.wait(timeout=_BUILD_TIMEOUT_S)
