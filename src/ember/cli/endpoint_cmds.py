@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ember.cli.deploy_wait import wait_for_worker
 from ember.cli.http import api_key, api_url, call, fail, print_json
 from ember.cli.resource_cmds import resolve_registry_auth
 
@@ -53,6 +54,10 @@ def deploy(
         help="Pull --image with this registry login (id or name, see `ember registry ls`; '' for none)",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the endpoint record as JSON"),
+    wait: bool = typer.Option(
+        False, "--wait", help="Wait for a worker to be ready, showing its start (venv build) and log"
+    ),
+    wait_timeout: float = typer.Option(900.0, "--wait-timeout", help="Seconds --wait waits at most"),
 ) -> None:
     """Create or update an endpoint from a directory, an image or a git repository."""
     body: dict[str, Any] = {"name": name}
@@ -93,6 +98,8 @@ def deploy(
         record = call("PATCH", f"/v1/endpoints/{existing['id']}", json_body=body)
     if as_json:
         print_json(record)
+        if wait:
+            wait_for_worker(record, wait_timeout)
         return
     verb = "created" if existing is None else "updated"
     console.print(
@@ -107,6 +114,8 @@ def deploy(
             f"secret {record['git'].get('webhookSecret', '-')})",
             markup=False,
         )
+    if wait:
+        wait_for_worker(record, wait_timeout)
 
 
 def _find(name: str) -> dict[str, Any] | None:
@@ -202,14 +211,16 @@ def logs(
     endpoint: str = typer.Argument(..., help="Endpoint id or name"),
     worker: str | None = typer.Option(None, "--worker", help="Only this worker"),
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new lines"),
-    tail: int | None = typer.Option(None, "--tail"),
+    tail: int | None = typer.Option(
+        None, "--tail", help="Start at the last N lines of each worker's log (0: none, with -f only new ones)"
+    ),
 ) -> None:
     """Print (and follow) an endpoint's worker logs."""
     params: dict[str, Any] = {"follow": str(follow).lower()}
     if worker:
         params["worker"] = worker
-    if tail:
-        params["tail"] = tail
+    if tail is not None:
+        params["tail"] = tail  # 0: none of the past (with -f: only what comes from now on)
     try:
         with httpx.stream(
             "GET",
