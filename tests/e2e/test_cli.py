@@ -111,7 +111,7 @@ def test_usage_takes_an_endpoint_name_as_other_commands_do(server: LiveServer, t
     [
         (("workers", "no-such-endpoint"), "not found"),
         (("logs", "no-such-endpoint"), "not found"),
-        (("deploy", "/nonexistent/dir", "--name", "x"), "handler.py"),
+        (("deploy", "/nonexistent/dir", "--name", "x"), "/nonexistent/dir does not exist"),
         (("deploy", "--name", "x"), "exactly one source"),
         (("deploy", "--image", "img:1", "--name", "x", "--env", "NOEQUALS"), "KEY=VALUE"),
     ],

@@ -382,6 +382,36 @@ def test_custom_command_and_interpreter_are_used(tmp_path: Path, home: Path) -> 
     asyncio.run(scenario())
 
 
+SHOWS_WHERE = """\
+import os, signal, sys
+from sibling import NAME
+print("file=" + os.path.basename(__file__), "cwd=" + os.getcwd(), "sibling=" + NAME, flush=True)
+print("ready", flush=True)
+while True:
+    signal.pause()
+"""
+
+
+def test_a_handler_in_a_subdirectory_runs_from_there_with_its_siblings_importable(
+    tmp_path: Path, home: Path
+) -> None:
+    backend = LocalBackend(home)
+    root = tmp_path / "project"
+    (root / "src").mkdir(parents=True)
+    (root / "src" / "rp_handler.py").write_text(SHOWS_WHERE)
+    (root / "src" / "sibling.py").write_text("NAME = 'next door'\n")
+
+    async def scenario() -> None:
+        await backend.launch(spec("wk_src", str(root), handler="src/rp_handler.py"))
+        shown = (await ready(backend, "wk_src"))[0]
+        assert shown == f"file=rp_handler.py cwd={root / 'src'} sibling=next door"
+        result = await backend.exec("wk_src", ["pwd"])
+        assert result.output.decode().strip() == str(root / "src")
+        await backend.stop("wk_src", grace_s=5)
+
+    asyncio.run(scenario())
+
+
 def test_bad_launches_are_backend_errors(tmp_path: Path, home: Path) -> None:
     backend = LocalBackend(home)
 

@@ -19,11 +19,26 @@ from ember.api.registry_auth import require_owned
 from ember.build.source import snapshot
 from ember.core.errors import Conflict, InvalidInput, NotFound, Problem
 from ember.core.ids import make_id
-from ember.core.specs import EndpointSpec, from_wire, release_key, spec_from_json, spec_to_json
+from ember.core.specs import (
+    EndpointSpec,
+    from_wire,
+    handler_problems,
+    normalise_handler,
+    release_key,
+    spec_from_json,
+    spec_to_json,
+)
 
 router = APIRouter(prefix="/v1")
 BODY_LIMIT = 1024 * 1024
-TEMPLATE_FIELDS = ("imageName", "env", "dockerStartCmd", "containerDiskInGb", "containerRegistryAuthId")
+TEMPLATE_FIELDS = (
+    "imageName",
+    "env",
+    "dockerStartCmd",
+    "containerDiskInGb",
+    "containerRegistryAuthId",
+    "handler",
+)
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -44,8 +59,17 @@ def _template_data(body: dict[str, Any]) -> dict[str, Any]:
     env = body.get("env", {})
     if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
         problems.append(Problem("env", "must map strings to strings", env))
+    handler = body.get("handler")
+    if handler is not None:
+        if isinstance(handler, str):
+            handler = body["handler"] = normalise_handler(handler)
+            problems.extend(handler_problems(handler))
+        else:
+            problems.append(Problem("handler", "must be a string or null", handler))
     if problems:
-        raise InvalidInput("invalid template", problems)
+        raise InvalidInput(
+            "invalid template: " + "; ".join(f"{p.field} {p.message}" for p in problems), problems
+        )
     return {k: body[k] for k in ("name", *TEMPLATE_FIELDS) if k in body}
 
 
@@ -124,6 +148,8 @@ async def _resolve_spec(
         if "env" in tpl and "env" in body:
             body["env"] = {**tpl["env"], **body["env"]}
     body.pop("sourceDigest", None)
+    if "sourceDir" in body and "handler" not in body:
+        body["handler"] = None  # a directory named again is searched again (its handler may have moved)
     spec, problems = from_wire(body, base)
     if problems or spec is None:
         raise InvalidInput(
@@ -132,9 +158,11 @@ async def _resolve_spec(
     if spec.git:
         spec = spec.with_changes(git=normalise_git(spec.git, base.git if base else None))
     if spec.source_dir:
-        digest, _ = await _snapshot(rt, spec.source_dir)
+        digest, _, handler = await _snapshot(rt, spec.source_dir, spec.handler)
         spec = spec.with_changes(
-            source_dir=str(Path(spec.source_dir).expanduser().resolve()), source_digest=digest
+            source_dir=str(Path(spec.source_dir).expanduser().resolve()),
+            source_digest=digest,
+            handler=handler,
         )
     if spec.network_volume_id:
         vol = await rt.store.run(rt.store.endpoints.volume, spec.network_volume_id, account_id)
@@ -150,10 +178,10 @@ async def _resolve_spec(
     return spec
 
 
-async def _snapshot(rt: Runtime, source_dir: str) -> tuple[str, Path]:
+async def _snapshot(rt: Runtime, source_dir: str, handler: str | None) -> tuple[str, Path, str]:
     import anyio.to_thread
 
-    return await anyio.to_thread.run_sync(snapshot, source_dir, rt.home / "sources")
+    return await anyio.to_thread.run_sync(snapshot, source_dir, rt.home / "sources", handler)
 
 
 def _needs_build(spec: EndpointSpec, base: EndpointSpec | None = None) -> bool:

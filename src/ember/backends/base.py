@@ -31,8 +31,11 @@ class LaunchSpec:
     account_id: str
     release: int
     env: dict[str, str]
-    # What to run: a directory with handler.py (local) or an image (docker); `command` overrides.
+    # What to run: a directory with a handler file (local) or an image (docker); `command` overrides.
     source_dir: str | None = None
+    # The handler file, relative to source_dir (`/` separated): the local backend runs it from its own
+    # directory, as RunPod images do after `ADD src .`, so sibling imports and relative reads work.
+    handler: str = "handler.py"
     image: str | None = None
     command: list[str] | None = None
     python: str | None = None  # interpreter for the local backend (a per-endpoint virtualenv's python)

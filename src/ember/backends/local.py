@@ -200,7 +200,8 @@ class LocalBackend:
     async def launch(self, spec: LaunchSpec) -> None:
         """Start the worker's process; a no-op while a process for that worker id runs.
 
-        Runs `spec.command`, else `[python, "-u", "handler.py"]` in `spec.source_dir`. Launching the
+        Runs `spec.command` in `spec.source_dir`, else `[python, "-u", <handler file>]` in the handler's
+        directory (`spec.source_dir` joined with the directory part of `spec.handler`). Launching the
         id of an exited (not yet stopped) worker starts it afresh. Raises BackendError when it cannot.
         """
         await asyncio.to_thread(self._launch_sync, spec)
@@ -218,8 +219,11 @@ class LocalBackend:
 
     def _start(self, spec: LaunchSpec, worker_dir: Path) -> None:
         python = spec.python or self._python
-        argv = list(spec.command) if spec.command else [python, "-u", "handler.py"]
+        handler_dir, _, handler_name = spec.handler.rpartition("/")
+        argv = list(spec.command) if spec.command else [python, "-u", handler_name]
         cwd = spec.source_dir or (str(worker_dir) if spec.command else None)
+        if cwd is not None and handler_dir and not spec.command:
+            cwd = os.path.join(cwd, handler_dir)  # the handler's own directory, as in a RunPod image
         if cwd is None:
             raise BackendError(f"worker {spec.worker_id!r} has neither a source_dir nor a command")
         if not os.path.isdir(cwd):

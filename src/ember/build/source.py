@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from ember.core.errors import InvalidInput, Problem
+from ember.core.specs import handler_problems, normalise_handler
 
 SKIP_DIRS = {
     ".git",
@@ -21,6 +22,9 @@ SKIP_DIRS = {
     ".ruff_cache",
 }
 MAX_SOURCE_BYTES = 512 * 1024 * 1024
+# Where a directory's handler is looked for, in order: Ember's and `ember init`'s name, then the names
+# RunPod's worker templates use (`rp_handler.py`, and `src/` for images built with `ADD src .`).
+HANDLER_CANDIDATES = ("handler.py", "rp_handler.py", "src/handler.py", "src/rp_handler.py")
 
 
 def _files(root: Path) -> list[Path]:
@@ -50,20 +54,54 @@ def digest_dir(root: Path) -> str:
     return h.hexdigest()[:24]
 
 
-def snapshot(source_dir: str, root: Path) -> tuple[str, Path]:
-    """Copy `source_dir` to `root/<digest>` (once per content) and return (digest, snapshot path).
+def find_handler(source_dir: str | Path, handler: str | None = None) -> str:
+    """The handler file of a source directory, relative to it (`/` separated): `handler` when given
+    (checked: a relative path without `..` to a file that a snapshot keeps), else the first of
+    HANDLER_CANDIDATES that exists.
 
-    Raises InvalidInput when the directory is missing or has no handler.py."""
+    Raises InvalidInput naming the problem: a missing directory, a bad or missing `handler`, or a
+    directory with none of the candidates."""
     src = Path(source_dir).expanduser()
     if not src.is_dir():
+        what = "is not a directory" if src.exists() else "does not exist"
         raise InvalidInput(
-            f"source directory {source_dir!r} does not exist on the server",
-            [Problem("sourceDir", "no such directory", source_dir)],
+            f"source directory {str(source_dir)!r} {what}",
+            [Problem("sourceDir", what.replace("is ", "", 1), str(source_dir))],
         )
-    if not (src / "handler.py").is_file():
+    if handler is None:
+        for candidate in HANDLER_CANDIDATES:
+            if (src / candidate).is_file():
+                return candidate
         raise InvalidInput(
-            f"{source_dir!r} has no handler.py", [Problem("sourceDir", "no handler.py", source_dir)]
+            f"{str(source_dir)!r} has no handler: looked for {', '.join(HANDLER_CANDIDATES)}",
+            [Problem("handler", "no handler file found", str(source_dir))],
         )
+    rel = normalise_handler(handler)
+    problems = handler_problems(rel)
+    if problems:
+        raise InvalidInput(f"handler {handler!r} {problems[0].message}", problems)
+    path = src / rel
+    skipped = [part for part in Path(rel).parts[:-1] if part in SKIP_DIRS]
+    if skipped:
+        raise InvalidInput(
+            f"handler {handler!r} is inside {skipped[0]}/, which a deploy leaves out",
+            [Problem("handler", f"is inside {skipped[0]}/, which a deploy leaves out", handler)],
+        )
+    if not path.is_file() or not path.resolve().is_relative_to(src.resolve()):
+        raise InvalidInput(
+            f"handler {handler!r} is not a file in {str(source_dir)!r}",
+            [Problem("handler", "no such file in the source directory", handler)],
+        )
+    return rel
+
+
+def snapshot(source_dir: str, root: Path, handler: str | None = None) -> tuple[str, Path, str]:
+    """Copy `source_dir` to `root/<digest>` (once per content) and return (digest, snapshot path,
+    handler file), the handler as `find_handler` chooses it.
+
+    Raises InvalidInput when the directory is missing or has no such handler (see `find_handler`)."""
+    src = Path(source_dir).expanduser()
+    chosen = find_handler(src, handler)
     digest = digest_dir(src)
     dest = root / digest
     if not dest.exists():
@@ -78,4 +116,4 @@ def snapshot(source_dir: str, root: Path) -> tuple[str, Path]:
             tmp.rename(dest)
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)  # another deploy of the same content won the race
-    return digest, dest
+    return digest, dest, chosen

@@ -11,11 +11,14 @@ from typing import Any
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from ember.build.source import find_handler
 from ember.cli.deploy_wait import wait_for_worker
 from ember.cli.http import api_key, api_url, call, fail, print_json
 from ember.cli.resource_cmds import resolve_registry_auth
+from ember.core.errors import InvalidInput
 
 console = Console()
 
@@ -31,8 +34,18 @@ def _parse_env(pairs: list[str]) -> dict[str, str]:
 
 
 def deploy(
-    directory: str | None = typer.Argument(None, help="Directory with handler.py (and requirements.txt)"),
+    directory: str | None = typer.Argument(
+        None,
+        help="Directory with the handler (handler.py, rp_handler.py, src/handler.py or src/rp_handler.py, "
+        "or --handler) and an optional requirements.txt",
+    ),
     name: str = typer.Option(..., "--name", help="Endpoint name"),
+    handler: str | None = typer.Option(
+        None,
+        "--handler",
+        help="The handler file to run, relative to DIRECTORY (default: the first of handler.py, "
+        "rp_handler.py, src/handler.py, src/rp_handler.py); it runs from its own directory",
+    ),
     image: str | None = typer.Option(None, "--image", help="Deploy a container image instead of a directory"),
     git: str | None = typer.Option(None, "--git", help="Deploy from a git repository URL"),
     branch: str = typer.Option("main", "--branch"),
@@ -64,11 +77,10 @@ def deploy(
     sources = [s for s in (directory, image, git) if s]
     if len(sources) != 1:
         fail("give exactly one source: a DIRECTORY, --image REF or --git URL")
+    if handler is not None and not directory:
+        fail("--handler names a file in a DIRECTORY; give one")
     if directory:
-        path = Path(directory).expanduser().resolve()
-        if not (path / "handler.py").is_file():
-            fail(f"{path} has no handler.py (create one with `ember init {directory}`)")
-        body["sourceDir"] = str(path)
+        body.update(_directory_source(directory, handler))
     if image:
         body["imageName"] = image
     if git:
@@ -105,6 +117,9 @@ def deploy(
     console.print(
         f"Endpoint [bold]{record['name']}[/] {verb}: id {record['id']}, release {record['release']}"
     )
+    if record.get("sourceDir"):
+        runs = f"{record['sourceDir']}/{record.get('handler') or 'handler.py'}"
+        console.print(f"  runs {runs}", markup=False)
     console.print(f"  {api_url()}/v2/{record['id']}/runsync")
     if record.get("git"):
         console.print(
@@ -116,6 +131,23 @@ def deploy(
         )
     if wait:
         wait_for_worker(record, wait_timeout)
+
+
+def _directory_source(directory: str, handler: str | None) -> dict[str, Any]:
+    """The body fields of a directory deploy, checked here first so that a mistake reads as one line:
+    a directory that does not exist, or one without a handler file."""
+    path = Path(directory).expanduser().resolve()
+    if not path.exists():
+        fail(f"{path} does not exist")
+    try:
+        find_handler(path, handler)
+    except InvalidInput as exc:
+        hint = "" if handler else f" (create one with `ember init {directory}`, or name it with --handler)"
+        fail(escape(exc.message) + hint)
+    body: dict[str, Any] = {"sourceDir": str(path)}
+    if handler is not None:
+        body["handler"] = handler
+    return body
 
 
 def _find(name: str) -> dict[str, Any] | None:

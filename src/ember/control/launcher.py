@@ -14,7 +14,7 @@ from urllib.parse import quote_plus
 
 from ember.backends.base import LaunchSpec, Mount
 from ember.core.errors import BuildError
-from ember.core.specs import EndpointSpec
+from ember.core.specs import DEFAULT_HANDLER, EndpointSpec
 
 # Hooks other packages register (model cache, volumes): each returns extra mounts and env for a worker.
 MountHook = Callable[[str, EndpointSpec], Awaitable[tuple[list[Mount], dict[str, str]]]]
@@ -132,7 +132,13 @@ async def launch_spec(
         return LaunchSpec(image=spec.image_name, command=command, registry_auth=registry_auth, **common)
     source = cfg.home / "sources" / (spec.source_digest or "")
     python = await prepare_python(cfg, worker["id"], source)
-    return LaunchSpec(source_dir=str(source), command=command, python=python, **common)
+    return LaunchSpec(
+        source_dir=str(source),
+        handler=spec.handler or DEFAULT_HANDLER,
+        command=command,
+        python=python,
+        **common,
+    )
 
 
 async def prepare_python(cfg: LaunchConfig, worker_id: str, source: Path) -> str | None:

@@ -34,6 +34,9 @@ class EndpointSpec:
     # What runs: a directory on the host (local backend), an image (Docker backend) or a git source.
     source_dir: str | None = None
     source_digest: str | None = None  # content digest of source_dir at deploy time (set by the server)
+    # The file a source_dir worker runs, relative to source_dir (`src/handler.py`); the server fills in
+    # the one it found when none is named (see `build.source.HANDLER_CANDIDATES`).
+    handler: str | None = None
     image_name: str | None = None
     git: dict[str, Any] | None = None
     docker_start_cmd: str | None = None
@@ -60,6 +63,7 @@ class EndpointSpec:
 RELEASE_FIELDS = (
     "source_dir",
     "source_digest",
+    "handler",
     "image_name",
     "git",
     "docker_start_cmd",
@@ -72,6 +76,7 @@ RELEASE_FIELDS = (
 WIRE_FIELDS: dict[str, tuple[str, str]] = {
     "name": ("name", "spec"),
     "sourceDir": ("source_dir", "spec"),
+    "handler": ("handler", "spec"),
     "imageName": ("image_name", "spec"),
     "git": ("git", "spec"),
     "dockerStartCmd": ("docker_start_cmd", "spec"),
@@ -94,9 +99,16 @@ WIRE_FIELDS: dict[str, tuple[str, str]] = {
 }
 
 
+# What every source endpoint ran before `handler` could name another file: leaving it out of the
+# release key keeps the keys (and so the releases) of specs stored before the field existed.
+DEFAULT_HANDLER = "handler.py"
+
+
 def release_key(spec: EndpointSpec) -> str:
     """A digest of the fields that change what runs; a new value means a new release."""
     data = {name: getattr(spec, name) for name in RELEASE_FIELDS}
+    if data["handler"] in (None, DEFAULT_HANDLER):
+        del data["handler"]
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -137,6 +149,8 @@ def from_wire(
         spec_changes["env"] = {}
     if spec_changes.get("container_registry_auth_id") == "":
         spec_changes["container_registry_auth_id"] = None  # RunPod's clients send "" for "none"
+    if spec_changes.get("handler"):
+        spec_changes["handler"] = normalise_handler(spec_changes["handler"])
     start = base or EndpointSpec(name=spec_changes.get("name", ""))
     scaling = replace(start.scaling, **scaling_changes)
     spec = replace(start, scaling=scaling, **spec_changes)
@@ -153,6 +167,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,),
     "source_dir": (str, type(None)),
     "source_digest": (str, type(None)),
+    "handler": (str, type(None)),
     "image_name": (str, type(None)),
     "git": (dict, type(None)),
     "docker_start_cmd": (str, type(None)),
@@ -219,7 +234,31 @@ def validate(spec: EndpointSpec) -> list[Problem]:
         p.append(Problem("env", "must map strings to strings", None))
     if spec.git is not None and not isinstance(spec.git.get("url"), str):
         p.append(Problem("git.url", "is required for a git source", spec.git.get("url")))
+    if spec.handler is not None:
+        p.extend(handler_problems(spec.handler))
     return p
+
+
+def normalise_handler(handler: str) -> str:
+    """`./src//handler.py` -> `src/handler.py` (an absolute path stays absolute, for validate to refuse)."""
+    lead = "/" if handler.startswith("/") else ""
+    return lead + "/".join(part for part in handler.split("/") if part not in ("", "."))
+
+
+def handler_problems(handler: str, field_name: str = "handler") -> list[Problem]:
+    """What is wrong with a handler path: it must name a `.py` file inside the source directory, as a
+    relative path (`/` separated) without `..`."""
+    message = None
+    parts = handler.split("/")
+    if not handler.strip():
+        message = "must name a file, e.g. src/handler.py"
+    elif handler.startswith(("/", "~")) or "\\" in handler:
+        message = "must be a path relative to the source directory"
+    elif ".." in parts:
+        message = "must not contain '..'"
+    elif any(part in ("", ".") for part in parts) or not handler.endswith(".py"):
+        message = "must be a relative path to a .py file, e.g. src/handler.py"
+    return [] if message is None else [Problem(field_name, message, handler)]
 
 
 def spec_to_json(spec: EndpointSpec) -> str:
