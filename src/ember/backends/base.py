@@ -66,9 +66,6 @@ class ExecResult:
     output: bytes
 
 
-class Backend(Protocol):
-    """The small interface the control loops drive. Every method is idempotent."""
-
 # Asked (now and then) while a followed worker does not run: may it still start or restart?
 Alive = Callable[[], Awaitable[bool]]
 
@@ -91,6 +88,9 @@ def throttled(alive: Alive | None, every_s: float = 1.0) -> Alive:
 
     return ask
 
+
+class Backend(Protocol):
+    """The small interface the control loops drive. Every method is idempotent."""
 
     name: str
 
