@@ -121,7 +121,7 @@ def push(
 
 def registry_login(
     host: str = typer.Argument(..., help="Registry host, e.g. ghcr.io or 127.0.0.1:5000"),
-    username: str = typer.Option(..., "--username", "-u"),
+    username: str = typer.Option(..., "--username", "-u", help="The registry user name."),
     password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from stdin."),
     verify: bool = typer.Option(
         True, "--verify/--no-verify", help="Check the login with the registry first."

@@ -48,16 +48,24 @@ def deploy(
     ),
     image: str | None = typer.Option(None, "--image", help="Deploy a container image instead of a directory"),
     git: str | None = typer.Option(None, "--git", help="Deploy from a git repository URL"),
-    branch: str = typer.Option("main", "--branch"),
-    dockerfile: str = typer.Option("Dockerfile", "--dockerfile"),
-    context: str = typer.Option(".", "--context"),
-    workers_min: int | None = typer.Option(None, "--workers-min"),
-    workers_max: int | None = typer.Option(None, "--workers-max"),
+    branch: str = typer.Option("main", "--branch", help="With --git: the branch to build and follow"),
+    dockerfile: str = typer.Option(
+        "Dockerfile", "--dockerfile", help="With --git: the Dockerfile, relative to --context"
+    ),
+    context: str = typer.Option(
+        ".", "--context", help="With --git: the build context directory inside the repository"
+    ),
+    workers_min: int | None = typer.Option(
+        None, "--workers-min", help="Workers kept running even with no jobs (active workers; default 0)"
+    ),
+    workers_max: int | None = typer.Option(
+        None, "--workers-max", help="Most workers the endpoint may scale up to (default 3)"
+    ),
     idle_timeout: float | None = typer.Option(
         None, "--idle-timeout", help="Seconds idle before a flex worker stops"
     ),
     gpu: list[str] = typer.Option([], "--gpu", help="GPU type, in preference order (repeatable)"),
-    gpu_count: int | None = typer.Option(None, "--gpu-count"),
+    gpu_count: int | None = typer.Option(None, "--gpu-count", help="GPUs per worker, 1-8 (default 1)"),
     env: list[str] = typer.Option([], "--env", help="KEY=VALUE (repeatable)"),
     model: str | None = typer.Option(None, "--model", help="Hugging Face model to cache on the host"),
     volume: str | None = typer.Option(None, "--volume", help="Network volume id to mount at /runpod-volume"),
@@ -157,7 +165,9 @@ def _find(name: str) -> dict[str, Any] | None:
     return None
 
 
-def endpoints(as_json: bool = typer.Option(False, "--json")) -> None:
+def endpoints(
+    as_json: bool = typer.Option(False, "--json", help="Print the endpoints as JSON instead of a table"),
+) -> None:
     """List endpoints."""
     rows = call("GET", "/v1/endpoints")
     if as_json:
@@ -188,7 +198,7 @@ def delete(endpoint: str = typer.Argument(..., help="Endpoint id or name")) -> N
 def workers(
     endpoint: str = typer.Argument(..., help="Endpoint id or name"),
     all_: bool = typer.Option(False, "--all", help="Include stopped workers"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="Print the workers as JSON instead of a table"),
 ) -> None:
     """List an endpoint's workers with state, type, release, GPU and time in state."""
     rows = call("GET", f"/v1/endpoints/{endpoint}/workers", params={"includeStopped": str(all_).lower()})
@@ -212,9 +222,11 @@ def workers(
 
 def jobs(
     endpoint: str | None = typer.Argument(None, help="Endpoint id or name"),
-    state: str | None = typer.Option(None, "--state"),
-    limit: int = typer.Option(50, "--limit"),
-    as_json: bool = typer.Option(False, "--json"),
+    state: str | None = typer.Option(
+        None, "--state", help="Only jobs in this state (IN_QUEUE, IN_PROGRESS, COMPLETED, FAILED, …)"
+    ),
+    limit: int = typer.Option(50, "--limit", help="Most jobs to list, newest first"),
+    as_json: bool = typer.Option(False, "--json", help="Print the jobs as JSON instead of a table"),
 ) -> None:
     """List recent jobs."""
     params: dict[str, Any] = {"limit": limit}
@@ -273,8 +285,8 @@ def logs(
 
 
 def releases(
-    endpoint: str = typer.Argument(...),
-    as_json: bool = typer.Option(False, "--json"),
+    endpoint: str = typer.Argument(..., help="Endpoint id or name"),
+    as_json: bool = typer.Option(False, "--json", help="Print the releases (or the log) as JSON"),
     log: int | None = typer.Option(None, "--log", help="Print the whole build log of this release"),
 ) -> None:
     """List an endpoint's releases and their build status (or one release's build log)."""
@@ -305,7 +317,12 @@ def releases(
             console.print(f"[red]release {r['release']} failed:[/]\n{r['logTail']}")
 
 
-def rollback(endpoint: str = typer.Argument(...), release: int | None = typer.Argument(None)) -> None:
+def rollback(
+    endpoint: str = typer.Argument(..., help="Endpoint id or name"),
+    release: int | None = typer.Argument(
+        None, help="Release number to serve (see `ember releases`; default: the one before the current)"
+    ),
+) -> None:
     """Serve an earlier release again (the previous one by default)."""
     body = {"release": release} if release is not None else {}
     record = call("POST", f"/v1/endpoints/{endpoint}/rollback", json_body=body)
@@ -332,7 +349,9 @@ def ssh(worker: str = typer.Argument(..., help="Worker id")) -> None:
         fail(f"cannot run {argv[0]!r} on this machine")
 
 
-def balance(as_json: bool = typer.Option(False, "--json")) -> None:
+def balance(
+    as_json: bool = typer.Option(False, "--json", help="Print the account record as JSON"),
+) -> None:
     """Show the account's balance, worker limit and current workers."""
     me = call("GET", "/v1/accounts/me")
     if as_json:
@@ -345,9 +364,9 @@ def balance(as_json: bool = typer.Option(False, "--json")) -> None:
 
 
 def usage(
-    endpoint: str | None = typer.Option(None, "--endpoint"),
-    worker: str | None = typer.Option(None, "--worker"),
-    as_json: bool = typer.Option(False, "--json"),
+    endpoint: str | None = typer.Option(None, "--endpoint", help="Only this endpoint (id or name)"),
+    worker: str | None = typer.Option(None, "--worker", help="Only this worker (id)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the usage as JSON instead of a table"),
 ) -> None:
     """Show billed seconds and cost per worker and state."""
     params = {k: v for k, v in (("endpointId", endpoint), ("workerId", worker)) if v}
@@ -370,7 +389,10 @@ def usage(
     console.print(f"Total: ${data['totalCost']}")
 
 
-def accounts_create(name: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json")) -> None:
+def accounts_create(
+    name: str = typer.Argument(..., help="A name for the account"),
+    as_json: bool = typer.Option(False, "--json", help="Print the account and its API key as JSON"),
+) -> None:
     """Create an account (admin key only); prints its API key once."""
     acct = call("POST", "/v1/accounts", json_body={"name": name})
     if as_json:
@@ -380,7 +402,8 @@ def accounts_create(name: str = typer.Argument(...), as_json: bool = typer.Optio
 
 
 def credit(
-    account: str = typer.Argument(...), amount: str = typer.Argument(..., help="Dollars, e.g. 150.00")
+    account: str = typer.Argument(..., help="Account id"),
+    amount: str = typer.Argument(..., help="Dollars, e.g. 150.00"),
 ) -> None:
     """Add credit to an account (admin key only)."""
     acct = call("POST", f"/v1/accounts/{account}/credits", json_body={"amount": amount})

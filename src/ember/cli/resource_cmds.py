@@ -64,7 +64,9 @@ def models_pull(
 
 
 @models_app.command("ls")
-def models_ls(as_json: bool = typer.Option(False, "--json")) -> None:
+def models_ls(
+    as_json: bool = typer.Option(False, "--json", help="Print the models as JSON instead of a table"),
+) -> None:
     """List cached models with state, size, progress and the endpoints using them."""
     rows = call("GET", "/v1/models")
     if as_json:
@@ -104,7 +106,7 @@ def _print_volume(v: dict[str, Any]) -> None:
 def volumes_create(
     name: str = typer.Argument(..., help="Volume name"),
     size: int = typer.Option(..., "--size", help="Size in GB"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="Print the volume record as JSON"),
 ) -> None:
     """Create a network volume; mount it with `ember deploy --volume ID`."""
     vol = call("POST", "/v1/networkvolumes", json_body={"name": name, "size": size})
@@ -115,7 +117,9 @@ def volumes_create(
 
 
 @volumes_app.command("ls")
-def volumes_ls(as_json: bool = typer.Option(False, "--json")) -> None:
+def volumes_ls(
+    as_json: bool = typer.Option(False, "--json", help="Print the volumes as JSON instead of a table"),
+) -> None:
     """List network volumes with size, usage, enforcement and the endpoints using them."""
     rows = call("GET", "/v1/networkvolumes")
     if as_json:
@@ -166,7 +170,7 @@ def resolve_registry_auth(ref: str) -> str:
 
 def registry_add(
     name: str = typer.Argument(..., help="A name for this login, e.g. ghcr-me"),
-    username: str = typer.Option(..., "--username", "-u"),
+    username: str = typer.Option(..., "--username", "-u", help="The registry user name"),
     password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from stdin."),
 ) -> None:
     """Store a registry login on the server, for workers' image pulls; prints its id (for
@@ -190,7 +194,9 @@ def registry_add(
     )
 
 
-def registry_ls(as_json: bool = typer.Option(False, "--json")) -> None:
+def registry_ls(
+    as_json: bool = typer.Option(False, "--json", help="Print the logins as JSON instead of a table"),
+) -> None:
     """List the account's registry logins (names and ids; never a username or password)."""
     rows = call("GET", "/v1/containerregistryauth")
     if as_json:
