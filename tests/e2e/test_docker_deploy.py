@@ -192,6 +192,38 @@ def test_an_image_with_the_unmodified_runpod_sdk_runs_as_a_worker(
     assert {"id", "input"} <= set(result["output"]["keys"])
 
 
+def test_a_container_workers_logs_stay_readable_after_it_scales_down(
+    server: LiveServer, fixture_image: str, docker_client: Any
+) -> None:
+    ep = create(
+        server,
+        name="kept-logs",
+        imageName=fixture_image,
+        dockerStartCmd="python3 -u echo.py",
+        env={"EMBER_TEST_SDK": "runpod"},
+        workersMax=1,
+        idleTimeout=1,
+    )
+    assert runsync(server, ep["id"], {"kept": "yes"})["status"] == "COMPLETED"
+    (worker,) = ready_workers(server, ep["id"], 1)
+    prefix = f"[{worker['id']}] "
+    before = [line for line in ok(ember(server, "logs", "kept-logs")).splitlines() if line.startswith(prefix)]
+    assert before, "the runpod SDK prints its start"
+
+    # Idle past its timeout, the flex worker stops and its container is removed; its logs stay.
+    wait_for(
+        lambda: not server.workers(ep["id"]) and worker["id"] not in containers(docker_client, server),
+        120,
+        interval_s=0.2,
+        what="the idle worker to stop and its container to go",
+    )
+    after = ok(ember(server, "logs", "kept-logs")).splitlines()
+    assert "has no container" not in "\n".join(after) and "logs unavailable" not in "\n".join(after), after
+    assert after[: len(before)] == before, after
+    assert ok(ember(server, "logs", "kept-logs", "--tail", "1")).splitlines() == after[-1:]
+    assert ok(ember(server, "logs", "kept-logs", "--tail", "0")) == ""
+
+
 def test_an_image_endpoint_update_is_a_new_release_and_rollback_returns_to_the_first(
     server: LiveServer, fixture_image: str, docker_client: Any
 ) -> None:

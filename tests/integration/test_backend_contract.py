@@ -243,6 +243,34 @@ def test_following_logs_of_a_running_worker_ends_when_it_is_stopped(harness: Har
     asyncio.run(scenario())
 
 
+def test_following_with_alive_waits_for_the_worker_to_start_and_restart(harness: Harness) -> None:
+    async def scenario() -> None:
+        b = harness.backend
+        may_start = True
+        asked = asyncio.Event()
+
+        async def alive() -> bool:
+            asked.set()
+            return may_start
+
+        # tail=0: none of the past; but a log that appears while following is all new.
+        follower = asyncio.create_task(lines_of(b, "wk_1", follow=True, tail=0, alive=alive))
+        await asyncio.wait_for(asked.wait(), DEADLINE_S)  # it waits for a log that is not there yet
+        await b.launch(harness.spec("wk_1", "exit"))
+        await eventually(lambda: _has(b, "wk_1", "bye"), "the first run's bye")
+        assert not follower.done(), "exited, but `alive` says it may start again"
+        await b.launch(harness.spec("wk_1", "exit"))
+
+        async def ran_twice() -> bool:
+            return (await lines_of(b, "wk_1")).count("bye") == 2
+
+        await eventually(ran_twice, "the second run's bye")
+        may_start = False
+        assert await asyncio.wait_for(follower, DEADLINE_S) == ["hello from wk_1", "bye"] * 2
+
+    asyncio.run(scenario())
+
+
 def test_logs_outlive_stop(harness: Harness) -> None:
     async def scenario() -> None:
         b = harness.backend
