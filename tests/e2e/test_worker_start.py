@@ -227,3 +227,20 @@ def test_deploy_wait_and_logs_show_the_requirements_install_then_the_handler_sta
     finally:
         for proc in followers:
             proc.close()
+
+
+def test_deploy_wait_ends_with_the_error_when_the_requirements_do_not_install(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    requirements = "--no-index\nno-such-package-for-ember-tests==1.0\n"
+    directory = handler_dir(tmp_path, "echo", extra_files={"requirements.txt": requirements})
+    deploy = server.cli(
+        "deploy", str(directory), "--name", "bad-requirements", "--workers-min", "1", "--workers-max", "1",
+        "--env", "EMBER_TEST_SDK=runpod", "--wait", "--wait-timeout", str(STEP_S),
+    )  # fmt: skip
+    out = deploy.stdout + deploy.stderr
+    assert deploy.returncode == 1, out
+    assert "failed to start" in out and "requirements.txt" in out, out
+    assert "no-such-package-for-ember-tests" in out, "pip's own error is shown while waiting"
+    logs = server.cli("logs", "bad-requirements").stdout
+    assert "no-such-package-for-ember-tests" in logs and "[ember] installing" in logs, logs

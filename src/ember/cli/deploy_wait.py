@@ -42,7 +42,7 @@ class _LogFollower:
         except (httpx.HTTPError, RuntimeError):
             return  # closed under us, or the server went away: the state poll reports what matters
 
-    def close(self, drain_s: float = 1.0) -> None:
+    def close(self, drain_s: float) -> None:
         """Let lines already on their way print (up to `drain_s`), then stop following."""
         self._thread.join(drain_s)
         self._closed.set()
@@ -87,12 +87,12 @@ def wait_for_worker(record: dict[str, Any], timeout_s: float) -> None:
                     typer.echo(f"worker {worker_id}: {state}" + (f" ({reason})" if reason else ""))
                 if state in READY:
                     if follower is not None:
-                        follower.close()
+                        follower.close(drain_s=0.5)
                     typer.echo(f"worker {worker_id} is ready")
                     return
                 if state in FAILED:
                     if follower is not None:
-                        follower.close()
+                        follower.close(drain_s=2.0)  # the error's last lines are what the user needs
                     typer.echo(f"worker {worker_id} failed to start: {reason or state}", err=True)
                     raise typer.Exit(1)
             time.sleep(POLL_S)
