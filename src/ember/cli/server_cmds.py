@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import socket
 from pathlib import Path
+from typing import Any
 
 import httpx
 import typer
@@ -16,6 +19,7 @@ from rich.console import Console
 
 from ember.settings import Settings
 
+log = logging.getLogger("ember.server")
 console = Console(soft_wrap=True)  # the curl line must stay copy-pastable
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hello"
 
@@ -37,8 +41,74 @@ def _settings(
     return Settings(**overrides)  # type: ignore[arg-type]
 
 
+# How long requests still open at shutdown may run on (a job-done finishing) before they are cut; the
+# job-takes the workers hold open end here, and the workers' SDKs retry against the next start.
+SHUTDOWN_GRACE_S = 3.0
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port for uvicorn to serve on (it starts listening). Binding before the app
+    is built lets a busy port be reported in one line, or another port be chosen. Raises OSError."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def cannot_listen(host: str, port: int, exc: OSError, hint: str) -> str:
+    why = "the port is in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+    return f"error: cannot listen on {host}:{port}: {why}. {hint}"
+
+
+class Server(uvicorn.Server):
+    """Stops the control loops before the API closes (SIGTERM, Ctrl-C). The other way round, the lifecycle
+    would go on judging workers whose pings the closed API refuses, and stop them as lost, where the next
+    start should re-adopt them. Requests still open after `grace_s` (the held job-takes) are then cut."""
+
+    def __init__(self, config: uvicorn.Config, stop_loops: Any, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+        super().__init__(config)
+        self._stop_loops = stop_loops
+        self._grace_s = grace_s
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await self._stop_loops()
+        cut = asyncio.get_running_loop().call_later(self._grace_s, self._cut_requests)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            cut.cancel()
+
+    def _cut_requests(self) -> None:
+        # uvicorn logs each cancelled request as an "Exception in ASGI application" with its traceback;
+        # these were cut on purpose, so say so once instead.
+        tasks = list(self.server_state.tasks)
+        if tasks:
+            logging.getLogger("uvicorn.error").addFilter(_quiet_cancelled)
+            log.info("shutdown: %d request(s) still open after %.0f s are cut", len(tasks), self._grace_s)
+        for task in tasks:
+            task.cancel()
+
+
+def _quiet_cancelled(record: logging.LogRecord) -> bool:
+    return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
+
+
 def _serve(settings: Settings, *, example: bool) -> None:
     from ember.app import create_app
+
+    try:
+        sock = listen(settings.host, settings.port)
+    except OSError as exc:
+        hint = "Stop what serves there, or pass --port (or set EMBER_PORT)."
+        console.print(cannot_listen(settings.host, settings.port, exc, hint), markup=False)
+        raise typer.Exit(1)
 
     logging.basicConfig(
         level=os.environ.get("EMBER_LOG_LEVEL", "INFO"),
@@ -58,10 +128,10 @@ def _serve(settings: Settings, *, example: bool) -> None:
         http="httptools",
         timeout_keep_alive=75,
     )
-    server = uvicorn.Server(config)
+    server = Server(config, app.state.runner.stop)
 
     async def main() -> None:
-        serving = asyncio.create_task(server.serve())
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not serving.done():
             await asyncio.sleep(0.05)
         if server.started:
@@ -77,7 +147,10 @@ def _serve(settings: Settings, *, example: bool) -> None:
         await serving
 
     # uvicorn's `loop=` applies only when uvicorn runs the loop itself; here we do, so ask for uvloop.
-    uvloop.run(main())
+    try:
+        uvloop.run(main())
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down on
+        console.print("Ember stopped")
 
 
 def _example_banner(settings: Settings) -> None:

@@ -99,9 +99,13 @@ class Runner:
             wake.clear()
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        """Stop the loops and wait for the launches and stops in flight. Workers keep running (the next
+        start re-adopts them). Idempotent: `ember server` calls it before the API closes, the app's
+        lifespan again after."""
+        tasks, self._tasks = self._tasks, []
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         await self.lifecycle.drain()
