@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import json
 import logging
@@ -13,6 +14,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from rich.markup import escape
 
 from ember.backends.memory import MemoryBackend
 from ember.cli.dev_worker import HANDLER_FILE, InProcessWorkers
+from ember.cli.server_cmds import Server, cannot_listen, listen
 from ember.control.signals import Signals
 from ember.settings import Settings
 
@@ -34,6 +37,8 @@ console = Console(highlight=False)
 LOOPBACK_DEV_KEY = "ek_dev_local"
 DEV_SCALING = {"workersMin": 1, "workersMax": 1, "idleTimeout": 5}
 POLL_WAKE_TRIES = 40
+DEFAULT_PORT = 8000  # the port `ember up` serves on too; EMBER_PORT moves both
+NEXT_PORTS = 20  # when the preferred port is taken (say by `make run`), the next ones are tried
 
 
 def is_loopback(host: str) -> bool:
@@ -54,6 +59,46 @@ def choose_key(home: Path, host: str, key: str | None) -> str:
     if key:
         return key
     return LOOPBACK_DEV_KEY if is_loopback(host) else "ek_dev_" + secrets.token_hex(16)
+
+
+def preferred_port() -> int:
+    try:
+        return int(os.environ.get("EMBER_PORT", "") or DEFAULT_PORT)
+    except ValueError:
+        return DEFAULT_PORT
+
+
+def bind(host: str, port: int | None) -> socket.socket:
+    """The dev server's listening socket. An explicit `port` must be free (else one line, exit 1); with
+    none, the preferred port or, when it is taken, the next free one (said on the console)."""
+    if port is not None:
+        try:
+            return listen(host, port)
+        except OSError as exc:
+            console.print(cannot_listen(host, port, exc, "Pass another --port."), markup=False)
+            raise typer.Exit(1)
+    first = preferred_port()
+    busy: OSError | None = None
+    for candidate in range(first, first + NEXT_PORTS):
+        try:
+            sock = listen(host, candidate)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                console.print(cannot_listen(host, candidate, exc, "Pass --host or --port."), markup=False)
+                raise typer.Exit(1)
+            busy = busy or exc
+            continue
+        if candidate != first:
+            console.print(
+                f"port {first} is in use (by `make run` / `ember up`?): ember dev serves on port "
+                f"{candidate} instead; --port chooses one",
+                markup=False,
+            )
+        return sock
+    assert busy is not None
+    hint = f"Ports {first}-{first + NEXT_PORTS - 1} are all in use: pass --port."
+    console.print(cannot_listen(host, first, busy, hint), markup=False)
+    raise typer.Exit(1)
 
 
 def dev_settings(home: Path, host: str, port: int, key: str) -> Settings:
@@ -120,6 +165,7 @@ def banner(url: str, key: str, name: str, endpoint: dict[str, Any], directory: P
     return (
         f"\n[bold green]ember dev[/] serving {escape(str(directory / HANDLER_FILE))} in-process, "
         f"reloading on change\n"
+        f"  listening on [bold]{url}[/]\n"
         f"  endpoint [bold]{name}[/] ({endpoint['id']}), release {endpoint['release']}; "
         f"home {escape(str(home))}\n"
         f"  API key: [bold]{key}[/]\n\n"
@@ -131,17 +177,20 @@ def banner(url: str, key: str, name: str, endpoint: dict[str, Any], directory: P
     )
 
 
-class _DevServer(uvicorn.Server):
-    """Stops the in-process workers first on shutdown, and wakes the take polls they held, so that
-    shutting down waits for no long poll."""
+class _DevServer(Server):
+    """Stops the loops, then the in-process workers on shutdown, and wakes the take polls they held, so
+    that shutting down waits for no long poll."""
 
-    def __init__(self, config: uvicorn.Config, workers: InProcessWorkers, signals: Signals) -> None:
-        super().__init__(config)
+    def __init__(
+        self, config: uvicorn.Config, stop_loops: Any, workers: InProcessWorkers, signals: Signals
+    ) -> None:
+        super().__init__(config, stop_loops)
         self._workers = workers
         self._signals = signals
         self.endpoint_id: str | None = None
 
     async def shutdown(self, sockets: Any = None) -> None:
+        await self._stop_loops()  # no loop may judge or replace the workers stopped next
         self._workers.stop_all()
         # A woken poll sees its client gone and returns; wake-ups are hints, so extra ones are harmless.
         for _ in range(POLL_WAKE_TRIES):
@@ -156,8 +205,10 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def serve(directory: Path, *, host: str, port: int, name: str, home: Path, key: str) -> None:
+def serve(directory: Path, *, host: str, sock: socket.socket, name: str, home: Path, key: str) -> None:
     from ember.app import create_app
+
+    port = int(sock.getsockname()[1])
 
     logging.basicConfig(
         level=os.environ.get("EMBER_LOG_LEVEL", "WARNING"),
@@ -184,10 +235,10 @@ def serve(directory: Path, *, host: str, port: int, name: str, home: Path, key: 
         timeout_keep_alive=75,
         timeout_graceful_shutdown=3,
     )
-    server = _DevServer(config, workers, app.state.runtime.signals)
+    server = _DevServer(config, app.state.runner.stop, workers, app.state.runtime.signals)
 
     async def main() -> None:
-        serving = asyncio.create_task(server.serve())
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not serving.done():
             await asyncio.sleep(0.05)
         if not server.started:
@@ -225,7 +276,9 @@ def serve(directory: Path, *, host: str, port: int, name: str, home: Path, key: 
 
 def dev(
     directory: Path = typer.Argument(Path("."), help="Directory with handler.py (default: here)"),
-    port: int = typer.Option(8000, "--port", help="Port to serve the API on"),
+    port: int | None = typer.Option(
+        None, "--port", help="Port to serve the API on [default: 8000 (EMBER_PORT), or the next free one]"
+    ),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind"),
     name: str = typer.Option("dev", "--name", help="Endpoint name: /v2/<name>/… routes"),
     home: Path | None = typer.Option(None, "--home", help="Keep the dev store here (default: a temp dir)"),
@@ -236,6 +289,7 @@ def dev(
     if not (directory / HANDLER_FILE).is_file():
         console.print(f"[red]error:[/] {escape(str(directory / HANDLER_FILE))} not found")
         raise typer.Exit(2)
+    sock = bind(host, port)  # before anything is created, so that a busy port leaves nothing behind
     temporary = home is None
     dev_home = Path(tempfile.mkdtemp(prefix="ember-dev-")) if home is None else home.expanduser().resolve()
     if dev_home == directory or directory in dev_home.parents:
@@ -245,7 +299,7 @@ def dev(
     # As `python handler.py` run from DIR: relative paths in the handler resolve against DIR.
     os.chdir(directory)
     try:
-        serve(directory, host=host, port=port, name=name, home=dev_home, key=choose_key(dev_home, host, key))
+        serve(directory, host=host, sock=sock, name=name, home=dev_home, key=choose_key(dev_home, host, key))
     finally:
         if temporary:
             shutil.rmtree(dev_home, ignore_errors=True)
