@@ -88,7 +88,9 @@ class WorkerStore(Repository):
         self._seen = Prepared(
             engine, update(workers).where(W.id == bindparam("p_id")).values(last_seen_at=bindparam("p_now"))
         )
-        self._recycle = Prepared(engine, update(workers).where(W.id == bindparam("p_id")).values(recycle=True))
+        self._recycle = Prepared(
+            engine, update(workers).where(W.id == bindparam("p_id")).values(recycle=True)
+        )
 
     def create(
         self,
