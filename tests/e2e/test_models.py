@@ -25,6 +25,9 @@ TINY = {
     "tokenizer/vocab.txt": b"[PAD]\n[UNK]\n",
 }
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+MiB = 1024 * 1024
+# Bigger than huggingface_hub's 10 MiB write chunk, so that a download stalled at 12 MiB shows on disk.
+BIG = {"config.json": b'{"model_type": "big"}', "model.safetensors": bytes(range(256)) * (64 * 1024)}
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +36,7 @@ def hub() -> Iterator[FakeHub]:
         "org/tiny": TINY,
         "org/gated": HubRepo(files=TINY, gated=True, token=TOKEN),
         "org/pullme": {"config.json": b'{"model_type": "pulled"}', "weights.bin": b"p" * 300_000},
+        "org/big": BIG,
     }
     files = minilm_files()
     if files is not None:
@@ -246,3 +250,39 @@ def test_models_cli_pulls_lists_and_removes(hub: FakeHub, mserver: LiveServer, t
     removed = mserver.cli("models", "rm", "org/pullme")
     assert removed.returncode == 0, removed.stderr
     assert "org/pullme" not in mserver.cli("models", "ls", "--json").stdout
+
+
+def test_an_endpoint_owner_follows_the_first_download_of_its_model(
+    hub: FakeHub, mserver: LiveServer, tmp_path: Path
+) -> None:
+    owner = mserver.api("POST", "/v1/accounts", json={"name": "model-owner"}).json()
+    key = owner["apiKey"]
+    assert (
+        mserver.api("POST", f"/v1/accounts/{owner['id']}/credits", json={"amount": "10"}).status_code == 200
+    )
+    assert len(BIG["model.safetensors"]) == 16 * MiB
+    hub.hold(after_bytes=12 * MiB)  # the weights stall part-way
+    try:
+        ep = mserver.deploy(
+            "big-model", handler_dir(tmp_path, "model_reader"), key=key, modelName="org/big", workersMin=1
+        )
+
+        def partly_downloaded() -> dict[str, Any] | None:
+            out = mserver.cli("models", "ls", "--json", key=key)
+            assert out.returncode == 0, out.stderr
+            mine = [m for m in json.loads(out.stdout) if m["name"] == "org/big"]
+            return mine[0] if mine and 0 < mine[0]["progress"] < 100 else None
+
+        seen = wait_for(partly_downloaded, 30, what="org/big part-way in the owner's `ember models ls`")
+        assert seen["state"] == "downloading", seen
+        assert 0 < seen["doneBytes"] < seen["totalBytes"] == len(b"".join(BIG.values())), seen
+        assert seen["endpoints"] == [{"id": ep["id"], "name": "big-model"}]
+        assert f"{seen['progress']}%" in endpoint(mserver, ep["id"], key)["status"]
+        table = mserver.cli("models", "ls", key=key).stdout
+        assert "org/big" in table and f"{seen['progress']}% of" in table, table
+    finally:
+        hub.release()
+    idle_workers(mserver, ep["id"], 1, key)
+    ready = {m["name"]: m for m in mserver.api("GET", "/v1/models", key).json()}["org/big"]
+    assert ready["state"] == "ready" and ready["progress"] == 100, ready
+    assert mserver.api("DELETE", f"/v1/endpoints/{ep['id']}", key).status_code == 200

@@ -151,6 +151,29 @@ def test_progress_is_observable_while_downloading_and_complete_at_the_end(
     assert observer.status("org/tiny").state == "ready"
 
 
+def test_progress_counts_the_partial_blob_of_a_download_stalled_part_way(tmp_path: Path) -> None:
+    # huggingface_hub writes each blob to a per-download `<blob>.<random>.incomplete` file (older
+    # versions: `<blob>.incomplete`) in 10 MiB chunks: a 16 MiB file stalled at 12 MiB has 10 MiB on disk.
+    weights = bytes(range(256)) * (64 * 1024)
+    with FakeHub({"org/big": {"config.json": b"{}", "model.safetensors": weights}}) as big_hub:
+        cache = ModelCache(tmp_path / "cache", endpoint_url=big_hub.url)
+        big_hub.hold(after_bytes=12 * 1024 * 1024)
+        worker = threading.Thread(target=lambda: cache.ensure("org/big"))
+        worker.start()
+        try:
+            wait_for(lambda: big_hub.held_count() > 0, what="a download stalled part-way")
+            partial = list((cache.root / "hub" / "models--org--big" / "blobs").glob("*.incomplete"))
+            wait_for(lambda: cache.status("org/big").done_bytes >= 10 * 1024 * 1024, what="10 MiB on disk")
+            during = cache.status("org/big")
+        finally:
+            big_hub.release()
+            worker.join(timeout=60)
+        assert len(partial) == 1, partial
+        assert during.state == "downloading" and 0 < during.done_bytes < during.total_bytes
+        done = cache.status("org/big")
+        assert done.state == "ready" and done.done_bytes == done.total_bytes == len(weights) + 2
+
+
 def test_gated_model_needs_a_token_and_the_token_never_leaks(
     hub: FakeHub, tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
 ) -> None:

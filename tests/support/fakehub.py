@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
@@ -20,7 +20,7 @@ from urllib.parse import unquote
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".onnx", ".pt", ".h5", ".msgpack", ".gguf")
@@ -89,6 +89,7 @@ class FakeHub:
         self.port = 0
         self._gate = threading.Event()
         self._gate.set()
+        self._hold_after = 0  # bytes of each body sent before a hold() stops it
         self.waiting = 0  # body requests held by hold(), waiting for release()
 
     @property
@@ -108,8 +109,10 @@ class FakeHub:
         with self._lock:
             return len(self.stats.requests)
 
-    def hold(self) -> None:
-        """Hold every file body (GET) until `release()`, so a download stays in flight."""
+    def hold(self, after_bytes: int = 0) -> None:
+        """Hold every file body (GET) until `release()`, so a download stays in flight: from its start,
+        or, with `after_bytes`, once that many bytes of it were sent (a download stalled part-way)."""
+        self._hold_after = after_bytes
         self._gate.clear()
 
     def release(self) -> None:
@@ -317,7 +320,7 @@ class FakeHub:
         return await self._body(request, f"{repo_id}/{filename}", data, headers)
 
     async def _body(self, request: Request, key: str, data: bytes, headers: dict[str, str]) -> Response:
-        if request.method == "GET" and not self._gate.is_set():
+        if request.method == "GET" and not self._gate.is_set() and not self._hold_after:
             await self._wait_for_release()
         start, end = 0, len(data) - 1
         status = 200
@@ -337,6 +340,17 @@ class FakeHub:
         with self._lock:
             self.stats.gets[key] += 1
             self.stats.bytes_served[key] += len(chunk)
+        after = self._hold_after
+        if not self._gate.is_set() and 0 < after < len(chunk):
+
+            async def stalled() -> AsyncIterator[bytes]:
+                yield chunk[:after]
+                await self._wait_for_release()
+                yield chunk[after:]
+
+            return StreamingResponse(
+                stalled(), status_code=status, headers=headers, media_type="application/octet-stream"
+            )
         return Response(
             content=chunk, status_code=status, headers=headers, media_type="application/octet-stream"
         )

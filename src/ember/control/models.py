@@ -54,6 +54,8 @@ class _Job:
     error: str | None = None
     finished_at: float | None = None
     evicted: bool = False
+    # The account may see the model's record: it fetches the model itself, or passed the hub's access check.
+    cleared: bool = False
 
     @property
     def running(self) -> bool:
@@ -136,7 +138,7 @@ class ModelPreparer:
                 self._active[repo_id] > 0 or self._known(repo_id)
             )
             self._active[repo_id] += 1
-        job = _Job(account_id, repo_id, rev, fp)
+        job = _Job(account_id, repo_id, rev, fp, cleared=not check)
         job.thread = threading.Thread(
             target=self._run, args=(job, token, check), name=f"model-{repo_id}", daemon=True
         )
@@ -148,6 +150,7 @@ class ModelPreparer:
         try:
             if check:
                 self._check_access(job.repo_id, job.revision, token)
+                job.cleared = True
             job.snapshot = self.cache.ensure(job.repo_id, job.revision, token)
             self._grant(job.repo_id, job.account_id)
             job.error = None
@@ -234,8 +237,11 @@ class ModelPreparer:
         return found[-1] if found else None
 
     def may_see(self, repo_id: str, account_id: str) -> bool:
-        """Whether this account has used (been granted) the model; admins see everything."""
-        return self._granted(repo_id, account_id)
+        """Whether this account has used (been granted) the model, or is fetching it for one of its
+        endpoints (so its owner follows the first download's progress); admins see everything."""
+        if self._granted(repo_id, account_id):
+            return True
+        return any(j.cleared for (a, r, _), j in list(self._jobs.items()) if a == account_id and r == repo_id)
 
     # ---- eviction --------------------------------------------------------------------------------
     async def in_use(self) -> set[str]:

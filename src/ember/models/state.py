@@ -175,16 +175,28 @@ class StateDir:
     # ---- measurements ----------------------------------------------------------------------------
 
     def done_bytes(self, rec: Record) -> int:
-        """Bytes of the record's files on disk: finished blobs plus partial `.incomplete` ones."""
+        """Bytes of the record's files on disk: finished blobs plus partial ones. `huggingface_hub` writes
+        a blob to `<blob>.incomplete` (before 1.x) or to a per-process `<blob>.<random>.incomplete`, then
+        renames it; the largest partial file of a blob counts."""
         blobs = self.storage(rec.repo_id) / "blobs"
+        partial: dict[str, int] = {}
+        try:
+            names = os.listdir(blobs)
+        except FileNotFoundError:
+            return 0
+        for name in names:
+            if name.endswith(".incomplete"):
+                with contextlib.suppress(FileNotFoundError):
+                    size = (blobs / name).stat().st_size
+                    blob = name.split(".", 1)[0]
+                    partial[blob] = max(partial.get(blob, 0), size)
         done = 0
         for f in rec.files:
-            for candidate in (blobs / f.blob, blobs / f"{f.blob}.incomplete"):
-                try:
-                    done += min(candidate.stat().st_size, f.size_bytes)
-                    break
-                except FileNotFoundError:
-                    continue
+            try:
+                size = (blobs / f.blob).stat().st_size
+            except FileNotFoundError:
+                size = partial.get(f.blob, 0)
+            done += min(size, f.size_bytes)
         return done
 
     def size_bytes(self, repo_id: str) -> int:
