@@ -4,7 +4,6 @@ whole Click command tree that Typer builds, so a new option without help text fa
 from __future__ import annotations
 
 from collections.abc import Iterator
-
 from typing import Any
 
 import typer
