@@ -24,11 +24,17 @@ class DevServer:
     """`ember dev DIR` in a subprocess, with its home (store) and output kept under `root`."""
 
     def __init__(
-        self, root: Path, fixture: str, *, name: str = "dev", env: dict[str, str] | None = None
+        self,
+        root: Path,
+        fixture: str,
+        *,
+        name: str = "dev",
+        env: dict[str, str] | None = None,
+        handler_file: str = "handler.py",
     ) -> None:
         self.dir = root / "src"
-        self.dir.mkdir(parents=True)
-        (self.dir / "handler.py").write_text((HANDLERS / f"{fixture}.py").read_text())
+        (self.dir / handler_file).parent.mkdir(parents=True)
+        (self.dir / handler_file).write_text((HANDLERS / f"{fixture}.py").read_text())
         self.home = root / "home"
         self.name = name
         self.port = free_port()
@@ -200,3 +206,27 @@ def test_a_runpod_sdk_handler_runs_unchanged_and_its_progress_shows(
     job = rp.Endpoint("dev").run({"pause_s": 3})
     wait_for(lambda: job.output() == {"step": 1}, 30, interval_s=0.1, what="the progress update")
     assert job.output(timeout=30) == {"done": True}
+
+
+def test_a_runpod_project_layout_is_served_from_its_handler_folder(tmp_path: Path, rp: Any) -> None:
+    """RunPod's layout: src/rp_handler.py importing a module beside it and reading a file from where it
+    runs, test_input.json at the project's root; `ember dev DIR` finds it without --handler."""
+    server = DevServer(tmp_path, "echo", handler_file="src/rp_handler.py", env={"EMBER_TEST_SDK": "runpod"})
+    handler = server.dir / "src" / "rp_handler.py"
+    (server.dir / "src" / "greeting.py").write_text("WORD = open('word.txt').read().strip()\n")
+    (server.dir / "src" / "word.txt").write_text("hello\n")
+    (server.dir / "test_input.json").write_text('{"input": {"from": "test_input"}}')
+    handler.write_text(
+        handler.read_text().replace(
+            '{"echo": job["input"]', '{"echo": job["input"], "word": __import__("greeting").WORD'
+        )
+    )
+    server.start()
+    try:
+        rp.endpoint_url_base = server.url + "/v2"
+        assert rp.Endpoint("dev").run_sync({"v": 1}, timeout=30)["word"] == "hello"
+        log = server.log()
+        assert f"serving {handler}" in log
+        assert '{"input":{"from":"test_input"}}' in log
+    finally:
+        server.stop()

@@ -26,9 +26,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from ember.backends.memory import MemoryBackend
-from ember.cli.dev_worker import HANDLER_FILE, InProcessWorkers
+from ember.build.source import find_handler
+from ember.cli.dev_worker import InProcessWorkers
 from ember.cli.server_cmds import Server, cannot_listen, listen
 from ember.control.signals import Signals
+from ember.core.errors import InvalidInput
 from ember.settings import Settings
 
 console = Console(highlight=False)
@@ -115,13 +117,14 @@ def dev_settings(home: Path, host: str, port: int, key: str) -> Settings:
     )
 
 
-async def deploy(api: httpx.AsyncClient, name: str, directory: Path) -> dict[str, Any]:
-    """Create the endpoint `name` serving `directory`, or update it (a changed directory makes a new
-    release). Returns the endpoint as the API shows it."""
-    body = {"name": name, "sourceDir": str(directory), **DEV_SCALING}
+async def deploy(api: httpx.AsyncClient, name: str, directory: Path, handler: str) -> dict[str, Any]:
+    """Create the endpoint `name` serving `directory/handler`, or update it (a changed directory makes a
+    new release). Returns the endpoint as the API shows it."""
+    source = {"sourceDir": str(directory), "handler": handler}
+    body = {"name": name, **source, **DEV_SCALING}
     existing = await api.get(f"/v1/endpoints/{name}")
     if existing.status_code == 200:
-        resp = await api.patch(f"/v1/endpoints/{name}", json={"sourceDir": str(directory)})
+        resp = await api.patch(f"/v1/endpoints/{name}", json=source)
     else:
         resp = await api.post("/v1/endpoints", json=body)
     if resp.status_code >= 400:
@@ -130,7 +133,7 @@ async def deploy(api: httpx.AsyncClient, name: str, directory: Path) -> dict[str
 
 
 async def watch_and_reload(
-    api: httpx.AsyncClient, name: str, directory: Path, release: int, stop: asyncio.Event
+    api: httpx.AsyncClient, name: str, directory: Path, handler: str, release: int, stop: asyncio.Event
 ) -> None:
     """On each change under `directory`, redeploy it; the lifecycle rolls the worker to the new release
     (the old one finishes its held jobs first)."""
@@ -141,7 +144,7 @@ async def watch_and_reload(
     ):
         files = sorted({Path(path).name for _, path in changes if Path(path).exists()}) or ["(removed)"]
         try:
-            ep = await deploy(api, name, directory)
+            ep = await deploy(api, name, directory, handler)
         except (typer.BadParameter, httpx.HTTPError) as exc:
             console.print(f"[red]reload failed[/] ({', '.join(files)}): {escape(str(exc))}")
             continue
@@ -150,20 +153,25 @@ async def watch_and_reload(
             console.print(f"[cyan]reloaded[/] {', '.join(files)} -> release {release}")
 
 
-def _example_input(directory: Path) -> str:
-    test_input = directory / "test_input.json"
-    if test_input.is_file():
-        try:
-            return json.dumps(json.loads(test_input.read_text()), separators=(",", ":"))
-        except ValueError:
-            pass
+def _example_input(*folders: Path) -> str:
+    """The project's own test_input.json: beside the handler (where RunPod's SDK reads it), else the
+    first of `folders` that has one."""
+    for folder in folders:
+        test_input = folder / "test_input.json"
+        if test_input.is_file():
+            try:
+                return json.dumps(json.loads(test_input.read_text()), separators=(",", ":"))
+            except ValueError:
+                pass
     return '{"input":{}}'
 
 
-def banner(url: str, key: str, name: str, endpoint: dict[str, Any], directory: Path, home: Path) -> str:
-    body = _example_input(directory).replace("'", "'\\''")
+def banner(
+    url: str, key: str, name: str, endpoint: dict[str, Any], directory: Path, handler: Path, home: Path
+) -> str:
+    body = _example_input(handler.parent, directory).replace("'", "'\\''")
     return (
-        f"\n[bold green]ember dev[/] serving {escape(str(directory / HANDLER_FILE))} in-process, "
+        f"\n[bold green]ember dev[/] serving {escape(str(handler))} in-process, "
         f"reloading on change\n"
         f"  listening on [bold]{url}[/]\n"
         f"  endpoint [bold]{name}[/] ({endpoint['id']}), release {endpoint['release']}; "
@@ -205,7 +213,9 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def serve(directory: Path, *, host: str, sock: socket.socket, name: str, home: Path, key: str) -> None:
+def serve(
+    directory: Path, handler: str, *, host: str, sock: socket.socket, name: str, home: Path, key: str
+) -> None:
     from ember.app import create_app
 
     port = int(sock.getsockname()[1])
@@ -218,7 +228,7 @@ def serve(directory: Path, *, host: str, sock: socket.socket, name: str, home: P
 
     sdk_log.configure(os.environ)
     settings = dev_settings(home, host, port, key)
-    workers = InProcessWorkers(label=directory / HANDLER_FILE)
+    workers = InProcessWorkers(label=directory / handler)
     backend = MemoryBackend(runner=workers)
     app = create_app(settings, backends={"memory": backend})
     # Workers run in this interpreter, so a per-endpoint virtualenv would go unused: the handler's
@@ -248,15 +258,20 @@ def serve(directory: Path, *, host: str, sock: socket.socket, name: str, home: P
         headers = {"Authorization": f"Bearer {key}"}
         async with httpx.AsyncClient(base_url=settings.api_url, headers=headers, timeout=120) as api:
             try:
-                ep = await deploy(api, name, directory)
+                ep = await deploy(api, name, directory, handler)
             except typer.BadParameter as exc:
                 console.print(f"[red]error:[/] {escape(str(exc))}")
                 server.should_exit = True
                 await serving
                 raise typer.Exit(2)
             server.endpoint_id = ep["id"]
-            console.print(banner(f"http://{host}:{port}", key, name, ep, directory, home), soft_wrap=True)
-            watcher = asyncio.create_task(watch_and_reload(api, name, directory, ep["release"], stop))
+            console.print(
+                banner(f"http://{host}:{port}", key, name, ep, directory, directory / handler, home),
+                soft_wrap=True,
+            )
+            watcher = asyncio.create_task(
+                watch_and_reload(api, name, directory, handler, ep["release"], stop)
+            )
             try:
                 await serving
             finally:
@@ -275,7 +290,14 @@ def serve(directory: Path, *, host: str, sock: socket.socket, name: str, home: P
 
 
 def dev(
-    directory: Path = typer.Argument(Path("."), help="Directory with handler.py (default: here)"),
+    directory: Path = typer.Argument(
+        Path("."),
+        help="Directory with the handler (handler.py, rp_handler.py, src/handler.py or src/rp_handler.py; "
+        "default: here)",
+    ),
+    handler: str | None = typer.Option(
+        None, "--handler", help="The handler file, relative to DIR, when it has another name"
+    ),
     port: int | None = typer.Option(
         None, "--port", help="Port to serve the API on [default: 8000 (EMBER_PORT), or the next free one]"
     ),
@@ -284,10 +306,12 @@ def dev(
     home: Path | None = typer.Option(None, "--home", help="Keep the dev store here (default: a temp dir)"),
     key: str | None = typer.Option(None, "--key", help="API key (default: ek_dev_local on loopback)"),
 ) -> None:
-    """Serve DIR/handler.py in-process behind the real /v2 API, reloading on change."""
+    """Serve DIR's handler in-process behind the real /v2 API, reloading on change."""
     directory = directory.expanduser().resolve()
-    if not (directory / HANDLER_FILE).is_file():
-        console.print(f"[red]error:[/] {escape(str(directory / HANDLER_FILE))} not found")
+    try:
+        found = find_handler(directory, handler)
+    except InvalidInput as exc:
+        console.print(f"[red]error:[/] {escape(exc.message)}")
         raise typer.Exit(2)
     sock = bind(host, port)  # before anything is created, so that a busy port leaves nothing behind
     temporary = home is None
@@ -296,10 +320,18 @@ def dev(
         console.print("[red]error:[/] --home must be outside DIR (its changes would trigger reloads)")
         raise typer.Exit(2)
     dev_home.mkdir(parents=True, exist_ok=True)
-    # As `python handler.py` run from DIR: relative paths in the handler resolve against DIR.
-    os.chdir(directory)
+    # As `python handler.py` run from the handler's folder: relative paths in it resolve there.
+    os.chdir((directory / found).parent)
     try:
-        serve(directory, host=host, sock=sock, name=name, home=dev_home, key=choose_key(dev_home, host, key))
+        serve(
+            directory,
+            found,
+            host=host,
+            sock=sock,
+            name=name,
+            home=dev_home,
+            key=choose_key(dev_home, host, key),
+        )
     finally:
         if temporary:
             shutil.rmtree(dev_home, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""The in-process workers of `ember dev`: load the user's handler.py as its `__main__` block would run,
+"""The in-process workers of `ember dev`: load the user's handler file as its `__main__` block would run,
 catch the config it passes to `start(...)` (Ember's or RunPod's SDK), and run Ember's worker loop on a
 thread against the dev server, with the RUNPOD_* environment of the worker's LaunchSpec."""
 
@@ -19,11 +19,11 @@ from typing import Any
 import ember.serverless as sdk
 from ember.backends.base import LaunchSpec
 from ember.core.errors import InvalidInput, Problem
+from ember.core.specs import DEFAULT_HANDLER
 from ember.serverless.env import WorkerEnv
 from ember.serverless.transport import HttpTransport
 from ember.serverless.worker import Worker, WorkerConfig
 
-HANDLER_FILE = "handler.py"
 DRAIN_S = 30.0  # how long a stopped worker may take to finish its held jobs before it is abandoned
 
 # Loading executes user code with process-wide hooks in place (the SDKs' `start`, sys.path), so one
@@ -82,21 +82,26 @@ def _importable_from(directory: Path, stale_root: Path | None) -> Iterator[None]
 
 
 def load_config(
-    directory: Path, *, label: Path | None = None, stale_root: Path | None = None
+    directory: Path,
+    handler: str = DEFAULT_HANDLER,
+    *,
+    label: Path | None = None,
+    stale_root: Path | None = None,
 ) -> WorkerConfig:
-    """Run `directory/handler.py` as `__main__` and return the config it passes to `start(...)`.
+    """Run `directory/handler` as `__main__` (its own folder importable, as `python FILE` would make
+    it) and return the config it passes to `start(...)`.
 
     The file runs unchanged; its code after `start(...)` does not run (as in a worker, where `start`
     never returns). A file that never calls `start` but defines a function `handler` gets that one.
     `label` names the file in tracebacks (the user's copy rather than the snapshot). Raises
     InvalidInput when no handler can be found; the file's own exceptions propagate.
     """
-    path = directory / HANDLER_FILE
+    path = directory / handler
     source = path.read_text(encoding="utf-8")
     code = compile(source, str(label or path), "exec")
     module = types.ModuleType("__main__")
     module.__file__ = str(path)
-    with _LOAD_LOCK, _importable_from(directory, stale_root), _intercepting_start(source):
+    with _LOAD_LOCK, _importable_from(path.parent, stale_root), _intercepting_start(source):
         try:
             exec(code, module.__dict__)
         except _Captured as captured:
@@ -106,7 +111,7 @@ def load_config(
         return WorkerConfig(handler=fallback)
     raise InvalidInput(
         f"{path.name} never called start({{'handler': ...}}) and defines no function named 'handler'",
-        [Problem("handler.py", "calls no start(...)", str(label or path))],
+        [Problem("handler", "calls no start(...)", str(label or path))],
     )
 
 
@@ -193,10 +198,10 @@ class InProcessWorkers:
             return InvalidInput(f"worker {spec.worker_id} has no source directory")
         source = Path(spec.source_dir)
         try:
-            config = load_config(source, label=self._label, stale_root=source.parent)
+            config = load_config(source, spec.handler, label=self._label, stale_root=source.parent)
         except BaseException as exc:  # the user's file failed: show it, and the lifecycle retries
             self._on_error(
-                f"ember dev: loading {self._label or source / HANDLER_FILE} failed:\n"
+                f"ember dev: loading {self._label or source / spec.handler} failed:\n"
                 + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             )
             return exc if isinstance(exc, Exception) else RuntimeError(repr(exc))
