@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ember.build.venv import BUILDS_LOG, ensure_venv
+from ember.build.venv import BUILDS_LOG, ensure_venv, find_requirements
 from ember.core.errors import BuildError
 from tests.conftest import need
 
@@ -88,3 +88,21 @@ def test_a_failed_build_raises_with_the_log_tail_and_leaves_nothing_behind(
     python = ensure_venv(Path("app"), Path("cache"))
     assert python is not None and Path(python).is_absolute() and Path(python).parent.parent.parent == cache
     assert run_python(python, "import ember, runpod; print('ok')") == "ok"
+
+
+def test_requirements_are_found_where_runpod_templates_keep_them(tmp_path: Path) -> None:
+    """builder/requirements.txt (RunPod's worker template) or src/requirements.txt (beside src/handler.py),
+    when the root has none; the root's file wins when there are several. Empty files need no index."""
+    assert find_requirements(project(tmp_path, "none", None)) is None
+    template = project(tmp_path, "template", None)
+    (template / "builder").mkdir()
+    (template / "builder" / "requirements.txt").write_text("# builder\n")
+    assert find_requirements(template) == "builder/requirements.txt"
+    python = ensure_venv(template, tmp_path / "cache")
+    assert python is not None and run_python(python, "import runpod; print('ok')") == "ok"
+    beside = project(tmp_path, "beside", None)
+    (beside / "src").mkdir()
+    (beside / "src" / "requirements.txt").write_text("# src\n")
+    assert find_requirements(beside) == "src/requirements.txt"
+    (beside / "requirements.txt").write_text("# root\n")
+    assert find_requirements(beside) == "requirements.txt"

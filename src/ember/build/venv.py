@@ -1,4 +1,6 @@
 """Per-endpoint virtualenvs for the local backend, built once per requirements.txt and cached on disk.
+The requirements file is the first of REQUIREMENTS_CANDIDATES: at the source's root, or where RunPod's
+worker templates keep it (`builder/`, or `src/` beside the handler).
 
 A cached venv sees its own packages first and the control plane's (ember, runpod, …) after them. It is
 built in a temporary directory and renamed into place, so a half-built venv is never used.
@@ -24,7 +26,7 @@ from typing import TextIO
 
 from ember.core.errors import BuildError
 
-REQUIREMENTS = "requirements.txt"
+REQUIREMENTS_CANDIDATES = ("requirements.txt", "builder/requirements.txt", "src/requirements.txt")
 MARKER = "ember-venv.json"
 BUILDS_LOG = "builds.log"
 _LOG_TAIL_LINES = 40
@@ -75,10 +77,10 @@ def ensure_venv(
     Blocking: call it from a thread in async code.
     """
     source_dir, cache_dir = Path(source_dir).resolve(), Path(cache_dir).resolve()
-    requirements_path = source_dir / REQUIREMENTS
-    if not requirements_path.is_file():
+    requirements_file = find_requirements(source_dir)
+    if requirements_file is None:
         return None
-    requirements = requirements_path.read_bytes()
+    requirements = (source_dir / requirements_file).read_bytes()
     parents = parent_paths()
     key = venv_key(requirements, parents)
     final = cache_dir / key
@@ -91,7 +93,7 @@ def ensure_venv(
         _lock(lock_file, timeout_s + _LOCK_SLACK_S, key)
         try:
             if not (final / MARKER).is_file():  # built by whoever held the lock before us
-                _build(source_dir, cache_dir, key, parents, timeout_s, on_output)
+                _build(source_dir, requirements_file, cache_dir, key, parents, timeout_s, on_output)
         finally:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
     return str(final / "bin" / "python")
@@ -109,8 +111,14 @@ def _lock(lock_file: TextIO, timeout_s: float, key: str) -> None:
             time.sleep(_LOCK_POLL_S)
 
 
+def find_requirements(source_dir: Path) -> str | None:
+    """The source's requirements file, relative to it: the first of REQUIREMENTS_CANDIDATES there."""
+    return next((c for c in REQUIREMENTS_CANDIDATES if (source_dir / c).is_file()), None)
+
+
 def _build(
     source_dir: Path,
+    requirements_file: str,
     cache_dir: Path,
     key: str,
     parents: list[str],
@@ -126,14 +134,14 @@ def _build(
         creating = [sys.executable, "-m", "venv", "--without-pip", "--prompt", f"ember-{key[:8]}", str(tmp)]
         _run("creating the virtualenv", creating, source_dir, None, timeout_s, None)
         python = tmp / "bin" / "python"
-        install = ["install", "--no-input", "--disable-pip-version-check", "-r", REQUIREMENTS]
+        install = ["install", "--no-input", "--disable-pip-version-check", "-r", requirements_file]
         if importlib.util.find_spec("pip") is not None:
             command = [sys.executable, "-m", "pip", "--python", str(python), *install]
         else:  # the control plane has no pip: give the venv its own
             ensurepip = [str(python), "-m", "ensurepip"]
             _run("installing pip", ensurepip, source_dir, log_path, timeout_s, on_output)
             command = [str(python), "-m", "pip", *install]
-        what = f"installing {source_dir / REQUIREMENTS}"
+        what = f"installing {source_dir / requirements_file}"
         _run(what, command, source_dir, log_path, timeout_s, on_output)
         site_packages = tmp / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
         # Lines of a .pth are appended to sys.path after the venv's own site-packages, so the pinned
