@@ -28,7 +28,9 @@ def test_parse_dollars_reads_exact_micros(text: str, micros: int) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", " 1", "1 ", "1.", ".5", "1e3", "$5", "1,000", "0.0000001", "abc", "1.2.3", "--1", "1_000", "NaN"],
+    ["", " 1", "1 ", "1.", ".5", "1e3", "$5", "1,000", "0.0000001", "abc", "1.2.3", "--1", "1_000", "NaN"]
+    # Digits of other scripts (Arabic-Indic, fullwidth, Devanagari) and a trailing newline.
+    + ["\u0661", "\u0661\u0665\u0660.00", "\uff11", "1.\u0665", "\u0967", "150\n"],
 )
 def test_parse_dollars_rejects_anything_but_a_strict_decimal(text: str) -> None:
     with pytest.raises(InvalidInput) as caught:

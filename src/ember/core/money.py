@@ -11,14 +11,15 @@ from ember.core.errors import InvalidInput, Problem
 
 MICROS_PER_DOLLAR = 1_000_000
 DECIMALS = 6
-# Up to 12 integer digits (below a trillion dollars) and up to 6 decimals; an optional sign.
-_DOLLARS = re.compile(r"^([+-]?)(\d{1,12})(?:\.(\d{1,6}))?$")
+# Up to 12 integer digits (below a trillion dollars) and up to 6 decimals; an optional sign. ASCII
+# digits only: `\d` (and `int()`) also read Arabic-Indic and other scripts' digits, so "١" was $1.
+_DOLLARS = re.compile(r"([+-]?)([0-9]{1,12})(?:\.([0-9]{1,6}))?")
 
 
 def parse_dollars(text: str, *, field: str = "amount") -> int:
     """Micro-dollars from a decimal dollar string such as "150", "150.00", "-0.25" or "0.000001".
 
-    Strict: digits with an optional sign and at most 6 decimals; no exponent, separators, spaces or
+    Strict: ASCII digits with an optional sign and at most 6 decimals; no exponent, separators, spaces or
     currency symbols. Raises InvalidInput (naming `field`) for anything else, including non-strings,
     so that no amount is ever rounded silently.
     """
@@ -26,7 +27,7 @@ def parse_dollars(text: str, *, field: str = "amount") -> int:
         raise InvalidInput(
             f"{field} must be a decimal string", [Problem(field, "must be a decimal string", text)]
         )
-    match = _DOLLARS.match(text)
+    match = _DOLLARS.fullmatch(text)
     if match is None:
         message = "must be a decimal amount in dollars with at most 6 decimals, e.g. 150.00"
         raise InvalidInput(f"{field} {message}", [Problem(field, message, text)])
