@@ -146,6 +146,7 @@ def create_app(
     new_admin_key = ensure_admin(store, settings, clock)
     limits = Limits(
         take_hold_s=settings.take_hold_s,
+        body_timeout_s=settings.body_timeout_s,
         ping_interval_ms=settings.ping_interval_ms,
         lost_worker_requeues=settings.lost_worker_requeues,
         initial_balance_micros=parse_dollars(settings.initial_balance),

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     ping_timeout_s: float = 10.0
     init_timeout_s: float = 420.0
     take_hold_s: float = 20.0
+    # A request body must arrive whole within this long, else 408 (a slow client, or one that sends
+    # less than its Content-Length, would otherwise hold its connection and request open forever).
+    body_timeout_s: float = 30.0
     stop_grace_s: float = 10.0
     tick_s: float = 0.5
     meter_interval_s: float = 5.0

@@ -7,7 +7,6 @@ cache (keys rarely change; a dropped worker key is evicted at once in this proce
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,8 @@ from fastapi import Request
 
 from ember.control.clock import Clock
 from ember.control.signals import Signals
-from ember.core.errors import BackendError, InvalidInput, NotFound, PayloadTooLarge, Unauthorized
+from ember.core import json_body
+from ember.core.errors import BackendError, NotFound, PayloadTooLarge, RequestTimeout, Unauthorized
 from ember.core.specs import spec_from_json
 from ember.store.accounts import KeyInfo
 from ember.store.facade import Store
@@ -42,6 +42,7 @@ class Limits:
     ping_interval_ms: int = 2000
     lost_worker_requeues: int = 1
     initial_balance_micros: int = 0
+    body_timeout_s: float = 30.0
 
 
 @dataclass
@@ -140,25 +141,38 @@ def worker_caller(request: Request, endpoint_id: str, worker_id: str) -> KeyInfo
     return info
 
 
-async def read_json(request: Request, limit_bytes: int) -> Any:
-    """The body parsed as JSON whatever its content type; 413 above `limit_bytes`, 400 when malformed."""
+async def read_body(request: Request, limit_bytes: int) -> bytes:
+    """The whole body: 413 above `limit_bytes` (before reading, when the declared length says so), 408
+    when it has not all arrived within `Limits.body_timeout_s` (a slow client, or one that sent less
+    than its Content-Length). Every route that reads a body reads it here."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit_bytes:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit_bytes} bytes")
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit_bytes:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit_bytes} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    timeout_s = runtime(request).limits.body_timeout_s
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit_bytes:
+                    raise PayloadTooLarge(f"request body exceeds the limit of {limit_bytes} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body did not arrive within {timeout_s:g} s ({size} bytes received"
+            + (f" of {declared} declared)" if declared else ")")
+        ) from None
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, limit_bytes: int) -> Any:
+    """The body parsed as strict JSON (`core.json_body`) whatever its content type, None when empty;
+    413 above `limit_bytes`, 408 when it does not arrive in time, 400 when malformed."""
+    body = await read_body(request, limit_bytes)
     if not body.strip():
         return None
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"malformed JSON body: {exc}")
+    return json_body.parse(body)
 
 
 def hold_clock() -> float:

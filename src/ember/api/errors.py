@@ -14,6 +14,7 @@ from ember.core import errors as E
 STATUS: dict[type[E.EmberError], int] = {
     E.PayloadTooLarge: 413,
     E.InvalidInput: 400,
+    E.RequestTimeout: 408,
     E.Unauthorized: 401,
     E.NotFound: 404,
     E.Conflict: 409,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import secrets
 from typing import Any
@@ -14,9 +13,10 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from ember.api.deps import caller, runtime
+from ember.api.deps import caller, read_body, runtime
 from ember.api.errors import json_response
-from ember.core.errors import InvalidInput, NotFound, PayloadTooLarge, Problem, Unauthorized
+from ember.core import json_body
+from ember.core.errors import InvalidInput, NotFound, Problem, Unauthorized
 from ember.core.specs import spec_from_json, spec_to_json
 
 router = APIRouter(prefix="/v1")
@@ -71,27 +71,14 @@ def signature_ok(secret: str, body: bytes, header: str) -> bool:
     return hmac.compare_digest(expected.encode(), header.strip().encode())
 
 
-async def _raw_body(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > WEBHOOK_BODY_LIMIT:
-        raise PayloadTooLarge(f"webhook body of {declared} bytes exceeds {WEBHOOK_BODY_LIMIT} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > WEBHOOK_BODY_LIMIT:
-            raise PayloadTooLarge(f"webhook body exceeds {WEBHOOK_BODY_LIMIT} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _event(body: bytes, content_type: str) -> Any:
     """The event of a JSON body, or of a form body's `payload` field (GitHub offers both)."""
     try:
         if content_type.startswith("application/x-www-form-urlencoded"):
             payload = parse_qs(body.decode("utf-8")).get("payload", [""])[0]
-            return json.loads(payload)
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+            return json_body.parse(payload.encode("utf-8"))
+        return json_body.parse(body)
+    except (InvalidInput, UnicodeError):
         return None
 
 
@@ -100,7 +87,7 @@ async def webhook(request: Request) -> Response:
     """No API key: the HMAC signature under an endpoint's `git.webhookSecret` is the proof. Every
     endpoint whose repository and branch match, and whose secret signed the body, gets a new release."""
     rt = runtime(request)
-    body = await _raw_body(request)
+    body = await read_body(request, WEBHOOK_BODY_LIMIT)
     header = request.headers.get("x-hub-signature-256", "")
     if not header:
         raise Unauthorized("missing X-Hub-Signature-256: sign the payload with the endpoint's webhook secret")

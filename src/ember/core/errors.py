@@ -3,6 +3,7 @@
 EmberError
 ├── InvalidInput          the request or spec is malformed (carries every problem at once)
 │   └── PayloadTooLarge   a body above the route's limit
+├── RequestTimeout        a request body did not arrive in time (slow or shorter than announced)
 ├── Unauthorized          missing or unknown API key
 ├── NotFound              unknown id, or one that belongs to another account (ids never leak)
 ├── Conflict              the action is not legal in the current state (e.g. retry a COMPLETED job)
@@ -53,6 +54,10 @@ class InvalidInput(EmberError):
 
 class PayloadTooLarge(InvalidInput):
     code = "payload_too_large"
+
+
+class RequestTimeout(EmberError):
+    code = "request_timeout"
 
 
 class Unauthorized(EmberError):

@@ -68,14 +68,15 @@ def classify_result(body: dict[str, Any]) -> tuple[JobState, dict[str, Any]]:
 
     A truthy `error` means FAILED (any `output` is kept); otherwise COMPLETED, with `output` only when
     the key is present (falsy outputs are real outputs). Errors that are not strings are JSON-encoded
-    by the caller's serializer; here they are kept as given.
+    by the caller's serializer; here they are kept as given, but for NUL characters, which become
+    U+FFFD (PostgreSQL's text cannot hold NUL, and a worker's result must not be lost over one).
     """
     fields: dict[str, Any] = {}
     if "output" in body:
         fields["output"] = body["output"]
     error = body.get("error")
     if error:
-        fields["error"] = error if isinstance(error, str) else _to_text(error)
+        fields["error"] = error.replace("\x00", "\ufffd") if isinstance(error, str) else _to_text(error)
         return JobState.FAILED, fields
     return JobState.COMPLETED, fields
 
