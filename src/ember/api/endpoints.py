@@ -19,6 +19,7 @@ from ember.api.registry_auth import require_owned
 from ember.build.source import snapshot
 from ember.core.errors import Conflict, InvalidInput, NotFound, Problem
 from ember.core.ids import make_id
+from ember.core.names import name_problems
 from ember.core.specs import (
     EndpointSpec,
     from_wire,
@@ -51,9 +52,7 @@ async def _body(request: Request) -> dict[str, Any]:
 # ---- templates ---------------------------------------------------------------------------------------
 def _template_data(body: dict[str, Any]) -> dict[str, Any]:
     problems = []
-    name = body.get("name")
-    if not isinstance(name, str) or not name:
-        problems.append(Problem("name", "is required", name))
+    problems.extend(name_problems(body.get("name")))
     if not isinstance(body.get("imageName", ""), str):
         problems.append(Problem("imageName", "must be a string", body.get("imageName")))
     env = body.get("env", {})
@@ -140,6 +139,11 @@ async def _resolve_spec(
 ) -> EndpointSpec:
     body = dict(body)
     template_id = body.get("templateId")
+    if template_id is not None and not isinstance(template_id, str):
+        raise InvalidInput(
+            "templateId must be a template id (a string)",
+            [Problem("templateId", "must be a string or null", template_id)],
+        )
     if template_id:
         tpl = json.loads((await _own_template(rt, account_id, template_id))["data"])
         for key in TEMPLATE_FIELDS:

@@ -19,6 +19,7 @@ from ember.core.errors import BackendError, Conflict, InvalidInput, NotFound, Pr
 from ember.core.ids import make_id
 from ember.core.limits import max_workers
 from ember.core.money import format_dollars, parse_dollars
+from ember.core.names import name_problems
 from ember.core.workers import WorkerState
 from ember.store.accounts import KeyInfo
 
@@ -40,8 +41,9 @@ async def create_account(request: Request) -> Response:
     rt = runtime(request)
     body = await _body(request)
     name = body.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise InvalidInput("name is required", [Problem("name", "must be a non-empty string", name)])
+    problems = name_problems(name.strip() if isinstance(name, str) else name)
+    if problems or not isinstance(name, str):
+        raise InvalidInput("invalid account name: " + "; ".join(p.message for p in problems), problems)
     account_id = make_id("account", uuid.uuid4().hex[:16])
     key = "ek_" + new_token(24)
     now = rt.clock.now()
@@ -181,22 +183,40 @@ async def worker_history(worker_id: str, request: Request) -> Response:
     return json_response([views.event(r) for r in rows])
 
 
+EXEC_TIMEOUT_DEFAULT_S = 60.0
+EXEC_TIMEOUT_MAX_S = 3600.0
+
+
+def _exec_request(body: dict[str, Any]) -> tuple[list[str], float]:
+    """(command, timeout_s) of an exec body, or InvalidInput naming every bad field."""
+    problems = []
+    command = body.get("command")
+    if not isinstance(command, list) or not command or not all(isinstance(c, str) for c in command):
+        problems.append(Problem("command", "must be a non-empty list of strings", command))
+    elif any("\x00" in c for c in command):
+        problems.append(Problem("command", "must not contain NUL characters"))
+    timeout_s = body.get("timeoutS", EXEC_TIMEOUT_DEFAULT_S)
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float):
+        problems.append(Problem("timeoutS", "must be a number of seconds", timeout_s))
+    elif not 0 < timeout_s <= EXEC_TIMEOUT_MAX_S:
+        problems.append(
+            Problem("timeoutS", f"must be more than 0 and at most {EXEC_TIMEOUT_MAX_S:g}", timeout_s)
+        )
+    if problems:
+        raise InvalidInput("invalid exec: " + "; ".join(f"{p.field} {p.message}" for p in problems), problems)
+    return command, float(timeout_s)  # type: ignore[return-value]  # checked above
+
+
 @router.post("/workers/{worker_id}/exec", tags=["workers"], summary="Run a command in a worker")
 async def worker_exec(worker_id: str, request: Request) -> Response:
     who = caller(request)
     rt = runtime(request)
     row = await _own_worker(rt, who, worker_id)
-    body = await _body(request)
-    command = body.get("command")
-    if not isinstance(command, list) or not command or not all(isinstance(c, str) for c in command):
-        raise InvalidInput(
-            "command must be a non-empty list of strings", [Problem("command", "bad command", command)]
-        )
+    command, timeout_s = _exec_request(await _body(request))
     if row["state"] == WorkerState.STOPPED.value:
         raise Conflict(f"worker {worker_id} is stopped")
     backend = rt.backend_for(row["backend"])
-    timeout = body.get("timeoutS", 60)
-    result = await backend.exec(worker_id, command, timeout_s=float(timeout))
+    result = await backend.exec(worker_id, command, timeout_s=timeout_s)
     return json_response({"exitCode": result.exit_code, "output": result.output.decode("utf-8", "replace")})
 
 

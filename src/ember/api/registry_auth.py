@@ -14,10 +14,10 @@ from ember.api.deps import Runtime, caller, read_json, runtime
 from ember.api.errors import json_response
 from ember.control.registry_auths import RegistryAuth, RegistryAuths
 from ember.core.errors import BackendError, InvalidInput, Problem
+from ember.core.names import name_problems
 
 router = APIRouter(prefix="/v1")
 BODY_LIMIT = 64 * 1024
-NAME_MAX_CHARS = 200
 USERNAME_MAX_CHARS = 200
 PASSWORD_MAX_CHARS = 8192
 FIELDS = ("name", "username", "password")
@@ -48,12 +48,8 @@ def _checked(body: object) -> tuple[str, str, str]:
         raise InvalidInput("the body must be a JSON object", [Problem("body", "must be a JSON object")])
     problems = [Problem(k, "unknown field") for k in body if k not in FIELDS]
     name, username, password = body.get("name"), body.get("username"), body.get("password")
-    if not isinstance(name, str) or not name.strip() or len(name) > NAME_MAX_CHARS:
-        problems.append(Problem("name", f"a non-empty string of at most {NAME_MAX_CHARS} chars", name))
-    if not isinstance(username, str) or not username or len(username) > USERNAME_MAX_CHARS:
-        problems.append(
-            Problem("username", f"a non-empty string of at most {USERNAME_MAX_CHARS} chars", username)
-        )
+    problems.extend(name_problems(name))
+    problems.extend(name_problems(username, "username", max_chars=USERNAME_MAX_CHARS))
     if not isinstance(password, str) or not password or len(password) > PASSWORD_MAX_CHARS:
         # The value is never echoed back, not even in an error.
         problems.append(Problem("password", f"a non-empty string of at most {PASSWORD_MAX_CHARS} chars"))

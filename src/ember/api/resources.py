@@ -18,6 +18,7 @@ from ember.api.errors import json_response
 from ember.core.errors import BackendError, Conflict, InvalidInput, NotFound, Problem
 from ember.core.ids import make_id
 from ember.core.money import format_dollars
+from ember.core.names import name_problems
 from ember.core.specs import spec_from_json
 from ember.store.accounts import KeyInfo
 
@@ -108,10 +109,9 @@ async def create_volume(request: Request) -> Response:
     manager = _service(rt, "volumes")
     body = await _body(request)
     name = body.get("name")
-    if not isinstance(name, str) or not name.strip() or len(name) > 200:
-        raise InvalidInput(
-            "name is required", [Problem("name", "a non-empty string (200 chars at most)", name)]
-        )
+    problems = name_problems(name.strip() if isinstance(name, str) else name)
+    if problems or not isinstance(name, str):
+        raise InvalidInput("invalid volume name: " + "; ".join(p.message for p in problems), problems)
     size_gb = _size(body.get("size"))
     volume_id = make_id("volume", uuid.uuid4().hex[:12])
     await anyio.to_thread.run_sync(manager.create, volume_id, size_gb)

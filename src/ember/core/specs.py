@@ -209,7 +209,8 @@ def validate(spec: EndpointSpec) -> list[Problem]:
     p: list[Problem] = []
     s = spec.scaling
     if not spec.name or len(spec.name) > 64 or not all(c.isalnum() or c in "-_." for c in spec.name):
-        p.append(Problem("name", "must be 1-64 characters of letters, digits, '-', '_' or '.'", spec.name))
+        shown = spec.name if len(spec.name) <= 64 else None  # an over-long name is not echoed back
+        p.append(Problem("name", "must be 1-64 characters of letters, digits, '-', '_' or '.'", shown))
     if s.workers_min < 0:
         p.append(Problem("workersMin", "must be >= 0", s.workers_min))
     if s.workers_max < 0 or s.workers_max > MAX_WORKERS_CAP:
