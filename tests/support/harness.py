@@ -76,10 +76,11 @@ class Harness:
         )
 
 
-def build(home: Path, *, gpus: str = "TEST_GPU:2", **settings: Any) -> Harness:
+def build(home: Path, *, gpus: str = "TEST_GPU:2", store: Store | None = None, **settings: Any) -> Harness:
+    """The harness on `store` (default: a new SQLite file under `home`)."""
     clock = ManualClock(start=1_800_000_000.0)
     backend = MemoryBackend(clock=clock)
-    store = Store.open(f"sqlite:///{home / 'ember.db'}")
+    store = store or Store.open(f"sqlite:///{home / 'ember.db'}")
     cfg = Settings(home=home, backend="memory", gpus=gpus, admin_key=ADMIN_KEY, take_hold_s=0.05, **settings)
     app = create_app(cfg, store=store, backends={"memory": backend}, clock=clock, start_loops=False)
     api = httpx.AsyncClient(
