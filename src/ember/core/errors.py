@@ -11,6 +11,7 @@ EmberError
 ├── BackendError          a compute backend (processes, Docker, …) failed
 ├── StoreError            the database failed or is unreachable
 ├── BuildError            an image or virtualenv build failed (carries the log tail)
+├── OutboundRefused       a webhook or git remote resolves to an address outbound calls may not reach
 └── ModelError            a model download or cache operation failed
 """
 
@@ -90,6 +91,12 @@ class BuildError(EmberError):
     def __init__(self, message: str, log_tail: str = "") -> None:
         super().__init__(message)
         self.log_tail = log_tail
+
+
+class OutboundRefused(EmberError):
+    """A call a tenant chose (webhook, git) would connect to a refused address (see `core.outbound`)."""
+
+    code = "outbound_refused"
 
 
 class ModelError(EmberError):
