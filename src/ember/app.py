@@ -204,7 +204,11 @@ def create_app(
         store,
         clock,
         signals,
-        ReaperConfig(retention_run_s=limits.retention_run_s, webhook_retry_s=settings.webhook_retry_s),
+        ReaperConfig(
+            retention_run_s=limits.retention_run_s,
+            webhook_retry_s=settings.webhook_retry_s,
+            outbound_allow=settings.outbound_networks,
+        ),
     )
     meter = Meter(
         store,
@@ -288,7 +292,12 @@ def _builder(settings: Settings, store: Store, clock: Clock, signals: Signals, c
     """The loop that builds git releases and pushes them to `settings.registry`."""
     from ember.control.builder import BuildConfig, Builder
 
-    cfg = BuildConfig(home=settings.home, registry=settings.registry, registry_auth=credentials.auth_for)
+    cfg = BuildConfig(
+        home=settings.home,
+        registry=settings.registry,
+        registry_auth=credentials.auth_for,
+        outbound_allow=settings.outbound_networks,
+    )
     return Builder(store, clock, signals, cfg)
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ember.core.outbound import Network, parse_allow
 
 
 def default_home() -> Path:
@@ -46,6 +48,9 @@ class Settings(BaseSettings):
     backoff_base_s: float = 10.0
     # A webhook that fails is tried again this long after, up to 3 attempts in all (as RunPod does).
     webhook_retry_s: float = 10.0
+    # Calls a tenant chooses (webhooks, git remotes) reach public addresses only; these CIDR ranges
+    # (comma-separated, e.g. "127.0.0.0/8,::1/128" or a private network's) are opened as well.
+    outbound_allow: str = ""
     hf_endpoint: str | None = None
     model_cache_budget_gb: float = 200.0
     # Network volumes: price per GB and month of provisioned size (dollars); bytes in one "GB" on
@@ -53,6 +58,16 @@ class Settings(BaseSettings):
     volume_price_gb_month: str = "0.07"
     volume_unit_bytes: int = 1024**3
     volume_enforce: bool | None = None
+
+    @field_validator("outbound_allow")
+    @classmethod
+    def _outbound_ranges(cls, value: str) -> str:
+        parse_allow(value)  # a typo stops the server at start-up, naming the entry
+        return value
+
+    @property
+    def outbound_networks(self) -> tuple[Network, ...]:
+        return parse_allow(self.outbound_allow)
 
     @property
     def api_url(self) -> str:

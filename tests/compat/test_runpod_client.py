@@ -188,6 +188,29 @@ def test_webhook_is_delivered_once_and_retried_after_a_500(
         assert delivery.body == job_status(server, endpoint_id, job.job_id)
 
 
+def test_a_webhook_outside_the_allow_list_is_refused_with_the_reason_on_the_job(
+    server: LiveServer, endpoints: Endpoints, rp: Any
+) -> None:
+    """The server's allow list is 127.0.0.1 and ::1 (tests.support.live); 127.0.0.2 is loopback too,
+    so refused. The job itself completes; its status says why the webhook went nowhere."""
+    endpoint_id = endpoints.get("echo", "runpod")
+    with webhook_sink(host="127.0.0.2") as far, webhook_sink() as near:
+        refused = rp.Endpoint(endpoint_id).run({"input": {"w": "far"}, "webhook": far.url + "/far"})
+        delivered = rp.Endpoint(endpoint_id).run({"input": {"w": "near"}, "webhook": near.url + "/near"})
+        wait_for(lambda: near.received("/near"), 60, what="the webhook inside the allow list")
+        record = wait_for(
+            lambda: (r := job_status(server, endpoint_id, refused.job_id)).get("webhookError") and r,
+            60,
+            what="the refused webhook's reason on its job",
+        )
+        assert far.received() == []
+    assert record["status"] == "COMPLETED" and record["output"]["echo"] == {"w": "far"}
+    assert record["webhookError"].startswith("webhook refused: 127.0.0.2 is a loopback address")
+    assert refused.status() == "COMPLETED"  # the SDK reads a status with Ember's extra field
+    assert [d.body["id"] for d in near.received("/near")] == [delivered.job_id]
+    assert "webhookError" not in job_status(server, endpoint_id, delivered.job_id)
+
+
 def test_wrong_keys_get_401(server: LiveServer, endpoints: Endpoints, rp: Any) -> None:
     endpoint_id = endpoints.get("echo", "runpod")
     with pytest.raises(RuntimeError, match="401"):

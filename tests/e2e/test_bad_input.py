@@ -127,10 +127,42 @@ def test_wrong_policy_types_are_400_naming_the_field(
 
 
 def test_every_problem_is_reported_at_once(http: httpx.Client, echo: str) -> None:
-    body = {"policy": {"ttl": "x", "lowPriority": 1}, "webhook": "ftp://nope", "s3Config": []}
+    body = {"policy": {"ttl": "x", "lowPriority": 1}, "webhook": "ftp://127.0.0.1/nope", "s3Config": []}
     err = _clear_error(http.post(f"/v2/{echo}/run", json=body), 400)
     fields = {p["field"] for p in err["problems"]}
     assert fields >= {"input", "policy.ttl", "policy.lowPriority", "webhook", "s3Config"}
+
+
+@pytest.mark.parametrize(
+    "webhook",
+    [
+        "http://",
+        "https:///hook",
+        "ftp://127.0.0.1/hook",
+        "127.0.0.1:8000/hook",
+        "http://127.0.0.1 /hook",
+        "http://127.0.0.1:99999/hook",
+        ["http://127.0.0.1/hook"],
+    ],
+)
+def test_a_malformed_webhook_is_400_naming_the_field(http: httpx.Client, echo: str, webhook: Any) -> None:
+    """Only its shape is checked here; where it may go is checked when it is delivered."""
+    for route in ("run", "runsync"):
+        resp = http.post(f"/v2/{echo}/{route}", json={"input": {}, "webhook": webhook})
+        err = _clear_error(resp, 400, "webhook")
+        assert [p["field"] for p in err["problems"]] == ["webhook"], err
+
+
+def test_a_git_repository_on_the_server_is_400_for_an_account(http: httpx.Client, tmp_path: Path) -> None:
+    """`file://` URLs and paths name the server's own disk: the admin's alone."""
+    account = http.post("/v1/accounts", json={"name": "tenant-git"})
+    assert account.status_code == 201, account.text
+    user = {"Authorization": f"Bearer {account.json()['apiKey']}"}
+    for url in ((tmp_path / "repo.git").as_uri(), str(tmp_path / "repo.git")):
+        resp = http.post("/v1/endpoints", json={"name": "from-disk", "git": {"url": url}}, headers=user)
+        err = _clear_error(resp, 400, "admin")
+        assert [p["field"] for p in err["problems"]] == ["git.url"], err
+    assert http.get("/v1/endpoints", headers=user).json() == []
 
 
 def test_bad_query_values_are_400(http: httpx.Client, echo: str) -> None:

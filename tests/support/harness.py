@@ -17,6 +17,8 @@ from ember.settings import Settings
 from ember.store.facade import Store
 
 ADMIN_KEY = "ek_admin_harness"
+# Tests' webhook receivers and git servers listen here; other loopback addresses (127.0.0.2) stay refused.
+LOOPBACK_ALLOW = "127.0.0.1/32,::1/128"
 
 
 @dataclass
@@ -81,6 +83,7 @@ def build(home: Path, *, gpus: str = "TEST_GPU:2", store: Store | None = None, *
     clock = ManualClock(start=1_800_000_000.0)
     backend = MemoryBackend(clock=clock)
     store = store or Store.open(f"sqlite:///{home / 'ember.db'}")
+    settings.setdefault("outbound_allow", LOOPBACK_ALLOW)  # the tests' receivers listen on loopback
     cfg = Settings(home=home, backend="memory", gpus=gpus, admin_key=ADMIN_KEY, take_hold_s=0.05, **settings)
     app = create_app(cfg, store=store, backends={"memory": backend}, clock=clock, start_loops=False)
     api = httpx.AsyncClient(

@@ -70,6 +70,8 @@ class LiveServer:
                 "EMBER_METER_INTERVAL_S": "1",
                 "EMBER_TAKE_HOLD_S": "5",
                 "EMBER_STOP_GRACE_S": "5",
+                # Webhook receivers and git servers of the tests listen on 127.0.0.1; 127.0.0.2 stays refused.
+                "EMBER_OUTBOUND_ALLOW": "127.0.0.1/32,::1/128",
                 "PYTHONUNBUFFERED": "1",
             }
         )

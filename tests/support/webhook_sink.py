@@ -26,7 +26,9 @@ class WebhookSink:
     """Records POSTs to any path. `scripts` maps a path to the status codes its POSTs get, in order;
     after that (and on other paths) every POST gets `default_status`."""
 
-    def __init__(self, scripts: dict[str, list[int]] | None = None, default_status: int = 200) -> None:
+    def __init__(
+        self, scripts: dict[str, list[int]] | None = None, default_status: int = 200, host: str = "127.0.0.1"
+    ) -> None:
         self._scripts = {path: list(codes) for path, codes in (scripts or {}).items()}
         self._default = default_status
         self._lock = threading.Lock()
@@ -59,7 +61,7 @@ class WebhookSink:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence stderr
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._server = ThreadingHTTPServer((host, 0), _Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="webhook-sink", daemon=True)
 
@@ -84,9 +86,10 @@ class WebhookSink:
 
 @contextmanager
 def webhook_sink(
-    scripts: dict[str, list[int]] | None = None, default_status: int = 200
+    scripts: dict[str, list[int]] | None = None, default_status: int = 200, host: str = "127.0.0.1"
 ) -> Iterator[WebhookSink]:
-    sink = WebhookSink(scripts, default_status).start()
+    """A started sink on `host` (a loopback address: 127.0.0.2 is outside the tests' allow list)."""
+    sink = WebhookSink(scripts, default_status, host).start()
     try:
         yield sink
     finally:

@@ -48,15 +48,34 @@ def test_signature_is_github_hmac_sha256_of_the_exact_body() -> None:
 
 
 def test_git_field_gets_defaults_and_keeps_its_webhook_secret() -> None:
-    first = normalise_git({"url": "https://github.com/org/repo"}, None)
+    first = normalise_git({"url": "https://github.com/org/repo"}, None, admin=False)
     assert first["branch"] == "main" and first["dockerfile"] == "Dockerfile" and first["context"] == "."
     assert len(first["webhookSecret"]) == 40
-    again = normalise_git({"url": "https://github.com/org/repo", "branch": "dev"}, first)
+    again = normalise_git({"url": "https://github.com/org/repo", "branch": "dev"}, first, admin=False)
     assert again["webhookSecret"] == first["webhookSecret"] and again["branch"] == "dev"
 
 
 def test_git_field_problems_are_all_reported() -> None:
     with pytest.raises(InvalidInput) as caught:
-        normalise_git({"url": "", "branch": "--upload-pack=x", "dockerFile": "x"}, None)
+        normalise_git({"url": "", "branch": "--upload-pack=x", "dockerFile": "x"}, None, admin=True)
     fields = {p.field for p in caught.value.problems}
     assert fields == {"git.url", "git.branch", "git.dockerFile"}
+
+
+@pytest.mark.parametrize("url", ["file:///srv/git/demo.git", "/srv/git/demo.git", "demo"])
+def test_repositories_on_the_server_are_for_the_admin_only(url: str) -> None:
+    assert normalise_git({"url": url}, None, admin=True)["url"] == url
+    with pytest.raises(InvalidInput) as caught:
+        normalise_git({"url": url}, None, admin=False)
+    (problem,) = caught.value.problems
+    assert problem.field == "git.url" and "admin" in problem.message
+
+
+@pytest.mark.parametrize(
+    "url", ["http://github.com/org/repo", "git://github.com/org/repo", "ext::sh -c id", "https://", "-oProxy"]
+)
+def test_git_urls_other_than_https_and_ssh_are_refused_for_everyone(url: str) -> None:
+    for admin in (False, True):
+        with pytest.raises(InvalidInput) as caught:
+            normalise_git({"url": url}, None, admin=admin)
+        assert [p.field for p in caught.value.problems] == ["git.url"]

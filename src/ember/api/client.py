@@ -19,6 +19,7 @@ from ember.core import jobs as J
 from ember.core.errors import Conflict, InvalidInput, NotFound, Problem
 from ember.core.ids import make_id
 from ember.core.jobs import JobState
+from ember.core.outbound import webhook_problems
 from ember.core.wire import record
 from ember.store.jobs import Claimed, NewJob
 
@@ -45,8 +46,10 @@ def _parse_job(body: Any, default_timeout_ms: int) -> tuple[str, str | None, str
     extra: dict[str, Any] = {}
     webhook = body.get("webhook")
     if webhook is not None:
-        if not isinstance(webhook, str) or not webhook.startswith(("http://", "https://")):
-            problems.append(Problem("webhook", "must be an http(s) URL", webhook))
+        # The shape only (no DNS on this path): where it may go is checked when it is delivered.
+        webhook_bad = webhook_problems(webhook)
+        if webhook_bad:
+            problems.extend(webhook_bad)
         else:
             extra["webhook"] = webhook
     timeout_ms, ttl_ms, low = default_timeout_ms, J.TTL_DEFAULT_MS, False
@@ -194,7 +197,10 @@ async def status(request: Request) -> Response:
     row = await rt.store.run(rt.store.jobs.get, job_id, ep.account_id, ep.id)
     if row is None:
         raise NotFound(f"job {job_id!r} not found")
-    return json_response(record(row))
+    rec = record(row)
+    if row["webhook_error"]:  # Ember's own field: why the job's webhook was not delivered (yet)
+        rec["webhookError"] = row["webhook_error"]
+    return json_response(rec)
 
 
 async def _job(request: Request, endpoint_id: str, job_id: str) -> tuple[Runtime, Any, Any]:

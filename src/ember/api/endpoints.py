@@ -135,7 +135,7 @@ async def delete_template(template_id: str, request: Request) -> Response:
 
 # ---- endpoints ---------------------------------------------------------------------------------------
 async def _resolve_spec(
-    rt: Runtime, account_id: str, body: dict[str, Any], base: EndpointSpec | None
+    rt: Runtime, account_id: str, body: dict[str, Any], base: EndpointSpec | None, *, admin: bool
 ) -> EndpointSpec:
     body = dict(body)
     template_id = body.get("templateId")
@@ -160,7 +160,7 @@ async def _resolve_spec(
             "invalid endpoint: " + "; ".join(f"{p.field} {p.message}" for p in problems), problems
         )
     if spec.git:
-        spec = spec.with_changes(git=normalise_git(spec.git, base.git if base else None))
+        spec = spec.with_changes(git=normalise_git(spec.git, base.git if base else None, admin=admin))
     if spec.source_dir:
         digest, _, handler = await _snapshot(rt, spec.source_dir, spec.handler)
         spec = spec.with_changes(
@@ -208,7 +208,7 @@ async def create_endpoint(request: Request) -> Response:
     who = caller(request)
     rt = runtime(request)
     body = await _body(request)
-    spec = await _resolve_spec(rt, who.account_id, body, None)
+    spec = await _resolve_spec(rt, who.account_id, body, None, admin=who.kind == "admin")
     existing = await rt.store.run(rt.store.endpoints.get, spec.name, who.account_id)
     if existing is not None and existing["name"] == spec.name:
         raise Conflict(
@@ -264,7 +264,7 @@ async def update_endpoint(ref: str, request: Request) -> Response:
     row = await own_endpoint(rt, who.account_id, ref)
     body = await _body(request)
     base = spec_from_json(row["spec"])
-    spec = await _resolve_spec(rt, who.account_id, body, base)
+    spec = await _resolve_spec(rt, who.account_id, body, base, admin=who.kind == "admin")
     if spec.name != row["name"]:
         clash = await rt.store.run(rt.store.endpoints.get, spec.name, who.account_id)
         if clash is not None and clash["id"] != row["id"]:

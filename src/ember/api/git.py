@@ -17,6 +17,7 @@ from ember.api.deps import caller, read_body, runtime
 from ember.api.errors import json_response
 from ember.core import json_body
 from ember.core.errors import InvalidInput, NotFound, Problem, Unauthorized
+from ember.core.outbound import git_url_problems
 from ember.core.specs import spec_from_json, spec_to_json
 
 router = APIRouter(prefix="/v1")
@@ -26,15 +27,18 @@ GIT_DEFAULTS = {"branch": "main", "dockerfile": "Dockerfile", "context": "."}
 GIT_FIELDS = ("url", "branch", "dockerfile", "context", "webhookSecret")
 
 
-def normalise_git(git: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
+def normalise_git(git: dict[str, Any], previous: dict[str, Any] | None, *, admin: bool) -> dict[str, Any]:
     """An endpoint's `git` field with defaults filled in and a webhook secret (kept from `previous`, else
-    new). Raises InvalidInput naming every bad field."""
+    new). Raises InvalidInput naming every bad field. `url` is https or ssh (`core.outbound`); only the
+    `admin` may name `file://` or a path on the server."""
     problems = [Problem(f"git.{k}", "unknown field") for k in git if k not in GIT_FIELDS]
     out = {**GIT_DEFAULTS, **{k: v for k, v in git.items() if v is not None}}
     for key in GIT_FIELDS:
         value = out.get(key)
         if key in out and (not isinstance(value, str) or not value.strip()):
             problems.append(Problem(f"git.{key}", "must be a non-empty string", value))
+        elif key == "url" and key in out:
+            problems.extend(git_url_problems(value, admin=admin))
     if isinstance(out.get("branch"), str) and out["branch"].startswith(("-", "refs/")):
         problems.append(Problem("git.branch", "must be a branch name (like main)", out["branch"]))
     if problems:

@@ -338,5 +338,9 @@ async def list_jobs(
         }
         if r["error"]:
             rec["error"] = r["error"][:500]
+        if r["webhook_state"]:
+            rec["webhook"] = {"state": r["webhook_state"], "attempts": r["webhook_attempts"]}
+            if r["webhook_error"]:
+                rec["webhook"]["error"] = r["webhook_error"]
         out.append(rec)
     return json_response(out)

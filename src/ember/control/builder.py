@@ -22,6 +22,7 @@ from ember.build.scaffold import VENDOR_DIR, vendor_sdk
 from ember.control.clock import Clock
 from ember.control.signals import Signals
 from ember.core.errors import BuildError, EmberError
+from ember.core.outbound import Network
 from ember.core.specs import EndpointSpec, release_key, spec_from_json, spec_to_json
 from ember.store.facade import Store
 
@@ -41,6 +42,7 @@ class BuildConfig:
     registry_auth: AuthFn | None = None
     client_factory: Callable[[], Any] | None = None  # docker client factory; None = docker.from_env
     git_timeout_s: float = 600.0
+    outbound_allow: tuple[Network, ...] = ()  # ranges git remotes may reach besides public addresses
 
 
 @dataclass
@@ -124,8 +126,10 @@ class Builder:
         try:
             if not spec.git:
                 raise BuildError("this release has no git source to build")
+            local = await self._owned_by_admin(endpoint_id)
             work = _in_daemon_thread(
-                lambda: self._build_blocking(endpoint_id, number, spec, out), f"ember-build-{endpoint_id}"
+                lambda: self._build_blocking(endpoint_id, number, spec, out, local),
+                f"ember-build-{endpoint_id}",
             )
             while not work.done():
                 await asyncio.wait({work}, timeout=LOG_FLUSH_S)
@@ -140,9 +144,16 @@ class Builder:
             return
         await self._succeeded(endpoint_id, number, spec, out, ref, commit)
 
+    async def _owned_by_admin(self, endpoint_id: str) -> bool:
+        """Whether the endpoint's account is the admin's: only the admin's git sources may be local
+        (`file://`, a path on this machine)."""
+        ep = await self.store.run(lambda: self.store.endpoints.get(endpoint_id, include_deleted=True))
+        owner = await self.store.run(self.store.accounts.get, ep["account_id"]) if ep is not None else None
+        return bool(owner is not None and owner["is_admin"])
+
     # ---- the blocking part (a worker thread) ---------------------------------------------------------
     def _build_blocking(
-        self, endpoint_id: str, number: int, spec: EndpointSpec, out: _Log
+        self, endpoint_id: str, number: int, spec: EndpointSpec, out: _Log, local: bool
     ) -> tuple[str, str]:
         git = spec.git or {}
         url, branch = str(git["url"]), str(git.get("branch") or "main")
@@ -150,7 +161,9 @@ class Builder:
         out.add(f"==> checking out {mask_url(url)} branch {branch}")
         if root.exists() and not (root / ".git").exists():
             shutil.rmtree(root)  # a clone cut short (e.g. by a crash of the control plane)
-        commit = checkout(url, branch, root, timeout_s=self.cfg.git_timeout_s)
+        commit = checkout(
+            url, branch, root, allow=self.cfg.outbound_allow, local=local, timeout_s=self.cfg.git_timeout_s
+        )
         out.add(f"    commit {commit}")
         root = root.resolve()
         context = _inside(root, str(git.get("context") or "."), "build context")

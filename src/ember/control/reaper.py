@@ -1,5 +1,9 @@
 """Job deadlines and housekeeping: execution timeouts (with job-stop), ttl expiry, result retention,
-and webhook delivery (each final job POSTed once, retried on failure)."""
+and webhook delivery (each final job POSTed once, retried on failure).
+
+Webhooks go out through `control.outbound`'s client, so they reach only the addresses
+`EMBER_OUTBOUND_ALLOW` leaves open. A refused destination fails the webhook at once (no retries); every
+failure's reason is kept on the job (`webhookError` in its status) until a delivery succeeds."""
 
 from __future__ import annotations
 
@@ -11,7 +15,10 @@ from dataclasses import dataclass
 import httpx
 
 from ember.control.clock import Clock
+from ember.control.outbound import guarded_client
 from ember.control.signals import Signals
+from ember.core.errors import OutboundRefused
+from ember.core.outbound import Network
 from ember.core.wire import record as job_record
 from ember.store.facade import Store
 
@@ -25,6 +32,7 @@ class ReaperConfig:
     webhook_retry_s: float = 10.0
     webhook_attempts: int = 3
     webhook_timeout_s: float = 10.0
+    outbound_allow: tuple[Network, ...] = ()  # ranges webhooks may reach besides public addresses
 
 
 class Reaper:
@@ -40,7 +48,7 @@ class Reaper:
         self.clock = clock
         self.signals = signals
         self.cfg = cfg
-        self._http_factory = http or (lambda: httpx.AsyncClient(timeout=cfg.webhook_timeout_s))
+        self._http_factory = http or (lambda: guarded_client(cfg.outbound_allow, cfg.webhook_timeout_s))
         self._http: httpx.AsyncClient | None = None
 
     async def tick(self) -> None:
@@ -70,7 +78,7 @@ class Reaper:
         if self._http is None:
             self._http = self._http_factory()
         for row in due:
-            ok = False
+            ok, final, error = False, False, None
             try:
                 resp = await self._http.post(
                     row["webhook"],
@@ -79,12 +87,26 @@ class Reaper:
                 )
                 ok = 200 <= resp.status_code < 300
                 if not ok:
+                    error = f"webhook not delivered: the receiver answered HTTP {resp.status_code}"
                     log.info("webhook_failed job=%s status=%s", row["id"], resp.status_code)
+            except OutboundRefused as exc:
+                final, error = True, exc.message
+                log.warning("webhook_refused job=%s account=%s %s", row["id"], row["account_id"], exc.message)
+            except httpx.InvalidURL as exc:  # trying again cannot help
+                final, error = True, f"webhook not delivered: invalid URL ({exc})"
+                log.info("webhook_failed job=%s error=%s", row["id"], exc)
             except httpx.HTTPError as exc:
+                error = f"webhook not delivered: {exc or type(exc).__name__}"
                 log.info("webhook_failed job=%s error=%s", row["id"], exc)
             await s.run(
-                lambda row=row, ok=ok: s.jobs.webhook_result(
-                    row["id"], ok, self.clock.now(), self.cfg.webhook_retry_s, self.cfg.webhook_attempts
+                lambda row=row, ok=ok, final=final, error=error: s.jobs.webhook_result(
+                    row["id"],
+                    ok,
+                    self.clock.now(),
+                    self.cfg.webhook_retry_s,
+                    self.cfg.webhook_attempts,
+                    error=error,
+                    final=final,
                 )
             )
         return len(due)

@@ -263,6 +263,7 @@ class JobStore(Repository):
                     webhook_state=case((J.webhook.is_not(None), "PENDING"), else_=None),
                     webhook_attempts=0,
                     webhook_next_at=None,
+                    webhook_error=None,
                 )
             )
             if res.rowcount:
@@ -614,18 +615,34 @@ class JobStore(Repository):
         )
 
     def webhook_result(
-        self, job_id: str, delivered: bool, now: float, retry_after_s: float, max_attempts: int
+        self,
+        job_id: str,
+        delivered: bool,
+        now: float,
+        retry_after_s: float,
+        max_attempts: int,
+        *,
+        error: str | None = None,
+        final: bool = False,
     ) -> None:
+        """Record one delivery attempt. A failure is tried again later until `max_attempts`, unless it is
+        `final` (a refused destination): then the webhook is FAILED at once. `error` says why it failed."""
         with self.engine.begin() as conn:
             row = conn.execute(select(J.webhook_attempts).where(J.id == job_id)).first()
             if row is None:
                 return
             attempts = row.webhook_attempts + 1
-            state = "DELIVERED" if delivered else ("FAILED" if attempts >= max_attempts else "PENDING")
+            given_up = final or attempts >= max_attempts
+            state = "DELIVERED" if delivered else ("FAILED" if given_up else "PENDING")
             conn.execute(
                 update(jobs)
                 .where(J.id == job_id)
-                .values(webhook_state=state, webhook_attempts=attempts, webhook_next_at=now + retry_after_s)
+                .values(
+                    webhook_state=state,
+                    webhook_attempts=attempts,
+                    webhook_next_at=now + retry_after_s,
+                    webhook_error=None if delivered else (error or "not delivered")[:1000],
+                )
             )
 
     def _lock(self, q: Any) -> Any:

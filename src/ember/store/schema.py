@@ -169,6 +169,7 @@ jobs = Table(
     Column("webhook_state", String(16)),  # PENDING | DELIVERED | FAILED
     Column("webhook_attempts", Integer, nullable=False, default=0),
     Column("webhook_next_at", Float),
+    Column("webhook_error", Text),  # why the last delivery failed (shown on the job); NULL once delivered
 )
 
 
