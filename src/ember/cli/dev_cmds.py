@@ -103,6 +103,9 @@ def bind(host: str, port: int | None) -> socket.socket:
     raise typer.Exit(1)
 
 
+DEV_OUTBOUND_ALLOW = "127.0.0.0/8,::1/128"
+
+
 def dev_settings(home: Path, host: str, port: int, key: str) -> Settings:
     # Workers run in this process and reach the API over loopback whatever address is served.
     public_url = f"http://127.0.0.1:{port}" if host in ("0.0.0.0", "::") else f"http://{host}:{port}"
@@ -114,6 +117,8 @@ def dev_settings(home: Path, host: str, port: int, key: str) -> Settings:
         database_url=f"sqlite:///{home / 'ember.db'}",
         backend="memory",
         admin_key=key,
+        # A one-person dev box: webhooks may reach receivers on this machine unless the setting says else.
+        outbound_allow=os.environ.get("EMBER_OUTBOUND_ALLOW", DEV_OUTBOUND_ALLOW),
     )
 
 
