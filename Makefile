@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
+	@command -v bwrap >/dev/null || echo "hint: apt-get install bubblewrap to sandbox local workers (without it only the admin's workers run)"
 	$(BIN)/ember up
 
 test: $(STAMP)

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ember.core.outbound import Network, parse_allow
+from ember.core.sandbox import parse_mode
 
 
 def default_home() -> Path:
@@ -58,6 +59,11 @@ class Settings(BaseSettings):
     volume_price_gb_month: str = "0.07"
     volume_unit_bytes: int = 1024**3
     volume_enforce: bool | None = None
+    # Local workers' sandbox (bubblewrap): auto | required | off, see ember.core.sandbox. A server run
+    # as root runs each account's workers as uid and gid sandbox_uid_base + the account's index (kept
+    # in EMBER_HOME/runtime/sandbox-uids.json, one per account, in order of first use).
+    sandbox: str = "auto"
+    sandbox_uid_base: int = 200_000
 
     @field_validator("outbound_allow")
     @classmethod
@@ -68,6 +74,11 @@ class Settings(BaseSettings):
     @property
     def outbound_networks(self) -> tuple[Network, ...]:
         return parse_allow(self.outbound_allow)
+
+    @field_validator("sandbox")
+    @classmethod
+    def _sandbox_mode(cls, value: str) -> str:
+        return parse_mode(value).value  # a typo stops the server at start-up
 
     @property
     def api_url(self) -> str:

@@ -1,4 +1,5 @@
-"""One contract, every backend: the same behaviours hold for the in-memory and local-process backends.
+"""One contract, every backend: the same behaviours hold for the in-memory and local-process backends,
+and for local processes inside the sandbox (bubblewrap).
 
 Local workers are tiny handler.py scripts; memory workers are runner coroutines that behave alike.
 """
@@ -15,7 +16,10 @@ import pytest
 from ember.backends.base import Backend, LaunchSpec, Observed
 from ember.backends.local import LocalBackend
 from ember.backends.memory import MemoryBackend
+from ember.backends.sandbox import SandboxConfig
 from ember.core.errors import BackendError
+from ember.core.sandbox import SandboxMode
+from tests.conftest import need
 
 DEADLINE_S = 15.0
 
@@ -59,7 +63,7 @@ class Harness:
         )
 
 
-@pytest.fixture(params=["memory", "local"])
+@pytest.fixture(params=["memory", "local", "sandboxed"])
 def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
     if request.param == "memory":
         holder: list[MemoryBackend] = []
@@ -70,7 +74,12 @@ def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]
     source = tmp_path / "src"
     source.mkdir()
     (source / "handler.py").write_text(HANDLER)
-    local = LocalBackend(tmp_path / "home")
+    home = tmp_path / "home"
+    sandbox = None
+    if request.param == "sandboxed":
+        sandbox = SandboxConfig(SandboxMode.REQUIRED, hidden=(str(home),))
+        need("bwrap", sandbox.bwrap is not None, "bubblewrap is not installed (apt-get install bubblewrap)")
+    local = LocalBackend(home, sandbox=sandbox)
     yield Harness(local, str(source))
     # Leave no process behind whatever the test did.
     for observed in asyncio.run(local.observe()):
@@ -258,6 +267,12 @@ def test_following_with_alive_waits_for_the_worker_to_start_and_restart(harness:
         await asyncio.wait_for(asked.wait(), DEADLINE_S)  # it waits for a log that is not there yet
         await b.launch(harness.spec("wk_1", "exit"))
         await eventually(lambda: _has(b, "wk_1", "bye"), "the first run's bye")
+
+        async def exited() -> bool:  # a launch while it still runs (after its bye) is a no-op
+            observed = await find(b, "wk_1")
+            return observed is not None and not observed.running
+
+        await eventually(exited, "the first run to exit")
         assert not follower.done(), "exited, but `alive` says it may start again"
         await b.launch(harness.spec("wk_1", "exit"))
 

@@ -45,6 +45,8 @@ class LaunchSpec:
     mounts: tuple[Mount, ...] = ()
     registry_auth: dict[str, str] | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    # The admin account's worker: the local backend may run it unsandboxed (see ember.core.sandbox).
+    admin: bool = False
 
 
 @dataclass(frozen=True)

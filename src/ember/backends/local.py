@@ -1,7 +1,11 @@
 """The local-process backend: one OS process (its own session) per worker, on this machine.
 
 Identity lives on disk under `home/workers/<worker_id>/` (meta.json with pid and /proc start time), so a
-new instance adopts running workers after a control-plane restart. Logs live in `home/logs/<id>.log`.
+new instance adopts running workers after a control-plane restart. Logs live in `home/logs/<id>.log`,
+written by the backend (the worker's stdout and stderr are opened before it starts).
+
+With a `SandboxConfig`, workers run inside bubblewrap as their account's own user (see
+`ember.backends.sandbox`); EMBER_SANDBOX decides which workers must (`ember.core.sandbox`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,21 @@ from pathlib import Path
 from typing import Any
 
 from ember.backends.base import Alive, ExecResult, LaunchSpec, Mount, Observed, throttled
+from ember.backends.sandbox import (
+    VOLUME_PATH,
+    SandboxConfig,
+    UidMap,
+    View,
+    enter_argv,
+    gpu_devices,
+    init_pid,
+    own_tree,
+    python_trees,
+    sandbox_argv,
+    shown,
+)
 from ember.core.errors import BackendError
+from ember.core.sandbox import choose
 
 # The only variables a worker inherits from the control plane; everything else comes from the spec.
 INHERITED_ENV = (
@@ -42,9 +60,12 @@ _READ_CHUNK_BYTES = 64 * 1024
 def mount_env(mounts: tuple[Mount, ...]) -> dict[str, str]:
     """How a process sees its mounts: `EMBER_MOUNT_<TARGET>=source` (target `/runpod-volume` becomes
     `EMBER_MOUNT_RUNPOD_VOLUME`), plus `RUNPOD_VOLUME_PATH` for the network volume. Processes share
-    the host's filesystem, so `read_only` is not enforced here."""
+    the host's filesystem, so `read_only` is not enforced here. A mount at its own path (the model
+    cache) needs no variable."""
     env: dict[str, str] = {}
     for mount in mounts:
+        if mount.source == mount.target:
+            continue
         name = re.sub(r"[^A-Za-z0-9]+", "_", mount.target).strip("_").upper() or "ROOT"
         env[f"EMBER_MOUNT_{name}"] = mount.source
         if mount.target.rstrip("/") == "/runpod-volume":
@@ -141,15 +162,19 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, home: Path, *, python: str = sys.executable) -> None:
+    def __init__(
+        self, home: Path, *, python: str = sys.executable, sandbox: SandboxConfig | None = None
+    ) -> None:
         self._home = Path(home).absolute()
         self._python = python
+        self._sandbox = sandbox  # None: plain processes (direct use, tests); the server passes one
         self._workers_dir = self._home / "workers"
         self._logs_dir = self._home / "logs"
         self._workers_dir.mkdir(parents=True, exist_ok=True)
         self._logs_dir.mkdir(parents=True, exist_ok=True)
         self._children: dict[str, _Child] = {}
         self._lock = threading.RLock()
+        self._uids = UidMap(self._home, sandbox.uid_base, sandbox.uid_count) if sandbox is not None else None
 
     # -- paths and on-disk state ------------------------------------------------------------------
 
@@ -230,12 +255,19 @@ class LocalBackend:
             raise BackendError(f"source directory {cwd!r} of worker {spec.worker_id!r} does not exist")
         cwd = os.path.abspath(cwd)  # recorded for exec, which may come from another working dir
         env = worker_env(spec, python, dict(os.environ))
+        view = self._view(spec, python, cwd)
+        popen_cwd = cwd
+        if view is not None:
+            assert self._sandbox is not None and self._sandbox.bwrap is not None
+            cwd, popen_cwd = view.cwd, "/"
+            env.update(_inside_env(spec.mounts))
+            argv = sandbox_argv(self._sandbox.bwrap, view, argv)
         worker_dir.mkdir(parents=True, exist_ok=True)
         try:
             with open(self.log_path(spec.worker_id), "ab") as log:
                 proc = subprocess.Popen(
                     argv,
-                    cwd=cwd,
+                    cwd=popen_cwd,
                     env=env,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
@@ -257,6 +289,7 @@ class LocalBackend:
             "started_at": time.time(),
             "cwd": cwd,
             "argv": argv,
+            "sandbox": None if view is None else {"uid": view.uid, "gid": view.gid},
         }
         _write_atomic(worker_dir / "meta.json", json.dumps(meta))
         reaper = threading.Thread(
@@ -264,6 +297,32 @@ class LocalBackend:
         )
         self._children[spec.worker_id] = _Child(proc=proc, reaper=reaper, env=env)
         reaper.start()
+
+    def _view(self, spec: LaunchSpec, python: str, cwd: str) -> View | None:
+        """The sandbox a worker runs in, or None when it runs as a plain process; BackendError when it
+        must be sandboxed and cannot be (the error says what to install)."""
+        cfg = self._sandbox
+        if cfg is None:
+            return None
+        choice = choose(cfg.mode, available=cfg.bwrap is not None, admin=spec.admin)
+        if choice.refusal is not None:
+            raise BackendError(choice.refusal)
+        if not choice.sandboxed:
+            return None
+        source = os.path.abspath(spec.source_dir) if spec.source_dir else None
+        own = [p for p in (source, str(Path(python).parent.parent)) if p]
+        same_path = [m.source for m in spec.mounts if m.source == m.target and m.read_only]
+        read_only = shown([*python_trees(python), *own, *same_path], cfg.hidden, allowed=(*own, *same_path))
+        mounts = tuple((m.source, m.target, not m.read_only) for m in spec.mounts if m.source != m.target)
+        uid = gid = None
+        if os.geteuid() == 0:  # root: the account's own uid; otherwise the server's (see sandbox.py)
+            assert self._uids is not None
+            uid = gid = self._uids.uid(spec.account_id)
+            for host, _, writable in mounts:
+                if writable:
+                    own_tree(host, uid, gid)
+        devices = gpu_devices(spec.gpu_devices) if spec.real_gpus else ()
+        return View(tuple(read_only), mounts, devices, cwd=cwd if source else "/tmp", uid=uid, gid=gid)
 
     # -- observe ----------------------------------------------------------------------------------
 
@@ -427,10 +486,18 @@ class LocalBackend:
             raise BackendError(f"worker {worker_id!r} is not running")
         child = self._own(worker_id, meta)
         env = child.env if child is not None else _environ_of(meta["pid"])
+        argv, cwd = list(command), meta["cwd"]
+        box = meta.get("sandbox")
+        if box is not None:  # the same sandbox: its namespaces, its uid (see sandbox.enter_argv)
+            init = init_pid(meta["pid"])
+            if init is None:
+                raise BackendError(f"worker {worker_id!r} is not running (no sandbox found)")
+            view = View((), cwd=cwd, uid=box["uid"], gid=box["gid"])
+            argv, cwd = enter_argv(init, view, argv), "/"
         try:
             proc = subprocess.Popen(
-                command,
-                cwd=meta["cwd"],
+                argv,
+                cwd=cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -453,6 +520,20 @@ class LocalBackend:
 
     async def aclose(self) -> None:
         """Nothing to release: workers keep running, and their reaper threads keep reaping them."""
+
+
+def _inside_env(mounts: tuple[Mount, ...]) -> dict[str, str]:
+    """What differs in a sandboxed worker's environment: its home and temp dir are its private /tmp,
+    its mounts are found at their targets (the volume at /runpod-volume, where RunPod handlers look)."""
+    env = {"HOME": "/tmp", "TMPDIR": "/tmp"}
+    for mount in mounts:
+        if mount.source == mount.target:
+            continue
+        name = re.sub(r"[^A-Za-z0-9]+", "_", mount.target).strip("_").upper() or "ROOT"
+        env[f"EMBER_MOUNT_{name}"] = mount.target
+        if mount.target.rstrip("/") == VOLUME_PATH:
+            env["RUNPOD_VOLUME_PATH"] = VOLUME_PATH
+    return env
 
 
 def _environ_of(pid: int) -> dict[str, str]:

@@ -278,14 +278,16 @@ class ModelPreparer:
         return spec
 
     async def launch_hook(self, backend: str, spec: EndpointSpec) -> tuple[list[Mount], dict[str, str]]:
-        """Cache env for every worker of a model endpoint; a read-only bind mount for containers."""
+        """Cache env for every worker of a model endpoint, and the cache as a read-only mount: at the
+        container path for containers, at its own path for local workers (their sandbox shows it)."""
         if not spec.model_name:
             return [], {}
         snapshot = self._snapshot(spec.model_name, spec.model_revision or "main")
         if backend == "docker":
             cm, env = self.cache.worker_mount(spec.model_name, snapshot)
             return [Mount(cm.host_path, cm.container_path, cm.read_only)], env
-        return [], self.cache.worker_env(spec.model_name, snapshot)
+        root = str(self.cache.root)
+        return [Mount(root, root, read_only=True)], self.cache.worker_env(spec.model_name, snapshot)
 
     def _snapshot(self, repo_id: str, rev: str) -> Path:
         for (_, r, v), job in list(self._jobs.items()):
