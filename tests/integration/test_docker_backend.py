@@ -269,3 +269,30 @@ async def test_launch_pulls_from_a_password_protected_registry_with_the_spec_aut
         await backend.aclose()
         with contextlib.suppress(docker.errors.ImageNotFound):
             docker_client.images.remove(ref, force=True)
+
+
+async def test_a_worker_container_is_hardened(base_image: str, endpoint_id: str, docker_client: Any) -> None:
+    """No new privileges, only the documented capabilities, a pids limit, nothing but the spec's mounts,
+    and never the engine's socket."""
+    backend = DockerBackend(pids_limit=40)
+    s = spec(endpoint_id, base_image)
+    await backend.launch(s)
+    host = docker_client.containers.get(f"ember-{s.worker_id}").attrs["HostConfig"]
+    assert host["SecurityOpt"] == ["no-new-privileges"] and host["PidsLimit"] == 40
+    assert host["CapDrop"] == ["ALL"] and not host["Privileged"] and not host.get("Binds")
+    status = (await backend.exec(s.worker_id, ["cat", "/proc/self/status"])).output.decode()
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    assert fields["NoNewPrivs"].strip() == "1"
+    cap_net_raw, cap_sys_admin, cap_chown = 13, 21, 0
+    effective = int(fields["CapEff"], 16)
+    assert not effective & (1 << cap_net_raw) and not effective & (1 << cap_sys_admin)
+    assert effective & (1 << cap_chown)
+    spawn = "import subprocess\nps = [subprocess.Popen(['sleep', '30']) for _ in range(80)]"
+    forked = await backend.exec(s.worker_id, ["python3", "-c", spawn])
+    assert forked.exit_code != 0 and b"Resource temporarily unavailable" in forked.output
+    socket_spec = spec(
+        endpoint_id, base_image, worker="w2", mounts=(Mount(source="/var/run/docker.sock", target="/d.sock"),)
+    )
+    with pytest.raises(BackendError, match="may not mount"):
+        await backend.launch(socket_spec)
+    await backend.aclose()

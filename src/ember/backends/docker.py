@@ -4,6 +4,10 @@ The containers' labels are the only state (a fresh instance re-adopts them throu
 blocking docker-SDK call runs in a thread; docker's exceptions become `BackendError` / `NotFound` here.
 A container's output is copied to `logs_dir/<worker id>.log` (bounded) before the container is removed,
 so a stopped worker's logs stay readable, as a local worker's do.
+
+Containers run tenants' code, so they are hardened (see `_hardening`): no new privileges, capabilities
+cut to HARDENED_CAPS, a pids limit, and no host mount but those the launch spec names (the endpoint's
+volume, the read-only model cache), never the Docker socket.
 """
 
 from __future__ import annotations
@@ -43,6 +47,14 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 KEPT_LOG_LINES = 20_000
 KEPT_LOG_BYTES = 4 * 1024 * 1024
 _FOLLOW_POLL_S = 0.5
+# What a worker keeps of Docker's default capabilities. Images run as root, and their start scripts
+# often install packages, chown caches and drop to a user of their own: CHOWN, DAC_OVERRIDE, FOWNER,
+# SETUID, SETGID and KILL are what that needs. Dropped with the rest: NET_RAW (raw sockets, spoofing),
+# MKNOD, SYS_CHROOT, SETFCAP, SETPCAP, FSETID, AUDIT_WRITE and NET_BIND_SERVICE.
+HARDENED_CAPS = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL")
+DEFAULT_PIDS_LIMIT = 4096
+# Host paths a worker never gets, whatever a spec says: the engine's socket is root on the host.
+_NEVER_MOUNTED = ("/var/run/docker.sock", "/run/docker.sock", "/var/run/docker", "/run/docker")
 
 
 def container_name(worker_id: str) -> str:
@@ -100,11 +112,14 @@ class DockerBackend:
         on_progress: ProgressCallback | None = None,
         instance: str | None = None,
         logs_dir: Path | None = None,
+        pids_limit: int = DEFAULT_PIDS_LIMIT,
     ) -> None:
         """`instance` scopes the backend to one control plane: its containers carry that label and
         `observe` lists only those (None: every Ember-managed container on the engine). `logs_dir` keeps
-        removed containers' logs (None: they go with the container)."""
+        removed containers' logs (None: they go with the container). `pids_limit`: the most processes
+        and threads one worker container may hold."""
         self._client_factory = client_factory
+        self._pids_limit = pids_limit
         self._logs_dir = Path(logs_dir) if logs_dir is not None else None
         self._instance = instance
         self._host_network = host_network
@@ -232,12 +247,17 @@ class DockerBackend:
         }
         if self._instance:
             labels[LABEL_INSTANCE] = self._instance
+        for m in spec.mounts:
+            source = os.path.realpath(m.source)
+            if any(source == p or source.startswith(p + "/") for p in _NEVER_MOUNTED):
+                raise BackendError(f"docker: worker {spec.worker_id} may not mount {m.source}")
         mounts = [Mount(m.target, m.source, type="bind", read_only=m.read_only) for m in spec.mounts]
         host_config = client.api.create_host_config(
             network_mode="host" if self._host_network else None,
             mounts=mounts or None,
             device_requests=device_requests or None,
             init=True,
+            **self._hardening(),
         )
         created = client.api.create_container(
             spec.image,
@@ -248,6 +268,17 @@ class DockerBackend:
             host_config=host_config,
         )
         return str(created["Id"])
+
+    def _hardening(self) -> dict[str, Any]:
+        """The host-config settings that confine a tenant's container."""
+        return {
+            "security_opt": ["no-new-privileges"],
+            "cap_drop": ["ALL"],
+            "cap_add": list(HARDENED_CAPS),
+            "pids_limit": self._pids_limit,
+            "ipc_mode": "private",
+            "privileged": False,
+        }
 
     async def launch(self, spec: LaunchSpec) -> None:
         """Pull the image if missing, then start the container; a running worker id is a no-op."""
