@@ -44,6 +44,7 @@ from ember.core.ids import make_id
 from ember.core.limits import DEFAULT_TABLE
 from ember.core.money import parse_dollars
 from ember.core.placement import Host
+from ember.fsmodes import make_private
 from ember.settings import Settings
 from ember.store.facade import Store
 
@@ -79,16 +80,8 @@ def default_backends(settings: Settings, clock: Clock) -> dict[str, Backend]:
     """Local processes always; Docker when asked for (backend=docker, EMBER_DOCKER=1) or when an engine
     answers. An unreachable engine never fails startup: launches on it fail with a clear error instead."""
     from ember.backends.local import LocalBackend
-    from ember.backends.sandbox import SandboxConfig
-    from ember.core.sandbox import parse_mode, startup_warning
 
-    home = settings.home.absolute()
-    sandbox = SandboxConfig(parse_mode(settings.sandbox), settings.sandbox_uid_base, hidden=(str(home),))
-    warning = startup_warning(sandbox.mode, available=sandbox.bwrap is not None)
-    if warning:
-        log.warning(warning)
-    local = LocalBackend(home / "runtime", python=sys.executable, sandbox=sandbox)
-    backends: dict[str, Backend] = {"local": local}
+    backends: dict[str, Backend] = {"local": LocalBackend(settings.home / "runtime", python=sys.executable)}
     wanted = settings.backend == "docker" or os.environ.get("EMBER_DOCKER", "") == "1"
     if wanted or (os.environ.get("EMBER_DOCKER", "") != "0" and _docker_reachable()):
         from ember.backends.docker import DockerBackend
@@ -146,9 +139,13 @@ def create_app(
     clock: Clock | None = None,
     start_loops: bool = True,
 ) -> FastAPI:
+    from ember.build.registry import Sealer
+
     clock = clock or SystemClock()
-    settings.home.mkdir(parents=True, exist_ok=True)
-    store = store or Store.open(settings.db_url)
+    make_private(settings.home)  # 0700, and what an older version left readable made private
+    store = store or Store.open(settings.db_url, sealer=Sealer(settings.home))
+    if store.db.is_sqlite:
+        make_private(settings.home)  # the database file and its -wal/-shm, just made
     backends = backends if backends is not None else default_backends(settings, clock)
     signals = Signals()
     new_admin_key = ensure_admin(store, settings, clock)
@@ -186,7 +183,7 @@ def create_app(
         hooks=[volume_hook, preparer.launch_hook],
         registry_auth=credentials.auth_for,
         account_registry_auth=registry_auths.auth_config,
-        is_admin=lambda account_id: bool((row := store.accounts.get(account_id)) and row["is_admin"]),
+        secret_env=runtime.extras["secrets"].worker_env,
     )
     default_backend = settings.backend if settings.backend in backends else next(iter(backends), "local")
     lifecycle = Lifecycle(
@@ -279,7 +276,9 @@ def create_app(
 
 def _models_and_volumes(settings: Settings, store: Store, clock: Clock, runtime: Runtime) -> tuple[Any, Any]:
     """The host model cache, network volumes and account secrets, registered in `runtime.extras`."""
+    from ember.build.registry import Sealer
     from ember.control.models import ModelPreparer, volume_hook
+    from ember.control.secrets import AccountSecrets
     from ember.models.cache import ModelCache
     from ember.store.resources import ResourceStore
     from ember.volumes.store import VolumeManager
@@ -290,10 +289,14 @@ def _models_and_volumes(settings: Settings, store: Store, clock: Clock, runtime:
         settings.home / "volumes", unit_bytes=settings.volume_unit_bytes, enforce=settings.volume_enforce
     )
     resources = ResourceStore(store.db.engine)
-    preparer = ModelPreparer(cache, store, resources, clock, access_path=cache.root / "ember" / "access.json")
+    sealer = Sealer(settings.home)
+    secrets = AccountSecrets(store, resources, sealer)
+    access = cache.root / "ember" / "access.json"
+    preparer = ModelPreparer(cache, store, resources, clock, access_path=access, secrets=secrets)
     runtime.extras.update(
         models=cache, volumes=volumes, resources=resources, preparer=preparer, on_spec=preparer.on_spec
     )
+    runtime.extras.update(secrets=secrets, sealer=sealer)
     return preparer, volume_hook(volumes)
 
 

@@ -73,8 +73,9 @@ class HubStats:
 class FakeHub:
     """Context manager: `with FakeHub({"org/name": {"config.json": b"{}"}}) as hub: hub.url`.
 
-    A value may be a `HubRepo(files, gated=True, token="hf_…")`. Gated repos answer 401 (no token) or
-    403 (another token) with `X-Error-Code: GatedRepo`, as the hub does.
+    A value may be a `HubRepo(files, gated=True, token="hf_…")`. As on the real hub, a gated repo's
+    model info and file tree are public; its files (`/resolve`) answer 401 (no token) or 403 (another
+    token) with `X-Error-Code: GatedRepo`.
     """
 
     def __init__(self, repos: Mapping[str, Mapping[str, bytes] | HubRepo]) -> None:
@@ -212,9 +213,10 @@ class FakeHub:
                 break
         else:
             repo_id, marker, tail = rest, "/revision/", "main"
-        repo, denied = self._check_access(request, repo_id)
-        if denied is not None or repo is None:
-            return denied or _error(404, "RepoNotFound", "Repository not found")
+        # As on the real hub, a gated model's info and file list are public: only its files are gated.
+        repo = self.repos.get(repo_id)
+        if repo is None:
+            return _error(404, "RepoNotFound", "Repository not found")
         rev, _, path_in_repo = tail.partition("/")
         sha = self._revision(repo, rev)
         if sha is None:

@@ -14,7 +14,7 @@ from starlette.responses import Response
 from ember.api import views
 from ember.api.deps import Runtime, caller, read_json, runtime
 from ember.api.errors import json_response
-from ember.api.git import normalise_git
+from ember.api.git import normalise_git, webhook_secret
 from ember.api.registry_auth import require_owned
 from ember.build.source import snapshot
 from ember.core.errors import Conflict, InvalidInput, NotFound, Problem
@@ -160,7 +160,10 @@ async def _resolve_spec(
             "invalid endpoint: " + "; ".join(f"{p.field} {p.message}" for p in problems), problems
         )
     if spec.git:
-        spec = spec.with_changes(git=normalise_git(spec.git, base.git if base else None, admin=admin))
+        sealer = rt.extras.get("sealer")
+        previous = base.git if base else None
+        git = normalise_git(spec.git, previous, admin=admin, seal=sealer.seal if sealer else None)
+        spec = spec.with_changes(git=git)
     if spec.source_dir:
         digest, _, handler = await _snapshot(rt, spec.source_dir, spec.handler)
         spec = spec.with_changes(
@@ -203,6 +206,17 @@ async def _endpoint_view(rt: Runtime, row: Any) -> dict[str, Any]:
     return views.endpoint(row, owner=True, workers=list(workers))
 
 
+def _shown_once(
+    rt: Runtime, view: dict[str, Any], spec: EndpointSpec, base: EndpointSpec | None
+) -> dict[str, Any]:
+    """The view, with the git webhook secret in the clear when this request set it: the one answer
+    that shows it (it is stored sealed, and never returned again)."""
+    secret = (spec.git or {}).get("webhookSecret")
+    if secret and "git" in view and secret != ((base.git if base else None) or {}).get("webhookSecret"):
+        view["git"] = {**view["git"], "webhookSecret": webhook_secret(rt, spec.git or {})}
+    return view
+
+
 @router.post("/endpoints", tags=["endpoints"], summary="Create an endpoint")
 async def create_endpoint(request: Request) -> Response:
     who = caller(request)
@@ -232,7 +246,7 @@ async def create_endpoint(request: Request) -> Response:
     if status == "BUILDING":
         rt.signals.builds.set()
     row = await rt.store.run(rt.store.endpoints.get, endpoint_id, who.account_id)
-    return json_response(await _endpoint_view(rt, row), 201)
+    return json_response(_shown_once(rt, await _endpoint_view(rt, row), spec, None), 201)
 
 
 @router.get("/endpoints", tags=["endpoints"], summary="List endpoints")
@@ -287,7 +301,8 @@ async def update_endpoint(ref: str, request: Request) -> Response:
     rt.signals.poke_scaler()
     if status == "BUILDING":
         rt.signals.builds.set()
-    return json_response(await _endpoint_view(rt, await own_endpoint(rt, who.account_id, row["id"])))
+    view = await _endpoint_view(rt, await own_endpoint(rt, who.account_id, row["id"]))
+    return json_response(_shown_once(rt, view, spec, base))
 
 
 @router.delete("/endpoints/{ref}", tags=["endpoints"], summary="Delete an endpoint (its workers stop)")

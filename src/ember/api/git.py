@@ -7,17 +7,19 @@ import hashlib
 import hmac
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from ember.api.deps import caller, read_body, runtime
+from ember.api.deps import Runtime, caller, read_body, runtime
 from ember.api.errors import json_response
 from ember.core import json_body
 from ember.core.errors import InvalidInput, NotFound, Problem, Unauthorized
 from ember.core.outbound import git_url_problems
+from ember.core.secrets import looks_sealed
 from ember.core.specs import spec_from_json, spec_to_json
 
 router = APIRouter(prefix="/v1")
@@ -27,10 +29,17 @@ GIT_DEFAULTS = {"branch": "main", "dockerfile": "Dockerfile", "context": "."}
 GIT_FIELDS = ("url", "branch", "dockerfile", "context", "webhookSecret")
 
 
-def normalise_git(git: dict[str, Any], previous: dict[str, Any] | None, *, admin: bool) -> dict[str, Any]:
+def normalise_git(
+    git: dict[str, Any],
+    previous: dict[str, Any] | None,
+    *,
+    admin: bool,
+    seal: Callable[[str], str] | None = None,
+) -> dict[str, Any]:
     """An endpoint's `git` field with defaults filled in and a webhook secret (kept from `previous`, else
     new). Raises InvalidInput naming every bad field. `url` is https or ssh (`core.outbound`); only the
-    `admin` may name `file://` or a path on the server."""
+    `admin` may name `file://` or a path on the server. With `seal`, a new secret is stored sealed (the
+    kept one already is); `webhook_secret` opens it where a signature is checked."""
     problems = [Problem(f"git.{k}", "unknown field") for k in git if k not in GIT_FIELDS]
     out = {**GIT_DEFAULTS, **{k: v for k, v in git.items() if v is not None}}
     for key in GIT_FIELDS:
@@ -46,7 +55,24 @@ def normalise_git(git: dict[str, Any], previous: dict[str, Any] | None, *, admin
     if "webhookSecret" not in out:
         kept = (previous or {}).get("webhookSecret")
         out["webhookSecret"] = kept if isinstance(kept, str) and kept else secrets.token_hex(20)
+    if seal is not None and out["webhookSecret"] != (previous or {}).get("webhookSecret"):
+        out["webhookSecret"] = seal(out["webhookSecret"])
     return out
+
+
+def webhook_secret(rt: Runtime, git: dict[str, Any]) -> str:
+    """An endpoint's webhook secret in the clear ("" when it has none or this server's key cannot open
+    it: no signature then matches)."""
+    value = git.get("webhookSecret")
+    if not isinstance(value, str) or not value:
+        return ""
+    sealer = rt.extras.get("sealer")
+    if sealer is None or not looks_sealed(value):
+        return value  # stored before secrets were sealed (the 0006 migration seals these)
+    try:
+        return str(sealer.open(value))
+    except InvalidInput:
+        return ""
 
 
 def repo_key(url: str) -> str:
@@ -113,7 +139,8 @@ async def webhook(request: Request) -> Response:
         git = spec.git or {}
         if not git.get("url") or repo_key(str(git["url"])) not in urls:
             continue
-        if not signature_ok(str(git.get("webhookSecret") or ""), body, header):
+        secret = webhook_secret(rt, git)
+        if not secret or not signature_ok(secret, body, header):
             continue
         verified = True
         if kind == "push" and ref == f"refs/heads/{git.get('branch') or 'main'}":

@@ -1,5 +1,5 @@
 """/v1 network volumes (RunPod's `name`, `size` in GB), the host's model cache (`/v1/models`) and account
-secrets (`/v1/accounts/me/secrets`: values are stored, never returned). Routes write state and start
+secrets (`/v1/accounts/me/secrets`: values are stored sealed, never returned). Routes write state and start
 background downloads; workers are only ever started by the lifecycle."""
 
 from __future__ import annotations
@@ -323,7 +323,7 @@ async def remove_model(repo_id: str, request: Request) -> Response:
 async def put_secrets(request: Request) -> Response:
     who = caller(request)
     rt = runtime(request)
-    resources = _service(rt, "resources")
+    secrets = _service(rt, "secrets")
     body = await _body(request)
     problems = []
     for name, value in body.items():
@@ -336,7 +336,7 @@ async def put_secrets(request: Request) -> Response:
             )
     if problems or not body:
         raise InvalidInput("invalid secrets", problems or [Problem("body", "name at least one secret")])
-    names = await rt.store.run(resources.update_secrets, who.account_id, body)
+    names = await secrets.update(who.account_id, body)  # sealed before they are stored
     if names is None:
         raise NotFound("account not found")
     rt.signals.poke_scaler()  # endpoints waiting on a gated model retry with the new token
@@ -347,5 +347,4 @@ async def put_secrets(request: Request) -> Response:
 async def get_secrets(request: Request) -> Response:
     who = caller(request)
     rt = runtime(request)
-    resources = _service(rt, "resources")
-    return json_response({"secrets": sorted(await rt.store.run(resources.secrets, who.account_id))})
+    return json_response({"secrets": await _service(rt, "secrets").names(who.account_id)})

@@ -23,7 +23,7 @@ def endpoint(
     spec = spec_from_json(row["spec"])
     out = to_wire(spec)
     git = out.get("git")
-    if git and not owner:
+    if git:  # stored sealed; shown in the clear only by the answer that set it (api.endpoints)
         out["git"] = {k: v for k, v in git.items() if k != "webhookSecret"}
     out.pop("sourceDigest", None)
     out.update(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ember.core.errors import InvalidInput, Problem
 from ember.core.specs import handler_problems, normalise_handler
+from ember.fsmodes import readable_tree
 
 SKIP_DIRS = {
     ".git",
@@ -112,6 +113,7 @@ def snapshot(source_dir: str, root: Path, handler: str | None = None) -> tuple[s
             target = tmp / path.relative_to(src)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
+        readable_tree(tmp)  # a sandboxed worker runs it as a uid of its own
         try:
             tmp.rename(dest)
         except OSError:

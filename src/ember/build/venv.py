@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ember.core.errors import BuildError
+from ember.fsmodes import readable_tree
 
 REQUIREMENTS_CANDIDATES = ("requirements.txt", "builder/requirements.txt", "src/requirements.txt")
 MARKER = "ember-venv.json"
@@ -152,6 +153,7 @@ def _build(
         _retarget(tmp, final)
         marker = {"key": key, "python": sys.version, "parents": parents, "built_at": time.time()}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2))
+        readable_tree(tmp)  # sandboxed workers run it as uids of their own
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

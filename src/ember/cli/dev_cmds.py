@@ -222,7 +222,9 @@ def serve(
     directory: Path, handler: str, *, host: str, sock: socket.socket, name: str, home: Path, key: str
 ) -> None:
     from ember.app import create_app
+    from ember.fsmodes import PRIVATE_UMASK
 
+    os.umask(PRIVATE_UMASK)  # as `ember server`: its home, database and keys are this user's alone
     port = int(sock.getsockname()[1])
 
     logging.basicConfig(

@@ -134,7 +134,7 @@ def deploy(
             f"  builds from {record['git']['url']} ({record['git']['branch']}); follow with "
             f"`ember releases {record['name']}`\n"
             f"  push webhook: {api_url()}/v1/git/webhook (content type application/json, "
-            f"secret {record['git'].get('webhookSecret', '-')})",
+            f"secret {record['git'].get('webhookSecret', 'as shown when it was set')})",
             markup=False,
         )
     if wait:

@@ -102,6 +102,9 @@ def _quiet_cancelled(record: logging.LogRecord) -> bool:
 
 def _serve(settings: Settings, *, example: bool) -> None:
     from ember.app import create_app
+    from ember.fsmodes import PRIVATE_UMASK
+
+    os.umask(PRIVATE_UMASK)  # what the server creates (database, keys, logs) is its user's alone
 
     try:
         sock = listen(settings.host, settings.port)

@@ -19,6 +19,7 @@ import anyio.to_thread
 
 from ember.backends.base import Mount
 from ember.control.clock import Clock
+from ember.control.secrets import AccountSecrets
 from ember.core.errors import BackendError, EmberError, InvalidInput, ModelError, NotFound, Problem
 from ember.core.specs import EndpointSpec, spec_from_json
 from ember.models.cache import ModelCache
@@ -76,6 +77,7 @@ class ModelPreparer:
     clock: Clock
     retry_s: float = 30.0
     access_path: Path | None = None
+    secrets: AccountSecrets | None = None  # opens the account's sealed HF_TOKEN
     _jobs: dict[tuple[str, str, str], _Job] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _active: Counter[str] = field(default_factory=Counter)  # repo -> jobs running in this process
@@ -120,7 +122,7 @@ class ModelPreparer:
         job = self._jobs.get(key)
         if job is not None and (job.running or job.snapshot is not None):
             return job
-        token = (await self.store.run(self.resources.secrets, account_id)).get(TOKEN_SECRET) or None
+        token = await self._token(account_id)
         fp = _fingerprint(token)
         now = self.clock.now()
         recent_failure = (
@@ -177,19 +179,29 @@ class ModelPreparer:
             return False
         return True
 
+    async def _token(self, account_id: str) -> str | None:
+        if self.secrets is not None:
+            return await self.secrets.value(account_id, TOKEN_SECRET) or None
+        return (await self.store.run(self.resources.secrets, account_id)).get(TOKEN_SECRET) or None
+
     def _check_access(self, repo_id: str, revision: str, token: str | None) -> None:
-        """One metadata request with this account's token (or none): may it read the model?"""
-        from huggingface_hub import HfApi
+        """May this account (its token, or none) download the model? The hub serves a gated model's info
+        and file list to anyone and gates only the files, so the proof is the metadata request (a HEAD)
+        of one of its files, as a download would make it."""
+        from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
         from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
+        endpoint = self.cache.endpoint_url
         try:
-            HfApi(endpoint=self.cache.endpoint_url, token=token or False).model_info(
-                repo_id, revision=revision
-            )
+            info = HfApi(endpoint=endpoint, token=token or False).model_info(repo_id, revision=revision)
+            names = [s.rfilename for s in info.siblings or []]
+            if names:
+                probe = "config.json" if "config.json" in names else names[0]
+                url = hf_hub_url(repo_id, probe, revision=info.sha or revision, endpoint=endpoint)
+                get_hf_file_metadata(url, token=token or False, endpoint=endpoint)
         except GatedRepoError:
-            raise ModelError(
-                f"model {repo_id} is gated: a Hugging Face token with access to it is needed"
-            ) from None
+            why = "this account's token has no access to it" if token else "a token with access is needed"
+            raise ModelError(f"model {repo_id} is gated: {why}") from None
         except RepositoryNotFoundError:
             raise ModelError(
                 f"model {repo_id} was not found on the hub (or it needs a token with access)"

@@ -24,6 +24,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import tqdm as hf_tqdm
 
 from ember.core.errors import ModelError, NotFound
+from ember.fsmodes import make_readable, readable_tree
 from ember.models.env import CONTAINER_HF_HOME, CacheMount, container_model_env, model_env
 from ember.models.eviction import CacheEntry, EvictionPlan, plan_eviction
 from ember.models.state import (
@@ -178,6 +179,9 @@ class ModelCache:
             self._state.write(rec)
             log.warning("model.download.failed repo=%s revision=%s error=%s", repo_id, rev, err.message)
             raise err from None
+        for shown in (self.root, self.hub_dir):  # sandboxed workers read the cache as uids of their own
+            make_readable(shown)
+        readable_tree(self._state.storage(repo_id))
         rec.sha = path.name
         rec.state, rec.error, rec.ready_at = READY, None, self._now()
         self._state.write(rec)

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio.to_thread
 from alembic import command
@@ -218,10 +218,18 @@ class Repository:
             return conn.execute(query, params).mappings().first()
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision (idempotent)."""
+class Sealing(Protocol):
+    """What seals a secret with the server's key (`ember.build.registry.Sealer`)."""
+
+    def seal(self, secret: str) -> str: ...
+
+
+def migrate(engine: Engine, sealer: Sealing | None = None) -> None:
+    """Bring the schema to the newest revision (idempotent). `sealer` seals secrets that an older
+    database holds in plain text (migration 0006); without one, such a database is an error."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["sealer"] = sealer
     try:
         with writer(engine).begin() as conn:
             cfg.attributes["connection"] = conn

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from ember.core.jobs import JobState
 from ember.core.workers import WorkerState
 from ember.store.accounts import AccountStore
-from ember.store.db import Database, RawAccess, make_engine, migrate
+from ember.store.db import Database, RawAccess, Sealing, make_engine, migrate
 from ember.store.endpoints import EndpointStore
 from ember.store.jobs import Claimed, Finished, JobStore, NewJob
 from ember.store.workers import WorkerStore
@@ -124,9 +124,10 @@ class Store:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     @classmethod
-    def open(cls, url: str) -> Store:
+    def open(cls, url: str, sealer: Sealing | None = None) -> Store:
+        """The store at `url`, migrated; `sealer` seals what an older database kept in plain text."""
         engine = make_engine(url)
-        migrate(engine)
+        migrate(engine, sealer)
         return cls(engine)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
