@@ -165,3 +165,23 @@ def test_exec_runs_in_the_same_sandbox(sserver: LiveServer, tenants: dict[str, A
     assert "uid=0" not in lines and any(line.startswith("uid=") for line in lines), output
     assert "Read-only file system" in output or "No such file or directory" in output
     assert tenants["a_volume"].read_text() == "alice-secret"
+
+
+def test_a_worker_key_cannot_post_to_another_tenants_job(
+    sserver: LiveServer, tenants: dict[str, Any]
+) -> None:
+    resp = sserver.api("POST", f"/v2/{tenants['ep_a']}/run", tenants["key_a"], json={"input": {"read": "x"}})
+    job_id = resp.json()["id"]
+    b_key = sserver.worker_key(tenants["worker_b"])
+    forged = {"output": {"text": "forged"}}
+    for endpoint, worker in ((tenants["ep_a"], tenants["worker_a"]), (tenants["ep_b"], tenants["worker_b"])):
+        url = f"/v2/{endpoint}/job-done/{worker}/{job_id}"
+        answer = sserver.api("POST", url, b_key, json=forged)
+        assert answer.status_code in (401, 403, 404, 409), (endpoint, worker, answer.text, tenants)
+
+    def final() -> dict[str, Any] | None:
+        record = sserver.api("GET", f"/v2/{tenants['ep_a']}/status/{job_id}", tenants["key_a"]).json()
+        return record if record["status"] in ("COMPLETED", "FAILED") else None
+
+    record = wait_for(final, 120, what="A's job to finish")
+    assert record["status"] == "COMPLETED" and record["output"]["text"] == "alice-secret"

@@ -99,6 +99,7 @@ class Store:
                 retention_run_s,
                 retention_sync_s,
                 cur=cur,
+                endpoint_id=take_endpoint,
             )
             if recycle and outcome in ("done", "final"):
                 self.workers.recycle(worker_id, cur)

@@ -126,7 +126,9 @@ class JobStore(Repository):
         self._insert = Prepared(engine, _insert_statement())
         self._claim = Prepared(engine, _claim_statement(self.pg))
         self._get = Prepared(engine, select(jobs).where(J.id == bindparam("id")))
-        self._state_of = Prepared(engine, select(J.state, J.worker_id).where(J.id == bindparam("id")))
+        self._state_of = Prepared(
+            engine, select(J.state, J.worker_id, J.endpoint_id).where(J.id == bindparam("id"))
+        )
         self._stop_state = Prepared(
             engine, select(J.state, J.worker_id, J.stop_requested).where(J.id == bindparam("id"))
         )
@@ -364,9 +366,12 @@ class JobStore(Repository):
         retention_run_s: float,
         retention_sync_s: float,
         cur: Any = None,
+        endpoint_id: str | None = None,
     ) -> tuple[str, Finished | None]:
         """Record a final result. Returns ("done", what it learnt of the job), or "final" (already
-        final: ignored, idempotent), "not_held" (in progress on another worker, or queued) or "unknown"."""
+        final: ignored, idempotent), "not_held" (in progress on another worker, or queued) or "unknown"
+        (no such job, or, given `endpoint_id`, a job of another endpoint: a worker learns nothing of
+        jobs outside its own endpoint)."""
         if JobState.IN_PROGRESS not in sources(state):
             raise ValueError(f"{state} is not a result state")
         with self.raw.write(cur) as tx:
@@ -386,13 +391,15 @@ class JobStore(Repository):
                     done["created_at"], done["started_at"], done["retried"], done["webhook"] is not None
                 )
             row = self._state_of.first(tx, id=job_id)
-        if row is None:
+        if row is None or endpoint_id not in (None, row["endpoint_id"]):
             return "unknown", None
         if row["state"] in FINAL_VALUES:
             return "final", None
         return "not_held", None
 
-    def stream_chunk(self, job_id: str, worker_id: str, output_json: str) -> str:
+    def stream_chunk(
+        self, job_id: str, worker_id: str, output_json: str, endpoint_id: str | None = None
+    ) -> str:
         with self.engine.begin() as conn:
             seq = conn.execute(
                 update(jobs)
@@ -403,8 +410,8 @@ class JobStore(Repository):
             if seq is not None:
                 conn.execute(insert(job_stream).values(job_id=job_id, seq=seq - 1, output=output_json))
                 return "done"
-            row = conn.execute(select(J.state).where(J.id == job_id)).first()
-        if row is None:
+            row = conn.execute(select(J.state, J.endpoint_id).where(J.id == job_id)).first()
+        if row is None or endpoint_id not in (None, row.endpoint_id):
             return "unknown"
         return "final" if row.state in FINAL_VALUES else "not_held"
 
