@@ -29,6 +29,7 @@ from ember.api import git as git_routes
 from ember.api import manage as manage_routes
 from ember.api import registry_auth as registry_auth_routes
 from ember.api import resources as resource_routes
+from ember.api import sources as source_routes
 from ember.api import worker as worker_routes
 from ember.api.deps import Limits, Runtime
 from ember.backends.base import Backend
@@ -173,6 +174,7 @@ def create_app(
     credentials = CredentialStore(settings.home)
     registry_auths = RegistryAuths(store, runtime.extras["resources"], credentials.sealer)
     runtime.extras.update(registry_auths=registry_auths)
+    runtime.extras.update(uploads=_uploads(settings))
     launch = LaunchConfig(
         api_url=settings.api_url,
         home=settings.home,
@@ -266,12 +268,25 @@ def create_app(
     app.include_router(resource_routes.router)
     app.include_router(registry_auth_routes.router)
     app.include_router(git_routes.router)
+    app.include_router(source_routes.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
         return Response('{"status":"ok"}', media_type="application/json")
 
     return app
+
+
+def _uploads(settings: Settings) -> Any:
+    from ember.build.archive import ArchiveLimits
+    from ember.build.uploads import Uploads
+
+    limits = ArchiveLimits(
+        compressed_bytes=settings.source_upload_max_bytes,
+        unpacked_bytes=settings.source_unpacked_max_bytes,
+        members=settings.source_max_files,
+    )
+    return Uploads(settings.home / "uploads", limits)
 
 
 def _models_and_volumes(settings: Settings, store: Store, clock: Clock, runtime: Runtime) -> tuple[Any, Any]:

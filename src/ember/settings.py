@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     # in EMBER_HOME/runtime/sandbox-uids.json, one per account, in order of first use).
     sandbox: str = "auto"
     sandbox_uid_base: int = 200_000
+    # Uploaded sources (`POST /v1/sources`, what `ember deploy DIR` sends): the archive's size as sent,
+    # unpacked, and its number of members (files, directories, links).
+    source_upload_max_bytes: int = 100 * 1024 * 1024
+    source_unpacked_max_bytes: int = 500 * 1024 * 1024
+    source_max_files: int = 20_000
 
     @field_validator("outbound_allow")
     @classmethod

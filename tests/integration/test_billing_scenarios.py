@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from ember.build.archive import pack
 from ember.core.billing import DEFAULT_GPU_MICROS_PER_S
 from ember.core.money import format_dollars
 from tests.support.harness import Harness, build
@@ -171,7 +172,11 @@ def test_at_a_zero_balance_no_worker_starts_and_the_endpoint_says_why(tmp_path: 
         src = h.home / "src" / "broke"
         src.mkdir(parents=True)
         (src / "handler.py").write_text("def handler(job):\n    return 1\n")
-        resp = await h.api.post("/v1/endpoints", headers=key, json={"name": "broke", "sourceDir": str(src)})
+        gz = {**key, "Content-Type": "application/gzip"}
+        upload = (await h.api.post("/v1/sources", headers=gz, content=pack(src))).json()
+        resp = await h.api.post(
+            "/v1/endpoints", headers=key, json={"name": "broke", "sourceId": upload["id"]}
+        )
         ep = resp.json()
         await h.api.post(f"/v2/{ep['id']}/run", headers=key, json={"input": {}})
         await h.tick()

@@ -3,6 +3,7 @@ delete; releases and rollback. Field names are RunPod's REST names (`core.specs.
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from pathlib import Path
@@ -11,13 +12,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from ember.api import views
+from ember.api import sources, views
 from ember.api.deps import Runtime, caller, read_json, runtime
 from ember.api.errors import json_response
 from ember.api.git import normalise_git, webhook_secret
 from ember.api.registry_auth import require_owned
 from ember.build.source import snapshot
-from ember.core.errors import Conflict, InvalidInput, NotFound, Problem
+from ember.core.errors import Conflict, Forbidden, InvalidInput, NotFound, Problem
 from ember.core.ids import make_id
 from ember.core.names import name_problems
 from ember.core.specs import (
@@ -152,7 +153,8 @@ async def _resolve_spec(
         if "env" in tpl and "env" in body:
             body["env"] = {**tpl["env"], **body["env"]}
     body.pop("sourceDigest", None)
-    if "sourceDir" in body and "handler" not in body:
+    _one_source(body, base, admin=admin)
+    if ("sourceDir" in body or "sourceId" in body) and "handler" not in body:
         body["handler"] = None  # a directory named again is searched again (its handler may have moved)
     spec, problems = from_wire(body, base)
     if problems or spec is None:
@@ -171,6 +173,10 @@ async def _resolve_spec(
             source_digest=digest,
             handler=handler,
         )
+    elif spec.source_id:
+        upload = await sources.own_upload(rt, account_id, spec.source_id)
+        digest, _, handler = await _snapshot(rt, str(upload.tree), spec.handler, label=upload.id)
+        spec = spec.with_changes(source_digest=digest, handler=handler)
     if spec.network_volume_id:
         vol = await rt.store.run(rt.store.endpoints.volume, spec.network_volume_id, account_id)
         if vol is None:
@@ -185,10 +191,36 @@ async def _resolve_spec(
     return spec
 
 
-async def _snapshot(rt: Runtime, source_dir: str, handler: str | None) -> tuple[str, Path, str]:
+def _one_source(body: dict[str, Any], base: EndpointSpec | None, *, admin: bool) -> None:
+    """A directory on the server (`sourceDir`, the admin's only) or an upload (`sourceId`), never both:
+    naming one drops the other from the endpoint. Forbidden (403) for a tenant's host path, including
+    one an endpoint of theirs kept from before uploads existed."""
+    if body.get("sourceDir") and body.get("sourceId"):
+        raise InvalidInput(
+            "give sourceDir or sourceId, not both",
+            [Problem("sourceId", "cannot be given with sourceDir", body["sourceId"])],
+        )
+    if body.get("sourceId"):
+        body["sourceDir"] = None
+    elif body.get("sourceDir"):
+        body["sourceId"] = None
+    kept = base is not None and base.source_dir and "sourceDir" not in body
+    if not admin and (body.get("sourceDir") or kept):
+        raise Forbidden(
+            "sourceDir names a directory on the server, which only the admin may deploy; upload the "
+            "directory instead: `ember deploy DIR` packs and uploads it (POST /v1/sources, then "
+            '{"sourceId": ...})'
+        )
+
+
+async def _snapshot(
+    rt: Runtime, source_dir: str, handler: str | None, *, label: str | None = None
+) -> tuple[str, Path, str]:
     import anyio.to_thread
 
-    return await anyio.to_thread.run_sync(snapshot, source_dir, rt.home / "sources", handler)
+    return await anyio.to_thread.run_sync(
+        functools.partial(snapshot, source_dir, rt.home / "sources", handler, label=label)
+    )
 
 
 def _needs_build(spec: EndpointSpec, base: EndpointSpec | None = None) -> bool:

@@ -16,6 +16,7 @@ STATUS: dict[type[E.EmberError], int] = {
     E.InvalidInput: 400,
     E.RequestTimeout: 408,
     E.Unauthorized: 401,
+    E.Forbidden: 403,
     E.NotFound: 404,
     E.Conflict: 409,
     E.LimitExceeded: 402,

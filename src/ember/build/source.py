@@ -55,14 +55,16 @@ def digest_dir(root: Path) -> str:
     return h.hexdigest()[:24]
 
 
-def find_handler(source_dir: str | Path, handler: str | None = None) -> str:
+def find_handler(source_dir: str | Path, handler: str | None = None, *, label: str | None = None) -> str:
     """The handler file of a source directory, relative to it (`/` separated): `handler` when given
     (checked: a relative path without `..` to a file that a snapshot keeps), else the first of
-    HANDLER_CANDIDATES that exists.
+    HANDLER_CANDIDATES that exists. Messages name the directory as `label` when given (an upload's
+    id, where the server's own path is nobody's business).
 
     Raises InvalidInput naming the problem: a missing directory, a bad or missing `handler`, or a
     directory with none of the candidates."""
     src = Path(source_dir).expanduser()
+    shown = label or str(source_dir)
     if not src.is_dir():
         what = "is not a directory" if src.exists() else "does not exist"
         raise InvalidInput(
@@ -74,8 +76,8 @@ def find_handler(source_dir: str | Path, handler: str | None = None) -> str:
             if (src / candidate).is_file():
                 return candidate
         raise InvalidInput(
-            f"{str(source_dir)!r} has no handler: looked for {', '.join(HANDLER_CANDIDATES)}",
-            [Problem("handler", "no handler file found", str(source_dir))],
+            f"{shown!r} has no handler: looked for {', '.join(HANDLER_CANDIDATES)}",
+            [Problem("handler", "no handler file found", shown)],
         )
     rel = normalise_handler(handler)
     problems = handler_problems(rel)
@@ -90,19 +92,21 @@ def find_handler(source_dir: str | Path, handler: str | None = None) -> str:
         )
     if not path.is_file() or not path.resolve().is_relative_to(src.resolve()):
         raise InvalidInput(
-            f"handler {handler!r} is not a file in {str(source_dir)!r}",
+            f"handler {handler!r} is not a file in {shown!r}",
             [Problem("handler", "no such file in the source directory", handler)],
         )
     return rel
 
 
-def snapshot(source_dir: str, root: Path, handler: str | None = None) -> tuple[str, Path, str]:
+def snapshot(
+    source_dir: str, root: Path, handler: str | None = None, *, label: str | None = None
+) -> tuple[str, Path, str]:
     """Copy `source_dir` to `root/<digest>` (once per content) and return (digest, snapshot path,
-    handler file), the handler as `find_handler` chooses it.
+    handler file), the handler as `find_handler` chooses it (`label` names the directory in errors).
 
     Raises InvalidInput when the directory is missing or has no such handler (see `find_handler`)."""
     src = Path(source_dir).expanduser()
-    chosen = find_handler(src, handler)
+    chosen = find_handler(src, handler, label=label)
     digest = digest_dir(src)
     dest = root / digest
     if not dest.exists():

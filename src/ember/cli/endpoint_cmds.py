@@ -14,9 +14,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ember.build.archive import pack
 from ember.build.source import find_handler
 from ember.cli.deploy_wait import wait_for_worker
-from ember.cli.http import api_key, api_url, call, fail, print_json
+from ember.cli.http import api_key, api_url, call, err, fail, print_json
 from ember.cli.resource_cmds import resolve_registry_auth
 from ember.core.errors import InvalidInput
 
@@ -125,9 +126,9 @@ def deploy(
     console.print(
         f"Endpoint [bold]{record['name']}[/] {verb}: id {record['id']}, release {record['release']}"
     )
-    if record.get("sourceDir"):
-        runs = f"{record['sourceDir']}/{record.get('handler') or 'handler.py'}"
-        console.print(f"  runs {runs}", markup=False)
+    shown_dir = record.get("sourceDir") or (directory and Path(directory).expanduser().resolve())
+    if shown_dir:
+        console.print(f"  runs {shown_dir}/{record.get('handler') or 'handler.py'}", markup=False)
     console.print(f"  {api_url()}/v2/{record['id']}/runsync")
     if record.get("git"):
         console.print(
@@ -152,10 +153,23 @@ def _directory_source(directory: str, handler: str | None) -> dict[str, Any]:
     except InvalidInput as exc:
         hint = "" if handler else f" (create one with `ember init {directory}`, or name it with --handler)"
         fail(escape(exc.message) + hint)
-    body: dict[str, Any] = {"sourceDir": str(path)}
-    if handler is not None:
-        body["handler"] = handler
-    return body
+    return {"sourceId": _upload(path)["id"], **({"handler": handler} if handler is not None else {})}
+
+
+def _upload(path: Path) -> dict[str, Any]:
+    """Pack `path` (its .gitignore and .emberignore respected) and upload it: the server keeps it for
+    this account and an endpoint names it by id. Every deploy uploads, the admin's too, so that a
+    directory deploys the same way to a server on this machine or another."""
+    data = pack(path)
+    upload: dict[str, Any] = call(
+        "POST", "/v1/sources", content=data, content_type="application/gzip", timeout_s=600.0
+    )
+    err.print(  # standard error: --json keeps standard output for the record
+        f"Uploaded {path}: {upload['files']} files, {upload['size'] / 1e6:.1f} MB ({upload['id']})",
+        markup=False,
+        highlight=False,
+    )
+    return upload
 
 
 def _find(name: str) -> dict[str, Any] | None:

@@ -46,16 +46,24 @@ def call(
     json_body: Any = None,
     params: dict[str, Any] | None = None,
     timeout_s: float = 60.0,
+    content: bytes | None = None,
+    content_type: str | None = None,
 ) -> Any:
+    """The API's answer (JSON, else text) to one request with a JSON body, or with raw `content` of
+    `content_type` (an upload); one line and exit 1 on an error answer or no answer."""
     url = api_url() + path
+    headers = {"Authorization": f"Bearer {api_key()}"}
+    if content_type:
+        headers["Content-Type"] = content_type
     try:
         resp = httpx.request(
             method,
             url,
             json=json_body,
+            content=content,
             params=params,
             timeout=timeout_s,
-            headers={"Authorization": f"Bearer {api_key()}"},
+            headers=headers,
         )
     except httpx.HTTPError as exc:
         fail(

@@ -201,6 +201,6 @@ def backend_for_spec(spec: EndpointSpec, enabled: Mapping[Any, Any], default: st
     """Images run on Docker; directories on the local-process backend (or the memory one in dev)."""
     if spec.image_name or spec.git:
         return "docker"
-    if spec.source_dir:
+    if spec.source_dir or spec.source_id:
         return "local" if "local" in enabled else default
     return default

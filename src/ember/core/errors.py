@@ -5,6 +5,7 @@ EmberError
 │   └── PayloadTooLarge   a body above the route's limit
 ├── RequestTimeout        a request body did not arrive in time (slow or shorter than announced)
 ├── Unauthorized          missing or unknown API key
+├── Forbidden             the key is valid but may not do this (e.g. a tenant naming a host path)
 ├── NotFound              unknown id, or one that belongs to another account (ids never leak)
 ├── Conflict              the action is not legal in the current state (e.g. retry a COMPLETED job)
 ├── LimitExceeded         an account limit (balance, max workers) refuses the action
@@ -63,6 +64,10 @@ class RequestTimeout(EmberError):
 
 class Unauthorized(EmberError):
     code = "unauthorized"
+
+
+class Forbidden(EmberError):
+    code = "forbidden"
 
 
 class NotFound(EmberError):

@@ -18,6 +18,7 @@ PREFIXES = {
     "release": "rel",
     "key": "key",
     "registry_auth": "cra",
+    "source": "src",
 }
 
 _SAFE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")

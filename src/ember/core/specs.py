@@ -32,8 +32,10 @@ class EndpointSpec:
 
     name: str
     # What runs: a directory on the host (local backend), an image (Docker backend) or a git source.
-    source_dir: str | None = None
-    source_digest: str | None = None  # content digest of source_dir at deploy time (set by the server)
+    source_dir: str | None = None  # a host path: the admin's only (tenants upload, `source_id`)
+    # An uploaded source (`POST /v1/sources`) of the endpoint's account, snapshotted like a source_dir.
+    source_id: str | None = None
+    source_digest: str | None = None  # content digest of the source at deploy time (set by the server)
     # The file a source_dir worker runs, relative to source_dir (`src/handler.py`); the server fills in
     # the one it found when none is named (see `build.source.HANDLER_CANDIDATES`).
     handler: str | None = None
@@ -76,6 +78,7 @@ RELEASE_FIELDS = (
 WIRE_FIELDS: dict[str, tuple[str, str]] = {
     "name": ("name", "spec"),
     "sourceDir": ("source_dir", "spec"),
+    "sourceId": ("source_id", "spec"),
     "handler": ("handler", "spec"),
     "imageName": ("image_name", "spec"),
     "git": ("git", "spec"),
@@ -166,6 +169,7 @@ IGNORED_WIRE_FIELDS = frozenset(
 _TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,),
     "source_dir": (str, type(None)),
+    "source_id": (str, type(None)),
     "source_digest": (str, type(None)),
     "handler": (str, type(None)),
     "image_name": (str, type(None)),
