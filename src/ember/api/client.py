@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from ember.api import bodies as B
 from ember.api.deps import EndpointInfo, Runtime, caller, hold_clock, read_json, runtime
 from ember.api.errors import json_response
 from ember.api.fastpath import FastRoutes
@@ -83,6 +84,7 @@ def _parse_job(body: Any, default_timeout_ms: int) -> tuple[str, str | None, str
         raise InvalidInput(
             "invalid job request: " + "; ".join(f"{p.field} {p.message}" for p in problems), problems
         )
+    B.check(B.JobRequest, body)
     input_json = json.dumps(body["input"], ensure_ascii=False, separators=(",", ":"))
     extra_json = json.dumps(extra, ensure_ascii=False, separators=(",", ":")) if extra else None
     return input_json, extra_json, extra.get("webhook"), low, timeout_ms, ttl_ms
@@ -142,14 +144,20 @@ async def _enqueue(rt: Runtime, job: NewJob) -> None:
         rt.signals.poke_scaler()  # the first job on an endpoint at zero starts a worker at once
 
 
-@fast.route("/run", ["POST"], "Queue a job")
+@fast.route("/run", ["POST"], "Queue a job", body=B.JobRequest)
 async def run(request: Request) -> Response:
     rt, job = await _submit(request, J.RUN_BODY_LIMIT_BYTES, sync=False)
     await _enqueue(rt, job)
     return json_response({"id": job.id, "status": JobState.IN_QUEUE.value})
 
 
-@fast.route("/runsync", ["POST"], "Run a job and wait for its result", query=("wait",))
+@fast.route(
+    "/runsync",
+    ["POST"],
+    "Run a job and wait for its result",
+    query=(("wait", {"type": "string", "pattern": "^[0-9]+$", "description": "milliseconds"}),),
+    body=B.JobRequest,
+)
 async def runsync(request: Request) -> Response:
     wait_ms = J.RUNSYNC_WAIT_DEFAULT_MS
     wait = request.query_params.get("wait")
@@ -223,7 +231,7 @@ async def stream(endpoint_id: str, job_id: str, request: Request) -> Response:
     return json_response(body)
 
 
-@router.post("/cancel/{job_id}", summary="Cancel a queued or running job")
+@router.post("/cancel/{job_id}", summary="Cancel a queued or running job", responses=B.error_responses(409))
 async def cancel(endpoint_id: str, job_id: str, request: Request) -> Response:
     rt, _, ep = await _job(request, endpoint_id, job_id)
     row = await rt.store.run(
@@ -237,7 +245,9 @@ async def cancel(endpoint_id: str, job_id: str, request: Request) -> Response:
     return json_response({"id": job_id, "status": row["state"]})
 
 
-@router.post("/retry/{job_id}", summary="Re-queue a FAILED or TIMED_OUT job")
+@router.post(
+    "/retry/{job_id}", summary="Re-queue a FAILED or TIMED_OUT job", responses=B.error_responses(409)
+)
 async def retry(endpoint_id: str, job_id: str, request: Request) -> Response:
     rt, _, ep = await _job(request, endpoint_id, job_id)
     state = await rt.store.run(rt.store.jobs.retry, job_id, ep.account_id, ep.id, rt.clock.now())

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from ember.api import bodies as B
 from ember.api import sources, views
 from ember.api.deps import Runtime, caller, read_json, runtime
 from ember.api.errors import json_response
@@ -77,11 +78,17 @@ def _template_view(row: Any) -> dict[str, Any]:
     return {"id": row["id"], **json.loads(row["data"]), "createdAt": views.iso(row["created_at"])}
 
 
-@router.post("/templates", tags=["templates"], summary="Create a template")
+@router.post(
+    "/templates",
+    tags=["templates"],
+    summary="Create a template",
+    status_code=201,
+    openapi_extra=B.body_doc(B.TemplateBody),
+)
 async def create_template(request: Request) -> Response:
     who = caller(request)
     rt = runtime(request)
-    data = _template_data(await _body(request))
+    data = _template_data(B.check(B.TemplateBody, await _body(request)))
     await require_owned(rt, who.account_id, data.get("containerRegistryAuthId"))
     template_id = make_id("template", uuid.uuid4().hex[:16])
     await rt.store.run(
@@ -114,12 +121,18 @@ async def get_template(template_id: str, request: Request) -> Response:
     return json_response(_template_view(await _own_template(runtime(request), who.account_id, template_id)))
 
 
-@router.patch("/templates/{template_id}", tags=["templates"], summary="Update a template")
+@router.patch(
+    "/templates/{template_id}",
+    tags=["templates"],
+    summary="Update a template",
+    openapi_extra=B.body_doc(B.TemplatePatch),
+)
 async def update_template(template_id: str, request: Request) -> Response:
     who = caller(request)
     rt = runtime(request)
     row = await _own_template(rt, who.account_id, template_id)
-    data = _template_data({**json.loads(row["data"]), **await _body(request)})
+    patch = B.check(B.TemplatePatch, await _body(request))
+    data = _template_data({**json.loads(row["data"]), **patch})
     await require_owned(rt, who.account_id, data.get("containerRegistryAuthId"))
     await rt.store.run(rt.store.endpoints.update_template, template_id, data["name"], data)
     return json_response(_template_view(await _own_template(rt, who.account_id, template_id)))
@@ -161,6 +174,7 @@ async def _resolve_spec(
         raise InvalidInput(
             "invalid endpoint: " + "; ".join(f"{p.field} {p.message}" for p in problems), problems
         )
+    B.check(B.EndpointPatch if base else B.EndpointBody, body)
     if spec.git:
         sealer = rt.extras.get("sealer")
         previous = base.git if base else None
@@ -249,7 +263,14 @@ def _shown_once(
     return view
 
 
-@router.post("/endpoints", tags=["endpoints"], summary="Create an endpoint")
+@router.post(
+    "/endpoints",
+    tags=["endpoints"],
+    summary="Create an endpoint",
+    status_code=201,
+    openapi_extra=B.body_doc(B.EndpointBody),
+    responses=B.error_responses(409, 502),
+)
 async def create_endpoint(request: Request) -> Response:
     who = caller(request)
     rt = runtime(request)
@@ -303,7 +324,13 @@ async def get_endpoint(ref: str, request: Request) -> Response:
     return json_response(await _endpoint_view(rt, await own_endpoint(rt, who.account_id, ref)))
 
 
-@router.patch("/endpoints/{ref}", tags=["endpoints"], summary="Update an endpoint")
+@router.patch(
+    "/endpoints/{ref}",
+    tags=["endpoints"],
+    summary="Update an endpoint",
+    openapi_extra=B.body_doc(B.EndpointPatch),
+    responses=B.error_responses(409, 502),
+)
 async def update_endpoint(ref: str, request: Request) -> Response:
     who = caller(request)
     rt = runtime(request)
@@ -371,12 +398,18 @@ async def list_releases(ref: str, request: Request) -> Response:
     return json_response([views.release(r, row["release"]) for r in rows])
 
 
-@router.post("/endpoints/{ref}/rollback", tags=["endpoints"], summary="Serve an earlier release again")
+@router.post(
+    "/endpoints/{ref}/rollback",
+    tags=["endpoints"],
+    summary="Serve an earlier release again",
+    openapi_extra=B.body_doc(B.Rollback, required=False),
+    responses=B.error_responses(409),
+)
 async def rollback(ref: str, request: Request) -> Response:
     who = caller(request)
     rt = runtime(request)
     row = await own_endpoint(rt, who.account_id, ref)
-    body = await read_json(request, BODY_LIMIT) or {}
+    body = await B.parse_body(request, B.Rollback, BODY_LIMIT, empty={})
     releases = [
         r for r in await rt.store.run(rt.store.endpoints.releases, row["id"]) if r["status"] == "READY"
     ]

@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from ember.core import errors as E
 
@@ -64,8 +65,22 @@ def install(app: FastAPI) -> None:
         return json_response({"error": "invalid request", "code": "invalid_input", "problems": problems}, 400)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         message = exc.detail if isinstance(exc.detail, str) else "error"
         if exc.status_code == 404 and message == "Not Found":
             message = "no such route"
-        return json_response({"error": message, "code": f"http_{exc.status_code}"}, exc.status_code)
+        response = json_response({"error": message, "code": f"http_{exc.status_code}"}, exc.status_code)
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:
+            response.headers["Allow"] = ", ".join(sorted(_allowed(request)))
+        return response
+
+
+def _allowed(request: Request) -> set[str]:
+    """Every method some route serves at this path (Starlette's 405 names the first route's only)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return methods

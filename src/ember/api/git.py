@@ -14,6 +14,7 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from ember.api import bodies as B
 from ember.api.deps import Runtime, caller, read_body, runtime
 from ember.api.errors import json_response
 from ember.core import json_body
@@ -112,7 +113,23 @@ def _event(body: bytes, content_type: str) -> Any:
         return None
 
 
-@router.post("/git/webhook", tags=["git"], summary="GitHub push webhook: rebuild matching git endpoints")
+@router.post(
+    "/git/webhook",
+    tags=["git"],
+    summary="GitHub push webhook: rebuild matching git endpoints",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "application/x-www-form-urlencoded": {
+                    "schema": {"type": "object", "properties": {"payload": {"type": "string"}}}
+                },
+            },
+        }
+    },
+    responses=B.error_responses(401),
+)
 async def webhook(request: Request) -> Response:
     """No API key: the HMAC signature under an endpoint's `git.webhookSecret` is the proof. Every
     endpoint whose repository and branch match, and whose secret signed the body, gets a new release."""

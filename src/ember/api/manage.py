@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
+from ember.api import bodies as B
 from ember.api import views
 from ember.api.deps import Runtime, admin, caller, new_token, read_json, runtime
 from ember.api.errors import json_response
@@ -35,11 +36,17 @@ async def _body(request: Request) -> dict[str, Any]:
 
 
 # ---- accounts ----------------------------------------------------------------------------------------
-@router.post("/accounts", tags=["accounts"], summary="Create an account (admin only)")
+@router.post(
+    "/accounts",
+    tags=["accounts"],
+    summary="Create an account (admin only)",
+    status_code=201,
+    openapi_extra=B.body_doc(B.AccountCreate),
+)
 async def create_account(request: Request) -> Response:
     admin(request)
     rt = runtime(request)
-    body = await _body(request)
+    body = await B.parse_body(request, B.AccountCreate, BODY_LIMIT)
     name = body.get("name")
     problems = name_problems(name.strip() if isinstance(name, str) else name)
     if problems or not isinstance(name, str):
@@ -77,11 +84,16 @@ async def me(request: Request) -> Response:
     return json_response(await rt.store.run(_account_view, rt, who.account_id))
 
 
-@router.post("/accounts/{account_id}/credits", tags=["accounts"], summary="Add credit (admin only)")
+@router.post(
+    "/accounts/{account_id}/credits",
+    tags=["accounts"],
+    summary="Add credit (admin only)",
+    openapi_extra=B.body_doc(B.Credits),
+)
 async def add_credits(account_id: str, request: Request) -> Response:
     admin(request)
     rt = runtime(request)
-    body = await _body(request)
+    body = await B.parse_body(request, B.Credits, BODY_LIMIT)
     amount = parse_dollars(body.get("amount"), field="amount")  # type: ignore[arg-type]
     if amount <= 0:
         raise InvalidInput("amount must be positive", [Problem("amount", "must be > 0", body.get("amount"))])
@@ -207,12 +219,18 @@ def _exec_request(body: dict[str, Any]) -> tuple[list[str], float]:
     return command, float(timeout_s)  # type: ignore[return-value]  # checked above
 
 
-@router.post("/workers/{worker_id}/exec", tags=["workers"], summary="Run a command in a worker")
+@router.post(
+    "/workers/{worker_id}/exec",
+    tags=["workers"],
+    summary="Run a command in a worker",
+    openapi_extra=B.body_doc(B.Exec),
+    responses=B.error_responses(409, 502),
+)
 async def worker_exec(worker_id: str, request: Request) -> Response:
     who = caller(request)
     rt = runtime(request)
     row = await _own_worker(rt, who, worker_id)
-    command, timeout_s = _exec_request(await _body(request))
+    command, timeout_s = _exec_request(await B.parse_body(request, B.Exec, BODY_LIMIT))
     if row["state"] == WorkerState.STOPPED.value:
         raise Conflict(f"worker {worker_id} is stopped")
     backend = rt.backend_for(row["backend"])
@@ -220,7 +238,12 @@ async def worker_exec(worker_id: str, request: Request) -> Response:
     return json_response({"exitCode": result.exit_code, "output": result.output.decode("utf-8", "replace")})
 
 
-@router.get("/workers/{worker_id}/shell", tags=["workers"], summary="How to open an interactive shell")
+@router.get(
+    "/workers/{worker_id}/shell",
+    tags=["workers"],
+    summary="How to open an interactive shell",
+    responses=B.error_responses(502),
+)
 async def worker_shell(worker_id: str, request: Request) -> Response:
     who = caller(request)
     rt = runtime(request)

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from ember.api import bodies as B
 from ember.api.deps import Runtime, caller, read_json, runtime
 from ember.api.errors import json_response
 from ember.control.registry_auths import RegistryAuth, RegistryAuths
@@ -62,11 +63,15 @@ def _checked(body: object) -> tuple[str, str, str]:
     "/containerregistryauth",
     tags=["containerregistryauth"],
     summary="Store a container-registry login (name, username, password)",
+    status_code=201,
+    openapi_extra=B.body_doc(B.RegistryAuthCreate),
 )
 async def create_registry_auth(request: Request) -> Response:
     who = caller(request)
     rt = runtime(request)
-    name, username, password = _checked(await read_json(request, BODY_LIMIT))
+    body = await read_json(request, BODY_LIMIT)
+    name, username, password = _checked(body)
+    B.check(B.RegistryAuthCreate, body)  # after _checked, which never echoes the password
     auth = await registry_auths(rt).create(
         who.account_id, name=name, username=username, password=password, now=rt.clock.now()
     )
@@ -91,6 +96,7 @@ async def get_registry_auth(auth_id: str, request: Request) -> Response:
     "/containerregistryauth/{auth_id}",
     tags=["containerregistryauth"],
     summary="Delete a registry login (refused while a template or endpoint uses it)",
+    responses=B.error_responses(409),
 )
 async def delete_registry_auth(auth_id: str, request: Request) -> Response:
     who = caller(request)

@@ -12,6 +12,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from ember.api import bodies as B
 from ember.api import views
 from ember.api.deps import Runtime, caller, read_json, runtime
 from ember.api.errors import json_response
@@ -102,12 +103,19 @@ async def _own_volume(rt: Runtime, account_id: str, volume_id: str) -> Any:
     return row
 
 
-@router.post("/networkvolumes", tags=["networkvolumes"], summary="Create a network volume")
+@router.post(
+    "/networkvolumes",
+    tags=["networkvolumes"],
+    summary="Create a network volume",
+    status_code=201,
+    openapi_extra=B.body_doc(B.VolumeCreate),
+    responses=B.error_responses(502),
+)
 async def create_volume(request: Request) -> Response:
     who = caller(request)
     rt = runtime(request)
     manager = _service(rt, "volumes")
-    body = await _body(request)
+    body = await B.parse_body(request, B.VolumeCreate, BODY_LIMIT)
     name = body.get("name")
     problems = name_problems(name.strip() if isinstance(name, str) else name)
     if problems or not isinstance(name, str):
@@ -147,13 +155,19 @@ async def get_volume(volume_id: str, request: Request) -> Response:
     return json_response(await _volume_view(rt, await _own_volume(rt, who.account_id, volume_id)))
 
 
-@router.patch("/networkvolumes/{volume_id}", tags=["networkvolumes"], summary="Grow a network volume")
+@router.patch(
+    "/networkvolumes/{volume_id}",
+    tags=["networkvolumes"],
+    summary="Grow a network volume",
+    openapi_extra=B.body_doc(B.VolumePatch),
+    responses=B.error_responses(502),
+)
 async def update_volume(volume_id: str, request: Request) -> Response:
     who = caller(request)
     rt = runtime(request)
     manager = _service(rt, "volumes")
     row = await _own_volume(rt, who.account_id, volume_id)
-    body = await _body(request)
+    body = await B.parse_body(request, B.VolumePatch, BODY_LIMIT)
     if "name" in body and body["name"] != row["name"]:
         raise InvalidInput("a volume cannot be renamed", [Problem("name", "cannot be changed", body["name"])])
     if "size" in body:
@@ -168,7 +182,12 @@ async def update_volume(volume_id: str, request: Request) -> Response:
     return json_response(await _volume_view(rt, await _own_volume(rt, who.account_id, volume_id)))
 
 
-@router.delete("/networkvolumes/{volume_id}", tags=["networkvolumes"], summary="Delete a network volume")
+@router.delete(
+    "/networkvolumes/{volume_id}",
+    tags=["networkvolumes"],
+    summary="Delete a network volume",
+    responses=B.error_responses(409, 502),
+)
 async def delete_volume(volume_id: str, request: Request) -> Response:
     who = caller(request)
     rt = runtime(request)
@@ -232,12 +251,14 @@ async def list_models(request: Request) -> Response:
     "/models/pull",
     tags=["models"],
     summary="Download a model into the host cache (idempotent: call again to follow its progress)",
+    openapi_extra=B.body_doc(B.ModelPull),
+    responses={202: {"description": "Downloading"}, **B.error_responses(502)},
 )
 async def pull_model(request: Request) -> Response:
     who = caller(request)
     rt = runtime(request)
     preparer = _service(rt, "preparer")
-    body = await _body(request)
+    body = await B.parse_body(request, B.ModelPull, BODY_LIMIT)
     name, revision = body.get("name"), body.get("revision")
     if not isinstance(name, str) or not name:
         raise InvalidInput(
@@ -302,7 +323,12 @@ async def get_model(repo_id: str, request: Request) -> Response:
     return json_response(out)
 
 
-@router.delete("/models/{repo_id:path}", tags=["models"], summary="Remove a model from the cache (admin)")
+@router.delete(
+    "/models/{repo_id:path}",
+    tags=["models"],
+    summary="Remove a model from the cache (admin)",
+    responses=B.error_responses(409, 502),
+)
 async def remove_model(repo_id: str, request: Request) -> Response:
     who = caller(request)
     rt = runtime(request)
@@ -319,7 +345,12 @@ async def remove_model(repo_id: str, request: Request) -> Response:
 
 
 # ---- account secrets ------------------------------------------------------------------------------
-@router.put("/accounts/me/secrets", tags=["accounts"], summary="Set account secrets (e.g. HF_TOKEN)")
+@router.put(
+    "/accounts/me/secrets",
+    tags=["accounts"],
+    summary="Set account secrets (e.g. HF_TOKEN)",
+    openapi_extra=B.body_doc("Secrets"),
+)
 async def put_secrets(request: Request) -> Response:
     who = caller(request)
     rt = runtime(request)
