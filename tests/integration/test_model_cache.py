@@ -257,8 +257,10 @@ def test_worker_mount_is_read_only_with_container_paths(hub: FakeHub, tmp_path: 
     cache = ModelCache(tmp_path / "cache", endpoint_url=hub.url)
     snap = cache.ensure("org/tiny")
     mount, env = cache.worker_mount("org/tiny", snap)
-    assert mount.read_only and Path(mount.host_path) == (tmp_path / "cache").resolve()
-    assert mount.container_path == "/runpod-volume/huggingface-cache"
+    assert (
+        mount.read_only and Path(mount.host_path) == (tmp_path / "cache").resolve() / "hub/models--org--tiny"
+    )
+    assert mount.container_path == "/runpod-volume/huggingface-cache/hub/models--org--tiny"
     assert env["HF_HUB_CACHE"] == "/runpod-volume/huggingface-cache/hub"
     assert (
         env["EMBER_MODEL_PATH"]

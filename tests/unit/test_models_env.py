@@ -22,8 +22,8 @@ def test_local_env_points_the_hub_at_the_cache_offline() -> None:
 def test_container_env_uses_runpods_cache_path_and_a_read_only_mount() -> None:
     mount, env = container_model_env("/srv/ember/models", SNAP, "org/name")
     assert (mount.host_path, mount.container_path, mount.read_only) == (
-        "/srv/ember/models",
-        CONTAINER_HF_HOME,
+        "/srv/ember/models/hub/models--org--name",
+        CONTAINER_HF_HOME + "/hub/models--org--name",
         True,
     )
     assert env["HF_HUB_CACHE"] == "/runpod-volume/huggingface-cache/hub"

@@ -23,6 +23,7 @@ from ember.control.secrets import AccountSecrets
 from ember.core.errors import BackendError, EmberError, InvalidInput, ModelError, NotFound, Problem
 from ember.core.specs import EndpointSpec, spec_from_json
 from ember.models.cache import ModelCache
+from ember.models.env import repo_cache_dir
 from ember.models.state import READY, check_repo_id
 from ember.store.facade import Store
 from ember.store.resources import ResourceStore
@@ -290,16 +291,17 @@ class ModelPreparer:
         return spec
 
     async def launch_hook(self, backend: str, spec: EndpointSpec) -> tuple[list[Mount], dict[str, str]]:
-        """Cache env for every worker of a model endpoint, and the cache as a read-only mount: at the
-        container path for containers, at its own path for local workers (their sandbox shows it)."""
+        """Cache env for every worker of a model endpoint, and the model's own folder of the cache as a
+        read-only mount (never the whole cache: other accounts' models and Ember's records stay out): at
+        the container path for containers, at its own path for local workers (their sandbox shows it)."""
         if not spec.model_name:
             return [], {}
         snapshot = self._snapshot(spec.model_name, spec.model_revision or "main")
         if backend == "docker":
             cm, env = self.cache.worker_mount(spec.model_name, snapshot)
             return [Mount(cm.host_path, cm.container_path, cm.read_only)], env
-        root = str(self.cache.root)
-        return [Mount(root, root, read_only=True)], self.cache.worker_env(spec.model_name, snapshot)
+        folder = repo_cache_dir(str(self.cache.root), spec.model_name)
+        return [Mount(folder, folder, read_only=True)], self.cache.worker_env(spec.model_name, snapshot)
 
     def _snapshot(self, repo_id: str, rev: str) -> Path:
         for (_, r, v), job in list(self._jobs.items()):
