@@ -81,8 +81,16 @@ def default_backends(settings: Settings, clock: Clock) -> dict[str, Backend]:
     """Local processes always; Docker when asked for (backend=docker, EMBER_DOCKER=1) or when an engine
     answers. An unreachable engine never fails startup: launches on it fail with a clear error instead."""
     from ember.backends.local import LocalBackend
+    from ember.backends.sandbox import SandboxConfig
+    from ember.core.sandbox import parse_mode, startup_warning
 
-    backends: dict[str, Backend] = {"local": LocalBackend(settings.home / "runtime", python=sys.executable)}
+    home = settings.home.absolute()
+    sandbox = SandboxConfig(parse_mode(settings.sandbox), settings.sandbox_uid_base, hidden=(str(home),))
+    warning = startup_warning(sandbox.mode, available=sandbox.bwrap is not None)
+    if warning:
+        log.warning(warning)
+    local = LocalBackend(home / "runtime", python=sys.executable, sandbox=sandbox)
+    backends: dict[str, Backend] = {"local": local}
     wanted = settings.backend == "docker" or os.environ.get("EMBER_DOCKER", "") == "1"
     if wanted or (os.environ.get("EMBER_DOCKER", "") != "0" and _docker_reachable()):
         from ember.backends.docker import DockerBackend
@@ -185,6 +193,7 @@ def create_app(
         hooks=[volume_hook, preparer.launch_hook],
         registry_auth=credentials.auth_for,
         account_registry_auth=registry_auths.auth_config,
+        is_admin=lambda account_id: bool((row := store.accounts.get(account_id)) and row["is_admin"]),
         secret_env=runtime.extras["secrets"].worker_env,
     )
     default_backend = settings.backend if settings.backend in backends else next(iter(backends), "local")

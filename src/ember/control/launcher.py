@@ -53,6 +53,8 @@ class LaunchConfig:
     registry_auth: Callable[[str], dict[str, str] | None] | None = None
     # The engine auth_config from an account's registry auth: (account id, auth id, image reference).
     account_registry_auth: Callable[[str, str, str], Awaitable[dict[str, str]]] | None = None
+    # Whether an account is the admin (blocking): the admin's local workers may run unsandboxed.
+    is_admin: Callable[[str], bool] | None = None
     # The spec's env with `{{ RUNPOD_SECRET_<NAME> }}` replaced by the account's (sealed) secrets.
     secret_env: Callable[[str, Mapping[str, str]], Awaitable[dict[str, str]]] | None = None
 
@@ -134,11 +136,13 @@ async def launch_spec(
         return LaunchSpec(image=spec.image_name, command=command, registry_auth=registry_auth, **common)
     source = cfg.home / "sources" / (spec.source_digest or "")
     python = await prepare_python(cfg, worker["id"], source)
+    admin = cfg.is_admin is not None and await asyncio.to_thread(cfg.is_admin, worker["account_id"])
     return LaunchSpec(
         source_dir=str(source),
         handler=spec.handler or DEFAULT_HANDLER,
         command=command,
         python=python,
+        admin=admin,
         **common,
     )
 
