@@ -69,8 +69,8 @@ class TemplateBody(_Open):
     """RunPod's template fields that Ember uses; others are accepted and kept."""
 
     name: Name
-    imageName: str | None = None  # noqa: N815
-    env: dict[str, str] | None = None
+    imageName: str = ""  # noqa: N815
+    env: dict[str, str] = Field(default_factory=dict)
     dockerStartCmd: str | None = None  # noqa: N815
     containerDiskInGb: int | None = None  # noqa: N815
     containerRegistryAuthId: str | None = None  # noqa: N815
@@ -164,6 +164,30 @@ class JobRequest(_Open):
     s3Config: dict[str, Any] | None = None  # noqa: N815
 
 
+def integers(model: type[BaseModel], body: Any) -> Any:
+    """`body` with whole-number floats (`5.0`) made ints in the model's integer fields: JSON Schema's
+    `integer` includes them, and the domain checks want ints."""
+    if not isinstance(body, dict):
+        return body
+    out = dict(body)
+    for name, info in model.model_fields.items():
+        value = out.get(name)
+        if (
+            isinstance(value, float)
+            and value.is_integer()
+            and abs(value) < 2**63
+            and _is_int(info.annotation)
+        ):
+            out[name] = int(value)
+    return out
+
+
+def _is_int(annotation: Any) -> bool:
+    return annotation is int or (
+        int in getattr(annotation, "__args__", ()) and float not in annotation.__args__
+    )
+
+
 def _shown(value: Any) -> Any:
     if isinstance(value, str):
         return value[:64] if value.isprintable() else None
@@ -195,7 +219,7 @@ async def parse_body(request: Request, model: type[BaseModel], limit_bytes: int,
         body = empty
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object", [Problem("body", "must be a JSON object")])
-    return check(model, body)
+    return check(model, integers(model, body))
 
 
 # ---- the OpenAPI document ------------------------------------------------------------------------------
@@ -215,6 +239,7 @@ def body_doc(model: type[BaseModel] | str, *, required: bool = True) -> dict[str
 ERROR_TEXT = {
     400: "Invalid request: malformed JSON, a bad field or parameter (`problems` lists them)",
     401: "Missing or invalid API key",
+    403: "Not allowed for this account (e.g. a tenant naming a directory on the server)",
     402: "Not enough credit",
     404: "Not found (also what a non-admin key gets for an admin route)",
     408: "The request body did not arrive in time",

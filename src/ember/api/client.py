@@ -59,6 +59,8 @@ def _parse_job(body: Any, default_timeout_ms: int) -> tuple[str, str | None, str
         if not isinstance(policy, dict):
             problems.append(Problem("policy", "must be an object", policy))
         else:
+            policy = B.integers(B.Policy, policy)
+            body = {**body, "policy": policy}
             timeout_ms = _ms(
                 policy,
                 "executionTimeout",
@@ -218,7 +220,8 @@ async def _job(request: Request, endpoint_id: str, job_id: str) -> tuple[Runtime
     return rt, who, ep
 
 
-@router.api_route("/stream/{job_id}", methods=["GET", "POST"], summary="Stream chunks not yet read")
+@router.get("/stream/{job_id}", summary="Stream chunks not yet read", operation_id="stream_get")
+@router.post("/stream/{job_id}", summary="Stream chunks not yet read", operation_id="stream_post")
 async def stream(endpoint_id: str, job_id: str, request: Request) -> Response:
     rt, _, ep = await _job(request, endpoint_id, job_id)
     got = await rt.store.run(rt.store.jobs.read_stream, job_id, ep.account_id, ep.id)

@@ -88,7 +88,7 @@ def _template_view(row: Any) -> dict[str, Any]:
 async def create_template(request: Request) -> Response:
     who = caller(request)
     rt = runtime(request)
-    data = _template_data(B.check(B.TemplateBody, await _body(request)))
+    data = _template_data(B.check(B.TemplateBody, B.integers(B.TemplateBody, await _body(request))))
     await require_owned(rt, who.account_id, data.get("containerRegistryAuthId"))
     template_id = make_id("template", uuid.uuid4().hex[:16])
     await rt.store.run(
@@ -131,7 +131,7 @@ async def update_template(template_id: str, request: Request) -> Response:
     who = caller(request)
     rt = runtime(request)
     row = await _own_template(rt, who.account_id, template_id)
-    patch = B.check(B.TemplatePatch, await _body(request))
+    patch = B.check(B.TemplatePatch, B.integers(B.TemplatePatch, await _body(request)))
     data = _template_data({**json.loads(row["data"]), **patch})
     await require_owned(rt, who.account_id, data.get("containerRegistryAuthId"))
     await rt.store.run(rt.store.endpoints.update_template, template_id, data["name"], data)
@@ -151,7 +151,7 @@ async def delete_template(template_id: str, request: Request) -> Response:
 async def _resolve_spec(
     rt: Runtime, account_id: str, body: dict[str, Any], base: EndpointSpec | None, *, admin: bool
 ) -> EndpointSpec:
-    body = dict(body)
+    body = B.integers(B.EndpointBody, body)
     template_id = body.get("templateId")
     if template_id is not None and not isinstance(template_id, str):
         raise InvalidInput(
@@ -269,7 +269,7 @@ def _shown_once(
     summary="Create an endpoint",
     status_code=201,
     openapi_extra=B.body_doc(B.EndpointBody),
-    responses=B.error_responses(409, 502),
+    responses=B.error_responses(403, 409, 502),
 )
 async def create_endpoint(request: Request) -> Response:
     who = caller(request)
@@ -329,7 +329,7 @@ async def get_endpoint(ref: str, request: Request) -> Response:
     tags=["endpoints"],
     summary="Update an endpoint",
     openapi_extra=B.body_doc(B.EndpointPatch),
-    responses=B.error_responses(409, 502),
+    responses=B.error_responses(403, 409, 502),
 )
 async def update_endpoint(ref: str, request: Request) -> Response:
     who = caller(request)

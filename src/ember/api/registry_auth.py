@@ -65,6 +65,7 @@ def _checked(body: object) -> tuple[str, str, str]:
     summary="Store a container-registry login (name, username, password)",
     status_code=201,
     openapi_extra=B.body_doc(B.RegistryAuthCreate),
+    responses=B.error_responses(409),
 )
 async def create_registry_auth(request: Request) -> Response:
     who = caller(request)
