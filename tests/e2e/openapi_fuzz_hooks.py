@@ -1,7 +1,8 @@
 """Schemathesis hooks for `test_openapi_fuzz`: keep generated bodies from naming anything Ember would
 reach out to. The server refuses non-loopback destinations anyway (EMBER_OUTBOUND_ALLOW is loopback
 only, checked on the resolved address), but a generated host name would still cost a DNS query, and a
-model name a hub request, so such bodies are not sent at all."""
+model name a hub request, so such bodies are not sent at all. (The coverage phase does not run this
+hook; it sends only boundary values such as "", "0" or {}, which name no host.)"""
 
 from __future__ import annotations
 
