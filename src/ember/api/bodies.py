@@ -164,6 +164,21 @@ class JobRequest(_Open):
     s3Config: dict[str, Any] | None = None  # noqa: N815
 
 
+# ---- worker protocol bodies (worker keys; the RunPod SDK sends them) --------------------------------------
+class WorkerResult(_Open):
+    """A job's result (`output` or `error`), or progress (`status: IN_PROGRESS`)."""
+
+    output: Any = None
+    error: Any = Field(None, description="a failure: a string, or any JSON (kept as text)")
+    status: str | None = Field(None, description="IN_PROGRESS for a progress update")
+    stopPod: bool | None = None  # noqa: N815
+
+
+class StreamChunk(_Open):
+    output: Any = Field(None, description="the chunk, any JSON")
+    error: Any = None
+
+
 def integers(model: type[BaseModel], body: Any) -> Any:
     """`body` with whole-number floats (`5.0`) made ints in the model's integer fields: JSON Schema's
     `integer` includes them, and the domain checks want ints."""

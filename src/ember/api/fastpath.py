@@ -59,7 +59,9 @@ class FastRoutes:
                 for n in query
             ]
             answers: dict[str, Any] = {
-                code: {"description": text, "content": {"application/json": {"schema": {}}}}
+                code: {"description": text}
+                if code == "204"
+                else {"description": text, "content": {"application/json": {"schema": {}}}}
                 for code, text in (responses or {"200": "JSON"}).items()
             }
             for code in errors:

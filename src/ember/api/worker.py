@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from ember.api import bodies as B
 from ember.api.deps import Runtime, hold_clock, read_json, runtime, worker_caller
 from ember.api.errors import json_response
 from ember.api.fastpath import FastRoutes
@@ -158,7 +159,13 @@ def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> i
         raise InvalidInput(f"{name} must be an integer, got {raw!r}")
 
 
-@fast.route("/job-take/{worker_id}", ["GET"], "Take the next job (long poll)", query=("job_in_progress",))
+@fast.route(
+    "/job-take/{worker_id}",
+    ["GET"],
+    "Take the next job (long poll)",
+    query=("job_in_progress",),
+    responses={"200": "A job", "204": "No job within the hold"},
+)
 async def job_take(request: Request) -> Response:
     return await _take(request, 1, as_list=False)
 
@@ -168,6 +175,7 @@ async def job_take(request: Request) -> Response:
     ["GET"],
     "Take up to batch_size jobs (long poll)",
     query=("batch_size", "job_in_progress"),
+    responses={"200": "Jobs", "204": "No job within the hold"},
 )
 async def job_take_batch(request: Request) -> Response:
     p = request.path_params
@@ -184,6 +192,8 @@ def _dump(value: Any) -> str:
     ["POST"],
     "Report a job's result or progress; with take=N (Ember's SDK), also take up to N next jobs",
     query=("isStream", "take"),
+    body=B.WorkerResult,
+    errors=(409,),
 )
 async def job_done(request: Request) -> Response:
     # The worker key names this endpoint and worker (keys die with their worker), so the hot path
@@ -281,7 +291,12 @@ async def _hold_for_jobs(
         gone.cancel()
 
 
-@router.post("/job-stream/{worker_id}/{job_id}", summary="Append a stream chunk")
+@router.post(
+    "/job-stream/{worker_id}/{job_id}",
+    summary="Append a stream chunk",
+    openapi_extra=B.body_doc(B.StreamChunk),
+    responses=B.error_responses(409),
+)
 async def job_stream(endpoint_id: str, worker_id: str, job_id: str, request: Request) -> Response:
     rt, _ = await _worker(request, endpoint_id, worker_id)
     body = await read_json(request, J.STREAM_CHUNK_LIMIT_BYTES + 1024)
@@ -321,7 +336,11 @@ async def ping(endpoint_id: str, worker_id: str, request: Request) -> Response:
     return json_response({"status": "ok"})
 
 
-@router.get("/job-stop/{worker_id}", summary="Jobs this worker should stop (long poll)")
+@router.get(
+    "/job-stop/{worker_id}",
+    summary="Jobs this worker should stop (long poll)",
+    responses={204: {"description": "Nothing to stop within the hold"}},
+)
 async def job_stop(endpoint_id: str, worker_id: str, request: Request) -> Response:
     rt, _ = await _worker(request, endpoint_id, worker_id)
     deadline = hold_clock() + rt.limits.take_hold_s
