@@ -14,8 +14,6 @@ import pytest
 
 from tests.support.live import LiveServer
 
-pytest.importorskip("schemathesis")
-
 HERE = Path(__file__).resolve().parent
 MAX_EXAMPLES = 10
 RUN_LIMIT_S = 150
