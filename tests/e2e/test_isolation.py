@@ -12,23 +12,13 @@ import pytest
 from tests.support.live import LiveServer, handler_dir, wait_for
 
 
-def _account(server: LiveServer, name: str, credit: str | None) -> str:
-    resp = server.api("POST", "/v1/accounts", json={"name": name})
-    assert resp.status_code == 201, resp.text
-    acct = resp.json()
-    if credit:
-        resp = server.api("POST", f"/v1/accounts/{acct['id']}/credits", json={"amount": credit})
-        assert resp.status_code == 200, resp.text
-    return acct["apiKey"]  # type: ignore[no-any-return]
-
-
 @pytest.fixture(scope="module")
 def world(server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Account A with a running endpoint, a finished job, a worker and logs; account B with its own
     (worker-less) endpoint and a queued job."""
     root = tmp_path_factory.mktemp("isolation")
-    key_a = _account(server, "alice", "100.00")
-    key_b = _account(server, "bob", None)
+    key_a = server.new_account("alice", "100.00")
+    key_b = server.new_account("bob", None)
     ep_a = server.deploy(
         "shared-name", handler_dir(root / "a", "echo"), key_a, env={"EMBER_TEST_SDK": "ember"}, workersMin=1
     )["id"]

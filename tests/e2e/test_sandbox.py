@@ -32,15 +32,6 @@ def sserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
             manager.delete(info.volume_id)
 
 
-def _account(server: LiveServer, name: str) -> str:
-    resp = server.api("POST", "/v1/accounts", json={"name": name})
-    assert resp.status_code == 201, resp.text
-    account = resp.json()
-    resp = server.api("POST", f"/v1/accounts/{account['id']}/credits", json={"amount": "100.00"})
-    assert resp.status_code == 200, resp.text
-    return str(account["apiKey"])
-
-
 def _volume(server: LiveServer, key: str, name: str) -> str:
     resp = server.api("POST", "/v1/networkvolumes", key, json={"name": name, "size": 1})
     assert resp.status_code == 201, resp.text
@@ -64,7 +55,7 @@ def _idle_worker(server: LiveServer, key: str, endpoint_id: str) -> str:
 def tenants(sserver: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A's endpoint with a volume holding A's secret and a running worker; B's hostile endpoint."""
     root = tmp_path_factory.mktemp("tenants")
-    key_a, key_b = _account(sserver, "alice"), _account(sserver, "mallory")
+    key_a, key_b = sserver.new_account("alice"), sserver.new_account("mallory")
     ep_a = sserver.deploy(
         "a-data",
         handler_dir(root / "a", "volume_rw"),

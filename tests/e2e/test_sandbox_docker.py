@@ -35,15 +35,6 @@ def dserver(
             manager.delete(info.volume_id)
 
 
-def _account(server: LiveServer, name: str) -> str:
-    resp = server.api("POST", "/v1/accounts", json={"name": name})
-    assert resp.status_code == 201, resp.text
-    account = resp.json()
-    resp = server.api("POST", f"/v1/accounts/{account['id']}/credits", json={"amount": "100.00"})
-    assert resp.status_code == 200, resp.text
-    return str(account["apiKey"])
-
-
 def _endpoint(server: LiveServer, key: str, name: str, image: str, handler: str, volume_name: str) -> str:
     resp = server.api("POST", "/v1/networkvolumes", key, json={"name": volume_name, "size": 1})
     assert resp.status_code == 201, resp.text
@@ -90,7 +81,7 @@ def _container_env(docker_client: Any, worker_id: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def tenants(dserver: LiveServer, fixture_image: str, docker_client: Any) -> dict[str, Any]:  # noqa: F811
-    key_a, key_b = _account(dserver, "alice"), _account(dserver, "mallory")
+    key_a, key_b = dserver.new_account("alice"), dserver.new_account("mallory")
     ep_a = _endpoint(dserver, key_a, "a-data", fixture_image, "volume_rw.py", "a-vol")
     ep_b = _endpoint(dserver, key_b, "b-probe", fixture_image, "hostile.py", "b-vol")
     assert _runsync(dserver, key_a, ep_a, {"write": "x", "text": "alice-secret"})["root"] == "/runpod-volume"

@@ -45,16 +45,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         yield s
 
 
-def _account(server: LiveServer, name: str) -> str:
-    acct = server.api("POST", "/v1/accounts", json={"name": name}).json()
-    credit = server.api("POST", f"/v1/accounts/{acct['id']}/credits", json={"amount": "20.00"})
-    assert credit.status_code == 200, credit.text
-    return str(acct["apiKey"])
-
-
 @pytest.fixture(scope="module")
 def tenant(server: LiveServer) -> str:
-    return _account(server, "tenant")
+    return server.new_account("tenant", "20.00")
 
 
 def _post_archive(server: LiveServer, key: str, data: bytes) -> Any:
@@ -175,7 +168,7 @@ def test_another_account_cannot_see_or_deploy_an_upload(
     upload = mine.json()
     assert upload["files"] == 1 and upload["id"].startswith("src-")
     assert server.api("GET", f"/v1/sources/{upload['id']}", tenant).json() == upload
-    other = _account(server, "other")
+    other = server.new_account("other", "20.00")
     assert server.api("GET", f"/v1/sources/{upload['id']}", other).status_code == 404
     resp = server.api("POST", "/v1/endpoints", other, json={"name": "stolen", "sourceId": upload["id"]})
     assert resp.status_code == 404 and resp.json()["code"] == "not_found", resp.text

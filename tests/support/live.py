@@ -198,6 +198,16 @@ class LiveServer:
         )
         return env
 
+    def new_account(self, name: str, credit: str | None = "100.00") -> str:
+        """Create a (non-admin) account, credit it with `credit` dollars when given; its API key."""
+        resp = self.api("POST", "/v1/accounts", json={"name": name})
+        assert resp.status_code == 201, resp.text
+        account = resp.json()
+        if credit:
+            resp = self.api("POST", f"/v1/accounts/{account['id']}/credits", json={"amount": credit})
+            assert resp.status_code == 200, resp.text
+        return str(account["apiKey"])
+
     def deploy(
         self, name: str, source_dir: Path | str, key: str | None = None, **fields: Any
     ) -> dict[str, Any]:
