@@ -133,3 +133,17 @@ def test_ember_server_and_up_on_a_taken_port_say_so_in_one_line(
     assert not (tmp_path / "home" / "ember.db").exists()  # nothing was set up for a server that can't serve
     out = _ember(tmp_path, command, EMBER_PORT=str(busy_port))
     _one_clear_line(out, busy_port)
+
+
+@pytest.mark.parametrize(
+    ("command", "variable", "value"),
+    [("server", "EMBER_SANDBOX", "maybe"), ("up", "EMBER_OUTBOUND_ALLOW", "127.0.0.0/40")],
+)
+def test_a_bad_setting_is_one_line_naming_its_variable(
+    tmp_path: Path, command: str, variable: str, value: str
+) -> None:
+    out = _ember(tmp_path, command, "--port", "9", **{variable: value})
+    text = (out.stdout + out.stderr).strip()
+    assert out.returncode == 2 and "Traceback" not in text, text
+    assert len(text.splitlines()) == 1 and text.startswith(f"error: {variable}:") and value in text, text
+    assert not (tmp_path / "home").exists()

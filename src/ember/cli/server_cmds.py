@@ -15,6 +15,7 @@ import httpx
 import typer
 import uvicorn
 import uvloop
+from pydantic import ValidationError
 from rich.console import Console
 
 from ember.settings import Settings
@@ -38,7 +39,14 @@ def _settings(
         overrides["backend"] = backend
     if registry:
         overrides["registry"] = registry
-    return Settings(**overrides)  # type: ignore[arg-type]
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        # One line per bad setting, naming its EMBER_ variable, instead of pydantic's traceback.
+        for error in exc.errors():
+            name = "EMBER_" + "_".join(str(part) for part in error["loc"]).upper()
+            console.print(f"[red]error:[/] {name}: {error['msg']}", markup=True, highlight=False)
+        raise typer.Exit(2)
 
 
 # How long requests still open at shutdown may run on (a job-done finishing) before they are cut; the
