@@ -15,6 +15,7 @@ import pytest
 from ember.volumes.store import VolumeManager
 from tests.conftest import need
 from tests.support.live import LiveServer, handler_dir, live_server, wait_for
+from tests.support.tenants import assert_b_cannot_post_to_a_job, assert_nothing_leaked, exec_as_b
 
 
 @pytest.fixture(scope="module")
@@ -101,11 +102,6 @@ def tenants(sserver: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> di
     }
 
 
-def _assert_nothing_leaked(text: str, tenants: dict[str, Any]) -> None:
-    for secret in tenants["secrets"]:
-        assert secret not in text
-
-
 def test_a_hostile_handler_reads_nothing_of_the_server_or_another_tenant(
     sserver: LiveServer, tenants: dict[str, Any]
 ) -> None:
@@ -116,7 +112,7 @@ def test_a_hostile_handler_reads_nothing_of_the_server_or_another_tenant(
         "volume": "mallory's own",
     }
     out = _job(sserver, tenants["key_b"], tenants["ep_b"], probe)
-    _assert_nothing_leaked(json.dumps(out), tenants)
+    assert_nothing_leaked(json.dumps(out), tenants)
     reads = out["reads"]
     # EMBER_HOME itself is only the empty skeleton of the path to B's own source snapshot.
     assert set(reads.pop(str(home)).get("listed", [])) <= {"sources", "venvs"}
@@ -132,7 +128,9 @@ def test_a_hostile_handler_reads_nothing_of_the_server_or_another_tenant(
 
 
 def test_exec_runs_in_the_same_sandbox(sserver: LiveServer, tenants: dict[str, Any]) -> None:
-    script = "; ".join(
+    output = exec_as_b(
+        sserver,
+        tenants,
         [f"cat {t} 2>&1 | head -c 300" for t in tenants["targets"]]
         + [
             "cat /proc/[0-9]*/environ 2>&1 | tr '\\0' '\\n' | grep -c RUNPOD_AI_API_KEY",
@@ -140,17 +138,8 @@ def test_exec_runs_in_the_same_sandbox(sserver: LiveServer, tenants: dict[str, A
             'echo "volume=$(cat /runpod-volume/x)"',
             f"echo owned > {sserver.home / 'models' / 'x'} 2>&1",
             "ls /proc | grep -c '^[0-9]'",
-        ]
+        ],
     )
-    resp = sserver.api(
-        "POST",
-        f"/v1/workers/{tenants['worker_b']}/exec",
-        tenants["key_b"],
-        json={"command": ["sh", "-c", script]},
-    )
-    assert resp.status_code == 200, resp.text
-    output = resp.json()["output"]
-    _assert_nothing_leaked(output, tenants)
     lines = output.splitlines()
     assert "volume=mallory's own" in lines, output  # the worker's own volume at /runpod-volume
     assert "uid=0" not in lines and any(line.startswith("uid=") for line in lines), output
@@ -161,18 +150,4 @@ def test_exec_runs_in_the_same_sandbox(sserver: LiveServer, tenants: dict[str, A
 def test_a_worker_key_cannot_post_to_another_tenants_job(
     sserver: LiveServer, tenants: dict[str, Any]
 ) -> None:
-    resp = sserver.api("POST", f"/v2/{tenants['ep_a']}/run", tenants["key_a"], json={"input": {"read": "x"}})
-    job_id = resp.json()["id"]
-    b_key = sserver.worker_key(tenants["worker_b"])
-    forged = {"output": {"text": "forged"}}
-    for endpoint, worker in ((tenants["ep_a"], tenants["worker_a"]), (tenants["ep_b"], tenants["worker_b"])):
-        url = f"/v2/{endpoint}/job-done/{worker}/{job_id}"
-        answer = sserver.api("POST", url, b_key, json=forged)
-        assert answer.status_code in (401, 403, 404, 409), (endpoint, worker, answer.text, tenants)
-
-    def final() -> dict[str, Any] | None:
-        record = sserver.api("GET", f"/v2/{tenants['ep_a']}/status/{job_id}", tenants["key_a"]).json()
-        return record if record["status"] in ("COMPLETED", "FAILED") else None
-
-    record = wait_for(final, 120, what="A's job to finish")
-    assert record["status"] == "COMPLETED" and record["output"]["text"] == "alice-secret"
+    assert_b_cannot_post_to_a_job(sserver, tenants, sserver.worker_key(tenants["worker_b"]))

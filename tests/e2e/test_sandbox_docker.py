@@ -15,6 +15,7 @@ import pytest
 from ember.volumes.store import VolumeManager
 from tests.e2e.test_docker_deploy import docker_server, fixture_image, remove_containers  # noqa: F401
 from tests.support.live import LiveServer, wait_for
+from tests.support.tenants import assert_b_cannot_post_to_a_job, assert_nothing_leaked, exec_as_b
 
 pytestmark = pytest.mark.docker
 
@@ -94,6 +95,7 @@ def tenants(dserver: LiveServer, fixture_image: str, docker_client: Any) -> dict
         "key_b": key_b,
         "ep_a": ep_a,
         "ep_b": ep_b,
+        "worker_a": worker_a,
         "worker_b": worker_b,
         "b_key": _container_env(docker_client, worker_b)["RUNPOD_AI_API_KEY"],
         "a_volume": a_volume,
@@ -111,11 +113,6 @@ def tenants(dserver: LiveServer, fixture_image: str, docker_client: Any) -> dict
     }
 
 
-def _assert_nothing_leaked(text: str, tenants: dict[str, Any]) -> None:
-    for secret in tenants["secrets"]:
-        assert secret not in text
-
-
 def test_a_hostile_container_reads_nothing_of_the_server_or_another_tenant(
     dserver: LiveServer, tenants: dict[str, Any]
 ) -> None:
@@ -125,7 +122,7 @@ def test_a_hostile_container_reads_nothing_of_the_server_or_another_tenant(
         "volume": "mallory's own",
     }
     out = _runsync(dserver, tenants["key_b"], tenants["ep_b"], probe)
-    _assert_nothing_leaked(json.dumps(out), tenants)
+    assert_nothing_leaked(json.dumps(out), tenants)
     assert all("error" in result for result in out["reads"].values()), out["reads"]
     assert all("error" in result for result in out["writes"].values()), out["writes"]
     # Its own pid namespace: docker's init, the handler and nothing of A's.
@@ -136,19 +133,12 @@ def test_a_hostile_container_reads_nothing_of_the_server_or_another_tenant(
 
 
 def test_exec_stays_inside_the_container(dserver: LiveServer, tenants: dict[str, Any]) -> None:
-    script = "; ".join(
+    output = exec_as_b(
+        dserver,
+        tenants,
         [f"cat {t} 2>&1 | head -c 300" for t in tenants["targets"]]
-        + ['echo "volume=$(cat /runpod-volume/x)"', "grep NoNewPrivs /proc/self/status"]
+        + ['echo "volume=$(cat /runpod-volume/x)"', "grep NoNewPrivs /proc/self/status"],
     )
-    resp = dserver.api(
-        "POST",
-        f"/v1/workers/{tenants['worker_b']}/exec",
-        tenants["key_b"],
-        json={"command": ["sh", "-c", script]},
-    )
-    assert resp.status_code == 200, resp.text
-    output = resp.json()["output"]
-    _assert_nothing_leaked(output, tenants)
     assert "volume=mallory's own" in output.splitlines(), output
     assert "NoNewPrivs:\t1" in output, output
 
@@ -156,16 +146,4 @@ def test_exec_stays_inside_the_container(dserver: LiveServer, tenants: dict[str,
 def test_a_worker_key_cannot_post_to_another_tenants_job(
     dserver: LiveServer, tenants: dict[str, Any]
 ) -> None:
-    resp = dserver.api("POST", f"/v2/{tenants['ep_a']}/run", tenants["key_a"], json={"input": {"read": "x"}})
-    job_id = resp.json()["id"]
-    forged = {"output": {"text": "forged"}}
-    for endpoint in (tenants["ep_a"], tenants["ep_b"]):
-        url = f"/v2/{endpoint}/job-done/{tenants['worker_b']}/{job_id}"
-        assert dserver.api("POST", url, tenants["b_key"], json=forged).status_code in (401, 403, 404, 409)
-
-    def final() -> dict[str, Any] | None:
-        record = dserver.api("GET", f"/v2/{tenants['ep_a']}/status/{job_id}", tenants["key_a"]).json()
-        return record if record["status"] in ("COMPLETED", "FAILED") else None
-
-    record = wait_for(final, 120, what="A's job to finish")
-    assert record["status"] == "COMPLETED" and record["output"]["text"] == "alice-secret"
+    assert_b_cannot_post_to_a_job(dserver, tenants, tenants["b_key"])
