@@ -18,6 +18,7 @@ import pytest
 
 from ember.core.errors import InvalidInput, ModelError, NotFound
 from ember.models.cache import ModelCache
+from ember.models.state import Record, StateDir
 from tests.conftest import need
 from tests.support.fakehub import FakeHub, HubRepo, iter_files, minilm_files
 
@@ -316,3 +317,29 @@ def test_a_download_killed_midway_reads_as_interrupted_and_the_next_ensure_compl
     snap = cache.ensure("org/tiny")
     assert (snap / "model.safetensors").read_bytes() == BIG
     assert cache.status("org/tiny").state == "ready"
+
+
+def test_threads_writing_one_record_at_once_each_replace_it_whole(tmp_path: Path) -> None:
+    """The waiters of one download each record their use of the model: concurrent writes of the same
+    record from one process must not rename each other's temporary file away."""
+    state = StateDir(tmp_path / "cache", tmp_path / "cache" / "hub")
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def writer(n: int) -> None:
+        start.wait()
+        for i in range(200):
+            try:
+                state.write(Record("org/tiny", "main", "ready", last_used_at=float(n * 1000 + i)))
+            except BaseException as exc:  # noqa: BLE001 (collected for the assertion)
+                errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    record = state.read("org/tiny")
+    assert record is not None and record.state == "ready"
+    assert not list(state.records_dir.glob("*.tmp"))

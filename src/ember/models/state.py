@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -118,9 +119,11 @@ class StateDir:
             return None  # a torn or foreign file: treat as unknown, the next ensure rewrites it
 
     def write(self, rec: Record) -> None:
-        """Atomic replace, so readers in other processes never see half a record."""
+        """Atomic replace, so readers in other processes never see half a record. The temporary file is
+        this thread's own: two threads of one process writing the same record at once (the waiters of
+        one download each record their use) must not rename each other's file away."""
         path = self.record_path(rec.repo_id)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(rec.to_json())
         os.replace(tmp, path)
 
