@@ -6,6 +6,7 @@ import os
 
 from sqlalchemy import create_engine, text
 
+from ember.core.workers import WorkerState
 from ember.store.facade import Store
 
 PG_URL = os.environ.get("EMBER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -29,3 +30,22 @@ def fresh_pg() -> Store:
         conn.execute(text("CREATE SCHEMA public"))
     engine.dispose()
     return Store.open(PG_URL)
+
+
+def add_worker(store: Store, state: WorkerState, worker_id: str = "wk-1", *, reason: str = "test") -> None:
+    """A launched FLEX worker of endpoint ep-1 (account acct-1, release 1, no GPU) in `state` since 1.0."""
+    store.workers.create(
+        id=worker_id,
+        endpoint_id="ep-1",
+        account_id="acct-1",
+        release=1,
+        type="FLEX",
+        state=state,
+        now=1.0,
+        reason=reason,
+        gpu_type=None,
+        gpu_count=0,
+        gpu_devices="",
+        backend="local",
+        launched=True,
+    )

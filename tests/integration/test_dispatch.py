@@ -12,6 +12,7 @@ from ember.core.jobs import JobState
 from ember.core.workers import WorkerState
 from ember.store.facade import Store
 from ember.store.jobs import NewJob
+from tests.integration.store_fixtures import add_worker
 from tests.support.harness import Harness, build
 
 
@@ -196,21 +197,7 @@ def _job(i: int) -> NewJob:
 
 
 def _worker(store: Store, state: WorkerState, worker_id: str = "wk-1") -> None:
-    store.workers.create(
-        id=worker_id,
-        endpoint_id="ep-1",
-        account_id="acct-1",
-        release=1,
-        type="FLEX",
-        state=state,
-        now=1.0,
-        reason="test",
-        gpu_type=None,
-        gpu_count=0,
-        gpu_devices="",
-        backend="memory",
-        launched=True,
-    )
+    add_worker(store, state, worker_id)
 
 
 def test_hand_over_records_the_job_taken_and_the_worker_running(store: Store) -> None:

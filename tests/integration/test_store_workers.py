@@ -4,24 +4,11 @@ from __future__ import annotations
 
 from ember.core.workers import WorkerState
 from ember.store.facade import Store
+from tests.integration.store_fixtures import add_worker
 
 
 def _initializing(store: Store, worker_id: str = "wk-1") -> None:
-    store.workers.create(
-        id=worker_id,
-        endpoint_id="ep-1",
-        account_id="acct-1",
-        release=1,
-        type="FLEX",
-        state=WorkerState.INITIALIZING,
-        now=1.0,
-        reason="starting",
-        gpu_type=None,
-        gpu_count=0,
-        gpu_devices="",
-        backend="local",
-        launched=True,
-    )
+    add_worker(store, WorkerState.INITIALIZING, worker_id, reason="starting")
 
 
 def test_a_starting_reason_changes_only_the_reason_of_an_initializing_worker(store: Store) -> None:
