@@ -20,7 +20,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import Response
 
-from ember import __version__
+from ember import __version__, console
 from ember.api import client as client_routes
 from ember.api import endpoints as endpoint_routes
 from ember.api import errors as api_errors
@@ -276,6 +276,7 @@ def create_app(
     app.include_router(manage_routes.router)
     app.include_router(resource_routes.router)
     app.include_router(registry_auth_routes.router)
+    console.install(app)
     app.include_router(git_routes.router)
     app.include_router(source_routes.router)
 

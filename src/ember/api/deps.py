@@ -61,6 +61,7 @@ class Runtime:
     heard: dict[str, float] = field(default_factory=dict)  # worker id -> when its last_seen_at was written
     _keys: dict[str, tuple[float, KeyInfo | None]] = field(default_factory=dict)
     _endpoints: dict[tuple[str, str], tuple[float, EndpointInfo | None]] = field(default_factory=dict)
+    _sessions: dict[str, tuple[float, KeyInfo | None]] = field(default_factory=dict)
 
     def backend_for(self, name: str) -> Any:
         try:
@@ -90,6 +91,26 @@ class Runtime:
         self._endpoints[(account_id, ref)] = (now, info)
         return info
 
+    def resolve_session(self, token: str) -> KeyInfo | None:
+        """The account a console session cookie signs in (as its admin or user key would), cached like
+        keys; `forget_session` evicts one at sign-out."""
+        now = self.clock.now()
+        hit = self._sessions.get(token)
+        if hit is not None and now - hit[0] < KEY_CACHE_S:
+            return hit[1]
+        info = None
+        account_id = self.store.sessions.account_of(token, now)
+        row = self.store.accounts.get(account_id) if account_id else None
+        if row is not None:
+            info = KeyInfo(row["id"], "admin" if row["is_admin"] else "user", None, None)
+        if len(self._sessions) > 10_000:
+            self._sessions.clear()
+        self._sessions[token] = (now, info)
+        return info
+
+    def forget_session(self, token: str) -> None:
+        self._sessions.pop(token, None)
+
     def resolve(self, plain: str) -> KeyInfo | None:
         now = self.clock.now()
         hit = self._keys.get(plain)
@@ -113,10 +134,26 @@ def key_from(request: Request) -> str:
     return raw.strip()
 
 
+# The web console's session cookie, and the header its scripts send with it. The API takes the cookie
+# in place of a key only beside that header: a page of another site can make a browser send the cookie
+# (a form post) but not add a header without a CORS preflight, which this server never grants.
+CONSOLE_COOKIE = "ember_console"
+CONSOLE_HEADER = "x-ember-console"
+
+
+def console_session(request: Request) -> KeyInfo | None:
+    """The account signed in to the console by this request's cookie, None when there is none."""
+    token = request.cookies.get(CONSOLE_COOKIE)
+    return runtime(request).resolve_session(token) if token else None
+
+
 def caller(request: Request) -> KeyInfo:
-    """The account key of the caller (user or admin); worker keys are refused here."""
+    """The account key of the caller (user or admin); worker keys are refused here. The console's
+    scripts call with their session cookie and the console header instead of a key."""
     plain = key_from(request)
     if not plain:
+        if request.headers.get(CONSOLE_HEADER) and (info := console_session(request)) is not None:
+            return info
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
     info = runtime(request).resolve(plain)
     if info is None or info.kind == "worker":

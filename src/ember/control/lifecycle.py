@@ -28,6 +28,7 @@ from ember.core.reconcile import WorkerView, plan
 from ember.core.scaler import Memory, Observation, decide
 from ember.core.specs import EndpointSpec, spec_from_json
 from ember.core.workers import LIVE, WorkerState, WorkerType, is_lost
+from ember.store.endpoints import ScaleEvent
 from ember.store.facade import Store
 
 log = logging.getLogger("ember.lifecycle")
@@ -375,6 +376,8 @@ class Lifecycle:
                     obs.queued,
                     obs.workers,
                 )
+            changed = decision_target != ep["desired_workers"] or reason != ep["scale_reason"]
+            event = ScaleEvent(snap.now, obs.queued, obs.workers) if changed else None
             await s.run(
                 lambda: s.endpoints.set_scaling(
                     ep["id"],
@@ -382,6 +385,7 @@ class Lifecycle:
                     reason,
                     {"target": new_mem.target, "last_up_at": new_mem.last_up_at},
                     status,
+                    event,
                 )
             )
         elif status is not None and status != ep["status_message"]:

@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
 from ember.store.db import Repository, transaction
-from ember.store.schema import endpoints, releases, templates, volumes
+from ember.store.schema import endpoints, releases, scale_events, templates, volumes
 
 E = endpoints.c
 R = releases.c
 T = templates.c
 V = volumes.c
+
+
+@dataclass(frozen=True)
+class ScaleEvent:
+    """What the scaler saw when it changed its decision (kept beside the new target and reason)."""
+
+    at: float
+    queued: int
+    workers: int
 
 
 class EndpointStore(Repository):
@@ -131,7 +141,10 @@ class EndpointStore(Repository):
         reason: str,
         memory: dict[str, Any],
         status_message: str | None = None,
+        decision: ScaleEvent | None = None,
     ) -> None:
+        """Persist the scaler's target, reason and memory; `decision`, when the target or the reason
+        changed, is kept in `scale_events` (the console's list of the scaler's decisions)."""
         values: dict[str, Any] = dict(
             desired_workers=desired, scale_reason=reason, scale_memory=json.dumps(memory)
         )
@@ -139,6 +152,23 @@ class EndpointStore(Repository):
             values["status_message"] = status_message
         with self.engine.begin() as conn:
             conn.execute(update(endpoints).where(E.id == endpoint_id).values(**values))
+            if decision is not None:
+                conn.execute(
+                    insert(scale_events).values(
+                        endpoint_id=endpoint_id,
+                        at=decision.at,
+                        desired=desired,
+                        reason=reason,
+                        queued=decision.queued,
+                        workers=decision.workers,
+                    )
+                )
+
+    def scale_events(self, endpoint_id: str, since: float, limit: int = 200) -> Sequence[RowMapping]:
+        """The scaler's decisions for an endpoint since `since`, newest first."""
+        S = scale_events.c
+        query = select(scale_events).where(S.endpoint_id == endpoint_id, S.at >= since)
+        return self._all(query.order_by(S.at.desc(), S.id.desc()).limit(limit))
 
     def set_status(self, endpoint_id: str, message: str) -> None:
         with self.engine.begin() as conn:

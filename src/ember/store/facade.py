@@ -15,7 +15,9 @@ from ember.core.workers import WorkerState
 from ember.store.accounts import AccountStore
 from ember.store.db import Database, RawAccess, Sealing, make_engine, migrate
 from ember.store.endpoints import EndpointStore
+from ember.store.insights import InsightStore
 from ember.store.jobs import Claimed, Finished, JobStore, NewJob
+from ember.store.sessions import SessionStore
 from ember.store.workers import WorkerStore
 
 T = TypeVar("T")
@@ -42,6 +44,8 @@ class Store:
         self.workers = WorkerStore(engine, self.raw)
         self.accounts = AccountStore(engine)
         self.endpoints = EndpointStore(engine)
+        self.sessions = SessionStore(engine)
+        self.insights = InsightStore(engine)
 
     def take(
         self, endpoint_id: str, worker_id: str, limit: int, now: float, *, mark_running: bool

@@ -138,6 +138,7 @@ worker_events = Table(
     Column("at", Float, nullable=False),
     Column("reason", Text, nullable=False, default=""),
 )
+Index("ix_worker_events_endpoint", worker_events.c.endpoint_id, worker_events.c.at)
 
 jobs = Table(
     "jobs",
@@ -244,3 +245,28 @@ settings_kv = Table(
     Column("key", String(100), primary_key=True),
     Column("value", Text, nullable=False),
 )
+
+# Signed-in console browsers (kind "session") and one-time sign-in links (kind "link"), by token hash.
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("account_id", String(64), nullable=False, index=True),
+    Column("kind", String(8), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+# Each change of an endpoint's desired worker count or reason: the scaler's decisions, for the console.
+scale_events = Table(
+    "scale_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("endpoint_id", String(64), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("desired", Integer, nullable=False),
+    Column("reason", String(200), nullable=False),
+    Column("queued", Integer, nullable=False),
+    Column("workers", Integer, nullable=False),
+)
+Index("ix_scale_events_endpoint", scale_events.c.endpoint_id, scale_events.c.at)
