@@ -9,6 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ember.core.outbound import Network, parse_allow
 from ember.core.sandbox import parse_mode
+from ember.logs import parse_log_format
 
 
 def default_home() -> Path:
@@ -69,6 +70,12 @@ class Settings(BaseSettings):
     source_upload_max_bytes: int = 100 * 1024 * 1024
     source_unpacked_max_bytes: int = 500 * 1024 * 1024
     source_max_files: int = 20_000
+    # GET /metrics (Prometheus) answers `Authorization: Bearer <metrics_token>` or the admin's key.
+    metrics_token: str | None = None
+    # The server's log lines: "text" (one line each) or "json" (one JSON object each, with the job,
+    # worker and endpoint ids as fields); access_log adds one line per HTTP request.
+    log_format: str = "text"
+    access_log: bool = False
 
     @field_validator("outbound_allow")
     @classmethod
@@ -84,6 +91,11 @@ class Settings(BaseSettings):
     @classmethod
     def _sandbox_mode(cls, value: str) -> str:
         return parse_mode(value).value  # a typo stops the server at start-up
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        return parse_log_format(value)  # a typo stops the server at start-up
 
     @property
     def api_url(self) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import logging.config
 import os
 import socket
 from pathlib import Path
@@ -18,6 +19,7 @@ import uvloop
 from pydantic import ValidationError
 from rich.console import Console
 
+from ember.logs import logging_config
 from ember.settings import Settings
 
 log = logging.getLogger("ember.server")
@@ -121,20 +123,17 @@ def _serve(settings: Settings, *, example: bool) -> None:
         console.print(cannot_listen(settings.host, settings.port, exc, hint), markup=False)
         raise typer.Exit(1)
 
-    logging.basicConfig(
-        level=os.environ.get("EMBER_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    for noisy in ("httpx", "alembic.runtime.migration"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    level = os.environ.get("EMBER_LOG_LEVEL", "INFO")
+    logging.config.dictConfig(logging_config(settings.log_format, level, access_log=settings.access_log))
     app = create_app(settings)
     new_key = app.state.new_admin_key
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        log_level="warning",
-        access_log=False,
+        log_config=None,  # uvicorn's loggers write through ours (`ember.logs`), in its format
+        log_level=None,
+        access_log=settings.access_log,
         loop="uvloop",
         http="httptools",
         timeout_keep_alive=75,
