@@ -67,7 +67,10 @@ async def create_account(request: Request) -> Response:
     return json_response({"id": account_id, "name": name.strip(), "apiKey": key}, 201)
 
 
-def _account_view(rt: Runtime, account_id: str) -> dict[str, Any]:
+def account_view(rt: Runtime, account_id: str) -> dict[str, Any]:
+    """The account's record: its balance, the worker limit that follows from it (the server's limit
+    table) and its live workers. Blocking (call through `store.run`); NotFound for an unknown account.
+    The console's billing page shows the same record."""
     row = rt.store.accounts.get(account_id)
     if row is None:
         raise NotFound(f"account {account_id!r} not found")
@@ -81,7 +84,7 @@ def _account_view(rt: Runtime, account_id: str) -> dict[str, Any]:
 async def me(request: Request) -> Response:
     who = caller(request)
     rt = runtime(request)
-    return json_response(await rt.store.run(_account_view, rt, who.account_id))
+    return json_response(await rt.store.run(account_view, rt, who.account_id))
 
 
 @router.post(
@@ -101,7 +104,7 @@ async def add_credits(account_id: str, request: Request) -> Response:
     if balance is None:
         raise NotFound(f"account {account_id!r} not found")
     rt.signals.poke_scaler()
-    return json_response(await rt.store.run(_account_view, rt, account_id))
+    return json_response(await rt.store.run(account_view, rt, account_id))
 
 
 @router.get("/accounts/me/balance", tags=["billing"], summary="Balance and limits")

@@ -65,7 +65,9 @@ def _size(value: object) -> int:
 
 
 # ---- network volumes -----------------------------------------------------------------------------
-async def _volume_view(rt: Runtime, row: Any) -> dict[str, Any]:
+async def volume_view(rt: Runtime, row: Any) -> dict[str, Any]:
+    """A volume's record: its size, what it uses on this host, the endpoints of its account that mount
+    it and what it has been billed. The console's volumes page shows the same record."""
     manager = _service(rt, "volumes")
     out: dict[str, Any] = {
         "id": row["id"],
@@ -137,22 +139,27 @@ async def create_volume(request: Request) -> Response:
         await anyio.to_thread.run_sync(manager.delete, volume_id)
         raise
     row = await _own_volume(rt, who.account_id, volume_id)
-    return json_response(await _volume_view(rt, row), 201)
+    return json_response(await volume_view(rt, row), 201)
 
 
 @router.get("/networkvolumes", tags=["networkvolumes"], summary="List network volumes")
 async def list_volumes(request: Request) -> Response:
     who = caller(request)
     rt = runtime(request)
-    rows = await rt.store.run(rt.store.endpoints.volumes, who.account_id)
-    return json_response([await _volume_view(rt, r) for r in rows])
+    return json_response(await volumes_of(rt, who.account_id))
+
+
+async def volumes_of(rt: Runtime, account_id: str) -> list[dict[str, Any]]:
+    """The records of the account's live volumes, oldest first."""
+    rows = await rt.store.run(rt.store.endpoints.volumes, account_id)
+    return [await volume_view(rt, r) for r in rows]
 
 
 @router.get("/networkvolumes/{volume_id}", tags=["networkvolumes"], summary="One network volume, with usage")
 async def get_volume(volume_id: str, request: Request) -> Response:
     who = caller(request)
     rt = runtime(request)
-    return json_response(await _volume_view(rt, await _own_volume(rt, who.account_id, volume_id)))
+    return json_response(await volume_view(rt, await _own_volume(rt, who.account_id, volume_id)))
 
 
 @router.patch(
@@ -179,7 +186,7 @@ async def update_volume(volume_id: str, request: Request) -> Response:
             )
         await anyio.to_thread.run_sync(manager.resize, volume_id, size_gb)
         await rt.store.run(rt.store.endpoints.resize_volume, volume_id, size_gb)
-    return json_response(await _volume_view(rt, await _own_volume(rt, who.account_id, volume_id)))
+    return json_response(await volume_view(rt, await _own_volume(rt, who.account_id, volume_id)))
 
 
 @router.delete(
@@ -214,8 +221,11 @@ async def delete_volume(volume_id: str, request: Request) -> Response:
 
 
 # ---- models ---------------------------------------------------------------------------------------
-async def _model_view(rt: Runtime, who: KeyInfo, st: Any) -> dict[str, Any]:
-    users = await _endpoints_using(rt, who.account_id, model=st.repo_id)
+async def model_view(rt: Runtime, who: KeyInfo, st: Any) -> dict[str, Any]:
+    """A cached model's record, with the endpoints that use it: the caller's own, or every account's
+    for the admin (who may remove it only when none does)."""
+    scope = None if who.kind == "admin" else who.account_id
+    users = await _endpoints_using(rt, scope, model=st.repo_id)
     pct = int(100 * min(st.done_bytes, st.total_bytes) / st.total_bytes) if st.total_bytes else 0
     return {
         "name": st.repo_id,
@@ -233,7 +243,9 @@ async def _model_view(rt: Runtime, who: KeyInfo, st: Any) -> dict[str, Any]:
     }
 
 
-def _visible(rt: Runtime, who: KeyInfo, repo_id: str) -> bool:
+def visible(rt: Runtime, who: KeyInfo, repo_id: str) -> bool:
+    """Whether the caller may see this model of the shared host cache: the admin sees all; an account
+    the models it pulled or its endpoints use (the preparer's access record)."""
     preparer = rt.extras.get("preparer")
     return who.kind == "admin" or preparer is None or preparer.may_see(repo_id, who.account_id)
 
@@ -242,9 +254,13 @@ def _visible(rt: Runtime, who: KeyInfo, repo_id: str) -> bool:
 async def list_models(request: Request) -> Response:
     who = caller(request)
     rt = runtime(request)
-    cache = _service(rt, "models")
-    items = await anyio.to_thread.run_sync(cache.list)
-    return json_response([await _model_view(rt, who, st) for st in items if _visible(rt, who, st.repo_id)])
+    return json_response(await models_for(rt, who))
+
+
+async def models_for(rt: Runtime, who: KeyInfo) -> list[dict[str, Any]]:
+    """The records of the host cache's models that the caller may see."""
+    items = await anyio.to_thread.run_sync(_service(rt, "models").list)
+    return [await model_view(rt, who, st) for st in items if visible(rt, who, st.repo_id)]
 
 
 @router.post(
@@ -305,7 +321,7 @@ async def _model_status(rt: Runtime, who: KeyInfo, repo_id: str) -> Any:
         st = await anyio.to_thread.run_sync(cache.status, repo_id)
     except InvalidInput:
         raise NotFound(f"model {repo_id!r} is not in this host's cache") from None
-    if not _visible(rt, who, repo_id):
+    if not visible(rt, who, repo_id):
         raise NotFound(f"model {repo_id!r} is not in this host's cache")
     return st
 
@@ -315,7 +331,7 @@ async def get_model(repo_id: str, request: Request) -> Response:
     who = caller(request)
     rt = runtime(request)
     st = await _model_status(rt, who, repo_id)
-    out = await _model_view(rt, who, st)
+    out = await model_view(rt, who, st)
     preparer = rt.extras.get("preparer")
     job = preparer.job_for(who.account_id, repo_id) if preparer is not None else None
     if job is not None and job.error and not job.running:
