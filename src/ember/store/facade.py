@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from ember.core.jobs import JobState
 from ember.core.workers import WorkerState
 from ember.store.accounts import AccountStore
+from ember.store.activity import ActivityStore
 from ember.store.db import Database, RawAccess, Sealing, make_engine, migrate
 from ember.store.endpoints import EndpointStore
 from ember.store.insights import InsightStore
@@ -46,6 +47,7 @@ class Store:
         self.endpoints = EndpointStore(engine)
         self.sessions = SessionStore(engine)
         self.insights = InsightStore(engine)
+        self.activity = ActivityStore(engine)
 
     def take(
         self, endpoint_id: str, worker_id: str, limit: int, now: float, *, mark_running: bool
