@@ -6,15 +6,16 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Integer, case, cast, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
 from ember.store.db import Repository
-from ember.store.schema import accounts, api_keys, ledger
+from ember.store.schema import accounts, api_keys, endpoints, ledger, volumes
 
 A = accounts.c
 K = api_keys.c
 L = ledger.c
+DAY_S = 86400
 
 
 def hash_key(plain: str) -> str:
@@ -41,6 +42,20 @@ class Charge:
     amount_micros: int
     from_at: float
     to_at: float
+
+
+@dataclass(frozen=True)
+class DayUsage:
+    """What one endpoint's workers (kind "usage") or one network volume (kind "volume") were billed
+    for intervals starting on one UTC day."""
+
+    account_id: str
+    kind: str
+    resource_id: str  # the endpoint's id (usage) or the volume's (volume)
+    name: str  # its name, kept after it was deleted; "" when no record names it
+    day: int  # days since the epoch
+    seconds: int
+    amount_micros: int
 
 
 class AccountStore(Repository):
@@ -182,3 +197,40 @@ class AccountStore(Repository):
             q = q.where(L.from_at < to_at)
         q = q.group_by(L.worker_id, L.endpoint_id, L.state, L.worker_type, L.gpu_type).order_by(L.worker_id)
         return self._all(q)
+
+    def usage_by_day(self, account_ids: Sequence[str] | None, since_at: float) -> list[DayUsage]:
+        """Usage and volume charges of these accounts (every account for None) for intervals starting
+        at or after `since_at`, summed per account, endpoint or volume, and UTC day of the interval's
+        start. One grouped query, then one for the names."""
+        if self.engine.dialect.name == "sqlite":
+            day = cast(L.from_at / DAY_S, Integer)  # times are positive: truncation is the floor
+        else:
+            day = cast(func.floor(L.from_at / DAY_S), Integer)
+        resource = case((L.kind == "usage", L.endpoint_id), else_=L.worker_id)
+        q = select(L.account_id, L.kind, resource, day, func.sum(L.seconds), func.sum(L.amount_micros)).where(
+            L.kind.in_(("usage", "volume")), L.from_at >= since_at
+        )
+        if account_ids is not None:
+            q = q.where(L.account_id.in_(list(account_ids)))
+        q = q.group_by(L.account_id, L.kind, resource, day)
+        with self.reader.connect() as conn:
+            rows = conn.execute(q).all()
+            ids = {r[2] for r in rows if r[2]}
+            names: dict[str, str] = {}
+            if ids:
+                for table in (endpoints, volumes):
+                    names.update(
+                        conn.execute(select(table.c.id, table.c.name).where(table.c.id.in_(ids))).all()
+                    )
+        return [
+            DayUsage(
+                str(r[0]),
+                str(r[1]),
+                str(r[2] or ""),
+                names.get(r[2], ""),
+                int(r[3]),
+                int(r[4] or 0),
+                int(r[5] or 0),
+            )
+            for r in rows
+        ]
