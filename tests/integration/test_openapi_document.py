@@ -95,5 +95,6 @@ def test_a_bad_body_is_one_problem_per_error_and_never_echoes_long_values() -> N
 def test_whole_number_floats_count_as_integers() -> None:
     assert B.integers(B.VolumeCreate, {"name": "v", "size": 5.0}) == {"name": "v", "size": 5}
     assert B.integers(B.VolumeCreate, {"size": 5.5}) == {"size": 5.5}
-    assert B.integers(B.EndpointBody, {"idleTimeout": 5.0}) == {"idleTimeout": 5.0}  # a number field
+    assert B.integers(B.EndpointBody, {"idleTimeout": 5.0}) == {"idleTimeout": 5}  # RunPod: an integer
+    assert B.integers(B.Exec, {"timeoutS": 5.0}) == {"timeoutS": 5.0}  # a number field
     assert B.check(B.VolumeCreate, B.integers(B.VolumeCreate, {"name": "v", "size": 5.0}))["size"] == 5

@@ -115,9 +115,11 @@ class EndpointBody(_Strict):
     containerDiskInGb: int | None = None  # noqa: N815
     workersMin: int | None = Field(None, ge=0, le=1000)  # noqa: N815
     workersMax: int | None = Field(None, ge=0, le=1000)  # noqa: N815
-    idleTimeout: float | None = Field(None, ge=0)  # noqa: N815
+    idleTimeout: int | None = Field(None, ge=0, description="whole seconds")  # noqa: N815
     scalerType: Literal["QUEUE_DELAY", "REQUEST_COUNT"] | None = None  # noqa: N815
-    scalerValue: float | None = Field(None, gt=0)  # noqa: N815
+    scalerValue: int | None = Field(  # noqa: N815
+        None, gt=0, description="QUEUE_DELAY: whole seconds; REQUEST_COUNT: requests per worker"
+    )
     computeType: Any = None  # noqa: N815
     dataCenterIds: Any = None  # noqa: N815
     allowedCudaVersions: Any = None  # noqa: N815

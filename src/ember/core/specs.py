@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -21,9 +22,9 @@ MAX_WORKERS_CAP = 1000
 class ScalingSpec:
     workers_min: int = 0
     workers_max: int = 3
-    idle_timeout_s: float = 5.0
+    idle_timeout_s: int = 5  # whole seconds: RunPod's `idleTimeout` is an integer
     scaler_type: str = "QUEUE_DELAY"
-    scaler_value: float = 4.0
+    scaler_value: int = 4  # seconds (QUEUE_DELAY) or requests per worker (REQUEST_COUNT), an integer
 
 
 @dataclass(frozen=True)
@@ -188,11 +189,12 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "container_disk_gb": (int,),
     "workers_min": (int,),
     "workers_max": (int,),
-    "idle_timeout_s": (int, float),
+    "idle_timeout_s": (int,),
     "scaler_type": (str,),
-    "scaler_value": (int, float),
+    "scaler_value": (int,),
 }
 
+_TYPE_NAMES: dict[type, str] = {type(None): "null", int: "an integer"}
 _WIRE_NAME = {attr: wire for wire, (attr, _) in WIRE_FIELDS.items()}
 
 
@@ -203,7 +205,7 @@ def _check_types(*groups: dict[str, Any]) -> list[Problem]:
             allowed = _TYPES[attr]
             bad_bool = isinstance(value, bool) and bool not in allowed
             if bad_bool or not isinstance(value, allowed):
-                names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+                names = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in allowed)
                 problems.append(Problem(_WIRE_NAME[attr], f"must be {names}", value))
     return problems
 
@@ -273,7 +275,19 @@ def spec_to_json(spec: EndpointSpec) -> str:
 
 def spec_from_json(text: str) -> EndpointSpec:
     data = json.loads(text)
-    scaling = ScalingSpec(**data.pop("scaling"))
+    scaling = ScalingSpec(**_whole(data.pop("scaling"), ("idle_timeout_s", "scaler_value")))
     data["gpu_type_ids"] = tuple(data.get("gpu_type_ids") or ())
     known = {f.name for f in fields(EndpointSpec)}
     return EndpointSpec(scaling=scaling, **{k: v for k, v in data.items() if k in known})
+
+
+def _whole(stored: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """Stored scaling fields as integers: specs stored before they became integers hold floats (`5.0`);
+    a fraction, which no API accepts any longer, rounds up (an idle timeout of 2.5 s keeps a worker 3 s;
+    a scaler value of 0.5 becomes 1, the least allowed)."""
+    out = dict(stored)
+    for name in names:
+        value = out.get(name)
+        if isinstance(value, float):
+            out[name] = math.ceil(value)
+    return out
