@@ -27,6 +27,7 @@ from ember.api import errors as api_errors
 from ember.api import fastpath
 from ember.api import git as git_routes
 from ember.api import manage as manage_routes
+from ember.api import metrics as metrics_routes
 from ember.api import registry_auth as registry_auth_routes
 from ember.api import resources as resource_routes
 from ember.api import sources as source_routes
@@ -269,6 +270,7 @@ def create_app(
     app.state.lifecycle = lifecycle
     app.state.new_admin_key = new_admin_key
     api_errors.install(app)
+    metrics_routes.install(app, runtime, token=settings.metrics_token)
     fastpath.install(app, client_routes.fast, worker_routes.fast)
     app.include_router(client_routes.router)
     app.include_router(worker_routes.router)
@@ -309,7 +311,12 @@ def _models_and_volumes(settings: Settings, store: Store, clock: Clock, runtime:
     from ember.volumes.store import VolumeManager
 
     budget = int(settings.model_cache_budget_gb * 1024**3) if settings.model_cache_budget_gb > 0 else None
-    cache = ModelCache(settings.home / "models", endpoint_url=settings.hf_endpoint, budget_bytes=budget)
+    cache = ModelCache(
+        settings.home / "models",
+        endpoint_url=settings.hf_endpoint,
+        budget_bytes=budget,
+        on_download=runtime.signals.metrics.model_downloaded,
+    )
     volumes = VolumeManager(
         settings.home / "volumes", unit_bytes=settings.volume_unit_bytes, enforce=settings.volume_enforce
     )

@@ -242,6 +242,8 @@ async def cancel(endpoint_id: str, job_id: str, request: Request) -> Response:
     )
     if row is None:
         raise NotFound(f"job {job_id!r} not found")
+    if row["cancelled_now"]:
+        rt.signals.metrics.job_finished(ep.id, JobState.CANCELLED.value)
     if row["worker_id"] and row["stop_requested"]:
         rt.signals.stops.wake(row["worker_id"])
     rt.signals.job_finished(job_id)
@@ -269,6 +271,7 @@ async def purge_queue(endpoint_id: str, request: Request) -> Response:
     who = caller(request)
     ep = _endpoint(rt, who.account_id, endpoint_id)
     removed = await rt.store.run(rt.store.jobs.purge_queue, ep.id, rt.clock.now(), rt.limits.retention_run_s)
+    rt.signals.metrics.jobs_finished(ep.id, JobState.CANCELLED.value, removed)
     return json_response({"removed": removed, "status": "completed"})
 
 

@@ -21,7 +21,7 @@ from ember.control.signals import Signals
 from ember.core import backoff
 from ember.core.errors import EmberError
 from ember.core.ids import make_id
-from ember.core.jobs import dropped_jobs
+from ember.core.jobs import JobState, dropped_jobs
 from ember.core.limits import DEFAULT_TABLE, account_room, max_workers
 from ember.core.placement import Host, Pending, place
 from ember.core.reconcile import WorkerView, plan
@@ -36,6 +36,11 @@ _S = WorkerState
 # A restarted worker that stays up this long is healthy again: its backoff starts over.
 HEALTHY_RESET_S = 120.0
 RECYCLED = "recycled after its job (refresh_worker / stopPod)"
+
+
+def _ids(w: Mapping[Any, Any]) -> dict[str, Any]:
+    """A worker row's ids, for a log line's `extra`."""
+    return {"worker_id": w["id"], "endpoint_id": w["endpoint_id"]}
 
 
 @dataclass
@@ -210,7 +215,7 @@ class Lifecycle:
                 backend_name = row["backend"] if row else None
                 for name, backend in self.backends.items():
                     if backend_name in (None, name):
-                        log.info("orphan_stop worker=%s backend=%s", wid, name)
+                        log.info("orphan_stop worker=%s backend=%s", wid, name, extra={"worker_id": wid})
                         self._spawn(wid, backend.stop(wid, self.cfg.stop_grace_s))
 
     async def _check_stuck(
@@ -232,7 +237,7 @@ class Lifecycle:
         since = self._stuck_since.setdefault(w["id"], now)
         if now - since >= self.cfg.stuck_grace_s:
             self._stuck_since.pop(w["id"], None)
-            log.info("stuck_worker_stop worker=%s", w["id"])
+            log.info("stuck_worker_stop worker=%s", w["id"], extra=_ids(w))
             await self._stop(w, "stopped: it kept running a job that was cancelled or timed out")
 
     async def _check_dropped(
@@ -245,7 +250,7 @@ class Lifecycle:
         )
         if dropped:
             self._acted += 1
-            log.info("jobs_dropped worker=%s jobs=%s", w["id"], ",".join(dropped))
+            log.info("jobs_dropped worker=%s jobs=%s", w["id"], ",".join(dropped), extra=_ids(w))
             reason = f"worker {w['id']} never reported holding the job (it was handed over but not received)"
             await self._release_jobs(w["id"], reason, snap.now, only=dropped)
 
@@ -269,7 +274,9 @@ class Lifecycle:
         )
         if prev is None:
             return
-        log.info("worker_transition worker=%s from=%s to=UNHEALTHY reason=%r", w["id"], prev, reason)
+        log.info(
+            "worker_transition worker=%s from=%s to=UNHEALTHY reason=%r", w["id"], prev, reason, extra=_ids(w)
+        )
         await self._release_jobs(w["id"], reason, now)
         backend = self.backends.get(w["backend"])
         if backend is not None:
@@ -286,11 +293,17 @@ class Lifecycle:
         )
         for job_id in failed:
             self.signals.job_finished(job_id)
+        if not (again or failed):
+            return
+        row = await s.run(s.workers.get, worker_id)
+        endpoint_id = row["endpoint_id"] if row is not None else None
+        if endpoint_id is not None:
+            self.signals.metrics.jobs_finished(endpoint_id, JobState.FAILED.value, len(failed))
         if again:
-            log.info("jobs_requeued worker=%s jobs=%s", worker_id, ",".join(again))
-            endpoint_row = await s.run(s.workers.get, worker_id)
-            if endpoint_row is not None:
-                self.signals.jobs_queued(endpoint_row["endpoint_id"], len(again))
+            ids = {"worker_id": worker_id, "endpoint_id": endpoint_id}
+            log.info("jobs_requeued worker=%s jobs=%s", worker_id, ",".join(again), extra=ids)
+            if endpoint_id is not None:
+                self.signals.jobs_queued(endpoint_id, len(again))
 
     # ---- scaling and planning ------------------------------------------------------------------------
     async def _scale_and_plan(self, snap: _Snapshot) -> None:
@@ -375,6 +388,7 @@ class Lifecycle:
                     reason,
                     obs.queued,
                     obs.workers,
+                    extra={"endpoint_id": ep["id"]},
                 )
             changed = decision_target != ep["desired_workers"] or reason != ep["scale_reason"]
             event = ScaleEvent(snap.now, obs.queued, obs.workers) if changed else None
@@ -414,7 +428,8 @@ class Lifecycle:
                 lambda wid=wid: s.workers.transition(wid, _S.OUTDATED, snap.now, "a new release is serving")
             )
             if prev:
-                log.info("worker_transition worker=%s from=%s to=OUTDATED", wid, prev)
+                ids = {"worker_id": wid, "endpoint_id": ep["id"]}
+                log.info("worker_transition worker=%s from=%s to=OUTDATED", wid, prev, extra=ids)
                 self.signals.retire(wid)
         for wid, why in steps.stop:
             if wid not in self._busy_ops:
@@ -470,6 +485,7 @@ class Lifecycle:
             ep["id"],
             wtype.value,
             ep["release"],
+            extra={"worker_id": wid, "endpoint_id": ep["id"]},
         )
 
     # ---- placement and launch ------------------------------------------------------------------------
@@ -557,6 +573,7 @@ class Lifecycle:
             prev,
             gpu_type,
             ",".join(devices),
+            extra=_ids(w),
         )
         await s.run(lambda: s.accounts.drop_worker_keys(w["id"]))
         await s.run(
@@ -597,7 +614,7 @@ class Lifecycle:
                 try:
                     await backend.stop(w["id"], self.cfg.stop_grace_s)
                 except EmberError as exc:
-                    log.warning("stop_failed worker=%s error=%s", w["id"], exc)
+                    log.warning("stop_failed worker=%s error=%s", w["id"], exc, extra=_ids(w))
             await self._finish_stop(w, reason)
 
         self._spawn(w["id"], go())
@@ -608,7 +625,13 @@ class Lifecycle:
         now = self.clock.now()
         prev = await s.run(lambda: s.workers.transition(w["id"], _S.STOPPED, now, reason))
         if prev:
-            log.info("worker_transition worker=%s from=%s to=STOPPED reason=%r", w["id"], prev, reason)
+            log.info(
+                "worker_transition worker=%s from=%s to=STOPPED reason=%r",
+                w["id"],
+                prev,
+                reason,
+                extra=_ids(w),
+            )
         await self._release_jobs(w["id"], f"worker {w['id']} stopped ({reason})", now)
         await s.run(s.accounts.drop_worker_keys, w["id"])
         self.signals.pings.pop(w["id"], None)
@@ -625,7 +648,12 @@ class Lifecycle:
         def done(t: asyncio.Task[None]) -> None:
             self._busy_ops.pop(worker_id, None)
             if not t.cancelled() and t.exception() is not None:
-                log.error("worker_op_failed worker=%s error=%r", worker_id, t.exception())
+                log.error(
+                    "worker_op_failed worker=%s error=%r",
+                    worker_id,
+                    t.exception(),
+                    extra={"worker_id": worker_id},
+                )
             self.signals.reconcile.set()
 
         task.add_done_callback(done)

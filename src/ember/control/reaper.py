@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -18,11 +19,17 @@ from ember.control.clock import Clock
 from ember.control.outbound import guarded_client
 from ember.control.signals import Signals
 from ember.core.errors import OutboundRefused
+from ember.core.jobs import JobState
 from ember.core.outbound import Network
 from ember.core.wire import record as job_record
 from ember.store.facade import Store
 
 log = logging.getLogger("ember.reaper")
+
+
+def _ids(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """A job row's ids, for a log line's `extra`."""
+    return {"job_id": row["id"], "worker_id": row.get("worker_id"), "endpoint_id": row.get("endpoint_id")}
 
 
 @dataclass
@@ -55,15 +62,17 @@ class Reaper:
         s = self.store
         now = self.clock.now()
         for row in await s.run(s.jobs.time_out_running, now, self.cfg.retention_run_s):
-            log.info("job_timed_out job=%s worker=%s", row["id"], row["worker_id"])
+            log.info("job_timed_out job=%s worker=%s", row["id"], row["worker_id"], extra=_ids(row))
             if row["worker_id"]:
                 self.signals.stops.wake(row["worker_id"])
             self.signals.job_finished(row["id"])
+            self.signals.metrics.job_finished(row["endpoint_id"], JobState.TIMED_OUT.value)
         for row in await s.run(s.jobs.expire, now, self.cfg.ttl_grace_s):
-            log.info("job_expired job=%s state=%s", row["id"], row["state"])
+            log.info("job_expired job=%s state=%s", row["id"], row["state"], extra=_ids(row))
             if row["worker_id"]:
                 self.signals.stops.wake(row["worker_id"])
             self.signals.job_finished(row["id"])
+            self.signals.metrics.job_finished(row["endpoint_id"], JobState.TIMED_OUT.value)
         await s.run(s.jobs.purge_expired, now)
         # Copy the write-ahead log back into the database off the event loop, so that no request's
         # commit pays for it (see `store.db`).
@@ -88,16 +97,22 @@ class Reaper:
                 ok = 200 <= resp.status_code < 300
                 if not ok:
                     error = f"webhook not delivered: the receiver answered HTTP {resp.status_code}"
-                    log.info("webhook_failed job=%s status=%s", row["id"], resp.status_code)
+                    log.info("webhook_failed job=%s status=%s", row["id"], resp.status_code, extra=_ids(row))
             except OutboundRefused as exc:
                 final, error = True, exc.message
-                log.warning("webhook_refused job=%s account=%s %s", row["id"], row["account_id"], exc.message)
+                log.warning(
+                    "webhook_refused job=%s account=%s %s",
+                    row["id"],
+                    row["account_id"],
+                    exc.message,
+                    extra=_ids(row),
+                )
             except httpx.InvalidURL as exc:  # trying again cannot help
                 final, error = True, f"webhook not delivered: invalid URL ({exc})"
-                log.info("webhook_failed job=%s error=%s", row["id"], exc)
+                log.info("webhook_failed job=%s error=%s", row["id"], exc, extra=_ids(row))
             except httpx.HTTPError as exc:
                 error = f"webhook not delivered: {exc or type(exc).__name__}"
-                log.info("webhook_failed job=%s error=%s", row["id"], exc)
+                log.info("webhook_failed job=%s error=%s", row["id"], exc, extra=_ids(row))
             await s.run(
                 lambda row=row, ok=ok, final=final, error=error: s.jobs.webhook_result(
                     row["id"],

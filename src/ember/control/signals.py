@@ -10,6 +10,7 @@ from collections import defaultdict
 from typing import Any
 
 from ember.control.dispatch import Dispatcher
+from ember.control.metrics import Instruments
 
 
 class _Waiters:
@@ -57,6 +58,8 @@ class Signals:
         self.live_workers: dict[str, int] = {}
         # Fitness-check failures reported by workers (ping with status=unhealthy), by worker id.
         self.fitness: dict[str, str] = {}
+        # Counters and histograms of this process (jobs finished, model downloads), served at /metrics.
+        self.metrics = Instruments()
 
     def jobs_queued(self, endpoint_id: str, count: int = 1) -> None:
         self.dispatch.wake_takers(endpoint_id, count)

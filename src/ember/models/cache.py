@@ -69,7 +69,10 @@ class ModelCache:
         lock_timeout_s: float = 4 * 3600.0,
         progress_interval_s: float = 0.5,
         max_workers: int = 8,
+        on_download: Callable[[str, int], None] | None = None,
     ) -> None:
+        """`on_download(result, size_bytes)` is told of each download this instance makes from the hub:
+        result "ok" (with the model's size) or "failed" (0)."""
         self.root = Path(root).resolve()
         self.hub_dir = self.root / "hub"
         self.endpoint_url = endpoint_url.rstrip("/") if endpoint_url else None
@@ -79,6 +82,7 @@ class ModelCache:
         self._progress_interval_s = progress_interval_s
         self._max_workers = max_workers
         self._state = StateDir(self.root, self.hub_dir)
+        self._on_download = on_download
 
     # ---- download --------------------------------------------------------------------------------
 
@@ -133,6 +137,8 @@ class ModelCache:
         try:
             info = api.model_info(repo_id, revision=rev, files_metadata=True)
         except Exception as exc:  # noqa: BLE001 - every hub failure becomes a ModelError here
+            if self._on_download is not None:
+                self._on_download("failed", 0)
             raise self._error(repo_id, rev, token, exc) from None
         files = [
             FileEntry(
@@ -178,6 +184,8 @@ class ModelCache:
             rec.state, rec.error = FAILED, err.message
             self._state.write(rec)
             log.warning("model.download.failed repo=%s revision=%s error=%s", repo_id, rev, err.message)
+            if self._on_download is not None:
+                self._on_download("failed", 0)
             raise err from None
         for shown in (self.root, self.hub_dir):  # sandboxed workers read the cache as uids of their own
             make_readable(shown)
@@ -186,6 +194,8 @@ class ModelCache:
         rec.state, rec.error, rec.ready_at = READY, None, self._now()
         self._state.write(rec)
         log.info("model.download.done repo=%s sha=%s bytes=%d", repo_id, rec.sha, rec.total_bytes)
+        if self._on_download is not None:
+            self._on_download("ok", rec.total_bytes)
         return path
 
     def _error(self, repo_id: str, rev: str, token: str | None, exc: Exception) -> ModelError:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, delete, func, insert, select, update
+from sqlalchemy import and_, bindparam, case, delete, func, insert, literal, select, update
 from sqlalchemy.engine import Engine, RowMapping
 
 from ember.core.jobs import TERMINAL, JobState, sources
@@ -208,7 +208,8 @@ class JobStore(Repository):
         self, job_id: str, account_id: str, endpoint_id: str, now: float, retention_s: float
     ) -> RowMapping | None:
         """Cancel a queued or running job; a running one is flagged for the job-stop channel.
-        Returns the job as it is afterwards, or None when unknown. Final jobs are left as they are."""
+        Returns the job as it is afterwards (with `cancelled_now`: whether this call cancelled it), or
+        None when unknown. Final jobs are left as they are."""
         with self.engine.begin() as conn:
             row = conn.execute(
                 self._lock(
@@ -219,7 +220,8 @@ class JobStore(Repository):
             ).first()
             if row is None:
                 return None
-            if row.state in _src(JobState.CANCELLED):
+            cancelled_now = row.state in _src(JobState.CANCELLED)
+            if cancelled_now:
                 conn.execute(
                     update(jobs)
                     .where(J.id == job_id, J.state.in_(_src(JobState.CANCELLED)))
@@ -231,7 +233,8 @@ class JobStore(Repository):
                         webhook_next_at=now,
                     )
                 )
-            return conn.execute(select(jobs).where(J.id == job_id)).mappings().first()
+            now_flag = literal(cancelled_now).label("cancelled_now")
+            return conn.execute(select(jobs, now_flag).where(J.id == job_id)).mappings().first()
 
     def retry(self, job_id: str, account_id: str, endpoint_id: str, now: float) -> str | None:
         """Re-queue a FAILED or TIMED_OUT job under the same id with its output cleared.
