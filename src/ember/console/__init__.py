@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from ember.console import account_pages, pages, signin
+from ember.console import account_pages, endpoint_page, pages, signin
 from ember.console.render import HERE, SignInNeeded, to_sign_in
 
 
@@ -18,6 +18,7 @@ def install(app: FastAPI) -> None:
     """Mount the console on the app: its pages, its sign-in routes and its static files."""
     app.include_router(signin.router)
     app.include_router(pages.router)
+    app.include_router(endpoint_page.router)
     app.include_router(account_pages.router)
     app.mount("/console/static", StaticFiles(directory=str(HERE / "static")), name="console-static")
     app.add_exception_handler(SignInNeeded, to_sign_in)

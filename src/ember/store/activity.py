@@ -1,7 +1,7 @@
 """An endpoint's recent activity as the console's endpoint page shows it: its workers and their
-transitions inside a time window, and its recent jobs (without their inputs and outputs). Every query
-is bounded (a LIMIT, a window) and runs on an index: ix_worker_events_endpoint, ix_jobs_endpoint, and
-workers' endpoint_id index."""
+transitions inside a time window, its recent jobs (without inputs and outputs) and its newest releases.
+Every query is bounded (a LIMIT, a window) and runs on an index: ix_worker_events_endpoint,
+ix_jobs_endpoint, and the endpoint_id indexes of workers and releases."""
 
 from __future__ import annotations
 
@@ -9,15 +9,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import or_, select
+from sqlalchemy.engine import RowMapping
 
 from ember.core.timeline import Transition, WorkerNow
 from ember.core.workers import WorkerState
 from ember.store.db import Repository
-from ember.store.schema import jobs, worker_events, workers
+from ember.store.schema import jobs, releases, worker_events, workers
 
 J = jobs.c
 W = workers.c
 EV = worker_events.c
+R = releases.c
 
 JOB_COLUMNS = (
     J.id,
@@ -102,3 +104,13 @@ class ActivityStore(Repository):
         q = q.order_by(J.created_at.desc()).limit(limit)
         with self.reader.connect() as conn:
             return [JobLine(*r) for r in conn.execute(q).all()]
+
+    def releases(self, endpoint_id: str, limit: int = 20) -> Sequence[RowMapping]:
+        """The endpoint's newest releases (by number), without their build logs."""
+        q = (
+            select(R.number, R.status, R.image, R.commit, R.created_at, R.spec)
+            .where(R.endpoint_id == endpoint_id)
+            .order_by(R.number.desc())
+            .limit(limit)
+        )
+        return self._all(q)
