@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import UTC, datetime
 from typing import Any
 
-from ember.core.ids import kind_of
+from ember.core.ids import PREFIXES
 
 LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 ID_FIELDS = {"job": "job_id", "sync_job": "job_id", "worker": "worker_id", "endpoint": "endpoint_id"}
+# An id in a path: its kind's prefix and a hex token (route words such as `job-done` are not ids).
+_PATH_ID = re.compile("^(" + "|".join(re.escape(PREFIXES[kind]) for kind in ID_FIELDS) + r")-[0-9a-f]{8,}$")
+_FIELD_OF = {PREFIXES[kind]: field for kind, field in ID_FIELDS.items()}
 # Loggers that say little of use at INFO.
 QUIET = ("httpx", "alembic.runtime.migration")
 # What every LogRecord has; anything else on a record came in through `extra=`.
@@ -30,12 +34,12 @@ def parse_log_format(value: str) -> str:
 
 def ids_in_path(path: str) -> dict[str, str]:
     """The job, worker and endpoint ids named in a request path (`/v2/ep-…/job-done/wk-…/job-…`),
-    recognised by their prefixes (`core.ids`)."""
+    recognised by their prefixes (`core.ids`) and hex tokens."""
     found: dict[str, str] = {}
     for part in path.split("?", 1)[0].split("/"):
-        field = ID_FIELDS.get(kind_of(part) or "") if "-" in part else None
-        if field is not None and field not in found:
-            found[field] = part
+        match = _PATH_ID.match(part)
+        if match is not None:
+            found.setdefault(_FIELD_OF[match.group(1)], part)
     return found
 
 

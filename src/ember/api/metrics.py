@@ -76,8 +76,9 @@ class HttpInstruments:
             # Routes may be added after this was made: look again (once per endpoint).
             for r in self._router.routes:
                 target = getattr(r, "endpoint", None) or getattr(r, "app", None)
-                if target is not None and isinstance(getattr(r, "path", None), str):
-                    self._paths.setdefault(target, r.path or "/")
+                template = getattr(r, "path", None)
+                if target is not None and isinstance(template, str):
+                    self._paths.setdefault(target, template or "/")
             path = self._paths.setdefault(endpoint, UNMATCHED)
         return path
 
