@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ember.cli import dev_cmds
+from ember.cli import console_cmds, dev_cmds
 from ember.cli import endpoint_cmds as ep
 from ember.cli import resource_cmds as res
 from ember.cli import server_cmds as srv
@@ -29,6 +29,7 @@ app.command()(ep.releases)
 app.command()(ep.rollback)
 app.command("exec", context_settings={"allow_extra_args": True})(ep.exec_)
 app.command()(ep.ssh)
+app.command()(console_cmds.console)
 app.command()(ep.balance)
 app.command()(ep.usage)
 accounts = typer.Typer(help="Accounts (admin)")
