@@ -168,6 +168,53 @@ def ember_sdk_alone(jobs: int) -> tuple[float, float]:
     return jobs / elapsed_s, statistics.median(_BareProtocol.latencies_s) * 1000
 
 
+BIG_ANSWER_BYTES = 32 * 1024 * 1024
+
+
+def big_answer_read_ms(runs: int = 5) -> tuple[float, float]:
+    """Median ms to read a 32 MiB answer: through the SDK's transport, and as raw `recv_into` on a socket
+    (the baseline: the same bytes with no HTTP at all), from one loopback server in this process."""
+    from ember.serverless.transport import HttpTransport
+
+    body = b"x" * BIG_ANSWER_BYTES
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            while conn.recv(65536):
+                conn.sendall(head + body)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/big"
+    transport = HttpTransport("", "bench")
+    sdk_ms, raw_ms = [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        got = transport.request("GET", url, timeout_s=60).body
+        sdk_ms.append((time.perf_counter() - t0) * 1000)
+        assert len(got) == len(body)
+        with socket.create_connection(listener.getsockname()) as sock:
+            buf = memoryview(bytearray(len(head) + len(body)))
+            t0 = time.perf_counter()
+            sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            n = 0
+            while n < len(buf):
+                n += sock.recv_into(buf[n:])
+            raw_ms.append((time.perf_counter() - t0) * 1000)
+    transport.close()
+    listener.close()
+    return statistics.median(sdk_ms), statistics.median(raw_ms)
+
+
 def load_average() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -187,6 +234,7 @@ def main() -> None:
     ember_import = cold_import_ms("ember.serverless", IMPORT_RUNS)
     runpod_import = cold_import_ms("runpod", IMPORT_RUNS)
     bare = cold_import_ms("sys", IMPORT_RUNS)
+    big_sdk_ms, big_raw_ms = big_answer_read_ms()
     load_after = load_average()
 
     rows = []
@@ -213,6 +261,10 @@ def main() -> None:
         ("import ember.serverless", f"{ember_import[0]:.1f} ms; {ember_import[1]:.0f} ms (target < 60 ms)"),
         ("import runpod", f"{runpod_import[0]:.1f} ms; {runpod_import[1]:.0f} ms"),
         ("python -c pass (interpreter start-up alone)", f"{bare[1]:.0f} ms"),
+    ])  # fmt: skip
+    print_table("a 32 MiB job answer read by the worker SDK's transport, median of 5", [
+        ("ember.serverless transport", f"{big_sdk_ms:.1f} ms (target < 100 ms)"),
+        ("raw recv_into on a socket (baseline)", f"{big_raw_ms:.1f} ms; ratio {big_sdk_ms / big_raw_ms:.1f}x"),
     ])  # fmt: skip
     print(f"\nload average (1, 5, 15 min): before {load_before}; after {load_after}; {os.cpu_count()} CPUs")
     sys.stdout.flush()

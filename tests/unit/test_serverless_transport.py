@@ -322,3 +322,52 @@ def test_unusable_urls_are_transport_failures(transport, url):
 def test_a_key_with_a_line_break_is_refused():
     with pytest.raises(ValueError):
         HttpTransport("key\r\nX-Injected: 1", "ua")
+
+
+def test_a_32_mib_answer_arrives_whole_and_the_connection_stays_usable(serve, transport):
+    big = bytes(range(256)) * (32 * 1024 * 1024 // 256)
+    peer = serve(lambda n, req: answer(200, big) if b"/big" in req else answer(200, b"{}"))
+    resp = transport.request("GET", peer.url("/big"), timeout_s=30)
+    assert len(resp.body) == len(big) and resp.body == big
+    assert transport.request("GET", peer.url("/small"), timeout_s=5).body == b"{}"
+    assert {n for n, _ in peer.requests} == {0}
+
+
+def test_a_large_chunked_answer_in_many_chunks_is_joined_in_order(serve, transport):
+    pieces = [bytes([i % 251]) * (256 * 1024 + i) for i in range(40)]
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    peer = serve(lambda n, req: head + chunked)
+    assert transport.request("GET", peer.url("/c"), timeout_s=30).body == b"".join(pieces)
+
+
+def test_a_server_that_trickles_its_answer_cannot_stretch_the_request_past_its_timeout(transport):
+    """Each byte arrives well within the timeout, but the whole answer would take 20 s: the request's
+    deadline ends it after its timeout_s, not after the last byte."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 200\r\n\r\n")
+            for _ in range(200):
+                if stop.wait(0.1):
+                    return
+                try:
+                    conn.sendall(b"x")
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    began = time.monotonic()
+    try:
+        with pytest.raises(TransportFailure, match="time limit|timed out"):
+            transport.request("GET", f"http://127.0.0.1:{listener.getsockname()[1]}/t", timeout_s=0.6)
+        assert time.monotonic() - began < 10  # the answer itself would have taken 20 s
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(5)

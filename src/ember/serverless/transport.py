@@ -227,7 +227,7 @@ class HttpTransport:
             if conn.looks_closed():
                 conn.close()
                 continue
-            conn.set_timeout(timeout_s)
+            conn.begin(timeout_s)
             return conn
         return _Connection.open(origin, host, timeout_s, self._tls_context)
 
@@ -246,16 +246,26 @@ class HttpTransport:
 
 
 class _Connection:
-    """One keep-alive socket and the bytes read past the last answer (normally none)."""
+    """One keep-alive socket and what was read of it past the last answer (normally nothing).
 
-    __slots__ = ("sock", "buf", "reused", "timeout_s", "tls")
+    Bytes read and not yet used are `buf[pos:]`: taking an answer's bytes moves `pos` instead of copying
+    what is left, and a body larger than what is buffered is read straight into a buffer of its size,
+    so reading an answer costs time in proportion to its size (a 32 MiB answer in milliseconds).
+
+    Every request has a deadline (`begin`): each wait on the socket is given only the time left, so a
+    server that trickles bytes can't stretch a request past its `timeout_s`.
+    """
+
+    __slots__ = ("sock", "buf", "pos", "reused", "timeout_s", "tls", "deadline")
 
     def __init__(self, sock: socket.socket, timeout_s: float, tls: bool) -> None:
         self.sock = sock
-        self.buf = b""
+        self.buf = bytearray()
+        self.pos = 0
         self.reused = False
         self.timeout_s = timeout_s
         self.tls = tls
+        self.deadline = time.monotonic() + timeout_s
 
     @classmethod
     def open(cls, origin: str, host: str, timeout_s: float, tls_context: Callable[[], Any]) -> _Connection:
@@ -272,17 +282,30 @@ class _Connection:
             raise
         return cls(sock, timeout_s, tls)
 
-    def set_timeout(self, timeout_s: float) -> None:
+    def begin(self, timeout_s: float) -> None:
+        """Start a request that must be answered within `timeout_s`."""
+        self.deadline = time.monotonic() + timeout_s
+        self._wait_at_most(timeout_s)
+
+    def _wait_at_most(self, timeout_s: float) -> None:
         if timeout_s != self.timeout_s:
             self.sock.settimeout(timeout_s)
             self.timeout_s = timeout_s
+
+    def _time_left(self) -> None:
+        """Give the next socket wait what is left of the request's time; TimeoutError when none is."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("no complete answer within the request's time limit")
+        if left < self.timeout_s:
+            self._wait_at_most(left)
 
     def looks_closed(self) -> bool:
         """An idle plain connection with something to read is dead (the peer closed it, or sent junk).
 
         TLS connections are not checked this way (a session ticket may arrive on a healthy one).
         """
-        if self.buf:
+        if self.pos < len(self.buf):
             return True
         if self.tls:
             return False
@@ -340,45 +363,70 @@ class _Connection:
                 return status, content_type, self._read_exact(length), keep
             return status, content_type, self._read_to_eof(), False
 
-    def _more(self, *, first: bool = False) -> None:
+    def _recv(self, into: memoryview | None = None, *, first: bool = False) -> int:
+        """One read from the socket (into `into`, else appended to the buffer); its size."""
+        self._time_left()
         try:
-            chunk = self.sock.recv(_RECV_BYTES)
+            if into is not None:
+                got = self.sock.recv_into(into)
+            else:
+                chunk = self.sock.recv(_RECV_BYTES)
+                got = len(chunk)
+                if got:
+                    if self.pos == len(self.buf) or self.pos > _RECV_BYTES:
+                        del self.buf[: self.pos]  # what was used already (all of it, most often)
+                        self.pos = 0
+                    self.buf += chunk
         except _DROPPED as exc:
-            if first and not self.buf:
+            if first and self.pos == len(self.buf):
                 raise _ClosedEarly(repr(exc)) from exc
             raise
-        if not chunk:
-            if first and not self.buf:
+        if not got:
+            if first and self.pos == len(self.buf):
                 raise _ClosedEarly("no answer")
             raise ConnectionError("connection closed in the middle of an answer")
-        self.buf += chunk
+        return got
+
+    def _take(self, size: int) -> bytes:
+        data = bytes(self.buf[self.pos : self.pos + size])
+        self.pos += size
+        return data
 
     def _read_until(self, separator: bytes, limit: int, *, first: bool = False) -> bytes:
+        searched = 0  # how far past `pos` the separator is known not to start (a read may move `pos`)
         while True:
-            end = self.buf.find(separator)
+            end = self.buf.find(separator, self.pos + searched)
             if end >= 0:
-                found = self.buf[:end]
-                self.buf = self.buf[end + len(separator) :]
+                found = self._take(end - self.pos)
+                self.pos += len(separator)
                 return found
-            if len(self.buf) > limit:
+            if len(self.buf) - self.pos > limit:
                 raise ValueError("answer head too large")
-            self._more(first=first)
+            searched = max(0, len(self.buf) - self.pos - len(separator) + 1)
+            self._recv(first=first)
 
     def _read_exact(self, size: int) -> bytes:
-        while len(self.buf) < size:
-            self._more()
-        data = self.buf[:size]
-        self.buf = self.buf[size:]
-        return data
+        buffered = len(self.buf) - self.pos
+        if buffered >= size:
+            return self._take(size)
+        body = bytearray(size)
+        body[:buffered] = self.buf[self.pos :]
+        self.buf.clear()
+        self.pos = 0
+        view = memoryview(body)
+        got = buffered
+        while got < size:
+            got += self._recv(view[got:])
+        view.release()
+        return bytes(body)
 
     def _read_to_eof(self) -> bytes:
         while True:
             try:
-                self._more()
+                self._recv()
             except ConnectionError:
                 break
-        data, self.buf = self.buf, b""
-        return data
+        return self._take(len(self.buf) - self.pos)
 
     def _read_chunked(self) -> bytes:
         pieces: list[bytes] = []
