@@ -32,7 +32,9 @@ def hub() -> Iterator[FakeHub]:
 
 @pytest.fixture(scope="module")
 def server(hub: FakeHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    with live_server(tmp_path_factory.mktemp("ember-console"), env={"EMBER_HF_ENDPOINT": hub.url}) as s:
+    # Plain-directory volumes: a loop-mounted image would outlive a failed test's clean-up.
+    env = {"EMBER_HF_ENDPOINT": hub.url, "EMBER_VOLUME_ENFORCE": "false"}
+    with live_server(tmp_path_factory.mktemp("ember-console"), env=env) as s:
         yield s
 
 
