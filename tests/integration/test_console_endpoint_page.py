@@ -78,6 +78,11 @@ def test_the_timeline_shows_a_workers_states_and_the_jobs_list_its_job(tmp_path:
         assert 'data-release="1" data-status="READY" data-serving="yes"' in page
         assert 'name="workersMax" inputmode="numeric" value="2"' in page
         assert 'name="idleTimeout" inputmode="numeric" value="900"' in page
+        # Zoomed in to the last five minutes, the filters kept: the same lane, ticks each minute.
+        zoomed = (await admin.get(f"/console/endpoints/{ep['id']}", params={"span": "5m"})).text
+        assert lanes(zoomed)[worker_id] == lanes(page)[worker_id]
+        assert len(re.findall(r'<text class="tick-label"', zoomed)) == 5
+        assert f'href="/console/endpoints/{ep["id"]}?span=15m"' in zoomed
         await admin.aclose()
         await h.api.aclose()
 
@@ -100,6 +105,8 @@ def test_jobs_filter_by_status_and_worker_and_refuse_an_unknown_status(tmp_path:
         assert by_worker == [(job_id, "COMPLETED", worker_id)]
         bad = await admin.get(base, params={"status": "DONE"})
         assert bad.status_code == 400 and "status must be one of" in bad.text
+        bad = await admin.get(base, params={"span": "2d"})
+        assert bad.status_code == 400 and "span must be one of 5m, 15m, 1h" in bad.text
         await admin.aclose()
         await h.api.aclose()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -15,7 +16,7 @@ from fastapi.responses import Response
 from ember.api.deps import Runtime, runtime
 from ember.console.pages import day_start
 from ember.console.render import Viewer, render, viewer_of
-from ember.console.timeline_svg import chart, hms, span, when
+from ember.console.timeline_svg import chart, duration, hms, when
 from ember.core.jobs import JobState
 from ember.core.specs import spec_from_json
 from ember.core.timeline import lanes
@@ -25,7 +26,8 @@ from ember.store.insights import percentile
 
 router = APIRouter(include_in_schema=False)
 
-WINDOW_S = 3600.0  # the timeline's span
+SPANS = {"5m": 300.0, "15m": 900.0, "1h": 3600.0}  # the timeline's zoom levels; the last hour by default
+DEFAULT_SPAN = "1h"
 MAX_LANES = 100
 MAX_EVENTS = 5000
 JOBS_SHOWN = 50
@@ -68,8 +70,8 @@ def _job_line(job: JobLine) -> dict[str, Any]:
         "queued": hms(job.created_at),
         "taken": hms(job.started_at),
         "done": hms(job.completed_at),
-        "delay": span(delay),
-        "execution": span(execution),
+        "delay": duration(delay),
+        "execution": duration(execution),
         "error": (job.error or "")[:200],
         "requeues": job.requeues,
         "retried": job.retried,
@@ -105,7 +107,9 @@ def _release(row: Mapping[Any, Any], serving: int) -> dict[str, Any]:
 
 
 @router.get("/console/endpoints/{endpoint_id}")
-async def endpoint_page(request: Request, endpoint_id: str, status: str = "", worker: str = "") -> Response:
+async def endpoint_page(
+    request: Request, endpoint_id: str, status: str = "", worker: str = "", span: str = DEFAULT_SPAN
+) -> Response:
     viewer = viewer_of(request)
     rt = runtime(request)
     store = rt.store
@@ -116,8 +120,10 @@ async def endpoint_page(request: Request, endpoint_id: str, status: str = "", wo
         return _problem(request, viewer, 400, "Bad filter", f"status must be one of {', '.join(JOB_STATES)}")
     if len(worker) > 80:
         return _problem(request, viewer, 400, "Bad filter", "worker must be a worker id")
+    if span not in SPANS:
+        return _problem(request, viewer, 400, "Bad span", f"span must be one of {', '.join(SPANS)}")
     now = rt.clock.now()
-    window = await store.run(store.activity.window, endpoint_id, now - WINDOW_S, MAX_LANES, MAX_EVENTS)
+    window = await store.run(store.activity.window, endpoint_id, now - SPANS[span], MAX_LANES, MAX_EVENTS)
     timeline = chart(lanes(window.workers, window.events, window.since, now), window.since, now)
     jobs = await store.run(
         lambda: store.activity.recent_jobs(
@@ -138,7 +144,9 @@ async def endpoint_page(request: Request, endpoint_id: str, status: str = "", wo
         timeline=timeline,
         window_from=hms(window.since),
         window_to=hms(now),
-        window_s=now - window.since,
+        truncated=window.since > now - SPANS[span],
+        span=span,
+        zoom=[(name, _query(status=status, worker=worker, span=name)) for name in SPANS],
         more_workers=window.more,
         states=STATES,
         job_states=JOB_STATES,
@@ -163,6 +171,12 @@ async def endpoint_page(request: Request, endpoint_id: str, status: str = "", wo
         settings=_settings(row),
         log_lines=LOG_LINES,
     )
+
+
+def _query(**params: str) -> str:
+    """A query string of the non-default parameters (`?…`, or "" when all are defaults)."""
+    kept = {k: v for k, v in params.items() if v and not (k == "span" and v == DEFAULT_SPAN)}
+    return "?" + urlencode(kept) if kept else ""
 
 
 def _shown(text: str | None) -> str:
@@ -194,8 +208,8 @@ async def job_page(request: Request, endpoint_id: str, job_id: str) -> Response:
         endpoint=row,
         job=job,
         steps=[{"name": n, "at": when(at), "note": note} for n, at, note in steps],
-        delay=span(started - created if started is not None else None),
-        execution=span(completed - started if completed is not None and started is not None else None),
+        delay=duration(started - created if started is not None else None),
+        execution=duration(completed - started if completed is not None and started is not None else None),
         input=_shown(job["input"]),
         output=_shown(job["output"]),
         error=_shown(job["error"]),

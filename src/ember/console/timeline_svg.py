@@ -16,7 +16,8 @@ LANE_H = 20.0
 BAR_H = 14.0
 AXIS_H = 22.0
 MIN_W = 1.5  # a segment too short to see still gets a sliver, so it can be hovered
-TICK_S = 600.0
+TICKS_S = (60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0)  # the first giving at most MAX_TICKS
+MAX_TICKS = 8
 
 
 def hms(at: float | None) -> str:
@@ -33,7 +34,7 @@ def when(at: float | None) -> str:
     return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
-def span(seconds: float | None) -> str:
+def duration(seconds: float | None) -> str:
     """A duration for people: 420 ms, 6.2 s, 3 min 4 s, 1 h 2 min; a dash for none."""
     if seconds is None:
         return "–"
@@ -85,7 +86,7 @@ class Chart:
 
 def _title(state: str, start: float, end: float, reason: str, is_open: bool) -> str:
     until = "now" if is_open else hms(end)
-    text = f"{state} {hms(start)}–{until} UTC ({span(end - start)})"
+    text = f"{state} {hms(start)}–{until} UTC ({duration(end - start)})"
     return f"{text}: {reason}" if reason else text
 
 
@@ -109,10 +110,11 @@ def chart(lanes: Sequence[Lane], start: float, end: float) -> Chart:
                 )
             )
         rows.append(Row(lane.worker_id, lane.type, i * LANE_H, lane.segments[-1].state, bars))
+    tick_s = next((t for t in TICKS_S if (end - start) / t <= MAX_TICKS), TICKS_S[-1])
     ticks = []
-    at = math.ceil(start / TICK_S) * TICK_S
-    while at <= end:
+    at = math.ceil(start / tick_s) * tick_s
+    while at <= end and len(ticks) <= MAX_TICKS:
         ticks.append(Tick(round(LABEL_W + fraction(at, start, end) * PLOT_W, 2), hms(at)[:5]))
-        at += TICK_S
+        at += tick_s
     axis_y = len(rows) * LANE_H + 4
     return Chart(LABEL_W + PLOT_W, axis_y + AXIS_H, LABEL_W, PLOT_W, axis_y, rows, ticks)
