@@ -111,7 +111,7 @@ def chart(lanes: Sequence[Lane], start: float, end: float) -> Chart:
             )
         rows.append(Row(lane.worker_id, lane.type, i * LANE_H, lane.segments[-1].state, bars))
     tick_s = next((t for t in TICKS_S if (end - start) / t <= MAX_TICKS), TICKS_S[-1])
-    ticks = []
+    ticks: list[Tick] = []
     at = math.ceil(start / tick_s) * tick_s
     while at <= end and len(ticks) <= MAX_TICKS:
         ticks.append(Tick(round(LABEL_W + fraction(at, start, end) * PLOT_W, 2), hms(at)[:5]))
