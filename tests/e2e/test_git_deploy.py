@@ -10,6 +10,7 @@ import hmac
 import json
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,10 @@ import pytest
 from ember.build.scaffold import init_project
 from tests.e2e.test_docker_deploy import FINAL, docker_server, ember, ok, remove_containers, runsync, status
 from tests.support.live import LiveServer, wait_for
+from tests.support.terminal import run_on_terminal
 
 pytestmark = pytest.mark.docker
+EMBER = [sys.executable, "-m", "ember.cli.main"]
 
 HANDLER = """\
 import time
@@ -225,3 +228,57 @@ def test_git_endpoint_builds_redeploys_on_signed_push_survives_a_broken_build_an
     assert [
         r["release"] for r in json.loads(ok(ember(server, "releases", "gitdemo", "--json"))) if r["serving"]
     ] == [1]
+
+
+def test_deploy_wait_and_releases_follow_show_git_builds_as_they_run(
+    server: LiveServer, tmp_path: Path, base_image: str
+) -> None:
+    repo = Repo(tmp_path, base_image)
+    repo.commit("first", {"handler.py": HANDLER.format(release="first")})
+    # Through a pipe: the build's lines, its outcome, then the worker's start until it is ready.
+    deploy = [
+        "deploy",
+        "--git",
+        str(repo.bare),
+        "--name",
+        "followed",
+        "--workers-min",
+        "1",
+        "--workers-max",
+        "1",
+    ]
+    out = ok(ember(server, *deploy, "--idle-timeout", "120", "--json", "--wait", "--wait-timeout", "240"))
+    record = json.loads(out.splitlines()[0])
+    ep, secret = record["id"], record["git"]["webhookSecret"]
+    assert "Step 1/" in out and "release 1: READY" in out and "is ready" in out, out
+    assert "\x1b" not in out
+
+    # On a terminal: a deploy that builds again (another branch) follows the build step by step, then
+    # the new release's worker.
+    repo.commit("second", {"handler.py": HANDLER.format(release="second")}, branch="second")
+    argv = [*EMBER, *deploy, "--branch", "second", "--wait", "--wait-timeout", "240"]
+    drawn = run_on_terminal(argv, server.cli_env(), timeout_s=300)
+    assert drawn.returncode == 0, drawn.text + drawn.stderr
+    assert "✓ step 1/" in drawn.text and "release 2: READY" in drawn.text, drawn.text
+    assert " steps, " in drawn.text and "is ready" in drawn.text, drawn.text
+
+    # `ember releases -f` joins a build under way (held by a slow step) and follows it to its end: the
+    # step's output, the failure, exit 1.
+    dockerfile = (repo.work / "Dockerfile").read_text()
+    slow_failure = "RUN echo broken-on-purpose && sleep 15 && exit 3\n"
+    repo.commit("break", {"Dockerfile": dockerfile + slow_failure}, branch="second")
+    body = repo.push_event("second")
+    assert webhook(server, body, signed(body, secret)).json()["redeployed"] == [ep]
+    wait_for(
+        lambda: "broken-on-purpose" in server.api("GET", f"/v1/endpoints/{ep}/releases/3/log").json()["log"],
+        120,
+        interval_s=0.25,
+        what="release 3's slow step to start",
+    )
+    broken = ember(server, "releases", "followed", "-f")
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert "Step 1/" in broken.stdout and "broken-on-purpose" in broken.stdout, broken.stdout
+    assert "release 3: FAILED" in broken.stdout, broken.stdout
+    nothing = ember(server, "releases", "followed", "-f")  # nothing building: the list alone
+    assert nothing.returncode == 0 and nothing.stdout.startswith("RELEASE\tSTATUS"), nothing.stdout
+    assert server.api("DELETE", f"/v1/endpoints/{ep}").status_code == 200

@@ -24,6 +24,8 @@ from docker.utils import parse_repository_tag
 from ember.core.errors import BuildError
 
 LogFn = Callable[[str], None]
+# (layer id, Docker's status for it, bytes sent so far, layer size): every event of a push about a layer.
+PushProgressFn = Callable[[str, str, int | None, int | None], None]
 DEFAULT_SIZE_BUDGET_BYTES = 2_000_000_000
 TAIL_LINES = 40
 _LARGE_COPY_BYTES = 50_000_000
@@ -299,8 +301,12 @@ def push_image(
     auth: dict[str, str] | None = None,
     on_log: LogFn = print,
     client_factory: Callable[[], Any] = docker.from_env,
+    on_progress: PushProgressFn | None = None,
 ) -> str:
     """Push the local image `ref` to its registry, reporting each layer; return the pushed digest.
+
+    `on_log` gets a line when a layer is done and for the push's other messages; `on_progress`, when
+    given, every layer event with its byte counts (for per-layer progress bars).
 
     Raises BuildError when the image is missing, the registry refuses, or the engine is unreachable.
     """
@@ -314,6 +320,9 @@ def push_image(
                 raise BuildError(f"pushing {ref} failed: {event['error'].strip()}")
             digest = event.get("aux", {}).get("Digest", digest)
             layer, status = event.get("id"), event.get("status", "")
+            if on_progress is not None and layer and status:
+                detail = event.get("progressDetail") or {}
+                on_progress(str(layer), str(status), detail.get("current"), detail.get("total"))
             if status in ("Pushed", "Layer already exists", "Mounted from"):
                 on_log(f"{layer}: {status.lower()}")
             elif (

@@ -19,6 +19,7 @@ from rich.console import Console
 from ember.build.image import DEFAULT_SIZE_BUDGET_BYTES, build_image, push_image
 from ember.build.registry import CredentialStore, verify_login
 from ember.build.scaffold import DEFAULT_BASE_IMAGE, init_project
+from ember.cli.progress import BuildView, PushView
 from ember.core.errors import EmberError
 from ember.settings import Settings
 
@@ -37,10 +38,6 @@ def _errors_as_exit() -> Iterator[None]:
 
 def _credentials() -> CredentialStore:
     return CredentialStore(Settings().home)
-
-
-def _log(line: str) -> None:
-    console.print(line, style="dim", markup=False)
 
 
 def init(
@@ -77,7 +74,8 @@ def build(
         DEFAULT_SIZE_BUDGET_BYTES / 1e9, "--size-budget-gb", help="Warn when the image is bigger."
     ),
 ) -> None:
-    """Build the image (streaming the build output), then report its size and what makes it big."""
+    """Build the image, showing its steps and layers (every build line when the output is not a
+    terminal), then report its size and what makes it big."""
     tag = tag or default_tag(directory)
     secrets = {"hf_token": os.environ["HF_TOKEN"]} if os.environ.get("HF_TOKEN") else {}
     # A hub mirror named by HF_ENDPOINT reaches a baked-model step; host networking lets the build reach
@@ -85,12 +83,12 @@ def build(
     hub = os.environ.get("HF_ENDPOINT", "").strip()
     build_args = {"HF_ENDPOINT": hub} if hub else {}
     console.print(f"[bold]building[/] {tag} from {directory}")
-    with _errors_as_exit():
+    with _errors_as_exit(), BuildView(console, f"building {tag}") as view:
         report = build_image(
             directory,
             tag,
             dockerfile=dockerfile,
-            on_log=_log,
+            on_log=view.line,
             secrets=secrets,
             size_budget_bytes=int(size_budget_gb * 1e9),
             build_args=build_args,
@@ -112,10 +110,12 @@ def default_tag(directory: Path) -> str:
 def push(
     ref: str = typer.Argument(..., help="Local image reference, e.g. registry.example.com/me/worker:v1"),
 ) -> None:
-    """Push an image to its registry with the credentials saved by `ember registry login`."""
+    """Push an image to its registry with the credentials saved by `ember registry login`, showing
+    each layer's progress."""
     console.print(f"[bold]pushing[/] {ref}")
-    with _errors_as_exit():
-        digest = push_image(ref, auth=_credentials().auth_for(ref), on_log=_log)
+    auth = _credentials().auth_for(ref)
+    with _errors_as_exit(), PushView(console) as view:
+        digest = push_image(ref, auth=auth, on_log=view.line, on_progress=view.progress)
     console.print(f"[green]pushed[/] {ref}@{digest}")
 
 

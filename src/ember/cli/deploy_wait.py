@@ -1,6 +1,7 @@
 """`ember deploy --wait`: follow the new release's first worker until it is ready or has failed, printing
 its state and reason as they change ("installing requirements", "starting handler") and its log lines as
-they are written."""
+they are written; on a terminal a spinner under them shows the current state and the time waited. A git
+release is built first: its build is followed (`follow.follow_build`), then its worker."""
 
 from __future__ import annotations
 
@@ -11,12 +12,23 @@ from typing import Any
 
 import httpx
 import typer
+from rich.status import Status
 
+from ember.cli.follow import follow_builds
 from ember.cli.http import api_key, api_url, call
+from ember.cli.output import console, is_terminal
 
 POLL_S = 0.5
 READY = frozenset({"IDLE", "RUNNING"})
 FAILED = frozenset({"UNHEALTHY", "STOPPED", "OUTDATED"})
+
+
+def _say(line: str, *, error: bool = False) -> None:
+    """One line above the spinner on a terminal, else a plain line (errors on stderr)."""
+    if error or not is_terminal():
+        typer.echo(line, err=error)
+    else:
+        console.print(line, markup=False, highlight=False)
 
 
 class _LogFollower:
@@ -38,7 +50,7 @@ class _LogFollower:
                 for line in resp.iter_lines():
                     if self._closed.is_set():
                         return
-                    typer.echo(line)
+                    _say(line)
         except (httpx.HTTPError, RuntimeError):
             return  # closed under us, or the server went away: the state poll reports what matters
 
@@ -52,12 +64,39 @@ class _LogFollower:
 
 def wait_for_worker(record: dict[str, Any], timeout_s: float) -> None:
     """Follow the endpoint's worker of `record`'s release until it is ready (returns) or fails, or
-    `timeout_s` passes (typer.Exit(1) with the reason either way)."""
-    endpoint_id, release, name = record["id"], record["release"], record["name"]
-    if record.get("git"):
-        typer.echo(f"a git release is built first: follow it with `ember releases {name}`")
-        return
+    `timeout_s` passes (typer.Exit(1) with the reason either way). A git endpoint's builds in progress
+    are followed first."""
     deadline = time.monotonic() + timeout_s
+    if record.get("git"):
+        built = follow_builds(record["id"], _new_releases(record), deadline=deadline)
+        if built == "FAILED":
+            _say(f"the build failed: see `ember releases {record['name']}`", error=True)
+            raise typer.Exit(1)
+        record = call("GET", f"/v1/endpoints/{record['id']}")
+        if built is None and not record["release"]:
+            _say(f"no release of {record['name']} is built yet (see `ember releases {record['name']}`)")
+            return
+    status = console.status("waiting for a worker", spinner="dots") if is_terminal() else None
+    if status is not None:
+        status.start()
+    try:
+        _wait(record, deadline, timeout_s, status)
+    finally:
+        if status is not None:
+            status.stop()
+
+
+def _new_releases(record: dict[str, Any]) -> list[int]:
+    """The releases the deploy of `record` made, built or not yet: made no earlier than the record was
+    written, and newer than the release it serves (a build that already ended is shown all the same)."""
+    since = record.get("updatedAt") or record.get("createdAt") or ""
+    rows = call("GET", f"/v1/endpoints/{record['id']}/releases")
+    return sorted(r["release"] for r in rows if r["release"] > record["release"] and r["createdAt"] >= since)
+
+
+def _wait(record: dict[str, Any], deadline: float, timeout_s: float, status: Status | None) -> None:
+    endpoint_id, release, name = record["id"], record["release"], record["name"]
+    started = time.monotonic()
     follower: _LogFollower | None = None
     worker_id: str | None = None
     shown: tuple[str, str] | None = None
@@ -68,10 +107,10 @@ def wait_for_worker(record: dict[str, Any], timeout_s: float) -> None:
             if worker_id is None:
                 ready = [w for w in mine if w["state"] in READY]
                 if ready:
-                    typer.echo(f"worker {ready[0]['id']} is ready ({ready[0]['state']})")
+                    _say(f"worker {ready[0]['id']} is ready ({ready[0]['state']})")
                     return
                 if not mine and record.get("workersMin", 0) == 0:
-                    typer.echo(
+                    _say(
                         "workersMin is 0: a worker starts when the first job arrives "
                         f"(watch it start with `ember logs {name} -f`)"
                     )
@@ -84,19 +123,22 @@ def wait_for_worker(record: dict[str, Any], timeout_s: float) -> None:
                 state, reason = (current["state"], current["reason"] or "") if current else ("STOPPED", "")
                 if (state, reason) != shown:
                     shown = (state, reason)
-                    typer.echo(f"worker {worker_id}: {state}" + (f" ({reason})" if reason else ""))
+                    _say(f"worker {worker_id}: {state}" + (f" ({reason})" if reason else ""))
                 if state in READY:
                     if follower is not None:
                         follower.close(drain_s=0.5)
-                    typer.echo(f"worker {worker_id} is ready")
+                    _say(f"worker {worker_id} is ready")
                     return
                 if state in FAILED:
                     if follower is not None:
                         follower.close(drain_s=2.0)  # the error's last lines are what the user needs
-                    typer.echo(f"worker {worker_id} failed to start: {reason or state}", err=True)
+                    _say(f"worker {worker_id} failed to start: {reason or state}", error=True)
                     raise typer.Exit(1)
+            if status is not None:
+                what = f"worker {worker_id}: {shown[0]}" if worker_id and shown else "waiting for a worker"
+                status.update(f"{what} [dim]({time.monotonic() - started:.0f}s)[/]")
             time.sleep(POLL_S)
-        typer.echo(f"no worker of release {release} was ready within {timeout_s:g}s", err=True)
+        _say(f"no worker of release {release} was ready within {timeout_s:g}s", error=True)
         raise typer.Exit(1)
     finally:
         if follower is not None:

@@ -1,5 +1,6 @@
 """CLI commands that manage endpoints and look at them: deploy, endpoints, workers, jobs, logs,
-releases, rollback, exec/ssh, balance, usage."""
+releases, rollback, exec/ssh. Tables print through `output.print_table` (whole values when the output
+is not a terminal); every listing takes --json."""
 
 from __future__ import annotations
 
@@ -10,18 +11,16 @@ from typing import Any
 
 import httpx
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from ember.build.archive import pack
 from ember.build.source import find_handler
 from ember.cli.deploy_wait import wait_for_worker
+from ember.cli.follow import JOB_COLUMNS, follow_builds, follow_jobs, job_row
 from ember.cli.http import api_key, api_url, call, err, fail, print_json
+from ember.cli.output import Col, console, print_table
 from ember.cli.resource_cmds import resolve_registry_auth
 from ember.core.errors import InvalidInput
-
-console = Console()
 
 
 def _parse_env(pairs: list[str]) -> dict[str, str]:
@@ -62,8 +61,8 @@ def deploy(
     workers_max: int | None = typer.Option(
         None, "--workers-max", help="Most workers the endpoint may scale up to (default 3)"
     ),
-    idle_timeout: float | None = typer.Option(
-        None, "--idle-timeout", help="Seconds idle before a flex worker stops"
+    idle_timeout: int | None = typer.Option(
+        None, "--idle-timeout", help="Whole seconds idle before a flex worker stops (default 5)"
     ),
     gpu: list[str] = typer.Option([], "--gpu", help="GPU type, in preference order (repeatable)"),
     gpu_count: int | None = typer.Option(None, "--gpu-count", help="GPUs per worker, 1-8 (default 1)"),
@@ -133,7 +132,7 @@ def deploy(
     if record.get("git"):
         console.print(
             f"  builds from {record['git']['url']} ({record['git']['branch']}); follow with "
-            f"`ember releases {record['name']}`\n"
+            f"`ember releases {record['name']} -f`\n"
             f"  push webhook: {api_url()}/v1/git/webhook (content type application/json, "
             f"secret {record['git'].get('webhookSecret', 'as shown when it was set')})",
             markup=False,
@@ -187,20 +186,22 @@ def endpoints(
     if as_json:
         print_json(rows)
         return
-    table = Table("ID", "NAME", "RELEASE", "MIN", "MAX", "DESIRED", "WHY", "WORKERS")
-    for ep in rows:
-        counts = ", ".join(f"{k.lower()} {v}" for k, v in sorted(ep.get("workerCounts", {}).items())) or "-"
-        table.add_row(
-            ep["id"],
-            ep["name"],
-            str(ep["release"]),
-            str(ep["workersMin"]),
-            str(ep["workersMax"]),
-            str(ep["scaling"]["desiredWorkers"]),
-            ep["scaling"]["reason"] or "-",
-            counts,
-        )
-    console.print(table)
+    print_table(
+        ("ID", "NAME", "RELEASE", "MIN", "MAX", "DESIRED", "WHY", "WORKERS"),
+        (
+            (
+                ep["id"],
+                ep["name"],
+                ep["release"],
+                ep["workersMin"],
+                ep["workersMax"],
+                ep["scaling"]["desiredWorkers"],
+                ep["scaling"]["reason"],
+                ", ".join(f"{k.lower()} {v}" for k, v in sorted(ep.get("workerCounts", {}).items())),
+            )
+            for ep in rows
+        ),
+    )
 
 
 def delete(endpoint: str = typer.Argument(..., help="Endpoint id or name")) -> None:
@@ -219,19 +220,21 @@ def workers(
     if as_json:
         print_json(rows)
         return
-    table = Table("ID", "STATE", "TYPE", "RELEASE", "GPU", "IN STATE", "REASON")
-    for w in rows:
-        gpu = f"{w['gpuTypeId']} [{','.join(w['gpuDevices'])}]" if w["gpuTypeId"] else "-"
-        table.add_row(
-            w["id"],
-            w["state"],
-            w["type"],
-            str(w["release"]),
-            gpu,
-            f"{w['secondsInState']:.0f}s",
-            (w["reason"] or "")[:60],
-        )
-    console.print(table)
+    print_table(
+        ("ID", "STATE", "TYPE", "RELEASE", "GPU", "IN STATE", Col("REASON", 60)),
+        (
+            (
+                w["id"],
+                w["state"],
+                w["type"],
+                w["release"],
+                f"{w['gpuTypeId']} [{','.join(w['gpuDevices'])}]" if w["gpuTypeId"] else None,
+                f"{w['secondsInState']:.0f}s",
+                w["reason"],
+            )
+            for w in rows
+        ),
+    )
 
 
 def jobs(
@@ -240,29 +243,28 @@ def jobs(
         None, "--state", help="Only jobs in this state (IN_QUEUE, IN_PROGRESS, COMPLETED, FAILED, …)"
     ),
     limit: int = typer.Option(50, "--limit", help="Most jobs to list, newest first"),
-    as_json: bool = typer.Option(False, "--json", help="Print the jobs as JSON instead of a table"),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the jobs as JSON instead of a table (with -f: one job per line)"
+    ),
+    follow: bool = typer.Option(
+        False, "-f", "--follow", help="Keep printing new jobs and changes of state, until Ctrl-C"
+    ),
 ) -> None:
-    """List recent jobs."""
+    """List recent jobs (whole ids, tab-separated, when the output is not a terminal)."""
     params: dict[str, Any] = {"limit": limit}
     if endpoint:
         params["endpointId"] = endpoint
     if state:
         params["state"] = state
+    if follow:
+        follow_jobs(params, as_json)
+        return
     rows = call("GET", "/v1/jobs", params=params)
     if as_json:
         print_json(rows)
         return
-    table = Table("ID", "ENDPOINT", "STATUS", "WORKER", "CREATED", "ERROR")
-    for j in rows:
-        table.add_row(
-            j["id"],
-            j["endpointId"],
-            j["status"],
-            j["workerId"] or "-",
-            j["createdAt"],
-            (j.get("error") or "")[:60],
-        )
-    console.print(table)
+    columns = (*JOB_COLUMNS[:-1], Col(JOB_COLUMNS[-1], 60))
+    print_table(columns, (job_row(j) for j in rows))
 
 
 def logs(
@@ -302,8 +304,13 @@ def releases(
     endpoint: str = typer.Argument(..., help="Endpoint id or name"),
     as_json: bool = typer.Option(False, "--json", help="Print the releases (or the log) as JSON"),
     log: int | None = typer.Option(None, "--log", help="Print the whole build log of this release"),
+    follow: bool = typer.Option(
+        False, "-f", "--follow", help="Follow the builds in progress (steps and log) until they end"
+    ),
 ) -> None:
-    """List an endpoint's releases and their build status (or one release's build log)."""
+    """List an endpoint's releases and their build status (or one release's build log).
+
+    With -f, first follow the git builds in progress (exit 1 when the last one failed)."""
     if log is not None:
         build = call("GET", f"/v1/endpoints/{endpoint}/releases/{log}/log")
         if as_json:
@@ -312,23 +319,29 @@ def releases(
         typer.echo(build["log"])
         console.print(f"release {build['release']}: {build['status']}")
         return
+    followed = follow_builds(endpoint) if follow else None
     rows = call("GET", f"/v1/endpoints/{endpoint}/releases")
     if as_json:
         print_json(rows)
-        return
-    table = Table("RELEASE", "STATUS", "SERVING", "CREATED", "IMAGE/COMMIT")
-    for r in rows:
-        table.add_row(
-            str(r["release"]),
-            r["status"],
-            "*" if r["serving"] else "",
-            r["createdAt"],
-            r.get("commit") or r.get("image") or "-",
+    else:
+        print_table(
+            ("RELEASE", "STATUS", "SERVING", "CREATED", "IMAGE/COMMIT"),
+            (
+                (
+                    r["release"],
+                    r["status"],
+                    "*" if r["serving"] else "",
+                    r["createdAt"],
+                    r.get("commit") or r.get("image"),
+                )
+                for r in rows
+            ),
         )
-    console.print(table)
-    for r in rows:
-        if r["status"] == "FAILED" and r.get("logTail"):
-            console.print(f"[red]release {r['release']} failed:[/]\n{r['logTail']}")
+        for r in rows:
+            if r["status"] == "FAILED" and r.get("logTail") and not follow:
+                console.print(f"[red]release {r['release']} failed:[/]\n{escape(r['logTail'])}")
+    if followed == "FAILED":
+        raise typer.Exit(1)
 
 
 def rollback(
@@ -361,64 +374,3 @@ def ssh(worker: str = typer.Argument(..., help="Worker id")) -> None:
         raise typer.Exit(subprocess.call(argv))
     except FileNotFoundError:
         fail(f"cannot run {argv[0]!r} on this machine")
-
-
-def balance(
-    as_json: bool = typer.Option(False, "--json", help="Print the account record as JSON"),
-) -> None:
-    """Show the account's balance, worker limit and current workers."""
-    me = call("GET", "/v1/accounts/me")
-    if as_json:
-        print_json(me)
-        return
-    console.print(
-        f"Account {me['name']} ({me['id']}): balance ${me['balance']}, "
-        f"workers {me['workers']} of at most {me['maxWorkers']}"
-    )
-
-
-def usage(
-    endpoint: str | None = typer.Option(None, "--endpoint", help="Only this endpoint (id or name)"),
-    worker: str | None = typer.Option(None, "--worker", help="Only this worker (id)"),
-    as_json: bool = typer.Option(False, "--json", help="Print the usage as JSON instead of a table"),
-) -> None:
-    """Show billed seconds and cost per worker and state."""
-    params = {k: v for k, v in (("endpointId", endpoint), ("workerId", worker)) if v}
-    data = call("GET", "/v1/billing/usage", params=params)
-    if as_json:
-        print_json(data)
-        return
-    table = Table("WORKER", "ENDPOINT", "STATE", "TYPE", "GPU", "SECONDS", "COST $")
-    for i in data["items"]:
-        table.add_row(
-            i["workerId"],
-            i["endpointId"],
-            i["state"],
-            i["workerType"],
-            i["gpuTypeId"] or "-",
-            str(i["seconds"]),
-            i["cost"],
-        )
-    console.print(table)
-    console.print(f"Total: ${data['totalCost']}")
-
-
-def accounts_create(
-    name: str = typer.Argument(..., help="A name for the account"),
-    as_json: bool = typer.Option(False, "--json", help="Print the account and its API key as JSON"),
-) -> None:
-    """Create an account (admin key only); prints its API key once."""
-    acct = call("POST", "/v1/accounts", json_body={"name": name})
-    if as_json:
-        print_json(acct)
-        return
-    console.print(f"Account {acct['id']} created. API key (shown once): {acct['apiKey']}")
-
-
-def credit(
-    account: str = typer.Argument(..., help="Account id"),
-    amount: str = typer.Argument(..., help="Dollars, e.g. 150.00"),
-) -> None:
-    """Add credit to an account (admin key only)."""
-    acct = call("POST", f"/v1/accounts/{account}/credits", json_body={"amount": amount})
-    console.print(f"Account {acct['id']}: balance ${acct['balance']}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from ember.cli import account_cmds as acct
 from ember.cli import console_cmds, dev_cmds
 from ember.cli import endpoint_cmds as ep
 from ember.cli import resource_cmds as res
@@ -12,7 +13,7 @@ from ember.cli import server_cmds as srv
 app = typer.Typer(
     help="Ember: self-hosted serverless GPU endpoints, wire-compatible with RunPod.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
 )
 
@@ -30,11 +31,11 @@ app.command()(ep.rollback)
 app.command("exec", context_settings={"allow_extra_args": True})(ep.exec_)
 app.command()(ep.ssh)
 app.command()(console_cmds.console)
-app.command()(ep.balance)
-app.command()(ep.usage)
+app.command()(acct.balance)
+app.command()(acct.usage)
 accounts = typer.Typer(help="Accounts (admin)")
-accounts.command("create")(ep.accounts_create)
-accounts.command("credit")(ep.credit)
+accounts.command("create")(acct.accounts_create)
+accounts.command("credit")(acct.credit)
 app.add_typer(accounts, name="accounts")
 app.add_typer(res.models_app, name="models")
 app.add_typer(res.volumes_app, name="volumes")
@@ -64,7 +65,7 @@ _optional_groups()
 
 
 def main() -> None:
-    app()
+    app(prog_name="ember")  # `python -m ember.cli.main` too completes and prints usage as `ember`
 
 
 if __name__ == "__main__":

@@ -10,12 +10,12 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-from rich.table import Table
+from rich.progress import Progress
 
 from ember.cli.http import call, fail, print_json
+from ember.cli.output import Col, console, is_terminal, print_table
+from ember.cli.progress import transfer_columns
 
-console = Console()
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 models_app = typer.Typer(help="The host's Hugging Face model cache", no_args_is_help=True)
 volumes_app = typer.Typer(help="Network volumes, mounted at /runpod-volume in workers", no_args_is_help=True)
@@ -44,13 +44,22 @@ def models_pull(
     if revision:
         body["revision"] = revision
     deadline = time.monotonic() + timeout_s
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    live = is_terminal()
+    shown = -1  # the last tenth of the download printed as a plain line
+    with Progress(*transfer_columns(), console=console, transient=True, disable=not live) as progress:
         task = progress.add_task(name, total=None)
         while True:
             # Pulling is idempotent: each call reports the one download's progress (or its result).
             model = call("POST", "/v1/models/pull", json_body=body)
             progress.update(task, completed=model["doneBytes"], total=model["totalBytes"] or None)
+            if not live and model["state"] == "downloading" and model["totalBytes"]:
+                tenth = int(model["doneBytes"] * 10 // model["totalBytes"])
+                if tenth > shown:
+                    shown = tenth
+                    typer.echo(
+                        f"{name}: {_size(model['doneBytes'])} of {_size(model['totalBytes'])} "
+                        f"({model['doneBytes'] * 100 // model['totalBytes']}%)"
+                    )
             if model["state"] == "ready":
                 break
             if model["state"] == "failed":
@@ -72,19 +81,22 @@ def models_ls(
     if as_json:
         print_json(rows)
         return
-    table = Table("MODEL", "REVISION", "STATE", "PROGRESS", "SIZE", "LAST USED", "ENDPOINTS")
-    for m in rows:
-        state = m["state"] if not m["error"] else f"{m['state']}: {m['error'][:60]}"
-        table.add_row(
-            m["name"],
-            m["revision"],
-            state,
-            f"{m['progress']}% of {_size(m['totalBytes'])}",
-            _size(m["sizeBytes"]),
-            m["lastUsedAt"] or "-",
-            ", ".join(e["name"] for e in m["endpoints"]) or "-",
-        )
-    console.print(table)
+    columns = ("MODEL", "REVISION", Col("STATE", 70), "PROGRESS", "SIZE", "LAST USED", "ENDPOINTS")
+    print_table(
+        columns,
+        (
+            (
+                m["name"],
+                m["revision"],
+                m["state"] if not m["error"] else f"{m['state']}: {m['error']}",
+                f"{m['progress']}% of {_size(m['totalBytes'])}",
+                _size(m["sizeBytes"]),
+                m["lastUsedAt"],
+                ", ".join(e["name"] for e in m["endpoints"]),
+            )
+            for m in rows
+        ),
+    )
 
 
 @models_app.command("rm")
@@ -125,18 +137,21 @@ def volumes_ls(
     if as_json:
         print_json(rows)
         return
-    table = Table("ID", "NAME", "SIZE", "USED", "LIMIT", "BILLED $", "ENDPOINTS")
-    for v in rows:
-        table.add_row(
-            v["id"],
-            v["name"],
-            f"{v['size']} GB",
-            _size(v.get("usedBytes")),
-            "enforced" if v.get("sizeEnforced") else "not enforced",
-            v.get("billed", "-"),
-            ", ".join(e["name"] for e in v["endpoints"]) or "-",
-        )
-    console.print(table)
+    print_table(
+        ("ID", "NAME", "SIZE", "USED", "LIMIT", "BILLED $", "ENDPOINTS"),
+        (
+            (
+                v["id"],
+                v["name"],
+                f"{v['size']} GB",
+                _size(v.get("usedBytes")),
+                "enforced" if v.get("sizeEnforced") else "not enforced",
+                v.get("billed"),
+                ", ".join(e["name"] for e in v["endpoints"]),
+            )
+            for v in rows
+        ),
+    )
 
 
 @volumes_app.command("resize")
@@ -202,10 +217,7 @@ def registry_ls(
     if as_json:
         print_json(rows)
         return
-    table = Table("ID", "NAME")
-    for auth in rows:
-        table.add_row(auth["id"], auth["name"])
-    console.print(table)
+    print_table(("ID", "NAME"), ((auth["id"], auth["name"]) for auth in rows))
 
 
 def registry_rm(ref: str = typer.Argument(..., help="Registry auth id (or name)")) -> None:
