@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from ember.api.deps import Runtime, runtime
 from ember.console.pages import day_start
 from ember.console.render import Viewer, render, viewer_of
-from ember.console.timeline_svg import chart, duration, hms, when
+from ember.console.timeline_svg import chart, duration, hms, svg, when
 from ember.core.jobs import JobState
 from ember.core.specs import spec_from_json
 from ember.core.timeline import lanes
@@ -142,6 +142,7 @@ async def endpoint_page(
         endpoint=row,
         owner=row["account_id"] == viewer.account_id,
         timeline=timeline,
+        timeline_svg=svg(timeline, f"Worker states over the last {span}"),
         window_from=hms(window.since),
         window_to=hms(now),
         truncated=window.since > now - SPANS[span],

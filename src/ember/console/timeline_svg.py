@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from markupsafe import Markup, escape
+
 from ember.core.timeline import Lane, fraction
 
 LABEL_W = 190.0  # the worker ids' column
@@ -118,3 +120,38 @@ def chart(lanes: Sequence[Lane], start: float, end: float) -> Chart:
         at += tick_s
     axis_y = len(rows) * LANE_H + 4
     return Chart(LABEL_W + PLOT_W, axis_y + AXIS_H, LABEL_W, PLOT_W, axis_y, rows, ticks)
+
+
+def svg(c: Chart, label: str) -> Markup:
+    """The chart as inline SVG: a `g.lane` per worker (data-worker, data-state: its state now, data-type)
+    holding a `rect.seg` per segment (data-state, data-start, data-end; the hover text as its <title>).
+    Written here rather than in a template: a page of a hundred lanes renders in a tenth of the time."""
+    out = [
+        f'<svg class="timeline" viewBox="0 0 {c.width:g} {c.height:g}" width="100%" role="img" '
+        f'aria-label="{escape(label)}">'
+    ]
+    out.extend(f'<line class="tick" x1="{t.x:g}" x2="{t.x:g}" y1="0" y2="{c.axis_y:g}"/>' for t in c.ticks)
+    for row in c.rows:
+        worker = escape(row.worker_id)
+        kind = f" · {escape(row.type.lower())}" if row.type else ""
+        out.append(
+            f'<g class="lane" data-worker="{worker}" data-state="{escape(row.state)}" '
+            f'data-type="{escape(row.type)}" transform="translate(0 {row.y:g})">'
+            f'<text class="lane-label" x="4" y="14">{worker}{kind}'
+            f"<title>{worker}: {escape(row.state)} now</title></text>"
+            f'<rect class="lane-bg" x="{c.label_w:g}" y="2" width="{c.plot_w:g}" height="16"/>'
+        )
+        for bar in row.bars:
+            state = escape(bar.state)
+            out.append(
+                f'<rect class="seg seg-{state.lower()}{" open" if bar.open else ""}" data-state="{state}" '
+                f'data-start="{bar.start!r}" data-end="{bar.end!r}" x="{bar.x:g}" y="3" '
+                f'width="{bar.width:g}" height="14"><title>{escape(bar.title)}</title></rect>'
+            )
+        out.append("</g>")
+    out.extend(
+        f'<text class="tick-label" x="{t.x:g}" y="{c.axis_y + 14:g}">{escape(t.label)}</text>'
+        for t in c.ticks
+    )
+    out.append("</svg>")
+    return Markup("".join(out))
