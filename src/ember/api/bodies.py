@@ -116,9 +116,12 @@ class EndpointBody(_Strict):
     workersMin: int | None = Field(None, ge=0, le=1000)  # noqa: N815
     workersMax: int | None = Field(None, ge=0, le=1000)  # noqa: N815
     idleTimeout: int | None = Field(None, ge=0, description="whole seconds")  # noqa: N815
-    scalerType: Literal["QUEUE_DELAY", "REQUEST_COUNT"] | None = None  # noqa: N815
+    scalerType: Literal["QUEUE_DELAY", "REQUEST_COUNT", "PREDICTIVE"] | None = None  # noqa: N815
     scalerValue: int | None = Field(  # noqa: N815
-        None, gt=0, description="QUEUE_DELAY: whole seconds; REQUEST_COUNT: requests per worker"
+        None,
+        gt=0,
+        description="QUEUE_DELAY: whole seconds; REQUEST_COUNT: requests per worker; "
+        "PREDICTIVE: whole seconds to clear a backlog in once new workers are ready",
     )
     computeType: Any = None  # noqa: N815
     dataCenterIds: Any = None  # noqa: N815

@@ -2,25 +2,42 @@
 
 One pure function of an explicit Observation, the previous Decision's Memory and `now` (inside the
 Observation); the autoscaler loop builds the snapshot, calls `decide`, stores the memory and acts.
+Three policies: QUEUE_DELAY and REQUEST_COUNT (RunPod's) and PREDICTIVE (Ember's: forecasts the load from
+the arrival rate and execution time, and sizes a scale-up by what a cold start can still help).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 from ember.core.specs import ScalingSpec
 
 QUEUE_DELAY = "QUEUE_DELAY"
 REQUEST_COUNT = "REQUEST_COUNT"
-# REQUEST_COUNT's scalerValue is a count, not seconds; its anti-flap window is this long instead.
+PREDICTIVE = "PREDICTIVE"
+# REQUEST_COUNT's scalerValue is a count, not seconds; its anti-flap window is this long instead (and
+# PREDICTIVE's, whose target moves smoothly anyway).
 REQUEST_COUNT_WINDOW_S = 4.0
+
+# PREDICTIVE's inputs, as the caller measures them (see Observation): arrivals over the last
+# RATE_WINDOW_S, the mean execution time of jobs created in the last EXECUTION_WINDOW_S that finished.
+RATE_WINDOW_S = 10.0
+EXECUTION_WINDOW_S = 60.0
+# Assumed until the endpoint has a cold start on record.
+DEFAULT_COLD_START_S = 5.0
+# Capacity held above the forecast load, in standard deviations of a Poisson load (square-root staffing).
+HEADROOM = 1.0
+# A forecast rate is remembered (decays with this time constant) for at least this many cold starts.
+HOLD_COLD_STARTS = 10.0
 
 REASONS = (
     "cold_start",  # queued jobs and no worker at all: one starts at once
     "queue_delay",  # QUEUE_DELAY: every worker busy and the oldest job waited > scalerValue s
     "backlog",  # REQUEST_COUNT: ceil((queued + in progress) / scalerValue) exceeds the workers
+    "forecast",  # PREDICTIVE: the forecast load plus the backlog to clear exceeds the workers
     "idle",  # workers idle for idleTimeout s or more are let go
     "hold",  # nothing to change, or a change deferred inside the delay window
     "low_priority",  # only lowPriority jobs wait, and they never start a worker
@@ -40,6 +57,11 @@ class Observation:
     are not capacity the target speaks of. `busy_workers` of them are processing a job
     and `idle_workers` holds the `idle_since` time of each Idle one. The rest (Initializing, Throttled,
     Unhealthy) count as starting. `queued` and `oldest_wait_s` exclude lowPriority jobs.
+
+    PREDICTIVE alone reads the last three (the others leave them at their defaults): `arrived`, the
+    normal-priority jobs created in the last RATE_WINDOW_S; `execution_s`, the mean execution time of
+    the jobs created in the last EXECUTION_WINDOW_S that have finished (None: none has); `cold_start_s`,
+    the endpoint's typical time from launch to ready (None: no start on record).
     """
 
     now: float
@@ -50,14 +72,48 @@ class Observation:
     workers: int = 0
     busy_workers: int = 0
     idle_workers: Sequence[float] = ()
+    arrived: int = 0
+    execution_s: float | None = None
+    cold_start_s: float | None = None
 
 
 @dataclass(frozen=True)
 class Memory:
-    """What `decide` remembers between calls: its last target and when the target last rose."""
+    """What `decide` remembers between calls: its last target and when the target last rose; for
+    PREDICTIVE also the forecast arrival rate (as of `forecast_at`) and the last known execution time."""
 
     target: int = 0
     last_up_at: float | None = None
+    rate_per_s: float = 0.0
+    execution_s: float | None = None
+    forecast_at: float | None = None
+
+
+def memory_to_json(mem: Memory) -> dict[str, Any]:
+    """The memory as a JSON object (what the endpoint row keeps)."""
+    out: dict[str, Any] = {"target": mem.target, "last_up_at": mem.last_up_at}
+    if mem.forecast_at is not None:
+        out.update(rate_per_s=mem.rate_per_s, execution_s=mem.execution_s, forecast_at=mem.forecast_at)
+    return out
+
+
+def memory_from_json(data: Mapping[str, Any]) -> Memory:
+    """The memory from `memory_to_json`'s object; rows written before the forecast existed (only
+    `target` and `last_up_at`) and values of the wrong type decode to the defaults."""
+
+    def num(key: str) -> float | None:
+        value = data.get(key)
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        return float(value) if ok else None
+
+    target = data.get("target")
+    return Memory(
+        target=target if isinstance(target, int) and not isinstance(target, bool) and target >= 0 else 0,
+        last_up_at=num("last_up_at"),
+        rate_per_s=max(0.0, num("rate_per_s") or 0.0),
+        execution_s=num("execution_s"),
+        forecast_at=num("forecast_at"),
+    )
 
 
 @dataclass(frozen=True)
@@ -87,7 +143,7 @@ def decide(
       worker is busy and the oldest queued job waited more than scalerValue s, enough workers to
       cover the queue, one per queued job ("queue_delay"); while some worker is idle or starting, the
       queue waits for it ("hold"). REQUEST_COUNT: ceil((queued + in_progress) / scalerValue).
-      lowPriority jobs are never demand.
+      PREDICTIVE: see `forecast` ("forecast"). lowPriority jobs are never demand.
     - Scale-down keeps every worker that is busy, starting, or idle for less than idleTimeout s; only
       the others may go ("idle").
     - Window: for `window_s(spec)` after the target rose, it does not fall, and under QUEUE_DELAY it
@@ -105,7 +161,13 @@ def decide(
     removable = sum(1 for since in obs.idle_workers if now - since >= spec.idle_timeout_s)
     keep = workers - removable
 
-    demand, reason = _demand(spec, obs, workers)
+    forecast_mem = mem
+    if spec.scaler_type == PREDICTIVE:
+        fc = forecast(spec, obs, mem)
+        demand, reason = _predictive_demand(obs, workers, fc.demand)
+        forecast_mem = replace(mem, rate_per_s=fc.rate_per_s, execution_s=fc.execution_s, forecast_at=now)
+    else:
+        demand, reason = _demand(spec, obs, workers)
     target = max(demand, keep)
     if reason is None:
         reason = "idle" if target < workers else "hold"
@@ -133,7 +195,7 @@ def decide(
         target, reason = obs.busy_workers, "zero_balance"
 
     last_up_at = now if target > mem.target else mem.last_up_at
-    return Decision(target, reason, Memory(target, last_up_at))
+    return Decision(target, reason, replace(forecast_mem, target=target, last_up_at=last_up_at))
 
 
 def _demand(spec: ScalingSpec, obs: Observation, workers: int) -> tuple[int, str | None]:
@@ -158,3 +220,63 @@ def _ceil_div(count: int, per_worker: float) -> int:
     if count <= 0:
         return 0
     return math.ceil(count / per_worker)
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """PREDICTIVE's view at one decision: the forecast arrival rate, the execution time it assumes
+    (None: no job has finished yet), the cold start and hold it used, and the workers it wants."""
+
+    rate_per_s: float
+    execution_s: float | None
+    cold_start_s: float
+    hold_s: float
+    demand: int
+
+
+def hold_s(spec: ScalingSpec, cold_start_s: float) -> float:
+    """How long PREDICTIVE remembers a rate (its decay time constant): at least idleTimeout, and at least
+    HOLD_COLD_STARTS cold starts, since a worker let go too early is paid for again with a cold start
+    (billed) and that much queue delay, while an idle flex worker is not billed."""
+    return max(float(spec.idle_timeout_s), HOLD_COLD_STARTS * cold_start_s, 1.0)
+
+
+def forecast(spec: ScalingSpec, obs: Observation, mem: Memory) -> Forecast:
+    """PREDICTIVE's demand, from the observation and the remembered forecast.
+
+    - Rate: the arrivals of the last RATE_WINDOW_S per second; a higher remembered rate decays toward
+      it with time constant `hold_s`, so the rate rises at once and falls slowly. Below one job
+      expected within the hold it counts as zero (nothing left to keep a worker for).
+    - Load: rate x execution time (Little's law), plus HEADROOM x its square root, for the
+      randomness of arrivals.
+    - Backlog: a worker started now is ready only after a cold start. The queue then will be what is
+      queued now, plus the arrivals until then, less what the ready workers serve meanwhile; clearing
+      that within scalerValue s of the cold start takes backlog x execution / scalerValue workers
+      more. So a queue that the ready workers clear before a new one could help starts none.
+    Until a job has finished (no execution time known), one worker per queued or running job.
+    """
+    now = obs.now
+    cold = obs.cold_start_s if obs.cold_start_s is not None and obs.cold_start_s >= 0 else None
+    cold_s = DEFAULT_COLD_START_S if cold is None else cold
+    hold = hold_s(spec, cold_s)
+    rate = max(0, obs.arrived) / RATE_WINDOW_S
+    if mem.forecast_at is not None and mem.rate_per_s > 0:
+        elapsed = max(0.0, now - mem.forecast_at)
+        rate = max(rate, mem.rate_per_s * math.exp(-elapsed / hold))
+    if rate * hold < 1.0:
+        rate = 0.0
+    execution = obs.execution_s if obs.execution_s is not None else mem.execution_s
+    if execution is None or execution <= 0:
+        return Forecast(rate, execution, cold_s, hold, obs.queued + obs.in_progress)
+    load = rate * execution
+    ready = obs.busy_workers + len(obs.idle_workers)
+    backlog = max(0.0, obs.queued + (rate - ready / execution) * cold_s)
+    wanted = load + HEADROOM * math.sqrt(load) + backlog * execution / spec.scaler_value
+    demand = max(obs.in_progress, math.ceil(wanted - 1e-9))
+    return Forecast(rate, execution, cold_s, hold, demand)
+
+
+def _predictive_demand(obs: Observation, workers: int, demand: int) -> tuple[int, str | None]:
+    if obs.queued > 0 and workers == 0:
+        return max(1, demand), "cold_start"
+    return demand, ("forecast" if demand > workers else None)

@@ -14,7 +14,7 @@ from typing import Any
 
 from ember.core.errors import Problem
 
-SCALER_TYPES = ("QUEUE_DELAY", "REQUEST_COUNT")
+SCALER_TYPES = ("QUEUE_DELAY", "REQUEST_COUNT", "PREDICTIVE")
 MAX_WORKERS_CAP = 1000
 
 
@@ -24,7 +24,9 @@ class ScalingSpec:
     workers_max: int = 3
     idle_timeout_s: int = 5  # whole seconds: RunPod's `idleTimeout` is an integer
     scaler_type: str = "QUEUE_DELAY"
-    scaler_value: int = 4  # seconds (QUEUE_DELAY) or requests per worker (REQUEST_COUNT), an integer
+    # seconds (QUEUE_DELAY), requests per worker (REQUEST_COUNT) or seconds to clear a backlog in after a
+    # cold start (PREDICTIVE, see core.scaler.forecast); an integer
+    scaler_value: int = 4
 
 
 @dataclass(frozen=True)
