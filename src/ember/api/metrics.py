@@ -133,8 +133,9 @@ def install(app: FastAPI, rt: Runtime, *, token: str | None) -> None:
 
     async def metrics(request: Request) -> Response:
         authorize(request, token)
-        # The gauges read the database: inline on SQLite (a few grouped queries), in a thread otherwise.
-        body = await rt.store.run(generate_latest, registry)
+        # The gauges read the database (a few grouped queries; the first scrape sums the whole ledger):
+        # in a thread, so that no request waits on them.
+        body = await rt.store.run_background(generate_latest, registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     app.add_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
