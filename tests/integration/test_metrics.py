@@ -10,9 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ember.control.metrics import Instruments
+from ember.core.errors import ModelError
+from ember.models.cache import ModelCache
 from ember.store.facade import Store
+from tests.support.fakehub import FakeHub
 from tests.support.harness import Harness, build
 
 TOKEN = "metrics-token-test"
@@ -39,7 +45,9 @@ def matching(samples: Samples, name: str) -> list[dict[str, str]]:
     return [dict(labels) for (n, labels) in samples if n == name]
 
 
-async def finish(h: Harness, ep_id: str, worker_id: str, body: dict[str, Any], wait_s: float, run_s: float) -> str:
+async def finish(
+    h: Harness, ep_id: str, worker_id: str, body: dict[str, Any], wait_s: float, run_s: float
+) -> str:
     """The worker takes the next job `wait_s` after now and reports `body` `run_s` later: its id."""
     h.clock.advance(wait_s)
     taken = await h.take(ep_id, worker_id)
@@ -150,3 +158,22 @@ def test_metrics_need_the_metrics_token_or_the_admin_key(tmp_path: Path) -> None
         await h.api.aclose()
 
     asyncio.run(scenario())
+
+
+def test_model_downloads_are_counted_by_result_with_their_bytes(tmp_path: Path) -> None:
+    metrics = Instruments()
+    files = {"config.json": b"{}", "weights.bin": b"w" * 300_000}
+    with FakeHub({"org/tiny": files}) as hub:
+        cache = ModelCache(tmp_path / "cache", endpoint_url=hub.url, on_download=metrics.model_downloaded)
+        cache.ensure("org/tiny")
+        cache.ensure("org/tiny")  # cached: no download
+        with pytest.raises(ModelError):
+            cache.ensure("org/missing")
+    samples = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+        for s in family.samples
+    }
+    assert samples[("ember_model_downloads_total", frozenset({("result", "ok")}))] == 1
+    assert samples[("ember_model_downloads_total", frozenset({("result", "failed")}))] == 1
+    assert samples[("ember_model_download_bytes_total", frozenset())] == 2 + 300_000
