@@ -31,6 +31,7 @@ from ember.api import metrics as metrics_routes
 from ember.api import registry_auth as registry_auth_routes
 from ember.api import resources as resource_routes
 from ember.api import sources as source_routes
+from ember.api import traffic as traffic_routes
 from ember.api import worker as worker_routes
 from ember.api.deps import Limits, Runtime
 from ember.backends.base import Backend
@@ -235,7 +236,7 @@ def create_app(
         volume_price_micros=parse_dollars(settings.volume_price_gb_month, field="volume_price_gb_month"),
     )
     builder = _builder(settings, store, clock, signals, credentials)
-    runtime.extras.update(builder=builder)
+    runtime.extras.update(builder=builder, prices=meter.prices)
     runner = Runner(
         lifecycle,
         reaper,
@@ -281,6 +282,7 @@ def create_app(
     console.install(app)
     app.include_router(git_routes.router)
     app.include_router(source_routes.router)
+    app.include_router(traffic_routes.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:

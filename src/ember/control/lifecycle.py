@@ -16,6 +16,7 @@ from typing import Any
 
 from ember.backends.base import Backend, Observed
 from ember.control.clock import Clock
+from ember.control.forecast import ForecastInputs
 from ember.control.launcher import LaunchConfig, backend_for_spec, launch_spec
 from ember.control.signals import Signals
 from ember.core import backoff
@@ -25,7 +26,7 @@ from ember.core.jobs import JobState, dropped_jobs
 from ember.core.limits import DEFAULT_TABLE, account_room, max_workers
 from ember.core.placement import Host, Pending, place
 from ember.core.reconcile import WorkerView, plan
-from ember.core.scaler import Memory, Observation, decide
+from ember.core.scaler import Observation, decide, memory_from_json, memory_to_json
 from ember.core.specs import EndpointSpec, spec_from_json
 from ember.core.workers import LIVE, WorkerState, WorkerType, is_lost
 from ember.store.endpoints import ScaleEvent
@@ -92,6 +93,7 @@ class Lifecycle:
         self.cfg = cfg
         self.launch_cfg = launch
         self.preparer = preparer
+        self.forecast = ForecastInputs(store)  # PREDICTIVE endpoints' recent load and cold start
         self._busy_ops: dict[str, asyncio.Task[None]] = {}  # worker id -> launch/stop in flight
         self._stuck_since: dict[str, float] = {}
         self._missing_since: dict[str, dict[str, float]] = {}  # worker id -> job id -> first ping without it
@@ -361,8 +363,8 @@ class Lifecycle:
             busy_workers=len(busy),
             idle_workers=tuple(idle),
         )
-        mem_data = json.loads(ep["scale_memory"] or "{}")
-        mem = Memory(mem_data.get("target", 0), mem_data.get("last_up_at"))
+        obs = await self.forecast.observe(obs, ep["id"], spec.scaling)
+        mem = memory_from_json(json.loads(ep["scale_memory"] or "{}"))
         zero = balance <= 0
         if release == 0:  # nothing built yet: nothing to run
             decision_target, reason, new_mem = 0, "no_release", mem
@@ -374,12 +376,7 @@ class Lifecycle:
             status = "account balance is exhausted: no new workers start until credit is added"
         elif reason == "account_limit":
             status = f"limited by the account's maximum of {limit} workers (balance tier)"
-        if (
-            decision_target != ep["desired_workers"]
-            or reason != ep["scale_reason"]
-            or new_mem.target != mem.target
-            or new_mem.last_up_at != mem.last_up_at
-        ):
+        if decision_target != ep["desired_workers"] or reason != ep["scale_reason"] or new_mem != mem:
             if decision_target != ep["desired_workers"] or reason != ep["scale_reason"]:
                 log.info(
                     "scale_decision endpoint=%s target=%d reason=%s queued=%d workers=%d",
@@ -397,7 +394,7 @@ class Lifecycle:
                     ep["id"],
                     decision_target,
                     reason,
-                    {"target": new_mem.target, "last_up_at": new_mem.last_up_at},
+                    memory_to_json(new_mem),
                     status,
                     event,
                 )

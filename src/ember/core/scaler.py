@@ -103,8 +103,9 @@ def memory_from_json(data: Mapping[str, Any]) -> Memory:
 
     def num(key: str) -> float | None:
         value = data.get(key)
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        return float(value) if ok else None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return None
+        return float(value)
 
     target = data.get("target")
     return Memory(
@@ -165,7 +166,9 @@ def decide(
     if spec.scaler_type == PREDICTIVE:
         fc = forecast(spec, obs, mem)
         demand, reason = _predictive_demand(obs, workers, fc.demand)
-        forecast_mem = replace(mem, rate_per_s=fc.rate_per_s, execution_s=fc.execution_s, forecast_at=now)
+        if fc.rate_per_s or mem.rate_per_s or fc.execution_s != mem.execution_s:
+            # (an endpoint at rest keeps its memory as it is, so nothing is written each tick)
+            forecast_mem = replace(mem, rate_per_s=fc.rate_per_s, execution_s=fc.execution_s, forecast_at=now)
     else:
         demand, reason = _demand(spec, obs, workers)
     target = max(demand, keep)

@@ -1,21 +1,23 @@
 """Read-only aggregates for the web console: per endpoint, its workers by state, queue depth, delay and
 execution-time percentiles, and cost since a moment. Each is one grouped query over indexed columns, so
-a page costs a few queries whatever the number of jobs."""
+a page costs a few queries whatever the number of jobs. Also an endpoint's recent traffic (job times,
+worker transitions) for the scaling simulator, and the recent load PREDICTIVE scaling reads."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, case, func, select
 
 from ember.core.workers import LIVE
 from ember.store.db import Repository
-from ember.store.schema import jobs, ledger, workers
+from ember.store.schema import jobs, ledger, worker_events, workers
 
 J = jobs.c
 L = ledger.c
 W = workers.c
+E = worker_events.c
 SAMPLE = 5000  # the newest finished jobs a percentile is taken over
 
 
@@ -83,3 +85,48 @@ class InsightStore(Repository):
             ):
                 out[eid].cost_micros = int(amount or 0)
         return out
+
+    def job_times(
+        self, endpoint_id: str, since: float, limit: int
+    ) -> list[tuple[float, float | None, float | None]]:
+        """(created_at, started_at, completed_at) of the newest `limit` jobs of the endpoint created at or
+        after `since`, oldest first."""
+        with self.reader.connect() as conn:
+            rows = conn.execute(
+                select(J.created_at, J.started_at, J.completed_at)
+                .where(J.endpoint_id == endpoint_id, J.created_at >= since)
+                .order_by(J.created_at.desc())
+                .limit(limit)
+            ).all()
+        return [(r.created_at, r.started_at, r.completed_at) for r in reversed(rows)]
+
+    def state_events(self, endpoint_id: str, since: float, limit: int) -> list[tuple[str, str, float]]:
+        """(worker id, to-state, at) of the newest `limit` worker transitions of the endpoint at or after
+        `since`, oldest first."""
+        with self.reader.connect() as conn:
+            rows = conn.execute(
+                select(E.worker_id, E.to_state, E.at)
+                .where(E.endpoint_id == endpoint_id, E.at >= since)
+                .order_by(E.at.desc(), E.id.desc())
+                .limit(limit)
+            ).all()
+        return [(r.worker_id, r.to_state, r.at) for r in reversed(rows)]
+
+    def recent_load(
+        self, endpoint_id: str, arrived_since: float, finished_since: float
+    ) -> tuple[int, float | None]:
+        """(normal-priority jobs created at or after `arrived_since`, the mean execution time of the jobs
+        created at or after `finished_since` that have finished; None when none has). One query over the
+        endpoint's jobs index."""
+        ran = and_(J.started_at.is_not(None), J.completed_at.is_not(None))
+        fresh = and_(J.created_at >= arrived_since, J.low_priority.is_(False))
+        with self.reader.connect() as conn:
+            arrived, total_s, finished = conn.execute(
+                select(
+                    func.count(case((fresh, 1))),
+                    func.sum(case((ran, J.completed_at - J.started_at))),
+                    func.count(case((ran, 1))),
+                ).where(J.endpoint_id == endpoint_id, J.created_at >= min(arrived_since, finished_since))
+            ).one()
+        mean = float(total_s) / int(finished) if finished else None
+        return int(arrived or 0), mean
