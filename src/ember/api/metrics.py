@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -31,7 +30,7 @@ class HttpInstruments:
 
     def __init__(self, registry: CollectorRegistry, router: Router) -> None:
         self._router = router
-        self._paths: dict[Any, str] = {}  # endpoint -> path template, for routes that name no route
+        self._paths: dict[object, str] = {}  # endpoint -> path template, for routes that name no route
         self._requests = Counter(
             "ember_http_requests",
             "HTTP requests by method, route template and status code",
@@ -46,8 +45,8 @@ class HttpInstruments:
             registry=registry,
         )
         # Label children by their values: `labels()` validates and locks on every call.
-        self._counted: dict[tuple[str, str, int], Any] = {}
-        self._timed: dict[tuple[str, str], Any] = {}
+        self._counted: dict[tuple[str, str, int], Counter] = {}
+        self._timed: dict[tuple[str, str], Histogram] = {}
 
     def observe(self, scope: Scope, status: int, elapsed_s: float) -> None:
         route = self._template(scope)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -69,8 +69,8 @@ class Instruments:
             registry=self.registry,
         )
         # Label children by their values: `labels()` validates and locks on every call.
-        self._finished_by: dict[tuple[str, str], Any] = {}
-        self._timings_by: dict[str, tuple[Any, Any]] = {}
+        self._finished_by: dict[tuple[str, str], Counter] = {}
+        self._timings_by: dict[str, tuple[Histogram, Histogram]] = {}
 
     def job_finished(
         self, endpoint_id: str, status: str, delay_s: float | None = None, execution_s: float | None = None
