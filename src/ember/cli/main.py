@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from ember.cli import account_cmds as acct
-from ember.cli import console_cmds, dev_cmds
+from ember.cli import console_cmds, dev_cmds, simulate_cmd
 from ember.cli import endpoint_cmds as ep
 from ember.cli import resource_cmds as res
 from ember.cli import server_cmds as srv
@@ -33,6 +33,7 @@ app.command()(ep.ssh)
 app.command()(console_cmds.console)
 app.command()(acct.balance)
 app.command()(acct.usage)
+app.command()(simulate_cmd.simulate)
 accounts = typer.Typer(help="Accounts (admin)")
 accounts.command("create")(acct.accounts_create)
 accounts.command("credit")(acct.credit)
