@@ -51,6 +51,7 @@ def test_traffic_gives_the_owner_job_times_cold_starts_and_the_worker_price(tmp_
             "flexMicrosPerS": DEFAULT_GPU_MICROS_PER_S["TEST_GPU"],
             "activeDiscountPct": 30,
         }
+        assert body["server"] == {"tickS": 0.5, "takeHoldS": 0.05}  # what the simulator mirrors
         # By name too; a window and a limit narrow it (the newest jobs are kept).
         narrow = (await traffic(h, "traffic", limit=1)).json()
         assert [j["createdAt"] for j in narrow["jobs"]] == [t0 + 6]

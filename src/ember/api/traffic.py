@@ -36,7 +36,8 @@ async def endpoint_traffic(
     `createdAt`, `startedAt` and `completedAt` in epoch seconds (null until it happened). `coldStartsS`:
     the launch-to-ready times of the endpoint's workers started in that window, in order, and their
     median. `price`: what one second of its worker costs (flex, before the active discount), in
-    micro-dollars, for the GPU type its newest worker ran on (else its first preference)."""
+    micro-dollars, for the GPU type its newest worker ran on (else its first preference). `server`: the
+    lifecycle's tick and how long a job-take is held, which the simulator mirrors."""
     who = caller(request)
     rt = runtime(request)
     row = await own_endpoint(rt, who.account_id, ref)
@@ -54,6 +55,8 @@ async def endpoint_traffic(
     )
     prices = rt.extras.get("prices")
     table = prices if isinstance(prices, PriceTable) else PriceTable()
+    runner = getattr(request.app.state, "runner", None)
+    tick_s = runner.intervals.tick_s if runner is not None else None
     return json_response(
         {
             "endpointId": row["id"],
@@ -70,5 +73,6 @@ async def endpoint_traffic(
                 "flexMicrosPerS": table.base_micros_per_s(gpu_type, spec.gpu_count),
                 "activeDiscountPct": table.active_discount_pct,
             },
+            "server": {"tickS": tick_s, "takeHoldS": rt.limits.take_hold_s},
         }
     )

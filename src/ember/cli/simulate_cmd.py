@@ -70,7 +70,9 @@ def simulate(
     cold_start: float | None = typer.Option(
         None, "--cold-start", help="Seconds from launch to ready (default: the endpoint's median on record)"
     ),
-    tick: float = typer.Option(0.5, "--tick", help="The lifecycle tick of the server simulated, seconds"),
+    tick: float | None = typer.Option(
+        None, "--tick", help="The lifecycle tick simulated, seconds (default: the server's, else 0.5)"
+    ),
     suggest: bool = typer.Option(False, "--suggest", help="Name the cheapest settings that meet --p99"),
     p99: float | None = typer.Option(None, "--p99", help="With --suggest: the p99 queue delay to meet, s"),
     apply: bool = typer.Option(False, "--apply", help="With --suggest and an endpoint: set the suggestion"),
@@ -86,7 +88,7 @@ def simulate(
         fail("--suggest needs --p99 SECONDS, the p99 queue delay to meet")
     if apply and not suggest:
         fail("--apply sets the suggestion: give --suggest --p99 SECONDS too")
-    if tick <= 0 or (cold_start is not None and cold_start < 0):
+    if (tick is not None and tick <= 0) or (cold_start is not None and cold_start < 0):
         fail("--tick must be > 0 and --cold-start >= 0")
     shape = Shape(
         kind=kind or "steady",
@@ -139,9 +141,12 @@ def simulate(
 
 
 def _setup(
-    endpoint: str | None, cold_start: float | None, tick: float, *, need_traffic: bool, since: int
+    endpoint: str | None, cold_start: float | None, tick: float | None, *, need_traffic: bool, since: int
 ) -> tuple[Setup, dict[str, Any] | None]:
-    base = SimConfig(tick_s=tick, cold_start_s=DEFAULT_COLD_START_S if cold_start is None else cold_start)
+    base = SimConfig(
+        tick_s=tick or SimConfig.tick_s,
+        cold_start_s=DEFAULT_COLD_START_S if cold_start is None else cold_start,
+    )
     given = "given" if cold_start is not None else "assumed (none on record; set --cold-start)"
     if endpoint is None or endpoint.endswith(".json") or Path(endpoint).is_file():
         scaling, gpu_type, gpu_count, label = _spec_file(endpoint)
@@ -167,7 +172,10 @@ def _setup(
         cpu_micros_per_s=int(price["flexMicrosPerS"]),
         active_discount_pct=int(price["activeDiscountPct"]),
     )
-    cfg = replace(base, prices=prices)
+    server = traffic.get("server") or {}
+    cfg = replace(base, prices=prices, take_hold_s=float(server.get("takeHoldS") or base.take_hold_s))
+    if tick is None and server.get("tickS"):
+        cfg = replace(cfg, tick_s=float(server["tickS"]))
     note = given
     measured = traffic.get("coldStartMedianS")
     if cold_start is None and measured is not None:
