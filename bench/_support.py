@@ -133,12 +133,13 @@ app = Starlette(routes=[Route("/echo", echo, methods=["POST"])])
 class EchoServer:
     """The baseline: a bare JSON echo on uvicorn + Starlette, same loop and parser as Ember's server."""
 
-    def __init__(self) -> None:
+    def __init__(self, wrap: list[str] | None = None, up_timeout_s: float = 20) -> None:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="ember-echo-")
         Path(self.dir, "echo_app.py").write_text(ECHO_APP)
         self.proc = subprocess.Popen(
             [
+                *(wrap or []),
                 sys.executable,
                 "-m",
                 "uvicorn",
@@ -157,7 +158,7 @@ class EchoServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for(self._up, 20, what="echo server")
+        wait_for(self._up, up_timeout_s, what="echo server")
 
     def _up(self) -> bool:
         try:
@@ -173,7 +174,9 @@ class EchoServer:
         self.proc.wait(10)
 
 
-def start_ember(extra_env: dict[str, str] | None = None) -> LiveServer:
+def start_ember(
+    extra_env: dict[str, str] | None = None, wrap: list[str] | None = None, up_timeout_s: float = 30
+) -> LiveServer:
     home = Path(tempfile.mkdtemp(prefix="ember-bench-"))
     env = {
         "EMBER_LOG_LEVEL": "WARNING",
@@ -183,7 +186,7 @@ def start_ember(extra_env: dict[str, str] | None = None) -> LiveServer:
         "EMBER_TICK_S": "0.5",
     }
     env.update(extra_env or {})
-    return LiveServer(home, env=env).start()
+    return LiveServer(home, env=env, wrap=wrap, up_timeout_s=up_timeout_s).start()
 
 
 def handler_source(name: str) -> Path:

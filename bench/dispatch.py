@@ -10,8 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import platform
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from _support import (
@@ -88,7 +93,60 @@ class Cpu:
         return f"{self.spent[0] / jobs * 1000:.2f} / {self.spent[1] / jobs * 1000:.2f} ms"
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def callgrind_per_job(jobs: int) -> tuple[float, float] | None:
+    """Instructions the control plane executes per sequential runsync job, counted by valgrind's
+    callgrind (the same count on any machine of the architecture, whatever else it is doing): the server
+    runs under callgrind with counting off, is warmed up, then counts over `jobs` jobs. Also the count
+    for as many echo requests, the baseline. None when valgrind is missing."""
+    if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
+        return None
+    out = Path(tempfile.mkdtemp(prefix="ember-callgrind-"))
+    wrap = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}/cg.%p"]
+    counts = []
+    for target in ("echo", "ember"):
+        if target == "echo":
+            srv: Any = EchoServer(wrap=wrap, up_timeout_s=300)
+            path, headers, pid = "/echo", {}, srv.proc.pid
+        else:
+            srv = start_ember({"EMBER_TICK_S": "2"}, wrap=wrap, up_timeout_s=600)
+            ep = srv.deploy("noop", handler_source("noop"), workersMin=1, workersMax=1)
+            wait_idle(srv, ep["id"], 1, timeout_s=300)
+            path, headers = f"/v2/{ep['id']}/runsync", {"Authorization": f"Bearer {srv.admin_key}"}
+            pid = srv.proc.pid
+        try:
+            sequential(srv.port, path, headers, 50)
+            subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True, capture_output=True)
+            sequential(srv.port, path, headers, jobs)
+            subprocess.run(["callgrind_control", "-i", "off", str(pid)], check=True, capture_output=True)
+        finally:
+            srv.stop()
+            if target == "ember":
+                srv.kill_workers()
+        total = 0
+        for dump in out.glob(f"cg.{pid}*"):
+            for line in dump.read_text(errors="replace").splitlines():
+                if line.startswith(("summary:", "totals:")):
+                    total = max(total, int(line.split()[1]))
+        counts.append(total / jobs)
+    shutil.rmtree(out, ignore_errors=True)
+    return counts[0], counts[1]
+
+
 def main() -> None:
+    if os.environ.get("BENCH_CALLGRIND", "1") != "0":
+        counted = callgrind_per_job(int(os.environ.get("BENCH_CALLGRIND_JOBS", "300")))
+    else:
+        counted = None
     echo = EchoServer()
     server = start_ember()
     try:
@@ -128,6 +186,16 @@ def main() -> None:
         server.stop()
         server.kill_workers()
 
+    print(f"CPU: {cpu_model()} ({os.cpu_count()} CPUs)")
+    if counted is not None:
+        print_table(
+            "instructions per request under callgrind, control plane only (machine-independent)",
+            [
+                ("echo baseline, per request", f"{counted[0] / 1e6:.2f} M"),
+                ("ember runsync, per job (server side)", f"{counted[1] / 1e6:.2f} M"),
+                ("ratio", f"{counted[1] / counted[0]:.1f}x"),
+            ],
+        )
     ratio = ember_lat["p50_ms"] / echo_lat["p50_ms"]
     print_table(
         "runsync latency, one warm worker, no-op handler, sequential, raw keep-alive socket",

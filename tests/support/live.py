@@ -48,14 +48,23 @@ def wait_for(
 
 class LiveServer:
     def __init__(
-        self, home: Path, *, env: dict[str, str] | None = None, args: list[str] | None = None
+        self,
+        home: Path,
+        *,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        wrap: list[str] | None = None,
+        up_timeout_s: float = 30,
     ) -> None:
+        """`wrap`: a command the server runs under (a benchmark's `valgrind --tool=callgrind …`)."""
         self.home = home
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_key = "ek_admin_test_" + os.urandom(8).hex()
         self.extra_env = env or {}
         self.args = args or []
+        self.wrap = wrap or []
+        self.up_timeout_s = up_timeout_s
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = home / "server.log"
 
@@ -88,13 +97,22 @@ class LiveServer:
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ember.cli.main", "server", "--port", str(self.port), *self.args],
+            [
+                *self.wrap,
+                sys.executable,
+                "-m",
+                "ember.cli.main",
+                "server",
+                "--port",
+                str(self.port),
+                *self.args,
+            ],
             env=self.env(),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        wait_for(self._up, 30, what=f"ember server on {self.url} (log: {self.log_path})")
+        wait_for(self._up, self.up_timeout_s, what=f"ember server on {self.url} (log: {self.log_path})")
         return self
 
     def _up(self) -> bool:
