@@ -96,10 +96,16 @@ def default_backends(settings: Settings, clock: Clock) -> dict[str, Backend]:
     wanted = settings.backend == "docker" or os.environ.get("EMBER_DOCKER", "") == "1"
     if wanted or (os.environ.get("EMBER_DOCKER", "") != "0" and _docker_reachable()):
         from ember.backends.docker import DockerBackend
+        from ember.backends.docker_warm import WarmConfig
 
         # A container's output is kept here when it is removed, so `ember logs` still shows it.
         kept = settings.home / "runtime" / "container-logs"
-        backends["docker"] = DockerBackend(instance=instance_id(settings.home), logs_dir=kept)
+        # Warm containers' control directories (their launcher and fifos), one per container.
+        control = home / "runtime" / "containers"
+        warm = WarmConfig(settings.warm_container_s, settings.warm_containers_max, control)
+        backends["docker"] = DockerBackend(
+            instance=instance_id(settings.home), logs_dir=kept, warm=warm, clock=clock.now
+        )
     return backends
 
 

@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     # worker and endpoint ids as fields); access_log adds one line per HTTP request.
     log_format: str = "text"
     access_log: bool = False
+    # Warm containers (Docker): a scaled-down flex worker's container stays paused this long (seconds;
+    # 0: never), unbilled, and the next cold start of the same release resumes it; at most this many.
+    warm_container_s: float = Field(default=300.0, ge=0)
+    warm_containers_max: int = Field(default=4, ge=0)
 
     @field_validator("outbound_allow")
     @classmethod

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from ember.backends.docker import LABEL_ENDPOINT, LABEL_INSTANCE, LABEL_WORKER
+from ember.backends.docker import LABEL_ENDPOINT, LABEL_INSTANCE, worker_of
 from ember.build.image import build_image
 from ember.build.scaffold import vendor_sdk
 from tests.support.docker_env import AuthRegistry
@@ -39,13 +39,19 @@ def ok(proc: subprocess.CompletedProcess[str]) -> str:
     return proc.stdout
 
 
-def containers(docker_client: Any, server: LiveServer, endpoint_id: str | None = None) -> dict[str, str]:
-    """worker id -> container id of this server's containers (optionally of one endpoint)."""
+def all_containers(docker_client: Any, server: LiveServer, endpoint_id: str | None = None) -> list[Any]:
+    """This server's containers (optionally of one endpoint): its workers' and its parked ones."""
     labels = [f"{LABEL_INSTANCE}={(server.home / 'instance_id').read_text().strip()}"]
     if endpoint_id:
         labels.append(f"{LABEL_ENDPOINT}={endpoint_id}")
-    found = docker_client.containers.list(all=True, filters={"label": labels})
-    return {c.labels[LABEL_WORKER]: c.id for c in found}
+    return list(docker_client.containers.list(all=True, filters={"label": labels}))
+
+
+def containers(docker_client: Any, server: LiveServer, endpoint_id: str | None = None) -> dict[str, str]:
+    """worker id -> container id of this server's workers' containers (optionally of one endpoint);
+    a container's name says whose it is (one resumed from the warm pool serves a new worker)."""
+    found = all_containers(docker_client, server, endpoint_id)
+    return {wid: c.id for c in found if (wid := worker_of(c.name, c.labels)) is not None}
 
 
 def runsync(server: LiveServer, endpoint_id: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -84,9 +90,9 @@ def docker_server(home: Path, registry: str) -> LiveServer:
 
 
 def remove_containers(docker_client: Any, server: LiveServer) -> None:
-    for container_id in containers(docker_client, server).values():
+    for container in all_containers(docker_client, server):
         try:
-            docker_client.containers.get(container_id).remove(force=True)
+            container.remove(force=True)
         except Exception:  # already gone
             pass
 
@@ -210,7 +216,8 @@ def test_a_container_workers_logs_stay_readable_after_it_scales_down(
     before = [line for line in ok(ember(server, "logs", "kept-logs")).splitlines() if line.startswith(prefix)]
     assert before, "the runpod SDK prints its start"
 
-    # Idle past its timeout, the flex worker stops and its container is removed; its logs stay.
+    # Idle past its timeout, the flex worker stops and its container is removed (or parked for the next
+    # worker, no longer its own); its logs stay.
     wait_for(
         lambda: not server.workers(ep["id"]) and worker["id"] not in containers(docker_client, server),
         120,

@@ -75,9 +75,22 @@ def _worker(server: LiveServer, key: str, endpoint_id: str) -> str:
     return str(wait_for(find, 120, what=f"a ready worker of {endpoint_id}\n{server.log()[-3000:]}"))
 
 
+# The environment of the worker's process: its identity (key included) reaches it through Ember's
+# launcher in the container, not through the container's configuration.
+_WORKER_ENVIRON = (
+    "import os, sys\n"
+    "for p in os.listdir('/proc'):\n"
+    "    try: env = open('/proc/%s/environ' % p, 'rb').read() if p.isdigit() else b''\n"
+    "    except OSError: continue\n"
+    "    if b'RUNPOD_POD_ID=' in env: sys.stdout.buffer.write(env); break\n"
+)
+
+
 def _container_env(docker_client: Any, worker_id: str) -> dict[str, str]:
-    env = docker_client.containers.get(f"ember-{worker_id}").attrs["Config"]["Env"]
-    return dict(e.split("=", 1) for e in env)
+    container = docker_client.containers.get(f"ember-{worker_id}")
+    code, out = container.exec_run(["python3", "-c", _WORKER_ENVIRON])
+    assert code == 0 and out, out
+    return dict(e.split("=", 1) for e in out.decode().split("\0") if "=" in e)
 
 
 @pytest.fixture(scope="module")

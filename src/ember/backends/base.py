@@ -8,9 +8,9 @@ translated to `ember.core.errors.BackendError` inside the backend module.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -124,3 +124,16 @@ class Backend(Protocol):
 
     async def aclose(self) -> None:
         """Release clients and handles; running workers keep running."""
+
+
+@runtime_checkable
+class WarmParking(Protocol):
+    """A backend that can keep a scaled-down worker's runtime, unbilled and no longer a worker, to start
+    the next worker of the same endpoint and release from it (the Docker backend's warm containers)."""
+
+    async def park(self, worker_id: str, grace_s: float = 10.0) -> bool:
+        """Stop the worker as `stop` does, but keep its runtime for reuse when it can; whether it did."""
+
+    async def sweep_warm(self, releases: Mapping[str, int]) -> None:
+        """Drop kept runtimes that are too old or whose endpoint (a key of `releases`, with the release
+        it serves now) is gone or serves another release. Cheap to call every tick."""

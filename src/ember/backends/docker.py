@@ -1,9 +1,11 @@
 """Workers as Docker containers: one labelled container per worker, host networking, GPUs by device request.
 
-The containers' labels are the only state (a fresh instance re-adopts them through `observe`). Every
-blocking docker-SDK call runs in a thread; docker's exceptions become `BackendError` / `NotFound` here.
-A container's output is copied to `logs_dir/<worker id>.log` (bounded) before the container is removed,
-so a stopped worker's logs stay readable, as a local worker's do.
+The containers' names and labels are the only state (a fresh instance re-adopts them through
+`observe`): `ember-<worker id>` is that worker's container (a container resumed from the warm pool is
+renamed for its new worker; labels cannot change), and the labels say whose it is. Every blocking
+docker-SDK call runs in a thread; docker's exceptions become `BackendError` / `NotFound` here. Logs:
+`docker_logs`; warm containers (a scaled-down flex worker's container kept paused and resumed for the
+next worker): `docker_pool`.
 
 Containers run tenants' code, so they are hardened (see `_hardening`): no new privileges, capabilities
 cut to HARDENED_CAPS, a pids limit, and no host mount but those the launch spec names (the endpoint's
@@ -18,7 +20,7 @@ import math
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,10 @@ import docker.errors
 from docker.types import DeviceRequest, Mount
 from docker.utils import parse_repository_tag
 
-from ember.backends.base import Alive, ExecResult, LaunchSpec, Observed, throttled
+from ember.backends.base import ExecResult, LaunchSpec, Observed
+from ember.backends.docker_logs import ContainerLogs
+from ember.backends.docker_pool import WarmLaunch, WarmPool
+from ember.backends.docker_warm import LABEL_CONTROL, WARM_PREFIX, WarmConfig
 from ember.core.errors import BackendError, NotFound
 
 LABEL_WORKER = "ember.worker-id"
@@ -43,10 +48,6 @@ ProgressCallback = Callable[[str, str], None]
 
 _LAYER_DONE = {"Pull complete", "Already exists"}
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-# A removed container's kept log: at most its last this many lines, and the file at most this size.
-KEPT_LOG_LINES = 20_000
-KEPT_LOG_BYTES = 4 * 1024 * 1024
-_FOLLOW_POLL_S = 0.5
 # What a worker keeps of Docker's default capabilities. Images run as root, and their start scripts
 # often install packages, chown caches and drop to a user of their own: CHOWN, DAC_OVERRIDE, FOWNER,
 # SETUID, SETGID and KILL are what that needs. Dropped with the rest: NET_RAW (raw sockets, spoofing),
@@ -73,7 +74,17 @@ def _started_at(state: dict[str, Any]) -> float | None:
         return None
 
 
-def _observed(container: Any) -> Observed:
+def worker_of(name: str, labels: Mapping[str, str]) -> str | None:
+    """The worker a container serves, from its name (None: a parked container, no worker's)."""
+    name = name.lstrip("/")
+    if name.startswith(WARM_PREFIX):
+        return None
+    if name.startswith("ember-"):
+        return name[len("ember-") :]
+    return labels.get(LABEL_WORKER, "")
+
+
+def _observed(container: Any, worker_id: str, since: float | None) -> Observed:
     labels = container.labels
     state = container.attrs.get("State", {})
     running = bool(state.get("Running"))
@@ -84,12 +95,12 @@ def _observed(container: Any) -> Observed:
     if state.get("OOMKilled"):
         detail += " (out of memory)"
     return Observed(
-        worker_id=labels.get(LABEL_WORKER, ""),
+        worker_id=worker_id,
         endpoint_id=labels.get(LABEL_ENDPOINT, ""),
         release=int(labels.get(LABEL_RELEASE, "0") or 0),
         running=running,
         exit_code=exit_code,
-        started_at=_started_at(state),
+        started_at=since if since is not None else _started_at(state),
         detail=detail,
     )
 
@@ -99,7 +110,7 @@ def _docker_failure(action: str, exc: Exception) -> BackendError:
     return BackendError(f"docker: {action} failed: {explanation}")
 
 
-class DockerBackend:
+class DockerBackend(ContainerLogs):
     """The Docker engine as a compute backend (see `ember.backends.base.Backend`)."""
 
     name = "docker"
@@ -113,14 +124,21 @@ class DockerBackend:
         instance: str | None = None,
         logs_dir: Path | None = None,
         pids_limit: int = DEFAULT_PIDS_LIMIT,
+        warm: WarmConfig | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """`instance` scopes the backend to one control plane: its containers carry that label and
         `observe` lists only those (None: every Ember-managed container on the engine). `logs_dir` keeps
         removed containers' logs (None: they go with the container). `pids_limit`: the most processes
-        and threads one worker container may hold."""
+        and threads one worker container may hold. `warm`: keep scaled-down flex workers' containers
+        paused for reuse (None: never; see `docker_pool`), timed by `clock`."""
         self._client_factory = client_factory
         self._pids_limit = pids_limit
         self._logs_dir = Path(logs_dir) if logs_dir is not None else None
+        self._follows: dict[str, set[Any]] = {}
+        self._pool = (
+            WarmPool(warm, base_labels=self._label_filters, clock=clock) if warm is not None else None
+        )
         self._instance = instance
         self._host_network = host_network
         self._on_progress = on_progress
@@ -138,10 +156,21 @@ class DockerBackend:
                     raise BackendError(f"docker: the engine is not reachable: {exc}")
             return self._client
 
+    def _label_filters(self) -> list[str]:
+        """The label filters that name this backend's containers."""
+        filters = [f"{LABEL_MANAGED}=1"]
+        if self._instance:
+            filters.append(f"{LABEL_INSTANCE}={self._instance}")
+        return filters
+
     def _find(self, client: Any, worker_id: str) -> Any | None:
-        """The container of `worker_id` (blocking), or None."""
-        found = client.containers.list(all=True, filters={"label": f"{LABEL_WORKER}={worker_id}"})
-        return found[0] if found else None
+        """The container of `worker_id` (blocking), or None: the one its name says."""
+        if not _SAFE_ID.match(worker_id):
+            return None
+        try:
+            return client.containers.get(container_name(worker_id))
+        except docker.errors.NotFound:
+            return None
 
     async def _container(self, worker_id: str) -> Any:
         client = await self._docker()
@@ -152,6 +181,10 @@ class DockerBackend:
         if container is None:
             raise NotFound(f"worker {worker_id} has no container")
         return container
+
+    def _since(self, container: Any, worker_id: str) -> float | None:
+        """When `worker_id` took `container` over from the warm pool (None: it was made for it)."""
+        return self._pool.since(container, worker_id) if self._pool is not None else None
 
     # -- launch -------------------------------------------------------------------------------------
 
@@ -196,16 +229,28 @@ class DockerBackend:
                 report(worker_id, status)
 
     def _run(self, client: Any, spec: LaunchSpec) -> None:
-        """Create and start the worker's container in as few engine calls as a cold start allows: the
-        image is looked up (and pulled) only when the engine says it is missing, and an existing
-        container of the same worker id only when the name is taken."""
+        """Resume a parked container of the same key (warm pool), or create and start the worker's
+        container in as few engine calls as a cold start allows: the image is looked up (and pulled)
+        only when the engine says it is missing, and an existing container of the same worker id only
+        when the name is taken."""
         if not spec.image:
             raise BackendError(f"docker: worker {spec.worker_id} has no image to run")
+        image = spec.image
+        warm: WarmLaunch | None = None
+        if self._pool is not None:
+
+            def pull() -> None:
+                self._ensure_image(client, spec.worker_id, image, spec.registry_auth)
+
+            warm = self._pool.plan(client, spec, self._host_network, pull)
+            name = container_name(spec.worker_id)
+            if warm is not None and self._pool.resume(client, spec, warm, self._env(spec), name):
+                return
         for _attempt in range(3):  # bounded: a name conflict or a missing image each cost one retry
             try:
-                container_id = self._create(client, spec)
+                container_id, token = self._create(client, spec, warm)
             except docker.errors.ImageNotFound:
-                self._ensure_image(client, spec.worker_id, spec.image, spec.registry_auth)
+                self._ensure_image(client, spec.worker_id, image, spec.registry_auth)
                 continue
             except docker.errors.APIError as exc:
                 if exc.status_code != 409:
@@ -213,20 +258,30 @@ class DockerBackend:
                 existing = self._find(client, spec.worker_id)
                 if existing is None:
                     continue  # removed meanwhile: try again
-                if existing.status in ("running", "restarting"):
+                if existing.status in ("running", "restarting", "paused"):
                     return  # already running (or a concurrent launch of the same worker won the name)
                 if existing.status == "created":
-                    container_id = existing.id  # created but never started (e.g. a crash in between)
+                    # Created but never started (e.g. a crash in between).
+                    container_id, token = existing.id, existing.labels.get(LABEL_CONTROL)
                 else:
-                    self._keep_logs(existing, spec.worker_id)
-                    existing.remove(force=True)  # an exited worker of the same id: start afresh
+                    self._remove(existing, spec.worker_id)  # an exited worker of the same id: start afresh
                     continue
             client.api.start(container_id)
+            if token is not None and self._pool is not None:
+                self._pool.hand_over(client, container_id, token, spec, self._env(spec), None, warm)
             return
         raise BackendError(f"docker: could not create the container of worker {spec.worker_id}")
 
-    def _create(self, client: Any, spec: LaunchSpec) -> str:
+    def _env(self, spec: LaunchSpec) -> dict[str, str]:
+        """The worker's environment: the spec's, and its GPUs when they are not real devices."""
         env = dict(spec.env)
+        if spec.gpu_devices and not spec.real_gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpu_devices)
+        return env
+
+    def _create(self, client: Any, spec: LaunchSpec, warm: WarmLaunch | None) -> tuple[str, str | None]:
+        """Create the container (not started): its id, and its control directory when warm-capable
+        (its launcher then waits for the worker's identity, which is not in the container's env)."""
         device_requests = []
         if spec.real_gpus:
             if spec.gpu_devices:
@@ -235,8 +290,6 @@ class DockerBackend:
                 )
             else:
                 device_requests.append(DeviceRequest(count=-1, capabilities=[["gpu"]]))
-        elif spec.gpu_devices:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpu_devices)
         labels = {
             **spec.labels,
             LABEL_WORKER: spec.worker_id,
@@ -252,22 +305,35 @@ class DockerBackend:
             if any(source == p or source.startswith(p + "/") for p in _NEVER_MOUNTED):
                 raise BackendError(f"docker: worker {spec.worker_id} may not mount {m.source}")
         mounts = [Mount(m.target, m.source, type="bind", read_only=m.read_only) for m in spec.mounts]
-        host_config = client.api.create_host_config(
-            network_mode="host" if self._host_network else None,
-            mounts=mounts or None,
-            device_requests=device_requests or None,
-            init=True,
-            **self._hardening(),
-        )
-        created = client.api.create_container(
-            spec.image,
-            command=spec.command,
-            name=container_name(spec.worker_id),
-            labels=labels,
-            environment=env,
-            host_config=host_config,
-        )
-        return str(created["Id"])
+        env: dict[str, str] | None = self._env(spec)
+        command, entrypoint, token = spec.command, None, None
+        if warm is not None and self._pool is not None:
+            token, warm_labels, control, entrypoint = self._pool.creation(warm)
+            labels.update(warm_labels)
+            mounts.append(control)
+            command, env = warm.argv, None
+        try:
+            host_config = client.api.create_host_config(
+                network_mode="host" if self._host_network else None,
+                mounts=mounts or None,
+                device_requests=device_requests or None,
+                init=True,
+                **self._hardening(),
+            )
+            created = client.api.create_container(
+                spec.image,
+                command=command,
+                entrypoint=entrypoint,
+                name=container_name(spec.worker_id),
+                labels=labels,
+                environment=env,
+                host_config=host_config,
+            )
+        except BaseException:
+            if token is not None and self._pool is not None:
+                self._pool.dirs.remove(token)
+            raise
+        return str(created["Id"]), token
 
     def _hardening(self) -> dict[str, Any]:
         """The host-config settings that confine a tenant's container."""
@@ -285,7 +351,7 @@ class DockerBackend:
         client = await self._docker()
         try:
             await asyncio.to_thread(self._run, client, spec)
-        except docker.errors.DockerException as exc:
+        except (docker.errors.DockerException, OSError) as exc:
             raise _docker_failure(f"starting worker {spec.worker_id} from {spec.image}", exc)
 
     # -- stop / observe -----------------------------------------------------------------------------
@@ -295,39 +361,22 @@ class DockerBackend:
         if container is None:
             return
         try:
-            if container.status == "running":
+            if container.status == "paused":
+                client.api.unpause(container.id)  # `docker stop` cannot signal a frozen container
+            if container.status in ("running", "paused"):
                 container.stop(timeout=max(0, math.ceil(grace_s)))
-            self._keep_logs(container, worker_id)
-            container.remove(force=True)
         except docker.errors.NotFound:
             return  # removed concurrently: the goal is reached
+        self._remove(container, worker_id)
 
-    def kept_log_path(self, worker_id: str) -> Path | None:
-        """Where the logs of `worker_id`'s removed containers are kept (None: not kept)."""
-        if self._logs_dir is None or not _SAFE_ID.match(worker_id):
-            return None
-        return self._logs_dir / f"{worker_id}.log"
-
-    def _keep_logs(self, container: Any, worker_id: str) -> None:
-        """Append the container's output (its last KEPT_LOG_LINES lines) to the worker's kept log, then
-        trim that file to its last KEPT_LOG_BYTES. Best effort: a log that cannot be kept must not keep
-        a worker from stopping."""
-        path = self.kept_log_path(worker_id)
-        if path is None:
-            return
-        try:
-            data = container.logs(stdout=True, stderr=True, stream=False, tail=KEPT_LOG_LINES)
-        except docker.errors.DockerException:
-            return
-        if not data:
-            return
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "ab") as kept:
-                kept.write(data if data.endswith(b"\n") else data + b"\n")
-            _trim(path, KEPT_LOG_BYTES)
-        except OSError:
-            return
+    def _remove(self, container: Any, worker_id: str) -> None:
+        """Keep the worker's logs, then remove its container and control directory."""
+        self._end_follows(worker_id)
+        self._keep_logs(container, worker_id)
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
+        if self._pool is not None:
+            self._pool.dirs.remove((container.labels or {}).get(LABEL_CONTROL))
 
     async def stop(self, worker_id: str, grace_s: float = 10.0) -> None:
         """SIGTERM (through the container's init), kill after `grace_s`, remove. Unknown ids: no-op."""
@@ -337,16 +386,54 @@ class DockerBackend:
         except docker.errors.DockerException as exc:
             raise _docker_failure(f"stopping worker {worker_id}", exc)
 
+    def _park(self, client: Any, worker_id: str, grace_s: float) -> bool:
+        container = self._find(client, worker_id)
+        if container is None:
+            return False
+        if self._pool is not None and self._pool.park(
+            client, container, worker_id, grace_s, lambda: self._detach(container, worker_id)
+        ):
+            return True
+        self._stop(client, worker_id, grace_s)
+        return False
+
+    def _detach(self, container: Any, worker_id: str) -> None:
+        """What a parked container leaves behind of its worker: the kept log; followers end."""
+        self._end_follows(worker_id)
+        self._keep_logs(container, worker_id)
+
+    async def park(self, worker_id: str, grace_s: float = 10.0) -> bool:
+        """Stop the worker (SIGTERM, SIGKILL after `grace_s`) but keep its container paused for the
+        next worker of the same key (see `docker_pool`). When the container cannot be kept (warm
+        containers off, not warm-capable, full of trouble) this is `stop`. Whether it was kept."""
+        client = await self._docker()
+        try:
+            return await asyncio.to_thread(self._park, client, worker_id, grace_s)
+        except docker.errors.DockerException as exc:
+            raise _docker_failure(f"stopping worker {worker_id}", exc)
+
+    async def sweep_warm(self, releases: Mapping[str, int]) -> None:
+        """Remove parked containers whose time is up, or whose endpoint (a key of `releases`, the
+        release it serves) is gone or serves another release now; at most every second."""
+        if self._pool is None or not self._pool.due(releases):
+            return
+        client = await self._docker()
+        try:
+            await asyncio.to_thread(self._pool.sweep, client, releases)
+        except docker.errors.DockerException as exc:
+            raise _docker_failure("removing parked containers", exc)
+
     def _list(self, client: Any, endpoint_id: str | None) -> list[Observed]:
-        filters = [f"{LABEL_MANAGED}=1"]
-        if self._instance:
-            filters.append(f"{LABEL_INSTANCE}={self._instance}")
+        filters = self._label_filters()
         if endpoint_id is not None:
             filters.append(f"{LABEL_ENDPOINT}={endpoint_id}")
         observed = []
         for container in client.containers.list(all=True, filters={"label": filters}):
+            worker_id = worker_of(container.name, container.labels)
+            if worker_id is None:
+                continue  # parked: no worker's
             with contextlib.suppress(docker.errors.NotFound):
-                observed.append(_observed(container))
+                observed.append(_observed(container, worker_id, self._since(container, worker_id)))
         return sorted(observed, key=lambda o: o.worker_id)
 
     async def observe(self, endpoint_id: str | None = None) -> list[Observed]:
@@ -357,82 +444,7 @@ class DockerBackend:
         except docker.errors.DockerException as exc:
             raise _docker_failure("listing workers", exc)
 
-    # -- logs / exec / shell ------------------------------------------------------------------------
-
-    async def logs(
-        self,
-        worker_id: str,
-        *,
-        tail: int | None = None,
-        follow: bool = False,
-        alive: Alive | None = None,
-    ) -> AsyncIterator[str]:
-        """The container's stdout and stderr lines; with `follow`, until the container stops.
-
-        Without a container (removed, or not created yet), the worker's kept log: with `tail` None, the
-        kept log's lines come before the container's. With `follow` and `alive`, a container that is
-        not there yet, or stopped and replaced by a new one, is waited for and followed from its start.
-        Raises NotFound when there is neither a container nor a kept log (and nothing to wait for).
-        """
-        may_start = throttled(alive if follow else None)
-        container = await self._maybe_container(worker_id)
-        kept = self.kept_log_path(worker_id)
-        if container is None and not await may_start():
-            if kept is None or not await asyncio.to_thread(kept.is_file):
-                raise NotFound(f"worker {worker_id} has no container")
-            for line in await asyncio.to_thread(_read_lines, kept, tail):
-                yield line
-            return
-        if tail is None and kept is not None:
-            for line in await asyncio.to_thread(_read_lines, kept, None):
-                yield line
-        if container is None:
-            tail = None  # its container starts later: all of its output is new
-        followed: str | None = None
-        while True:
-            if container is not None and container.id != followed:
-                async for line in self._container_logs(container, worker_id, tail, follow):
-                    yield line
-                followed, tail = container.id, None  # a later container (a restart) is new: all of it
-            if not await may_start():
-                return
-            await asyncio.sleep(_FOLLOW_POLL_S)
-            container = await self._maybe_container(worker_id)
-
-    async def _maybe_container(self, worker_id: str) -> Any | None:
-        try:
-            return await self._container(worker_id)
-        except NotFound:
-            return None
-
-    async def _container_logs(
-        self, container: Any, worker_id: str, tail: int | None, follow: bool
-    ) -> AsyncIterator[str]:
-        try:
-            stream = await asyncio.to_thread(
-                container.logs, stream=True, follow=follow, tail="all" if tail is None else tail
-            )
-        except docker.errors.NotFound:
-            return  # removed meanwhile: its output is in the kept log
-        except docker.errors.DockerException as exc:
-            raise _docker_failure(f"reading logs of worker {worker_id}", exc)
-        chunks: Iterator[bytes] = iter(stream)
-        pending = b""
-        try:
-            while True:
-                chunk = await asyncio.to_thread(next, chunks, None)
-                if chunk is None:
-                    break
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    yield line.decode("utf-8", "replace")
-            if pending:
-                yield pending.decode("utf-8", "replace")
-        finally:
-            # Closing the response unblocks a thread still waiting in a followed stream.
-            with contextlib.suppress(Exception):
-                stream.close()
+    # -- exec / shell ------------------------------------------------------------------------------
 
     async def exec(self, worker_id: str, command: list[str], *, timeout_s: float = 60.0) -> ExecResult:
         """Run `command` in the running container; BackendError if it takes longer than `timeout_s`."""
@@ -456,34 +468,12 @@ class DockerBackend:
         return [*argv, "exec", "-it", container_name(worker_id), "/bin/sh"]
 
     async def aclose(self) -> None:
-        """Close the docker client; the containers keep running."""
+        """Remove the parked containers and close the docker client; workers' containers keep running."""
         client, self._client = self._client, None
-        if client is not None:
+        if client is None:
+            return
+        if self._pool is not None:
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(client.close)
-
-
-def _read_lines(path: Path, tail: int | None) -> list[str]:
-    """The lines of a kept log (bounded in size by `_trim`), the last `tail` of them when given."""
-    try:
-        lines = path.read_bytes().decode("utf-8", "replace").splitlines()
-    except FileNotFoundError:
-        return []
-    if tail is None:
-        return lines
-    return lines[-tail:] if tail > 0 else []
-
-
-def _trim(path: Path, max_bytes: int) -> None:
-    """Keep only the file's last `max_bytes` (from a line start), replacing it atomically."""
-    size = path.stat().st_size
-    if size <= max_bytes:
-        return
-    with open(path, "rb") as f:
-        f.seek(size - max_bytes)
-        data = f.read()
-    cut = data.find(b"\n")
-    data = data[cut + 1 :] if cut != -1 else data
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+                await asyncio.to_thread(self._pool.clear, client)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(client.close)

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ember.backends.base import Backend, Observed
+from ember.backends.base import Backend, Observed, WarmParking
 from ember.control.clock import Clock
 from ember.control.forecast import ForecastInputs
 from ember.control.launcher import LaunchConfig, backend_for_spec, launch_spec
@@ -25,7 +25,7 @@ from ember.core.ids import make_id
 from ember.core.jobs import JobState, dropped_jobs
 from ember.core.limits import DEFAULT_TABLE, account_room, max_workers
 from ember.core.placement import Host, Pending, place
-from ember.core.reconcile import WorkerView, plan
+from ember.core.reconcile import STOP_MAKE_ROOM, STOP_SCALE_DOWN, WorkerView, plan
 from ember.core.scaler import Observation, decide, memory_from_json, memory_to_json
 from ember.core.specs import EndpointSpec, spec_from_json
 from ember.core.workers import LIVE, WorkerState, WorkerType, is_lost
@@ -117,6 +117,7 @@ class Lifecycle:
         if self._acted != acted:
             snap = await self._snapshot()
         await self._place(snap)
+        await self._sweep_warm(snap)
 
     async def _snapshot(self) -> _Snapshot:
         s = self.store
@@ -430,7 +431,10 @@ class Lifecycle:
                 self.signals.retire(wid)
         for wid, why in steps.stop:
             if wid not in self._busy_ops:
-                await self._stop(rows[wid], why)
+                # A ready flex worker that scales down may leave its runtime warm for the next one.
+                w = rows[wid]
+                warm = why in (STOP_SCALE_DOWN, STOP_MAKE_ROOM) and w["state"] == _S.IDLE.value
+                await self._stop(w, why, park=warm and w["type"] == WorkerType.FLEX.value)
         if steps.launch and not zero and not await self._model_ready(ep, spec):
             return
         for wtype in steps.launch:
@@ -598,8 +602,9 @@ class Lifecycle:
         self._spawn(w["id"], go())
 
     # ---- stopping ------------------------------------------------------------------------------------
-    async def _stop(self, w: Mapping[Any, Any], reason: str) -> None:
-        """Stop assigning jobs, then SIGTERM (the SDK drains), then record STOPPED."""
+    async def _stop(self, w: Mapping[Any, Any], reason: str, park: bool = False) -> None:
+        """Stop assigning jobs, then SIGTERM (the SDK drains), then record STOPPED. With `park`, a
+        backend that keeps warm runtimes (Docker) may keep the worker's container paused for reuse."""
         self._acted += 1
         s = self.store
         await s.run(lambda: s.workers.update(w["id"], recycle=True))
@@ -609,12 +614,25 @@ class Lifecycle:
         async def go() -> None:
             if backend is not None and w["state"] not in (_S.THROTTLED.value, _S.UNHEALTHY.value):
                 try:
-                    await backend.stop(w["id"], self.cfg.stop_grace_s)
+                    if park and isinstance(backend, WarmParking):
+                        await backend.park(w["id"], self.cfg.stop_grace_s)
+                    else:
+                        await backend.stop(w["id"], self.cfg.stop_grace_s)
                 except EmberError as exc:
                     log.warning("stop_failed worker=%s error=%s", w["id"], exc, extra=_ids(w))
             await self._finish_stop(w, reason)
 
         self._spawn(w["id"], go())
+
+    async def _sweep_warm(self, snap: _Snapshot) -> None:
+        """Warm runtimes past their time, of a deleted endpoint or of a release no longer served go."""
+        releases = {e["id"]: int(e["release"]) for e in snap.endpoints}
+        for name, backend in self.backends.items():
+            if isinstance(backend, WarmParking):
+                try:
+                    await backend.sweep_warm(releases)
+                except EmberError as exc:
+                    log.warning("warm_sweep_failed backend=%s error=%s", name, exc)
 
     async def _finish_stop(self, w: Mapping[Any, Any], reason: str) -> None:
         self._acted += 1
