@@ -42,7 +42,8 @@ def percentile(sorted_values: Sequence[float], q: float) -> float | None:
 class InsightStore(Repository):
     def figures(self, endpoint_ids: Sequence[str], since: float) -> dict[str, EndpointFigures]:
         """Figures per endpoint: live workers by state, queued and running jobs now, the delay and
-        execution times of jobs finished since `since` (the SAMPLE created last), and usage billed since then."""
+        execution times of jobs finished since `since` (the SAMPLE created last), and usage billed since
+        then."""
         out = {eid: EndpointFigures() for eid in endpoint_ids}
         if not out:
             return out
