@@ -79,9 +79,12 @@ def ensure_admin(store: Store, settings: Settings, clock: Clock) -> str | None:
     return key
 
 
-def default_backends(settings: Settings, clock: Clock) -> dict[str, Backend]:
+def default_backends(
+    settings: Settings, clock: Clock, releases: Callable[[], Mapping[str, int]] | None = None
+) -> dict[str, Backend]:
     """Local processes always; Docker when asked for (backend=docker, EMBER_DOCKER=1) or when an engine
-    answers. An unreachable engine never fails startup: launches on it fail with a clear error instead."""
+    answers. An unreachable engine never fails startup: launches on it fail with a clear error instead.
+    `releases` (each live endpoint's current release) lets the local backend retire stale templates."""
     from ember.backends.local import LocalBackend
     from ember.backends.sandbox import SandboxConfig
     from ember.core.sandbox import parse_mode, startup_warning
@@ -91,7 +94,13 @@ def default_backends(settings: Settings, clock: Clock) -> dict[str, Backend]:
     warning = startup_warning(sandbox.mode, available=sandbox.bwrap is not None)
     if warning:
         log.warning(warning)
-    local = LocalBackend(home / "runtime", python=sys.executable, sandbox=sandbox)
+    local = LocalBackend(
+        home / "runtime",
+        python=sys.executable,
+        sandbox=sandbox,
+        templates_max=settings.templates_max,
+        releases=releases,
+    )
     backends: dict[str, Backend] = {"local": local}
     wanted = settings.backend == "docker" or os.environ.get("EMBER_DOCKER", "") == "1"
     if wanted or (os.environ.get("EMBER_DOCKER", "") != "0" and _docker_reachable()):
@@ -163,7 +172,10 @@ def create_app(
     store = store or Store.open(settings.db_url, sealer=Sealer(settings.home))
     if store.db.is_sqlite:
         make_private(settings.home)  # the database file and its -wal/-shm, just made
-    backends = backends if backends is not None else default_backends(settings, clock)
+    if backends is None:
+        backends = default_backends(
+            settings, clock, releases=lambda: {e["id"]: e["release"] for e in store.endpoints.list()}
+        )
     signals = Signals()
     new_admin_key = ensure_admin(store, settings, clock)
     limits = Limits(
@@ -271,6 +283,9 @@ def create_app(
         version=__version__,
         lifespan=lifespan,
         description="Self-hosted serverless GPU platform, wire-compatible with RunPod Serverless.",
+        # FastAPI's own OpenTelemetry hooks look the global providers up on every request (about 15 µs
+        # each, three requests a job); Ember's figures are its Prometheus metrics (`/metrics`).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.runtime = runtime
     app.state.runner = runner

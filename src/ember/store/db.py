@@ -11,6 +11,7 @@ dialect and then run on the raw driver connection, which costs a tenth of a Core
 from __future__ import annotations
 
 import functools
+import operator
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -84,6 +85,16 @@ def constant(value: str) -> Any:
     return literal_column(f"'{value}'")
 
 
+def _picker(positions: Sequence[str]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """The parameter tuple of a positional driver (sqlite3's qmark) out of a dict, in one C call."""
+    if not positions:
+        return lambda merged: ()
+    if len(positions) == 1:
+        only = positions[0]
+        return lambda merged: (merged[only],)
+    return operator.itemgetter(*positions)  # type: ignore[return-value]
+
+
 class Prepared:
     """One Core statement compiled once for `engine`'s dialect, run on a raw DB-API cursor.
 
@@ -95,6 +106,7 @@ class Prepared:
         compiled = statement.compile(dialect=engine.dialect)
         self.sql = compiled.string
         self._positions = tuple(compiled.positiontup or ()) if compiled.positional else None
+        self._pick = _picker(self._positions or ())
         self._fixed = compiled.construct_params(_check=False)
         columns = list(getattr(statement, "selected_columns", None) or statement.exported_columns)
         self.keys = tuple(c.key for c in columns)
@@ -104,7 +116,7 @@ class Prepared:
         merged = {**self._fixed, **values}
         if self._positions is None:
             return merged
-        return tuple(merged[name] for name in self._positions)
+        return self._pick(merged)
 
     def execute(self, cur: Any, **values: Any) -> Any:
         cur.execute(self.sql, self.params(values))
