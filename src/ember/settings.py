@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     # in EMBER_HOME/runtime/sandbox-uids.json, one per account, in order of first use).
     sandbox: str = "auto"
     sandbox_uid_base: int = 200_000
+    # FlashBoot: local workers of a release are forked from a template process that has imported what
+    # the handler imports; at most this many templates run (least recently used retired); 0: off.
+    templates_max: int = Field(default=4, ge=0)
     # Uploaded sources (`POST /v1/sources`, what `ember deploy DIR` sends): the archive's size as sent,
     # unpacked, and its number of members (files, directories, links).
     source_upload_max_bytes: int = 100 * 1024 * 1024

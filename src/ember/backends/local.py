@@ -6,12 +6,18 @@ written by the backend (the worker's stdout and stderr are opened before it star
 
 With a `SandboxConfig`, workers run inside bubblewrap as their account's own user (see
 `ember.backends.sandbox`); EMBER_SANDBOX decides which workers must (`ember.core.sandbox`).
+
+With `templates_max` > 0, a release's workers are forked from a template process that has imported
+what its handler imports, once a first plain start has told which modules that is (FlashBoot, see
+`ember.backends.templates`); a forked worker's meta names its template, and the template (not this
+backend) is its parent, which reports its exit code.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import json
 import os
 import re
@@ -22,132 +28,32 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ember.backends.base import Alive, ExecResult, LaunchSpec, Mount, Observed, throttled
-from ember.backends.sandbox import (
-    VOLUME_PATH,
-    SandboxConfig,
-    UidMap,
-    View,
-    enter_argv,
-    gpu_devices,
-    init_pid,
-    own_tree,
-    python_trees,
-    sandbox_argv,
-    shown,
+from ember.backends.base import Alive, ExecResult, LaunchSpec, Observed
+from ember.backends.local_env import inside_env, worker_env, worker_view
+from ember.backends.local_state import enter_worker_argv, write_meta
+from ember.backends.procs import (
+    environ_of,
+    group_is_ours,
+    log_lines,
+    pid_alive,
+    proc_start_ticks,
+    reap,
+    run_command,
+    shell_exit_code,
+    write_atomic,
 )
+from ember.backends.sandbox import SandboxConfig, UidMap, sandbox_argv
+from ember.backends.templates import MODULES_ENV, TemplatePool, recipe_for
 from ember.core.errors import BackendError
-from ember.core.sandbox import choose
 
-# The only variables a worker inherits from the control plane; everything else comes from the spec.
-INHERITED_ENV = (
-    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ",
-    "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy",
-    "https_proxy", "no_proxy",
-)  # fmt: skip
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _POLL_S = 0.05
-_FOLLOW_POLL_S = 0.2
 _KILL_WAIT_S = 5.0
-_READ_CHUNK_BYTES = 64 * 1024
-
-
-def mount_env(mounts: tuple[Mount, ...]) -> dict[str, str]:
-    """How a process sees its mounts: `EMBER_MOUNT_<TARGET>=source` (target `/runpod-volume` becomes
-    `EMBER_MOUNT_RUNPOD_VOLUME`), plus `RUNPOD_VOLUME_PATH` for the network volume. Processes share
-    the host's filesystem, so `read_only` is not enforced here. A mount at its own path (the model
-    cache) needs no variable."""
-    env: dict[str, str] = {}
-    for mount in mounts:
-        if mount.source == mount.target:
-            continue
-        name = re.sub(r"[^A-Za-z0-9]+", "_", mount.target).strip("_").upper() or "ROOT"
-        env[f"EMBER_MOUNT_{name}"] = mount.source
-        if mount.target.rstrip("/") == "/runpod-volume":
-            env["RUNPOD_VOLUME_PATH"] = mount.source
-    return env
-
-
-def worker_env(spec: LaunchSpec, python: str, inherited: dict[str, str]) -> dict[str, str]:
-    """The environment of a worker: a few inherited variables, its mounts, `spec.env`, its GPUs."""
-    env = {k: v for k, v in inherited.items() if k in INHERITED_ENV}
-    # `python`, `pip` in the worker (and in `exec`) resolve to the worker's own interpreter first.
-    python_dir = os.path.dirname(python)
-    if python_dir:
-        env["PATH"] = os.pathsep.join(p for p in (python_dir, env.get("PATH", "")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(mount_env(spec.mounts))
-    env.update(spec.env)
-    if spec.gpu_devices:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpu_devices)
-    return env
-
-
-def _proc_start_ticks(pid: int) -> tuple[int, str] | None:
-    """(start time in clock ticks since boot, state letter) of a live pid, from /proc; None if gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
-    fields = stat[stat.rfind(")") + 2 :].split()
-    try:
-        return int(fields[19]), fields[0]
-    except (IndexError, ValueError):
-        return None
-
-
-def _pid_alive(pid: int, start_ticks: int | None) -> bool:
-    """True when `pid` runs and is the same process that was started (guards against pid reuse)."""
-    if not os.path.isdir("/proc"):  # not Linux: no start time to compare, trust the pid
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    found = _proc_start_ticks(pid)
-    if found is None or start_ticks is None:
-        return False
-    ticks, state = found
-    return ticks == start_ticks and state not in ("Z", "X")
-
-
-def _group_is_ours(pid: int, start_ticks: int | None) -> bool:
-    """True unless a process other than the one started now holds `pid` (and so may lead group `pid`).
-
-    While no process holds a pid, Linux gives no new group that id, so a group `pid` is the worker's.
-    """
-    found = _proc_start_ticks(pid)
-    return found is None or (start_ticks is not None and found[0] == start_ticks)
-
-
-def _exit_code(returncode: int) -> int:
-    """Shell convention: a process killed by signal N exits with 128 + N."""
-    return 128 - returncode if returncode < 0 else returncode
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _reap(proc: subprocess.Popen[bytes], worker_dir: Path) -> None:
-    """Wait for a child (so it never stays a zombie) and record its exit code beside its meta."""
-    code = _exit_code(proc.wait())
-    try:
-        # Only into its own incarnation's dir: the id may have been stopped and launched again.
-        if json.loads((worker_dir / "meta.json").read_text())["pid"] == proc.pid:
-            _write_atomic(worker_dir / "exit_code", str(code))
-    except (OSError, ValueError, KeyError):
-        pass  # stopped meanwhile: its runtime state is gone, and so is the need for the code
 
 
 @dataclass
@@ -163,7 +69,13 @@ class LocalBackend:
     name = "local"
 
     def __init__(
-        self, home: Path, *, python: str = sys.executable, sandbox: SandboxConfig | None = None
+        self,
+        home: Path,
+        *,
+        python: str = sys.executable,
+        sandbox: SandboxConfig | None = None,
+        templates_max: int = 0,
+        releases: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
         self._home = Path(home).absolute()
         self._python = python
@@ -175,6 +87,14 @@ class LocalBackend:
         self._children: dict[str, _Child] = {}
         self._lock = threading.RLock()
         self._uids = UidMap(self._home, sandbox.uid_base, sandbox.uid_count) if sandbox is not None else None
+        # FlashBoot templates (0: off); `releases` gives each live endpoint's release, to retire the rest.
+        self._templates = TemplatePool(
+            self._home / "templates",
+            max_templates=templates_max,
+            on_exit=self._forked_exit,
+            releases=releases,
+        )
+        self._forked_env: dict[str, dict[str, str]] = {}  # environments of the workers forked here
 
     # -- paths and on-disk state ------------------------------------------------------------------
 
@@ -204,12 +124,14 @@ class LocalBackend:
         child = self._own(worker_id, meta)
         if child is not None and child.proc.returncode is not None:
             return False
-        return _pid_alive(meta["pid"], meta.get("start_ticks"))
+        return pid_alive(meta["pid"], meta.get("start_ticks"))
 
     def _remove_state(self, worker_id: str) -> None:
         """Drop the worker's runtime dir (renamed first, so a late exit-code write cannot recreate it)."""
         with self._lock:
             child = self._children.pop(worker_id, None)
+            self._forked_env.pop(worker_id, None)
+        self._templates.forget(worker_id)
         if child is not None:
             child.reaper.join(_KILL_WAIT_S)
         path = self._dir(worker_id)
@@ -255,74 +177,62 @@ class LocalBackend:
             raise BackendError(f"source directory {cwd!r} of worker {spec.worker_id!r} does not exist")
         cwd = os.path.abspath(cwd)  # recorded for exec, which may come from another working dir
         env = worker_env(spec, python, dict(os.environ))
-        view = self._view(spec, python, cwd)
+        view = worker_view(self._sandbox, self._uids, spec, python, cwd)
+        if view is not None:
+            env.update(inside_env(spec.mounts))
+        bwrap = self._sandbox.bwrap if self._sandbox is not None else None
+        recipe = None
+        if self._templates.enabled:
+            recipe = recipe_for(spec, python=python, cwd=cwd, env=env, view=view, bwrap=bwrap)
+        worker_dir.mkdir(parents=True, exist_ok=True)
+        if recipe is not None:
+            forked = self._templates.fork(recipe, spec.worker_id, env, self.log_path(spec.worker_id))
+            if forked is not None:
+                write_meta(worker_dir, spec, forked.pid, forked.start_ticks, cwd, argv, view, forked)
+                self._forked_env[spec.worker_id] = env
+                return
         popen_cwd = cwd
         if view is not None:
-            assert self._sandbox is not None and self._sandbox.bwrap is not None
-            cwd, popen_cwd = view.cwd, "/"
-            env.update(_inside_env(spec.mounts))
-            argv = sandbox_argv(self._sandbox.bwrap, view, argv)
-        worker_dir.mkdir(parents=True, exist_ok=True)
+            assert bwrap is not None
+            popen_cwd = "/"
+            argv = sandbox_argv(bwrap, view, argv)
+        report_fd = self._templates.learning_fd(recipe, spec.worker_id) if recipe is not None else None
+        extra = {MODULES_ENV: str(report_fd)} if report_fd is not None else {}
         try:
             with open(self.log_path(spec.worker_id), "ab") as log:
                 proc = subprocess.Popen(
                     argv,
                     cwd=popen_cwd,
-                    env=env,
+                    env={**env, **extra},
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # its own process group: stop() signals the whole tree
                     close_fds=True,
+                    pass_fds=() if report_fd is None else (report_fd,),
                 )
         except OSError as exc:
             shutil.rmtree(worker_dir, ignore_errors=True)
             raise BackendError(f"cannot start worker {spec.worker_id!r} ({argv[0]}): {exc}")
-        found = _proc_start_ticks(proc.pid)
-        meta = {
-            "worker_id": spec.worker_id,
-            "endpoint_id": spec.endpoint_id,
-            "account_id": spec.account_id,
-            "release": spec.release,
-            "pid": proc.pid,
-            "start_ticks": found[0] if found else None,
-            "started_at": time.time(),
-            "cwd": cwd,
-            "argv": argv,
-            "sandbox": None if view is None else {"uid": view.uid, "gid": view.gid},
-        }
-        _write_atomic(worker_dir / "meta.json", json.dumps(meta))
+        finally:
+            if report_fd is not None:
+                os.close(report_fd)
+        found = proc_start_ticks(proc.pid)
+        write_meta(worker_dir, spec, proc.pid, found[0] if found else None, cwd, argv, view, None)
         reaper = threading.Thread(
-            target=_reap, args=(proc, worker_dir), name=f"ember-reap-{spec.worker_id}", daemon=True
+            target=reap, args=(proc, worker_dir), name=f"ember-reap-{spec.worker_id}", daemon=True
         )
         self._children[spec.worker_id] = _Child(proc=proc, reaper=reaper, env=env)
         reaper.start()
 
-    def _view(self, spec: LaunchSpec, python: str, cwd: str) -> View | None:
-        """The sandbox a worker runs in, or None when it runs as a plain process; BackendError when it
-        must be sandboxed and cannot be (the error says what to install)."""
-        cfg = self._sandbox
-        if cfg is None:
-            return None
-        choice = choose(cfg.mode, available=cfg.bwrap is not None, admin=spec.admin)
-        if choice.refusal is not None:
-            raise BackendError(choice.refusal)
-        if not choice.sandboxed:
-            return None
-        source = os.path.abspath(spec.source_dir) if spec.source_dir else None
-        own = [p for p in (source, str(Path(python).parent.parent)) if p]
-        same_path = [m.source for m in spec.mounts if m.source == m.target and m.read_only]
-        read_only = shown([*python_trees(python), *own, *same_path], cfg.hidden, allowed=(*own, *same_path))
-        mounts = tuple((m.source, m.target, not m.read_only) for m in spec.mounts if m.source != m.target)
-        uid = gid = None
-        if os.geteuid() == 0:  # root: the account's own uid; otherwise the server's (see sandbox.py)
-            assert self._uids is not None
-            uid = gid = self._uids.uid(spec.account_id)
-            for host, _, writable in mounts:
-                if writable:
-                    own_tree(host, uid, gid)
-        devices = gpu_devices(spec.gpu_devices) if spec.real_gpus else ()
-        return View(tuple(read_only), mounts, devices, cwd=cwd if source else "/tmp", uid=uid, gid=gid)
+    def _forked_exit(self, worker_id: str, pid: int, code: int) -> None:
+        """A template says that a worker it forked exited: keep its code as `_reap` does for ours."""
+        try:
+            meta = self._read_meta(worker_id)
+            if meta is not None and meta.get("pid") == pid:
+                write_atomic(self._dir(worker_id) / "exit_code", str(code))
+        except (BackendError, OSError):
+            pass  # stopped meanwhile
 
     # -- observe ----------------------------------------------------------------------------------
 
@@ -335,6 +245,7 @@ class LocalBackend:
         return await asyncio.to_thread(self._observe_sync, endpoint_id)
 
     def _observe_sync(self, endpoint_id: str | None) -> list[Observed]:
+        self._templates.harvest()
         found: list[Observed] = []
         for worker_dir in sorted(self._workers_dir.iterdir()):
             if worker_dir.name.startswith(".") or not worker_dir.is_dir():
@@ -355,9 +266,11 @@ class LocalBackend:
             if not running and child.proc.returncode is None:
                 child.reaper.join(_KILL_WAIT_S)  # dead but not reaped yet: its reaper is about to
             if child.proc.returncode is not None:
-                running, exit_code = False, _exit_code(child.proc.returncode)
+                running, exit_code = False, shell_exit_code(child.proc.returncode)
         else:
-            detail = f"pid {meta['pid']} (adopted)"
+            template = meta.get("template")
+            how = f"forked from template {template['key']}" if template else "adopted"
+            detail = f"pid {meta['pid']} ({how})"
             if not running:
                 try:
                     exit_code = int((worker_dir / "exit_code").read_text())
@@ -394,7 +307,7 @@ class LocalBackend:
             await self._wait_dead(worker_id, meta, grace_s)
         # SIGKILL what is left of its group (the worker itself after the grace period, or children
         # it left behind) unless its pid now belongs to another process that may lead its own group.
-        if _group_is_ours(pid, meta.get("start_ticks")):
+        if group_is_ours(pid, meta.get("start_ticks")):
             self._signal_group(pid, signal.SIGKILL)
         if was_running and not await self._wait_dead(worker_id, meta, _KILL_WAIT_S):
             raise BackendError(f"worker {worker_id!r} (pid {pid}) survived SIGKILL")
@@ -435,32 +348,9 @@ class LocalBackend:
         log (unless `alive` keeps a follow waiting for one).
         """
         path = self.log_path(worker_id)
-        may_start = throttled(alive if follow else None)
-        appeared = False
-        while not await asyncio.to_thread(path.exists):
-            if not await may_start():
-                raise BackendError(f"no logs for worker {worker_id!r}")
-            appeared = True
-            await asyncio.sleep(_FOLLOW_POLL_S)
-        offset = 0 if tail is None or appeared else await asyncio.to_thread(_tail_offset, path, tail)
-        pending = b""
-        stopped = not follow
-        while True:
-            chunk = await asyncio.to_thread(_read_from, path, offset)
-            if chunk:
-                offset += len(chunk)
-                *lines, pending = (pending + chunk).split(b"\n")
-                for line in lines:
-                    yield line.decode("utf-8", "replace")
-                continue
-            if stopped:
-                if pending:
-                    yield pending.decode("utf-8", "replace")
-                return
-            if await asyncio.to_thread(self._still_running, worker_id) or await may_start():
-                await asyncio.sleep(_FOLLOW_POLL_S)
-            else:
-                stopped = True  # one more read: keep what it wrote just before it stopped
+        running = functools.partial(self._still_running, worker_id)
+        async for line in log_lines(path, tail=tail, follow=follow, running=running, alive=alive):
+            yield line
 
     def _still_running(self, worker_id: str) -> bool:
         meta = self._read_meta(worker_id)
@@ -485,98 +375,14 @@ class LocalBackend:
         if not self._running(worker_id, meta):
             raise BackendError(f"worker {worker_id!r} is not running")
         child = self._own(worker_id, meta)
-        env = child.env if child is not None else _environ_of(meta["pid"])
-        argv, cwd = list(command), meta["cwd"]
-        box = meta.get("sandbox")
-        if box is not None:  # the same sandbox: its namespaces, its uid (see sandbox.enter_argv)
-            init = init_pid(meta["pid"])
-            if init is None:
-                raise BackendError(f"worker {worker_id!r} is not running (no sandbox found)")
-            view = View((), cwd=cwd, uid=box["uid"], gid=box["gid"])
-            argv, cwd = enter_argv(init, view, argv), "/"
+        env = child.env if child is not None else self._forked_env.get(worker_id) or environ_of(meta["pid"])
+        argv, cwd = enter_worker_argv(meta, list(command))
         try:
-            proc = subprocess.Popen(
-                argv,
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except FileNotFoundError:
-            return ExecResult(127, f"command not found: {command[0]}\n".encode())
-        except PermissionError:
-            return ExecResult(126, f"permission denied: {command[0]}\n".encode())
+            return run_command(argv, cwd=cwd, env=env, timeout_s=timeout_s, name=command[0])
         except OSError as exc:
             raise BackendError(f"cannot exec in worker {worker_id!r}: {exc}")
-        try:
-            output, _ = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self._signal_group(proc.pid, signal.SIGKILL)
-            output, _ = proc.communicate()
-            return ExecResult(124, output + f"\n[ember] timed out after {timeout_s}s\n".encode())
-        return ExecResult(_exit_code(proc.returncode), output)
 
     async def aclose(self) -> None:
-        """Nothing to release: workers keep running, and their reaper threads keep reaping them."""
-
-
-def _inside_env(mounts: tuple[Mount, ...]) -> dict[str, str]:
-    """What differs in a sandboxed worker's environment: its home and temp dir are its private /tmp,
-    its mounts are found at their targets (the volume at /runpod-volume, where RunPod handlers look)."""
-    env = {"HOME": "/tmp", "TMPDIR": "/tmp"}
-    for mount in mounts:
-        if mount.source == mount.target:
-            continue
-        name = re.sub(r"[^A-Za-z0-9]+", "_", mount.target).strip("_").upper() or "ROOT"
-        env[f"EMBER_MOUNT_{name}"] = mount.target
-        if mount.target.rstrip("/") == VOLUME_PATH:
-            env["RUNPOD_VOLUME_PATH"] = VOLUME_PATH
-    return env
-
-
-def _environ_of(pid: int) -> dict[str, str]:
-    """The environment a running process was started with (for processes another instance started)."""
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError as exc:
-        raise BackendError(f"cannot read the environment of pid {pid}: {exc}")
-    env: dict[str, str] = {}
-    for item in raw.split(b"\0"):
-        key, sep, value = item.partition(b"=")
-        if sep:
-            env[key.decode(errors="replace")] = value.decode(errors="replace")
-    return env
-
-
-def _read_from(path: Path, offset: int) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read(_READ_CHUNK_BYTES)
-    except FileNotFoundError:
-        return b""
-
-
-def _tail_offset(path: Path, tail: int) -> int:
-    """Byte offset where the last `tail` lines of the file begin (a final newline ends, not starts, one)."""
-    with open(path, "rb") as f:
-        size = f.seek(0, os.SEEK_END)
-        if tail <= 0:
-            return size
-        seen = 0
-        pos = size
-        while pos > 0:
-            step = min(_READ_CHUNK_BYTES, pos)
-            pos -= step
-            f.seek(pos)
-            data = f.read(step)
-            idx = data.rfind(b"\n")
-            while idx != -1:
-                if pos + idx != size - 1:
-                    seen += 1
-                    if seen == tail:
-                        return pos + idx + 1
-                idx = data.rfind(b"\n", 0, idx)
-        return 0
+        """Workers keep running, and their reaper threads keep reaping them; templates fork no more
+        and exit once their last worker has (see `ember.backends.templates`)."""
+        self._templates.close()

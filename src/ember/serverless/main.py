@@ -36,7 +36,9 @@ def main(config_dict: dict[str, Any]) -> int:
         env = WorkerEnv.from_environ(os.environ, fallback_worker_id="wk-" + os.urandom(8).hex())
     user_agent = f"ember-serverless/{sdk.VERSION} Python/{sys.version.split()[0]}"
     transport = HttpTransport(env.api_key, user_agent)
-    worker = Worker(config, env, transport, version=sdk.VERSION)
+    modules_fd = _modules_fd()
+    report = (lambda: report_modules(modules_fd)) if modules_fd is not None else None
+    worker = Worker(config, env, transport, version=sdk.VERSION, on_first_job=report)
     sdk._active = worker
     if threading.current_thread() is threading.main_thread():
         _forward_signals(worker)
@@ -45,6 +47,34 @@ def main(config_dict: dict[str, Any]) -> int:
     finally:
         sdk._active = None
         transport.close()
+
+
+def _modules_fd() -> int | None:
+    """The file Ember's local backend asked this worker to list its modules in (FlashBoot learns from
+    a release's first worker what to pre-import for the next ones); None when not asked."""
+    raw = os.environ.pop("EMBER_MODULES_FD", "")
+    try:
+        fd = int(raw)
+        os.set_inheritable(fd, False)  # the handler's own subprocesses get no part of it
+    except (ValueError, OSError):
+        return None
+    return fd
+
+
+def report_modules(fd: int) -> None:
+    """Write the names of the modules imported so far (one a line, then `#end`) to `fd`, and close it."""
+    try:
+        data = ("\n".join(name for name in list(sys.modules) if name) + "\n#end\n").encode()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError:
+        pass  # not learned: this release's workers keep starting plainly
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def _forward_signals(worker: Worker) -> None:

@@ -66,7 +66,13 @@ class Worker:
     """One worker process's job loop against the control plane described by `env`."""
 
     def __init__(
-        self, config: WorkerConfig, env: urls.WorkerEnv, transport: HttpTransport, *, version: str
+        self,
+        config: WorkerConfig,
+        env: urls.WorkerEnv,
+        transport: HttpTransport,
+        *,
+        version: str,
+        on_first_job: Callable[[], None] | None = None,
     ) -> None:
         if not env.take_template:
             raise ValueError("RUNPOD_WEBHOOK_GET_JOB is not set")
@@ -87,6 +93,7 @@ class Worker:
         self._done = threading.Event()  # drained: background loops end, so in-process workers leak nothing
         self._signals = 0
         self._progress: queue.SimpleQueue[tuple[JobRun, Any] | None] = queue.SimpleQueue()
+        self._on_first_job = on_first_job  # called once, when the first job is held (before it runs)
 
     # ---- public ---------------------------------------------------------------------------------
 
@@ -238,8 +245,14 @@ class Worker:
                 runs.append(run)
             if finished is not None and not runs:
                 self._cond.notify_all()  # a slot is free (or the last held job is done)
+            hook, self._on_first_job = (self._on_first_job, None) if runs else (None, self._on_first_job)
         for run in runs:
             log.debug("job_taken", job_id=run.job_id, piggy_backed=finished is not None or None)
+        if hook is not None:
+            try:
+                hook()
+            except Exception as exc:
+                log.warn("first_job_hook_failed", error=repr(exc))
         return runs
 
     def _start_serving(self, run: JobRun) -> None:
