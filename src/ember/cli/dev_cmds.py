@@ -10,6 +10,7 @@ import errno
 import ipaddress
 import json
 import logging
+import logging.config
 import os
 import secrets
 import shutil
@@ -31,6 +32,7 @@ from ember.cli.dev_worker import InProcessWorkers
 from ember.cli.server_cmds import Server, cannot_listen, listen
 from ember.control.signals import Signals
 from ember.core.errors import InvalidInput
+from ember.logs import logging_config
 from ember.settings import Settings
 
 console = Console(highlight=False)
@@ -227,10 +229,13 @@ def serve(
     os.umask(PRIVATE_UMASK)  # as `ember server`: its home, database and keys are this user's alone
     port = int(sock.getsockname()[1])
 
-    logging.basicConfig(
-        level=os.environ.get("EMBER_LOG_LEVEL", "WARNING"),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    try:  # as `ember server`: EMBER_LOG_FORMAT=json gives one JSON object per line, with ids
+        log_config = logging_config(
+            os.environ.get("EMBER_LOG_FORMAT", "text"), os.environ.get("EMBER_LOG_LEVEL", "WARNING")
+        )
+    except ValueError as exc:
+        raise SystemExit(f"error: EMBER_LOG_FORMAT: {exc}") from None
+    logging.config.dictConfig(log_config)
     from ember.serverless import log as sdk_log
 
     sdk_log.configure(os.environ)
@@ -246,6 +251,7 @@ def serve(
         host=host,
         port=port,
         log_level="warning",
+        log_config=None,
         access_log=False,
         loop="uvloop",
         http="httptools",
