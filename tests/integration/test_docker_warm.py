@@ -18,30 +18,31 @@ from typing import Any
 import docker
 import pytest
 
-from ember.backends.base import LaunchSpec, WarmParking
+from ember.backends.base import LaunchSpec, Mount, WarmParking
 from ember.backends.docker import HARDENED_CAPS, LABEL_ENDPOINT, DockerBackend
 from ember.backends.docker_warm import LABEL_CONTROL, LABEL_WARM_KEY, WARM_PREFIX, WarmConfig
 from tests.support.docker_env import base_image, docker_client
 
 pytestmark = [pytest.mark.docker, pytest.mark.anyio]
 
-# The worker: says who it is, leaves a stray process behind (a daemon of its own), and waits.
-WORKER = [
-    "python3",
-    "-u",
-    "-c",
-    "import os, subprocess, time\n"
-    "print('worker', os.environ['RUNPOD_POD_ID'], os.environ['RUNPOD_AI_API_KEY'], flush=True)\n"
+# The worker: says who it is and which GPUs it has, leaves a stray process behind (a daemon of its
+# own), and waits.
+WORKER_CODE = (
+    "import os, subprocess, sys, time\n"
+    "env = os.environ\n"
+    "print('worker', env['RUNPOD_POD_ID'], env['RUNPOD_AI_API_KEY'], env.get('CUDA_VISIBLE_DEVICES'),\n"
+    "      sys.argv[1:], __name__, flush=True)\n"
     "subprocess.Popen(['sleep', '100000'], start_new_session=True)\n"
-    "time.sleep(100000)\n",
-]
+    "time.sleep(100000)\n"
+)
+WORKER = ["python3", "-u", "-c", WORKER_CODE, "an-arg"]
 # What runs in a container now: each process's command line (docker-init, the launcher, a worker).
 PROCESSES = (
     "import json, os\n"
     "out = []\n"
     "for p in os.listdir('/proc'):\n"
-    "    if p.isdigit():\n"
-    "        try: out.append(open('/proc/%s/cmdline' % p, 'rb').read().decode().split('\\0')[:3])\n"
+    "    if p.isdigit() and int(p) != os.getpid():\n"
+    "        try: out.append(open('/proc/%s/cmdline' % p, 'rb').read().decode().split('\\0'))\n"
     "        except OSError: pass\n"
     "print(json.dumps(out))\n"
 )
@@ -128,21 +129,40 @@ def parked(docker_client: Any, endpoint_id: str) -> list[Any]:
     return [c for c in found if c.name.startswith(WARM_PREFIX)]
 
 
+def said(s: LaunchSpec, gpus: str | None = None) -> list[str]:
+    return [f"worker {s.worker_id} key-{s.worker_id.rsplit('_', 1)[1]} {gpus} ['an-arg'] __main__"]
+
+
+@pytest.mark.parametrize("form", ["script", "inline"])
 async def test_a_parked_container_is_resumed_as_the_next_worker_with_its_own_identity(
-    base_image: str, endpoint_id: str, docker_client: Any, make_backend: Callable[..., DockerBackend]
+    form: str,
+    base_image: str,
+    endpoint_id: str,
+    docker_client: Any,
+    make_backend: Callable[..., DockerBackend],
+    tmp_path: Path,
 ) -> None:
+    """`python script` resumes in the standby interpreter the launcher keeps; `python -c` starts afresh."""
     backend = make_backend()
     assert isinstance(backend, WarmParking)
-    first = spec(endpoint_id, base_image, "w1")
+    more: dict[str, Any] = {}
+    if form == "script":
+        (tmp_path / "app").mkdir()
+        (tmp_path / "app" / "worker.py").write_text(WORKER_CODE)
+        more = {
+            "command": ["python3", "-u", "/app/worker.py", "an-arg"],
+            "mounts": (Mount(str(tmp_path / "app"), "/app"),),
+        }
+    first = spec(endpoint_id, base_image, "w1", **more)
     await backend.launch(first)
-    assert await started(backend, first) == [f"worker {first.worker_id} key-w1"]
+    assert await started(backend, first) == said(first)
     container = docker_client.containers.get(f"ember-{first.worker_id}")
     # The identity reaches the worker through the launcher: the key is not in the container's config.
     assert not any("key-w1" in e for e in container.attrs["Config"]["Env"] or [])
     host = container.attrs["HostConfig"]
     assert host["SecurityOpt"] == ["no-new-privileges"] and host["CapDrop"] == ["ALL"]
     assert sorted(host["CapAdd"]) == sorted(HARDENED_CAPS) and not host["Privileged"]
-    assert [(m["Target"], m["ReadOnly"]) for m in host["Mounts"]] == [("/.ember", True)]
+    assert ("/.ember", True) in [(m["Target"], m["ReadOnly"]) for m in host["Mounts"]]
 
     assert await backend.park(first.worker_id, grace_s=5) is True
     (kept,) = parked(docker_client, endpoint_id)
@@ -150,18 +170,20 @@ async def test_a_parked_container_is_resumed_as_the_next_worker_with_its_own_ide
     assert kept.labels["ember.account-id"] == "acct_a" and kept.labels["ember.release"] == "2"
     assert kept.labels[LABEL_WARM_KEY] and kept.labels[LABEL_CONTROL]
     assert await backend.observe(endpoint_id) == []  # parked: no worker's
-    assert await lines(backend, first.worker_id) == [f"worker {first.worker_id} key-w1"]  # kept log
+    assert await lines(backend, first.worker_id) == said(first)  # its kept log
 
-    second = spec(endpoint_id, base_image, "w2")
+    second = spec(endpoint_id, base_image, "w2", gpu_devices=("3",), **more)  # a GPU of its own
     await backend.launch(second)
-    assert await started(backend, second) == [f"worker {second.worker_id} key-w2"]  # none of w1's lines
+    assert await started(backend, second) == said(second, "3")  # and none of w1's lines
     resumed = docker_client.containers.get(f"ember-{second.worker_id}")
     assert resumed.id == container.id and resumed.status == "running"
     assert [o.worker_id for o in await backend.observe(endpoint_id)] == [second.worker_id]
     # Nothing of the first worker runs on: not its process, nor the stray it left.
     ps = json.loads((await backend.exec(second.worker_id, ["python3", "-c", PROCESSES])).output)
     assert sum(argv[:2] == ["sleep", "100000"] for argv in ps) == 1, ps
-    assert sum(argv[:3] == WORKER[:3] for argv in ps) == 1, ps
+    workers = [argv for argv in ps if "an-arg" in argv and "-I" not in argv]  # not init, not the launcher
+    assert len(workers) == 1, ps
+    assert ("--standby" in workers[0]) == (form == "script"), ps
 
     await backend.stop(second.worker_id, grace_s=2)
     assert docker_client.containers.list(all=True, filters={"id": container.id}) == []
@@ -248,7 +270,7 @@ async def test_a_restarted_control_plane_adopts_parked_containers(
     second = spec(endpoint_id, base_image, "w2")
     await second_backend.launch(second)
     assert docker_client.containers.get(f"ember-{second.worker_id}").id == kept.id
-    assert await started(second_backend, second) == [f"worker {second.worker_id} key-w2"]
+    assert await started(second_backend, second) == said(second)
     await second_backend.stop(second.worker_id, grace_s=1)
     await second_backend.aclose()
 

@@ -21,32 +21,31 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
 from docker.types import DeviceRequest, Mount
-from docker.utils import parse_repository_tag
 
 from ember.backends.base import ExecResult, LaunchSpec, Observed
+from ember.backends.docker_images import ProgressCallback, ensure_image
+from ember.backends.docker_labels import (
+    LABEL_ACCOUNT,
+    LABEL_ENDPOINT,
+    LABEL_INSTANCE,
+    LABEL_MANAGED,
+    LABEL_RELEASE,
+    LABEL_WORKER,
+    container_name,
+    observed,
+    worker_of,
+)
 from ember.backends.docker_logs import ContainerLogs
 from ember.backends.docker_pool import WarmLaunch, WarmPool
-from ember.backends.docker_warm import LABEL_CONTROL, WARM_PREFIX, WarmConfig
+from ember.backends.docker_warm import LABEL_CONTROL, WarmConfig
 from ember.core.errors import BackendError, NotFound
 
-LABEL_WORKER = "ember.worker-id"
-LABEL_ENDPOINT = "ember.endpoint-id"
-LABEL_ACCOUNT = "ember.account-id"
-LABEL_RELEASE = "ember.release"
-LABEL_MANAGED = "ember.managed"
-# Which control plane owns a container (one Docker engine may serve several Ember installations).
-LABEL_INSTANCE = "ember.instance"
-
-ProgressCallback = Callable[[str, str], None]
-
-_LAYER_DONE = {"Pull complete", "Already exists"}
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 # What a worker keeps of Docker's default capabilities. Images run as root, and their start scripts
 # often install packages, chown caches and drop to a user of their own: CHOWN, DAC_OVERRIDE, FOWNER,
@@ -56,53 +55,6 @@ HARDENED_CAPS = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL")
 DEFAULT_PIDS_LIMIT = 4096
 # Host paths a worker never gets, whatever a spec says: the engine's socket is root on the host.
 _NEVER_MOUNTED = ("/var/run/docker.sock", "/run/docker.sock", "/var/run/docker", "/run/docker")
-
-
-def container_name(worker_id: str) -> str:
-    return f"ember-{worker_id}"
-
-
-def _started_at(state: dict[str, Any]) -> float | None:
-    """Docker's StartedAt (RFC 3339 with nanoseconds, or the zero time) as epoch seconds."""
-    raw = state.get("StartedAt") or ""
-    if not raw or raw.startswith("0001-"):
-        return None
-    trimmed = re.sub(r"(\.\d{6})\d*", r"\1", raw).replace("Z", "+00:00")
-    try:
-        return datetime.fromisoformat(trimmed).timestamp()
-    except ValueError:
-        return None
-
-
-def worker_of(name: str, labels: Mapping[str, str]) -> str | None:
-    """The worker a container serves, from its name (None: a parked container, no worker's)."""
-    name = name.lstrip("/")
-    if name.startswith(WARM_PREFIX):
-        return None
-    if name.startswith("ember-"):
-        return name[len("ember-") :]
-    return labels.get(LABEL_WORKER, "")
-
-
-def _observed(container: Any, worker_id: str, since: float | None) -> Observed:
-    labels = container.labels
-    state = container.attrs.get("State", {})
-    running = bool(state.get("Running"))
-    exit_code = None if running else state.get("ExitCode")
-    detail = state.get("Status", "")
-    if state.get("Error"):
-        detail += f": {state['Error']}"
-    if state.get("OOMKilled"):
-        detail += " (out of memory)"
-    return Observed(
-        worker_id=worker_id,
-        endpoint_id=labels.get(LABEL_ENDPOINT, ""),
-        release=int(labels.get(LABEL_RELEASE, "0") or 0),
-        running=running,
-        exit_code=exit_code,
-        started_at=since if since is not None else _started_at(state),
-        detail=detail,
-    )
 
 
 def _docker_failure(action: str, exc: Exception) -> BackendError:
@@ -189,44 +141,7 @@ class DockerBackend(ContainerLogs):
     # -- launch -------------------------------------------------------------------------------------
 
     def _ensure_image(self, client: Any, worker_id: str, image: str, auth: dict[str, str] | None) -> None:
-        try:
-            client.images.get(image)
-            return
-        except docker.errors.ImageNotFound:
-            pass
-        repository, tag = parse_repository_tag(image)
-        report = self._on_progress or (lambda _w, _t: None)
-        report(worker_id, f"pulling {image}")
-        try:
-            self._pull(client, worker_id, image, repository, tag or "latest", auth, report)
-        except docker.errors.APIError as exc:
-            hint = " (no or wrong registry credentials?)" if "auth" in str(exc.explanation).lower() else ""
-            raise BackendError(f"docker: pulling {image} failed: {exc.explanation or exc}{hint}")
-
-    def _pull(
-        self,
-        client: Any,
-        worker_id: str,
-        image: str,
-        repository: str,
-        tag: str,
-        auth: dict[str, str] | None,
-        report: ProgressCallback,
-    ) -> None:
-        layers: set[str] = set()
-        done: set[str] = set()
-        for event in client.api.pull(repository, tag, stream=True, decode=True, auth_config=auth):
-            if "error" in event:
-                raise BackendError(f"docker: pulling {image} failed: {event['error']}")
-            layer, status = event.get("id"), event.get("status", "")
-            if layer and status == "Pulling fs layer":
-                layers.add(layer)
-            elif layer and status in _LAYER_DONE:
-                layers.add(layer)
-                done.add(layer)
-                report(worker_id, f"{image}: layer {layer} {status.lower()} ({len(done)}/{len(layers)})")
-            elif status.startswith(("Status:", "Digest:")):
-                report(worker_id, status)
+        ensure_image(client, worker_id, image, auth, self._on_progress)
 
     def _run(self, client: Any, spec: LaunchSpec) -> None:
         """Resume a parked container of the same key (warm pool), or create and start the worker's
@@ -427,14 +342,14 @@ class DockerBackend(ContainerLogs):
         filters = self._label_filters()
         if endpoint_id is not None:
             filters.append(f"{LABEL_ENDPOINT}={endpoint_id}")
-        observed = []
+        found: list[Observed] = []
         for container in client.containers.list(all=True, filters={"label": filters}):
             worker_id = worker_of(container.name, container.labels)
             if worker_id is None:
                 continue  # parked: no worker's
             with contextlib.suppress(docker.errors.NotFound):
-                observed.append(_observed(container, worker_id, self._since(container, worker_id)))
-        return sorted(observed, key=lambda o: o.worker_id)
+                found.append(observed(container, worker_id, self._since(container, worker_id)))
+        return sorted(found, key=lambda o: o.worker_id)
 
     async def observe(self, endpoint_id: str | None = None) -> list[Observed]:
         """Every Ember-labelled container (running or exited), optionally of one endpoint."""

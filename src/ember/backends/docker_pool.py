@@ -17,12 +17,14 @@ import docker.errors
 from docker.types import Mount
 
 from ember.backends.base import LaunchSpec
+from ember.backends.docker_labels import LABEL_ACCOUNT, LABEL_ENDPOINT, LABEL_RELEASE
 from ember.backends.docker_warm import (
     CONTROL_TARGET,
     ENTRY_FILE,
     HANDOVER_TIMEOUT_S,
     LABEL_CONTROL,
     LABEL_WARM_KEY,
+    STRAY_DIR_AGE_S,
     Claims,
     ControlDirs,
     Parked,
@@ -131,9 +133,9 @@ class WarmPool:
         filters = [
             *self._labels(),
             f"{LABEL_WARM_KEY}={launch.key}",
-            f"ember.account-id={spec.account_id}",
-            f"ember.endpoint-id={spec.endpoint_id}",
-            f"ember.release={spec.release}",
+            f"{LABEL_ACCOUNT}={spec.account_id}",
+            f"{LABEL_ENDPOINT}={spec.endpoint_id}",
+            f"{LABEL_RELEASE}={spec.release}",
         ]
         now = self._clock()
         found = [
@@ -222,7 +224,7 @@ class WarmPool:
         for p in list_parked(client, self._labels()):
             if p.id in self._claims or not self.dirs.exists(p.token):
                 continue  # being resumed, or not this server's
-            endpoint, release = p.labels.get("ember.endpoint-id", ""), p.labels.get("ember.release", "")
+            endpoint, release = p.labels.get(LABEL_ENDPOINT, ""), p.labels.get(LABEL_RELEASE, "")
             gone = releases is not None and (endpoint not in releases or str(releases[endpoint]) != release)
             if gone or not p.paused or not self.cfg.enabled or now - p.parked_at >= self.cfg.hold_s:
                 self.discard(client, p.id, p.token)
@@ -246,7 +248,7 @@ class WarmPool:
         rows = client.api.containers(all=True, filters={"label": [*self._labels(), LABEL_CONTROL]})
         used = {(row.get("Labels") or {}).get(LABEL_CONTROL) for row in rows}
         for token, age_s in self.dirs.tokens():
-            if token not in used and age_s > 120.0:
+            if token not in used and age_s > STRAY_DIR_AGE_S:
                 self.dirs.remove(token)
 
     def clear(self, client: Any) -> None:
