@@ -108,6 +108,13 @@ class TemplateProcess:
         finally:
             child.close()
             os.close(modules_fd)
+        with self._lock:
+            retired = self.state == "retired"
+        if retired:  # retired while it was being started: it forks nothing, and exits when ready
+            try:
+                parent.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
         self.write_info(outer_pid=self._proc.pid, started_at=time.time())
         parent.settimeout(START_TIMEOUT_S)
         try:
@@ -152,9 +159,11 @@ class TemplateProcess:
             parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             parent.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             try:
-                note(log_path, f"[ember] forking from template {recipe.key} (pid {self.pid})")
                 log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
                 try:
+                    os.write(
+                        log_fd, f"[ember] forking from template {recipe.key} (pid {self.pid})\n".encode()
+                    )
                     request = {"worker_id": worker_id, "env": env, "cwd": recipe.cwd}
                     request["handler"] = recipe.handler
                     fds = array("i", [log_fd, child.fileno()]).tobytes()
@@ -192,13 +201,11 @@ class TemplateProcess:
             if self.state in ("retired", "dead"):
                 return False
             self.state = "retired"
-        if self._sock is not None:
+        if self._proc is not None and self._sock is not None:
             try:
                 self._sock.shutdown(socket.SHUT_WR)  # it reads EOF; its workers' exits still come
             except OSError:
                 pass
-        elif self._proc is not None:
-            kill_group(self._proc.pid)
         return True
 
     def finish(self) -> None:

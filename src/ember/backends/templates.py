@@ -59,6 +59,7 @@ IDENTITY_ENV = frozenset(
 _REPORT_MAX_BYTES = 4 * 1024 * 1024
 _MODULES_MAX = 50_000
 _RELEASE_CHECK_S = 2.0
+_START_FAILURES_MAX = 2
 _END = b"\n#end\n"
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _KEY_PART = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -109,6 +110,7 @@ class TemplatePool:
         self._releases = releases
         self._live: OrderedDict[str, TemplateProcess] = OrderedDict()  # least recently used first
         self._learning: dict[str, tuple[str, Path, Recipe]] = {}  # key -> (worker id, report, recipe)
+        self._failed_starts: dict[str, int] = {}  # key -> templates that died before they were ready
         self._lock = threading.Lock()
         self._checked_at = 0.0
         self._closed = False
@@ -250,7 +252,14 @@ class TemplatePool:
         """A template's thread: start it, then relay its workers' exits until it exits."""
         key = template.recipe.key
         try:
-            template.start()
+            try:
+                template.start()
+            except Failed as exc:
+                self._failed_starts[key] = self._failed_starts.get(key, 0) + 1
+                if self._failed_starts[key] >= _START_FAILURES_MAX:  # not a passing accident
+                    self._mark_unfit(key, f"{exc}, {_START_FAILURES_MAX} times in a row")
+                raise
+            self._failed_starts.pop(key, None)
             log.info("template_ready key=%s pid=%s", key, template.pid)
             template.relay(self._on_exit)
         except Unfit as exc:
