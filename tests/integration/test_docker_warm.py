@@ -21,6 +21,7 @@ import pytest
 from ember.backends.base import LaunchSpec, Mount, WarmParking
 from ember.backends.docker import HARDENED_CAPS, LABEL_ENDPOINT, DockerBackend
 from ember.backends.docker_warm import LABEL_CONTROL, LABEL_WARM_KEY, WARM_PREFIX, WarmConfig
+from ember.core.errors import BackendError
 from tests.support.docker_env import base_image, docker_client
 
 pytestmark = [pytest.mark.docker, pytest.mark.anyio]
@@ -294,3 +295,40 @@ async def test_a_container_that_cannot_be_kept_is_stopped_instead(
     assert await off.park(s.worker_id, grace_s=1) is False
     assert await off.observe(endpoint_id) == [] and parked(docker_client, endpoint_id) == []
     await off.aclose()
+
+
+async def test_an_image_whose_python_cannot_run_the_launcher_gets_plain_containers_after_one_try(
+    base_image: str, endpoint_id: str, docker_client: Any, make_backend: Callable[..., DockerBackend]
+) -> None:
+    backend = make_backend()
+    missing = ["python3.99", "-u", "handler.py"]  # named like a python, but not in the image
+    with pytest.raises(BackendError, match="launcher"):
+        await backend.launch(spec(endpoint_id, base_image, "w1", command=missing))
+    await backend.stop(f"wk_{endpoint_id}_w1", grace_s=1)
+    await backend.launch(spec(endpoint_id, base_image, "w2", command=missing))
+    plain = docker_client.containers.get(f"ember-wk_{endpoint_id}_w2")
+    assert LABEL_CONTROL not in plain.labels  # no launcher: the command itself, as without warm containers
+    await backend.stop(f"wk_{endpoint_id}_w2", grace_s=1)
+    await backend.aclose()
+
+
+async def test_following_a_workers_logs_ends_when_its_container_is_parked(
+    base_image: str, endpoint_id: str, make_backend: Callable[..., DockerBackend]
+) -> None:
+    backend = make_backend()
+    s = spec(endpoint_id, base_image, "w1")
+    await backend.launch(s)
+    await started(backend, s)
+    follower = asyncio.create_task(_follow(backend, s.worker_id))
+
+    async def following() -> bool:
+        return s.worker_id in backend._follows
+
+    await poll(following)
+    assert await backend.park(s.worker_id, grace_s=5)
+    assert await asyncio.wait_for(follower, 30) == said(s)
+    await backend.aclose()
+
+
+async def _follow(backend: DockerBackend, worker_id: str) -> list[str]:
+    return [line async for line in backend.logs(worker_id, follow=True)]

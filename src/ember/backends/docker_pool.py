@@ -24,9 +24,11 @@ from ember.backends.docker_warm import (
     HANDOVER_TIMEOUT_S,
     LABEL_CONTROL,
     LABEL_WARM_KEY,
+    RESUME_HANDOVER_S,
     STRAY_DIR_AGE_S,
     Claims,
     ControlDirs,
+    LauncherGone,
     Parked,
     WarmConfig,
     launch_argv,
@@ -108,8 +110,10 @@ class WarmPool:
         env: Mapping[str, str],
         since: float | None,
         launch: WarmLaunch | None = None,
+        timeout_s: float = HANDOVER_TIMEOUT_S,
     ) -> None:
-        """Give the container's launcher the worker's identity (its whole environment)."""
+        """Give the container's launcher the worker's identity (its whole environment). A new
+        container's (`launch`) that stops first marks its image as one that cannot run the launcher."""
 
         def running() -> bool:
             state = client.api.inspect_container(container_id).get("State") or {}
@@ -117,11 +121,9 @@ class WarmPool:
 
         self.dirs.set_worker(token, spec.worker_id, since)
         try:
-            self.dirs.hand_over(
-                token, {"worker": spec.worker_id, "env": dict(env)}, running, HANDOVER_TIMEOUT_S
-            )
-        except BackendError as exc:
-            if launch is not None and "stopped before" in exc.message:
+            self.dirs.hand_over(token, {"worker": spec.worker_id, "env": dict(env)}, running, timeout_s)
+        except LauncherGone:
+            if launch is not None:
                 self._no_launcher.add(launch.image_id)  # the next launch of this image runs it plainly
             raise
 
@@ -150,7 +152,7 @@ class WarmPool:
         parked = next(p for p in found if p.id == chosen)
         try:
             client.api.unpause(parked.id)
-            self.hand_over(client, parked.id, parked.token, spec, env, time.time())
+            self.hand_over(client, parked.id, parked.token, spec, env, time.time(), None, RESUME_HANDOVER_S)
             client.api.rename(parked.id, name)
         except (docker.errors.DockerException, BackendError, OSError) as exc:
             log.warning("warm_resume_failed container=%s error=%s", parked.id[:12], exc)

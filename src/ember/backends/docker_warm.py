@@ -39,8 +39,10 @@ LABEL_CONTROL = "ember.control-dir"
 WARM_PREFIX = "ember-warm-"
 CONTROL_TARGET = "/.ember"
 ENTRY_FILE = "entry.py"
-# How long a container's launcher may take to start and ask for its identity.
+# How long a new container's launcher may take to start and ask for its identity; a resumed one's is
+# waiting already (when it is not, the container is dropped and a new one made).
 HANDOVER_TIMEOUT_S = 60.0
+RESUME_HANDOVER_S = 5.0
 # After the grace period a parking worker is SIGKILLed; then this long to hear "parked".
 PARK_KILL_WAIT_S = 5.0
 # Control directories without a container are removed once this old (one may be just made for a launch).
@@ -49,6 +51,10 @@ _PYTHON = re.compile(r"^python(\d+(\.\d+)*)?$")
 _WARM_NAME = re.compile(r"^ember-warm-(\d+)-([0-9a-f]{12})$")
 _TOKEN = re.compile(r"^[0-9a-f]{12}$")
 _STATUS_MAX_BYTES = 64 * 1024
+
+
+class LauncherGone(BackendError):
+    """The container stopped before its launcher asked for an identity (its python cannot run it)."""
 
 
 @dataclass(frozen=True)
@@ -192,7 +198,7 @@ class ControlDirs:
                 raise BackendError(f"docker: the container's launcher did not start within {timeout_s:g}s")
             if now >= check_at:
                 if not running():
-                    raise BackendError("docker: the container stopped before its launcher started")
+                    raise LauncherGone("docker: the container stopped before its launcher started")
                 check_at = now + 0.25
             time.sleep(0.002)
         try:
