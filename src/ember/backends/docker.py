@@ -332,7 +332,10 @@ class DockerBackend(ContainerLogs):
         release it serves) is gone or serves another release now; at most every second."""
         if self._pool is None or not self._pool.due(releases):
             return
-        client = await self._docker()
+        try:
+            client = await self._docker()
+        except BackendError:
+            return  # no engine, nothing parked on it to remove (`observe` reports the engine)
         try:
             await asyncio.to_thread(self._pool.sweep, client, releases)
         except docker.errors.DockerException as exc:
