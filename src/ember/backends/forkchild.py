@@ -21,6 +21,8 @@ _MM_FIELDS = (
     "arg_end", "env_start", "env_end",
 )  # fmt: skip
 _KEPT: list[Any] = []  # the buffers the kernel reads this process's environment and argv from
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded once, in the template, before any fork
+_LIBC.sbrk.restype = ctypes.c_void_p
 
 
 def isolate_namespaces() -> None:
@@ -28,7 +30,7 @@ def isolate_namespaces() -> None:
     worker gets from bubblewrap (what the sandbox binds below them is bound again: a source under
     /tmp stays visible); then no capabilities, and not dumpable (so sibling workers of the same uid
     cannot read its environment or memory). Raises OSError when the host does not allow it."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _LIBC
 
     def check(result: int, what: str) -> None:
         if result != 0:
@@ -125,8 +127,7 @@ def show_identity(env: dict[str, str], argv: list[str]) -> None:
     at = dict(zip(("start_code", "end_code", "start_stack"), fields[0:3], strict=True))
     keys = ("start_data", "end_data", "start_brk", "arg_start", "arg_end", "env_start", "env_end")
     at.update(zip(keys, fields[19:26], strict=True))
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.sbrk.restype = ctypes.c_void_p
+    libc = _LIBC
     at["brk"] = libc.sbrk(0) or at["start_brk"]
     for kind, blob in (("env", b"".join(f"{k}={v}".encode() + b"\0" for k, v in env.items())),
                        ("arg", b"".join(a.encode() + b"\0" for a in argv))):  # fmt: skip
@@ -135,3 +136,13 @@ def show_identity(env: dict[str, str], argv: list[str]) -> None:
         at[f"{kind}_start"], at[f"{kind}_end"] = ctypes.addressof(buf), ctypes.addressof(buf) + len(blob)
     mm = _MmMap(*(at[name] for name in _MM_FIELDS), None, 0, 0xFFFFFFFF)
     libc.prctl(_PR_SET_MM, _PR_SET_MM_MAP, ctypes.byref(mm), ctypes.sizeof(mm), 0)
+
+
+def become_environment(env: dict[str, str]) -> None:
+    """Make `os.environ` (and the C environment) exactly `env`, changing only what differs (the
+    template's is the worker's less its identity, so that is a few variables)."""
+    for key in [k for k in os.environ if k not in env]:
+        del os.environ[key]
+    for key, value in env.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value

@@ -12,13 +12,14 @@ The backend's side is a SOCK_SEQPACKET socket (fd EMBER_TEMPLATE_FD), one JSON m
                        once it is the worker (the kernel adds its pid as the backend sees it).
 When the backend closes its end the template forks no more, and exits once its last child has.
 
-A forked child becomes the worker a plain start would have made: its own session, the worker's whole
-environment, cwd, log and argv, and then the handler file run as `__main__`. In the sandbox it also
-takes private namespaces of its own (user, mount, IPC: a fresh /tmp and /dev/shm), drops the
-capabilities that gave it and becomes non-dumpable, so that workers forked from one template share
-nothing but the template's pid namespace (they see each other in /proc, but not each other's
-environment, memory, files or IPC). Where the host forbids that, the child says so and the backend
-falls back to plain starts.
+The next worker is forked ahead of its request (a standby: its own session and, in the sandbox, its
+own namespaces already), so a request costs a message, not a fork. It becomes the worker a plain
+start would have made: the worker's whole environment, cwd, log and argv, and then the handler file
+run as `__main__`. In the sandbox its private namespaces (user, mount, IPC: a fresh /tmp and
+/dev/shm; see `ember.backends.forkchild`) leave workers forked from one template sharing nothing but
+the template's pid namespace (they see each other in /proc, but not each other's environment,
+memory, files or IPC). Where the host forbids that, the worker says so and the backend falls back to
+plain starts.
 """
 
 from __future__ import annotations
@@ -34,14 +35,16 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 import types
 from array import array
 from typing import Any
 
-from ember.backends.forkchild import isolate_namespaces, show_identity
+from ember.backends.forkchild import become_environment, isolate_namespaces, show_identity
 
 _MSG_MAX_BYTES = 4 * 1024 * 1024
+_STANDBY_DELAY_S = 0.2  # after a request: the new worker has the CPU to itself while it starts
 _NEVER_PREIMPORTED = ("__main__", "__mp_main__", "runpod", "ember.backends")
 
 
@@ -61,6 +64,7 @@ def main() -> None:
     with os.fdopen(modules_fd, "r", encoding="utf-8") as f:
         names = f.read().split()
     imported, skipped = preimport(names, source)
+    _warm_reseed()
     why = unfit(control.fileno())
     if why:
         _send(control, {"op": "unfit", "why": why})
@@ -112,8 +116,9 @@ def _is_local(top: str, source: str) -> bool:
 
 
 def unfit(control_fd: int) -> str | None:
-    """Why this process must not fork workers, or None: a thread, a socket or a GPU device left open
-    by an import would be shared by every worker (or broken in all of them)."""
+    """Why this process must not fork workers, or None: a Python thread, a socket or a GPU device left
+    open by an import would be shared by every worker (or broken in all of them). Native thread pools
+    (OpenBLAS, MKL, torch's) are no reason: they stop and restart around a fork themselves."""
     if threading.active_count() > 1:
         names = ", ".join(t.name for t in threading.enumerate() if t is not threading.main_thread())
         return f"an import started threads ({names})"
@@ -133,22 +138,38 @@ def unfit(control_fd: int) -> str | None:
 
 
 def serve(control: socket.socket, isolate: bool) -> _Child | None:
-    """Fork a worker per request until the backend shuts its end (or is gone) and the last child has
-    exited; their exits are reported meanwhile. Returns in a forked child (its request), None in the
-    template when it is done."""
+    """Hand each request to the standby child (forked ahead, already in its own session and, in the
+    sandbox, its own namespaces), which becomes the worker; until the backend shuts its end (or is
+    gone) and the last worker has exited, reporting their exits. The next standby is forked a moment
+    after a request (not while the new worker starts), or at once when a request finds none. Returns
+    in a child once it is a worker (its request), None in the template when it is done."""
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
     signal.signal(signal.SIGCHLD, lambda _n, _f: None)
     signal.set_wakeup_fd(wake_w)
-    children: set[int] = set()
+    workers: set[int] = set()
+    idle: set[int] = set()  # the standby, and standbys told to go
+    standby: tuple[int, socket.socket] | None = None
+    standby_at = 0.0  # when to fork the next standby
     listening = True
-    while listening or children:
-        watched = [control.fileno(), wake_r] if listening else [wake_r]
-        ready, _, _ = select.select(watched, [], [])
+    while listening or workers or idle:
+        timeout = None
+        if listening and standby is None:
+            timeout = max(0.0, standby_at - time.monotonic())
+            if not timeout:
+                standby, request = _fork_standby(control, (wake_r, wake_w), isolate)
+                if standby is None:
+                    return request  # this process was the standby, and is now a worker
+                idle.add(standby[0])
+                timeout = None
+        ready, _, _ = select.select([control.fileno(), wake_r] if listening else [wake_r], [], [], timeout)
         if wake_r in ready:
             _drain(wake_r)
-        _reap(children, control)
+        _reap(workers, idle, control)
+        if standby is not None and standby[0] not in idle:
+            standby[1].close()
+            standby = None  # it died idle: the next turn forks another
         if not (listening and control.fileno() in ready):
             continue
         try:
@@ -157,54 +178,104 @@ def serve(control: socket.socket, isolate: bool) -> _Child | None:
             data, ancillary = b"", []
         fds = _fds(ancillary)
         if not data:
-            listening = False  # retired, or the backend is gone: serve the children out
-        elif len(fds) == 2 and isinstance(request := _parse(data), dict):
-            sys.stdout.flush()
-            sys.stderr.flush()
-            pid = os.fork()
-            if pid == 0:
-                return _become_worker(request, fds, control, (wake_r, wake_w), isolate)
-            children.add(pid)
+            listening = False  # retired, or the backend is gone: serve the workers out
+            if standby is not None:
+                standby[1].close()  # it reads EOF and exits
+                standby = None
+        elif len(fds) == 2:
+            if standby is None:
+                standby, request = _fork_standby(control, (wake_r, wake_w), isolate)
+                if standby is None:
+                    return request
+            pid, line = standby
+            try:
+                line.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", fds).tobytes())])
+                workers.add(pid)
+            except OSError:
+                pass  # the standby is gone: the backend's wait for an answer ends in a plain start
+            idle.discard(pid)
+            line.close()
+            standby, standby_at = None, time.monotonic() + _STANDBY_DELAY_S
         for fd in fds:
             os.close(fd)
     return None
 
 
-def _reap(children: set[int], control: socket.socket) -> None:
-    while children:
+def _fork_standby(
+    control: socket.socket, wake: tuple[int, int], isolate: bool
+) -> tuple[tuple[int, socket.socket], None] | tuple[None, _Child]:
+    """Fork the next worker ahead of its request. In the template: ((its pid, its line), None); in
+    the standby, once a request came: (None, the request)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        theirs.close()
+        return (pid, ours), None
+    ours.close()
+    return None, _await_request(theirs, control, wake, isolate)
+
+
+def _await_request(
+    line: socket.socket, control: socket.socket, wake: tuple[int, int], isolate: bool
+) -> _Child:
+    """The standby: out of the template's loop and into a session (and, sandboxed, namespaces) of its
+    own, then wait for the request that makes it a worker; exits quietly if none comes."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    control.close()
+    for fd in wake:
+        os.close(fd)
+    os.setsid()  # its own session and process group: stop() signals the worker's whole tree
+    problem = None
+    if isolate:
+        try:
+            isolate_namespaces()
+        except OSError as exc:
+            problem = f"{type(exc).__name__}: {exc}"  # told to the backend with the first request
+    try:
+        data, ancillary, _flags, _addr = line.recvmsg(_MSG_MAX_BYTES, socket.CMSG_SPACE(8))
+    except OSError:
+        data, ancillary = b"", []
+    line.close()
+    fds = _fds(ancillary)
+    request = _parse(data) if data else None
+    if len(fds) != 2 or not isinstance(request, dict):
+        os._exit(0)  # retired before it was needed: nothing of a worker ran here
+    return _become_worker(request, fds, problem)
+
+
+def _reap(workers: set[int], idle: set[int], control: socket.socket) -> None:
+    """Reap exited children; report the workers' exits (a standby's is nobody's business)."""
+    while workers or idle:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            children.clear()
+            workers.clear()
+            idle.clear()
             return
         if pid == 0:
             return
-        children.discard(pid)
-        code = os.waitstatus_to_exitcode(status)
-        _send(control, {"op": "exit", "pid": pid, "code": 128 - code if code < 0 else code})
+        idle.discard(pid)
+        if pid in workers:
+            workers.discard(pid)
+            code = os.waitstatus_to_exitcode(status)
+            _send(control, {"op": "exit", "pid": pid, "code": 128 - code if code < 0 else code})
 
 
-def _become_worker(
-    request: dict[str, Any], fds: list[int], control: socket.socket, wake: tuple[int, int], isolate: bool
-) -> _Child:
+def _become_worker(request: dict[str, Any], fds: list[int], problem: str | None) -> _Child:
     log_fd, reply_fd = fds
     reply = socket.socket(fileno=reply_fd)
     try:
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        control.close()
-        for fd in wake:
-            os.close(fd)
-        os.setsid()  # its own session and process group: stop() signals the worker's whole tree
-        if isolate:
-            isolate_namespaces()
+        if problem is not None:
+            raise OSError(problem)
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
         os.close(log_fd)
         os.chdir(request["cwd"])
         env: dict[str, str] = request["env"]
-        os.environ.clear()
-        os.environ.update(env)
+        become_environment(env)
         show_identity(env, [sys.executable, "-u", request["handler"]])
         _reseed()
         reply.sendall(json.dumps({"pid": os.getpid()}).encode())
@@ -215,6 +286,16 @@ def _become_worker(
         finally:
             os._exit(70)
     return _Child(request)
+
+
+def _warm_reseed() -> None:
+    """What numpy imports the first time it seeds from the OS (20 ms), imported here, not in a worker."""
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        try:
+            numpy_random.RandomState()
+        except Exception:  # noqa: BLE001 - the child's reseed just costs its first-time price
+            pass
 
 
 def _reseed() -> None:
