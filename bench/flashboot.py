@@ -1,8 +1,9 @@
-"""FlashBoot: scale from zero (runsync at zero workers -> result) once a release's template has imported
-what its handler imports, so the worker is forked from it, beside a bare `python -c "import X"` spawn
-measured in the same run: for a numpy handler (target <= 0.25x) and, when torch is installed, a torch
-handler (target <= 0.1x); unsandboxed, and in the bubblewrap sandbox when bwrap is installed. Each
-cold start's worker is checked to be a forked one (its log says so)."""
+"""FlashBoot: scale from zero (runsync at an endpoint resting at zero workers -> result) once a release's
+template has imported what its handler imports, so the worker is forked from it, beside a bare
+`python -c "import X"` spawn measured in the same run, and beside a plain start (templates off): for
+a numpy handler (target <= 0.25x the spawn) and, when torch is installed, a torch handler (target
+<= 0.1x); unsandboxed, and in the bubblewrap sandbox when bwrap is installed. Each measured cold
+start's worker is checked to be a forked one (its log says so)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import time
 
 from _support import RawClient, handler_source, print_table, start_ember, wait_for
 
-RUNS = int(os.environ.get("BENCH_RUNS", "7"))
+RUNS = int(os.environ.get("BENCH_RUNS", "9"))
+SETTLE_S = 1.0
 TARGETS = {"numpy": 0.25, "torch": 0.1}
 
 
@@ -55,8 +57,10 @@ def forked_logs(home: str) -> int:
     return count
 
 
-def cold_starts(handler: str, sandbox: str) -> list[float]:
-    server = start_ember({"EMBER_TICK_S": "0.5", "EMBER_SANDBOX": sandbox, "EMBER_TEMPLATES_MAX": "4"})
+def cold_starts(handler: str, sandbox: str, templates: bool = True) -> list[float]:
+    """Scale-from-zero times; with `templates`, only of workers forked from a ready template."""
+    env = {"EMBER_TICK_S": "0.5", "EMBER_SANDBOX": sandbox, "EMBER_TEMPLATES_MAX": "4" if templates else "0"}
+    server = start_ember(env)
     cold: list[float] = []
     try:
         auth = {"Authorization": f"Bearer {server.admin_key}"}
@@ -65,6 +69,7 @@ def cold_starts(handler: str, sandbox: str) -> list[float]:
 
         def runsync() -> float:
             wait_for(lambda: server.workers(ep["id"]) == [], 60, what="scale to zero")
+            time.sleep(SETTLE_S)  # an endpoint at rest at zero, not one still scaling down
             t0 = time.perf_counter()
             status, body = client.request("POST", f"/v2/{ep['id']}/runsync", b'{"input": {}}', auth)
             elapsed = time.perf_counter() - t0
@@ -75,10 +80,11 @@ def cold_starts(handler: str, sandbox: str) -> list[float]:
 
         runsync()  # the release's first cold start is plain: it tells Ember what to pre-import
         home = str(server.home)
-        wait_for(lambda: ready_template(home, ep["id"]), 300, what="the template")
-        runsync()  # warm the page cache of the forked path
+        if templates:
+            wait_for(lambda: ready_template(home, ep["id"]), 300, what="the template")
+        runsync()  # warm the page cache of the path measured
         cold = [runsync() for _ in range(RUNS)]
-        if forked_logs(home) < RUNS + 1:
+        if templates and forked_logs(home) < RUNS + 1:
             raise SystemExit(f"only {forked_logs(home)} of {RUNS + 1} cold starts were forked")
     finally:
         server.stop()
@@ -95,16 +101,19 @@ def main() -> None:
         base = statistics.median(spawn_s(module) for _ in range(RUNS))
         rows.append((f"spawn `python -c 'import {module}'` median", f"{base * 1000:.0f} ms"))
         for mode in modes:
-            cold = cold_starts(f"{module}_import", mode)
-            med = statistics.median(cold)
             label = "sandboxed" if mode == "required" else "unsandboxed"
-            rows.append(
-                (
-                    f"  ember cold runsync, forked from a template, {label}",
-                    f"{med * 1000:.1f} ms (min {min(cold) * 1000:.1f}, max {max(cold) * 1000:.1f}), "
-                    f"{med / base:.3f}x (target <= {TARGETS[module]}x)",
+            for templates in (True, False):
+                cold = cold_starts(f"{module}_import", mode, templates)
+                med = statistics.median(cold)
+                how = "forked from a template" if templates else "plain start (EMBER_TEMPLATES_MAX=0)"
+                target = f" (target <= {TARGETS[module]}x)" if templates else ""
+                rows.append(
+                    (
+                        f"  ember cold runsync, {how}, {label}",
+                        f"{med * 1000:.1f} ms (min {min(cold) * 1000:.1f}, max {max(cold) * 1000:.1f}), "
+                        f"{med / base:.3f}x{target}",
+                    )
                 )
-            )
     if "torch" not in modules:
         rows.append(("torch", "not measured: torch is not installed (pip install torch)"))
     if len(modes) == 1:

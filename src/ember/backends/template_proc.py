@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ember.backends.procs import proc_start_ticks, write_atomic
-from ember.backends.sandbox import View
+from ember.backends.sandbox import View, sandbox_argv
 
 START_TIMEOUT_S = 600.0
 FORK_TIMEOUT_S = 10.0
@@ -38,8 +38,18 @@ class Recipe:
     handler: str  # the handler file, in cwd
     source_dir: str
     env: dict[str, str]  # the worker's environment less its identity
-    argv: tuple[str, ...]  # what starts the template, sandboxed or not
-    isolate: bool  # children take namespaces of their own (sandboxed)
+    python: str
+    view: View | None  # the workers' sandbox (None: unsandboxed); children take namespaces of their own
+    bwrap: str | None
+
+    @property
+    def isolate(self) -> bool:
+        return self.view is not None
+
+    def argv(self) -> list[str]:
+        """What starts the template: the worker's python, in its sandbox when it has one."""
+        command = [self.python, "-u", "-m", "ember.backends.forkserver"]
+        return command if self.view is None else sandbox_argv(self.bwrap or "bwrap", self.view, command)
 
 
 @dataclass(frozen=True)
@@ -94,7 +104,7 @@ class TemplateProcess:
         try:
             with open(self.directory / "template.log", "ab") as out:
                 self._proc = subprocess.Popen(
-                    recipe.argv,
+                    recipe.argv(),
                     cwd="/" if recipe.isolate else recipe.cwd,
                     env=env,
                     stdin=subprocess.DEVNULL,

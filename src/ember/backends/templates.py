@@ -43,7 +43,7 @@ from pathlib import Path
 
 from ember.backends.base import LaunchSpec
 from ember.backends.procs import proc_start_ticks, write_atomic
-from ember.backends.sandbox import View, sandbox_argv
+from ember.backends.sandbox import View
 from ember.backends.template_proc import Failed, Forked, Recipe, TemplateProcess, Unfit, note
 
 log = logging.getLogger("ember.templates")
@@ -60,6 +60,7 @@ _REPORT_MAX_BYTES = 4 * 1024 * 1024
 _MODULES_MAX = 50_000
 _RELEASE_CHECK_S = 2.0
 _START_FAILURES_MAX = 2
+_LEARNERS_MAX = 4
 _END = b"\n#end\n"
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _KEY_PART = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -77,8 +78,6 @@ def recipe_for(
     what = [spec.account_id, python, cwd, handler, spec.source_dir, sorted(base.items()), repr(view)]
     digest = hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
     endpoint = spec.endpoint_id if _KEY_PART.match(spec.endpoint_id) else "ep"
-    command = [python, "-u", "-m", "ember.backends.forkserver"]
-    argv = command if view is None else sandbox_argv(bwrap or "bwrap", view, command)
     return Recipe(
         key=f"{endpoint}.r{spec.release}.{digest}",
         endpoint_id=spec.endpoint_id,
@@ -87,8 +86,9 @@ def recipe_for(
         handler=handler,
         source_dir=os.path.abspath(spec.source_dir),
         env=base,
-        argv=tuple(argv),
-        isolate=view is not None,
+        python=python,
+        view=view,
+        bwrap=bwrap,
     )
 
 
@@ -109,7 +109,7 @@ class TemplatePool:
         self._on_exit = on_exit
         self._releases = releases
         self._live: OrderedDict[str, TemplateProcess] = OrderedDict()  # least recently used first
-        self._learning: dict[str, tuple[str, Path, Recipe]] = {}  # key -> (worker id, report, recipe)
+        self._learning: dict[str, tuple[Recipe, Path]] = {}  # worker id -> (its recipe, its report)
         self._failed_starts: dict[str, int] = {}  # key -> templates that died before they were ready
         self._lock = threading.Lock()
         self._checked_at = 0.0
@@ -170,28 +170,28 @@ class TemplatePool:
         return forked
 
     def learning_fd(self, recipe: Recipe, worker_id: str) -> int | None:
-        """A file for a plain start to report its modules into, while its release's are not known
-        (one worker at a time per key); None otherwise. The caller passes it on and closes it."""
+        """A file for a plain start to report its modules into while its release's are not known (a
+        few workers at a time per key: the first report wins); None otherwise. The caller passes it
+        on and closes it."""
         if not self.enabled or self.unfit(recipe.key) is not None or self._learned(recipe.key):
             return None
         with self._lock:
-            if recipe.key in self._learning:
+            if sum(r.key == recipe.key for r, _ in self._learning.values()) >= _LEARNERS_MAX:
                 return None
             directory = self.root / recipe.key
             directory.mkdir(parents=True, exist_ok=True)
             report = directory / f"report-{worker_id}"
             # The worker writes through this fd (a sandboxed one could not open the file itself).
             fd = os.open(report, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            self._learning[recipe.key] = (worker_id, report, recipe)
+            self._learning[worker_id] = (recipe, report)
         return fd
 
     def forget(self, worker_id: str) -> None:
         """A worker's runtime state is gone: a report it never finished will not come."""
         with self._lock:
-            for key, (learner, report, _recipe) in list(self._learning.items()):
-                if learner == worker_id:
-                    del self._learning[key]
-                    report.unlink(missing_ok=True)
+            learning = self._learning.pop(worker_id, None)
+        if learning is not None:
+            learning[1].unlink(missing_ok=True)
 
     # -- observe path -----------------------------------------------------------------------------
 
@@ -200,16 +200,16 @@ class TemplatePool:
         releases no longer current. Cheap: a stat per learning worker."""
         with self._lock:
             learning = list(self._learning.items())
-        for key, (_worker, report, recipe) in learning:
-            names = _read_report(report)
-            if names is None:
-                continue
-            with self._lock:
-                self._learning.pop(key, None)
-            write_atomic(self.root / key / "modules", "\n".join(names) + "\n")
-            report.unlink(missing_ok=True)
-            log.info("template_learned key=%s modules=%d", key, len(names))
-            self._maybe_start(recipe)
+        for worker_id, (recipe, report) in learning:
+            names = None if self._learned(recipe.key) else _read_report(report)
+            if names is not None:
+                write_atomic(self.root / recipe.key / "modules", "\n".join(names) + "\n")
+                log.info("template_learned key=%s modules=%d", recipe.key, len(names))
+            if self._learned(recipe.key):  # from this report or another's: the others are not needed
+                with self._lock:
+                    self._learning.pop(worker_id, None)
+                report.unlink(missing_ok=True)
+                self._maybe_start(recipe)
         if self._releases is not None and time.monotonic() - self._checked_at >= _RELEASE_CHECK_S:
             self._checked_at = time.monotonic()
             self._retire_gone()
@@ -224,7 +224,7 @@ class TemplatePool:
             for template in list(self._live.values()):
                 if current.get(template.recipe.endpoint_id) != template.recipe.release:
                     self._retire_locked(template, "release gone", drop_dir=True)
-            keep = set(self._live) | set(self._learning)
+            keep = set(self._live) | {recipe.key for recipe, _ in self._learning.values()}
         for directory in self.root.iterdir() if self.root.is_dir() else ():
             endpoint, _, rest = directory.name.partition(".r")
             release = rest.partition(".")[0]
