@@ -160,6 +160,32 @@ def test_a_new_release_never_runs_the_old_releases_template(server: LiveServer, 
     wait_for(lambda: not _alive(new["pid"]), 60, what="the deleted endpoint's template to exit")
 
 
+def test_a_forked_worker_outlives_a_control_plane_restart_and_so_does_its_template(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    ep = _deploy(server, "fb-restart", tmp_path)
+    _first, template = _learned(server, ep)
+    resp = server.api("PATCH", f"/v1/endpoints/{ep}", json={"workersMin": 1, "idleTimeout": 600})
+    assert resp.status_code == 200 and resp.json()["release"] == 1
+    worker = wait_for(lambda: [w["id"] for w in server.workers(ep) if w["state"] == "IDLE"], 60)[0]
+    assert f"forking from template {template['key']}" in _log(server, worker)
+    server.kill()  # SIGKILL: the template's line to the control plane is cut
+    server.start()
+    out = server.run_job(ep, {})
+    assert out["worker"] == worker and out["ppid"] == template["pid"]  # adopted, still its template's
+    assert _alive(template["pid"])  # kept while its worker runs (it forks no more: its line is gone)
+    resp = server.api("PATCH", f"/v1/endpoints/{ep}", json={"workersMin": 0, "idleTimeout": 1})
+    assert resp.status_code == 200
+    _scaled_to_zero(server, ep)
+    wait_for(lambda: not _alive(template["pid"]), 60, what="the orphaned template to exit")
+    # The restarted control plane's first cold start of the release is plain and starts a template of
+    # its own (what to import is still known) for the next ones.
+    assert server.run_job(ep, {})["ppid"] != template["pid"]
+    fresh = _ready_template(server, ep, not_pid=template["pid"])
+    _scaled_to_zero(server, ep)
+    assert server.run_job(ep, {})["ppid"] == fresh["pid"]
+
+
 # ---- the sandbox: a hostile tenant's forked worker --------------------------------------------------
 
 
