@@ -170,6 +170,7 @@ def test_an_import_that_starts_a_thread_leaves_the_release_to_plain_starts(
     async def scenario() -> None:
         backend = LocalBackend(home, templates_max=2)
         await backend.launch(spec("wk-first", src, PYTHONPATH=str(lib)))
+
         async def unfit() -> list[Path]:
             await backend.observe()
             return list((home / "templates").glob("*/unfit"))
