@@ -8,13 +8,15 @@ import json
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, text, update
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import select, update
 
 from ember.build.registry import Sealer
 from ember.core.errors import StoreError
 from ember.core.secrets import looks_sealed
 from ember.core.specs import from_wire, spec_to_json
-from ember.store.db import migrate
+from ember.store.db import MIGRATIONS, migrate
 from ember.store.facade import Store
 from ember.store.schema import accounts, endpoints, releases
 
@@ -36,8 +38,12 @@ def _plant_plain(store: Store, already_sealed: str) -> None:
         release_key="k",
         now=1.0,
     )
+    # Back to 0005 the way an operator would go (later revisions undo their own tables).
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
     with store.db.engine.begin() as conn:
-        conn.execute(text("UPDATE alembic_version SET version_num = '0005'"))
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0005")
 
 
 def _stored(store: Store) -> tuple[dict[str, str], str, list[str]]:
