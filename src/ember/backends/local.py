@@ -37,6 +37,7 @@ from ember.backends.base import Alive, ExecResult, LaunchSpec, Observed
 from ember.backends.local_env import inside_env, worker_env, worker_view
 from ember.backends.local_state import enter_worker_argv, write_meta
 from ember.backends.procs import (
+    descendants,
     environ_of,
     group_is_ours,
     log_lines,
@@ -302,6 +303,8 @@ class LocalBackend:
             return
         pid = meta["pid"]
         was_running = self._running(worker_id, meta)
+        # What runs below it (a sandbox's init and the handler) is gone too before stop returns.
+        below = descendants(pid) if was_running else []
         if was_running:
             self._signal_group(pid, signal.SIGTERM)
             await self._wait_dead(worker_id, meta, grace_s)
@@ -311,6 +314,9 @@ class LocalBackend:
             self._signal_group(pid, signal.SIGKILL)
         if was_running and not await self._wait_dead(worker_id, meta, _KILL_WAIT_S):
             raise BackendError(f"worker {worker_id!r} (pid {pid}) survived SIGKILL")
+        deadline = time.monotonic() + _KILL_WAIT_S
+        while any(pid_alive(p, ticks) for p, ticks in below) and time.monotonic() < deadline:
+            await asyncio.sleep(_POLL_S)
         await asyncio.to_thread(self._remove_state, worker_id)
 
     @staticmethod

@@ -34,6 +34,25 @@ def proc_start_ticks(pid: int) -> tuple[int, str] | None:
         return None
 
 
+def descendants(pid: int) -> list[tuple[int, int]]:
+    """(pid, start ticks) of every live process below `pid` (a sandbox's init and what it runs), from
+    /proc's children lists; [] where there is no /proc."""
+    found: list[tuple[int, int]] = []
+    stack = [pid]
+    while stack and len(found) < 10_000:
+        parent = stack.pop()
+        try:
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            ticks = proc_start_ticks(child)
+            if ticks is not None:
+                found.append((child, ticks[0]))
+                stack.append(child)
+    return found
+
+
 def pid_alive(pid: int, start_ticks: int | None) -> bool:
     """True when `pid` runs and is the same process that was started (guards against pid reuse)."""
     if not os.path.isdir("/proc"):  # not Linux: no start time to compare, trust the pid
