@@ -276,7 +276,6 @@ def _become_worker(request: dict[str, Any], fds: list[int], problem: str | None)
         os.chdir(request["cwd"])
         env: dict[str, str] = request["env"]
         become_environment(env)
-        show_identity(env, [sys.executable, "-u", request["handler"]])
         _reseed()
         reply.sendall(json.dumps({"pid": os.getpid()}).encode())
         reply.close()
@@ -285,6 +284,7 @@ def _become_worker(request: dict[str, Any], fds: list[int], problem: str | None)
             reply.sendall(json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode())
         finally:
             os._exit(70)
+    show_identity(env, [sys.executable, "-u", request["handler"]])  # for /proc's readers: after the answer
     return _Child(request)
 
 
