@@ -1,6 +1,7 @@
 """FlashBoot: scale from zero (runsync at an endpoint resting at zero workers -> result) once a release's
 template has imported what its handler imports, so the worker is forked from it, beside a bare
-`python -c "import X"` spawn measured in the same run, and beside a plain start (templates off): for
+`python -c "import X"` spawn measured just before each cold start (medians of both), and beside a
+plain start (templates off): for
 a numpy handler (target <= 0.25x the spawn) and, when torch is installed, a torch handler (target
 <= 0.1x); unsandboxed, and in the bubblewrap sandbox when bwrap is installed. Each measured cold
 start's worker is checked to be a forked one (its log says so)."""
@@ -57,11 +58,15 @@ def forked_logs(home: str) -> int:
     return count
 
 
-def cold_starts(handler: str, sandbox: str, templates: bool = True) -> list[float]:
-    """Scale-from-zero times; with `templates`, only of workers forked from a ready template."""
+def cold_starts(module: str, sandbox: str, templates: bool = True) -> tuple[list[float], list[float]]:
+    """Scale-from-zero times (with `templates`, only of workers forked from a ready template), each
+    run right after a bare `import module` spawn, whose times come second: on a shared machine both
+    see the same load."""
+    handler = f"{module}_import"
     env = {"EMBER_TICK_S": "0.5", "EMBER_SANDBOX": sandbox, "EMBER_TEMPLATES_MAX": "4" if templates else "0"}
     server = start_ember(env)
     cold: list[float] = []
+    spawns: list[float] = []
     try:
         auth = {"Authorization": f"Bearer {server.admin_key}"}
         ep = server.deploy(handler, handler_source(handler), workersMin=0, workersMax=1, idleTimeout=0)
@@ -83,13 +88,16 @@ def cold_starts(handler: str, sandbox: str, templates: bool = True) -> list[floa
         if templates:
             wait_for(lambda: ready_template(home, ep["id"]), 300, what="the template")
         runsync()  # warm the page cache of the path measured
-        cold = [runsync() for _ in range(RUNS)]
+        for _ in range(RUNS):
+            wait_for(lambda: server.workers(ep["id"]) == [], 60, what="scale to zero")
+            spawns.append(spawn_s(module))
+            cold.append(runsync())
         if templates and forked_logs(home) < RUNS + 1:
             raise SystemExit(f"only {forked_logs(home)} of {RUNS + 1} cold starts were forked")
     finally:
         server.stop()
         server.kill_workers()
-    return cold
+    return cold, spawns
 
 
 def main() -> None:
@@ -98,19 +106,18 @@ def main() -> None:
     rows: list[tuple[str, str]] = []
     for module in modules:
         spawn_s(module)  # warm the page cache
-        base = statistics.median(spawn_s(module) for _ in range(RUNS))
-        rows.append((f"spawn `python -c 'import {module}'` median", f"{base * 1000:.0f} ms"))
         for mode in modes:
             label = "sandboxed" if mode == "required" else "unsandboxed"
             for templates in (True, False):
-                cold = cold_starts(f"{module}_import", mode, templates)
-                med = statistics.median(cold)
+                cold, spawns = cold_starts(module, mode, templates)
+                med, base = statistics.median(cold), statistics.median(spawns)
                 how = "forked from a template" if templates else "plain start (EMBER_TEMPLATES_MAX=0)"
                 target = f" (target <= {TARGETS[module]}x)" if templates else ""
                 rows.append(
                     (
-                        f"  ember cold runsync, {how}, {label}",
-                        f"{med * 1000:.1f} ms (min {min(cold) * 1000:.1f}, max {max(cold) * 1000:.1f}), "
+                        f"{module}: ember cold runsync, {how}, {label}",
+                        f"{med * 1000:.1f} ms (min {min(cold) * 1000:.1f}, max {max(cold) * 1000:.1f}) "
+                        f"beside spawn `python -c 'import {module}'` {base * 1000:.0f} ms: "
                         f"{med / base:.3f}x{target}",
                     )
                 )
