@@ -24,8 +24,9 @@ from ember.core.scaler import (
     memory_to_json,
 )
 from ember.core.specs import ScalingSpec, from_wire
+from tests.unit.test_scaler import NOW
+from tests.unit.test_scaler import observations as base_observations
 
-NOW = 1_700_000_000.0
 P = ScalingSpec(workers_min=0, workers_max=20, idle_timeout_s=5, scaler_type="PREDICTIVE", scaler_value=2)
 
 
@@ -167,19 +168,9 @@ specs = st.builds(
 
 @st.composite
 def observations(draw: st.DrawFn) -> Observation:
-    busy = draw(st.integers(0, 6))
-    idle = draw(st.lists(st.floats(0, 120, allow_nan=False), max_size=6))
-    starting = draw(st.integers(0, 3))
-    queued = draw(st.integers(0, 30))
-    return Observation(
-        now=NOW,
-        queued=queued,
-        queued_low_priority=draw(st.integers(0, 10)),
-        oldest_wait_s=draw(st.floats(0, 60, allow_nan=False)) if queued else 0.0,
-        in_progress=busy + draw(st.integers(0, 4)),
-        workers=busy + len(idle) + starting,
-        busy_workers=busy,
-        idle_workers=tuple(NOW - s for s in idle),
+    """The QUEUE_DELAY/REQUEST_COUNT tests' observations, with PREDICTIVE's inputs drawn as well."""
+    return replace(
+        draw(base_observations()),
         arrived=draw(st.integers(0, 300)),
         execution_s=draw(st.none() | st.floats(0.01, 30, allow_nan=False)),
         cold_start_s=draw(st.none() | st.floats(0, 60, allow_nan=False)),
