@@ -20,7 +20,12 @@ import pytest
 from ember.volumes.store import VolumeManager
 from tests.conftest import need
 from tests.support.live import FINAL_STATES, LiveServer, handler_dir, live_server, wait_for
-from tests.support.tenants import assert_b_cannot_post_to_a_job, assert_nothing_leaked, exec_as_b
+from tests.support.tenants import (
+    assert_b_cannot_post_to_a_job,
+    assert_hostile_handler_contained,
+    exec_as_b,
+    run_as,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -210,12 +215,6 @@ def _volume(server: LiveServer, key: str, name: str) -> str:
     return str(resp.json()["id"])
 
 
-def _job(server: LiveServer, key: str, endpoint_id: str, job_input: dict[str, Any]) -> dict[str, Any]:
-    resp = server.api("POST", f"/v2/{endpoint_id}/runsync", key, json={"input": job_input}, timeout=120)
-    assert resp.status_code == 200 and resp.json()["status"] == "COMPLETED", resp.text
-    return dict(resp.json()["output"])
-
-
 def _idle_workers(server: LiveServer, key: str, endpoint_id: str, count: int) -> list[str]:
     def find() -> list[str] | None:
         idle = [w["id"] for w in server.workers(endpoint_id, key) if w["state"] == "IDLE"]
@@ -237,7 +236,7 @@ def tenants(sserver: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> di
         networkVolumeId=_volume(sserver, key_a, "a-vol"),
         workersMin=1,
     )["id"]
-    assert _job(sserver, key_a, ep_a, {"write": "x", "text": "alice-secret"})["root"] == "/runpod-volume"
+    assert run_as(sserver, key_a, ep_a, {"write": "x", "text": "alice-secret"})["root"] == "/runpod-volume"
     ep_b = sserver.deploy(
         "b-probe",
         handler_dir(root / "b", "hostile"),
@@ -246,7 +245,7 @@ def tenants(sserver: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> di
         workersMin=0,
         idleTimeout=1,
     )["id"]
-    _job(sserver, key_b, ep_b, {})  # B's first, plain, cold start teaches B's template
+    run_as(sserver, key_b, ep_b, {})  # B's first, plain, cold start teaches B's template
     template = _ready_template(sserver, ep_b)
     _scaled_to_zero(sserver, ep_b, key_b)
     resp = sserver.api("PATCH", f"/v1/endpoints/{ep_b}", key_b, json={"workersMin": 2, "workersMax": 2})
@@ -294,23 +293,8 @@ def test_a_sandboxed_tenants_workers_are_forked(sserver: LiveServer, tenants: di
 def test_a_forked_hostile_handler_reads_nothing_of_the_server_or_another_tenant(
     sserver: LiveServer, tenants: dict[str, Any]
 ) -> None:
-    home = sserver.home
-    probe = {
-        "read": tenants["targets"],
-        "write": [str(home / "models" / "x"), str(home / "ember.db"), str(tenants["a_volume"]), "/usr/x"],
-        "volume": "mallory's own",
-    }
-    out = _job(sserver, tenants["key_b"], tenants["ep_b"], probe)
-    assert_nothing_leaked(json.dumps(out), tenants)
-    reads = out["reads"]
-    assert set(reads.pop(str(home)).get("listed", [])) <= {"sources", "venvs"}
-    assert all("error" in result for result in reads.values()), reads
-    assert all("error" in result for result in out["writes"].values()), out["writes"]
-    assert out["uid"] != 0
-    # The template's pid namespace: its init, the template and B's own workers; no environment of A's.
-    assert "1" in out["processes"] and len(out["processes"]) < 20, out["processes"]
-    assert (out["volume_path"], out["volume"]) == ("/runpod-volume", "mallory's own")
-    assert tenants["a_volume"].read_text() == "alice-secret"
+    # In the template's pid namespace: its init, the template and B's own workers.
+    assert_hostile_handler_contained(sserver, tenants)
 
 
 def test_exec_in_a_forked_worker_runs_in_its_own_namespaces(

@@ -5,7 +5,6 @@ intact, and B's own volume works at /runpod-volume. Real bubblewrap, real proces
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +14,12 @@ import pytest
 from ember.volumes.store import VolumeManager
 from tests.conftest import need
 from tests.support.live import LiveServer, handler_dir, live_server, wait_for
-from tests.support.tenants import assert_b_cannot_post_to_a_job, assert_nothing_leaked, exec_as_b
+from tests.support.tenants import (
+    assert_b_cannot_post_to_a_job,
+    assert_hostile_handler_contained,
+    exec_as_b,
+    run_as,
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +43,6 @@ def _volume(server: LiveServer, key: str, name: str) -> str:
     return str(resp.json()["id"])
 
 
-def _job(server: LiveServer, key: str, endpoint_id: str, job_input: dict[str, Any]) -> dict[str, Any]:
-    resp = server.api("POST", f"/v2/{endpoint_id}/runsync", key, json={"input": job_input}, timeout=120)
-    assert resp.status_code == 200 and resp.json()["status"] == "COMPLETED", resp.text
-    return dict(resp.json()["output"])
-
-
 def _idle_worker(server: LiveServer, key: str, endpoint_id: str) -> str:
     def find() -> str | None:
         return next((w["id"] for w in server.workers(endpoint_id, key) if w["state"] == "IDLE"), None)
@@ -64,7 +62,7 @@ def tenants(sserver: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> di
         networkVolumeId=_volume(sserver, key_a, "a-vol"),
         workersMin=1,
     )["id"]
-    assert _job(sserver, key_a, ep_a, {"write": "x", "text": "alice-secret"})["root"] == "/runpod-volume"
+    assert run_as(sserver, key_a, ep_a, {"write": "x", "text": "alice-secret"})["root"] == "/runpod-volume"
     ep_b = sserver.deploy(
         "b-probe",
         handler_dir(root / "b", "hostile"),
@@ -105,26 +103,9 @@ def tenants(sserver: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> di
 def test_a_hostile_handler_reads_nothing_of_the_server_or_another_tenant(
     sserver: LiveServer, tenants: dict[str, Any]
 ) -> None:
-    home = sserver.home
-    probe = {
-        "read": tenants["targets"],
-        "write": [str(home / "models" / "x"), str(home / "ember.db"), str(tenants["a_volume"]), "/usr/x"],
-        "volume": "mallory's own",
-    }
-    out = _job(sserver, tenants["key_b"], tenants["ep_b"], probe)
-    assert_nothing_leaked(json.dumps(out), tenants)
-    reads = out["reads"]
-    # EMBER_HOME itself is only the empty skeleton of the path to B's own source snapshot.
-    assert set(reads.pop(str(home)).get("listed", [])) <= {"sources", "venvs"}
-    assert all("error" in result for result in reads.values()), reads
-    assert all("error" in result for result in out["writes"].values()), out["writes"]
-    assert out["uid"] != 0
-    # Its own pid namespace: pid 1 (the sandbox's init) and its own processes, no environment of A's.
-    assert "1" in out["processes"] and len(out["processes"]) < 20, out["processes"]
-    assert (out["volume_path"], out["volume"]) == ("/runpod-volume", "mallory's own")
-    # A's data is intact, and A's worker still serves A's volume.
-    assert tenants["a_volume"].read_text() == "alice-secret"
-    assert _job(sserver, tenants["key_a"], tenants["ep_a"], {"read": "x"})["text"] == "alice-secret"
+    assert_hostile_handler_contained(sserver, tenants)
+    # A's worker still serves A's volume.
+    assert run_as(sserver, tenants["key_a"], tenants["ep_a"], {"read": "x"})["text"] == "alice-secret"
 
 
 def test_exec_runs_in_the_same_sandbox(sserver: LiveServer, tenants: dict[str, Any]) -> None:

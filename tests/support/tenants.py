@@ -4,9 +4,42 @@ result to A's job. `tenants` is the test's scenario: keys, endpoints, B's worker
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from tests.support.live import LiveServer, wait_for
+
+
+def run_as(server: LiveServer, key: str, endpoint_id: str, job_input: dict[str, Any]) -> dict[str, Any]:
+    """The output of a runsync job sent with `key`, which must complete."""
+    resp = server.api("POST", f"/v2/{endpoint_id}/runsync", key, json={"input": job_input}, timeout=120)
+    assert resp.status_code == 200 and resp.json()["status"] == "COMPLETED", resp.text
+    return dict(resp.json()["output"])
+
+
+def assert_hostile_handler_contained(server: LiveServer, tenants: dict[str, Any]) -> dict[str, Any]:
+    """B's handler (tests/handlers/hostile.py) reads the server's and A's files, writes where it must
+    not, and lists the processes it sees: it reads, writes and sees nothing of the server's or A's, runs
+    as a uid of its own, and has its own volume. Returns its report for the caller's own checks."""
+    home = server.home
+    probe = {
+        "read": tenants["targets"],
+        "write": [str(home / "models" / "x"), str(home / "ember.db"), str(tenants["a_volume"]), "/usr/x"],
+        "volume": "mallory's own",
+    }
+    out = run_as(server, tenants["key_b"], tenants["ep_b"], probe)
+    assert_nothing_leaked(json.dumps(out), tenants)
+    reads = out["reads"]
+    # EMBER_HOME itself is only the empty skeleton of the path to B's own source snapshot.
+    assert set(reads.pop(str(home)).get("listed", [])) <= {"sources", "venvs"}
+    assert all("error" in result for result in reads.values()), reads
+    assert all("error" in result for result in out["writes"].values()), out["writes"]
+    assert out["uid"] != 0
+    # A pid namespace of its own: pid 1 (the sandbox's init) and few processes, no environment of A's.
+    assert "1" in out["processes"] and len(out["processes"]) < 20, out["processes"]
+    assert (out["volume_path"], out["volume"]) == ("/runpod-volume", "mallory's own")
+    assert tenants["a_volume"].read_text() == "alice-secret"  # A's data is intact
+    return out
 
 
 def assert_nothing_leaked(text: str, tenants: dict[str, Any]) -> None:
