@@ -3,7 +3,11 @@ and end-to-end throughput (4 workers, 16 concurrent clients), each beside a bare
 echo measured in the same run. Targets (issue): runsync p50 <= 6x the echo round trip; >= 1,000 jobs/s.
 
 Both servers run side by side and are measured in alternating rounds, so that a change in the machine's
-speed during the run (it is shared, and virtual) weighs on both sides alike."""
+speed during the run (it is shared, and virtual) weighs on both sides alike.
+
+Options (environment): BENCH_CALLGRIND=0 skips the instruction count; BENCH_PROFILE=N samples the
+control plane with py-spy (when installed) over N more sequential jobs and prints where its time goes,
+by function, inclusive and self."""
 
 from __future__ import annotations
 
@@ -12,10 +16,12 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +156,52 @@ def callgrind_per_job(jobs: int) -> tuple[float, float] | None:
     return counts[0], counts[1]
 
 
+def profile(server: Any, path: str, headers: dict[str, str], jobs: int, top: int = 30) -> None:
+    """Sample the control plane with py-spy over `jobs` sequential runsync jobs; print the functions that
+    hold the most samples, inclusive (anywhere on the stack) and self (on top)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        print("\nprofile: py-spy is not installed (pip install py-spy)")
+        return
+    out = Path(tempfile.mkdtemp(prefix="ember-pyspy-")) / "stacks.txt"
+    cmd = [
+        spy,
+        "record",
+        "-r",
+        "1000",
+        "-f",
+        "raw",
+        "-o",
+        str(out),
+        "-p",
+        str(server.proc.pid),
+        "--nonblocking",
+    ]
+    recorder = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # py-spy attaches
+    sequential(server.port, path, headers, jobs)
+    recorder.send_signal(signal.SIGINT)
+    recorder.wait(timeout=60)
+    inclusive: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    total = 0
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        total += int(count)
+        own[frames[-1]] += int(count)
+        for frame in set(frames):
+            inclusive[frame] += int(count)
+    shutil.rmtree(out.parent, ignore_errors=True)
+    if not total:
+        print("\nprofile: no samples (py-spy needs ptrace rights over the server)")
+        return
+    for title, counts in (("inclusive", inclusive), ("self", own)):
+        print(f"\nprofile of the control plane over {jobs} jobs, {total} samples, {title}")
+        for frame, n in counts.most_common(top):
+            print(f"  {n / total * 100:5.1f}%  {frame}")
+
+
 def main() -> None:
     if os.environ.get("BENCH_CALLGRIND", "1") != "0":
         counted = callgrind_per_job(int(os.environ.get("BENCH_CALLGRIND_JOBS", "300")))
@@ -174,6 +226,8 @@ def main() -> None:
             cpu.pause()
         echo_lat, ember_lat = summary(echo_times), summary(ember_times)
         seq_cpu = cpu.per_job(len(ember_times))
+        if int(os.environ.get("BENCH_PROFILE", "0")) > 0:
+            profile(server, path, auth, int(os.environ["BENCH_PROFILE"]))
 
         server.api("PATCH", f"/v1/endpoints/{ep['id']}", json={"workersMin": 4, "workersMax": 4})
         wait_idle(server, ep["id"], 4)

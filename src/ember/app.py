@@ -278,7 +278,7 @@ def create_app(
                 await backend.aclose()
             store.close()
 
-    app = FastAPI(
+    app = fastpath.App(
         title="Ember",
         version=__version__,
         lifespan=lifespan,
@@ -292,8 +292,8 @@ def create_app(
     app.state.lifecycle = lifecycle
     app.state.new_admin_key = new_admin_key
     api_errors.install(app)
-    metrics_routes.install(app, runtime, token=settings.metrics_token)
-    fastpath.install(app, client_routes.fast, worker_routes.fast)
+    instruments = metrics_routes.install(app, runtime, token=settings.metrics_token)
+    fastpath.install(app, client_routes.fast, worker_routes.fast, observe=instruments.record)
     app.include_router(client_routes.router)
     app.include_router(worker_routes.router)
     app.include_router(endpoint_routes.router)

@@ -1,13 +1,18 @@
-"""The job path's routes (run, runsync, status, job-take, job-done) as plain Starlette routes.
+"""The job path's routes (run, runsync, status, job-take, job-done), served ahead of the framework.
 
-FastAPI's per-request work (its router, dependency solving, parameter models) costs about 0.3 ms a
-request on a small machine: more than the rest of a job's request. These routes take a `Request` and
-parse it themselves, sit first in the app's router, and are added to the OpenAPI document by hand.
+FastAPI's per-request work (its router, dependency solving, parameter models) and the middleware stack
+around it (error, telemetry, body-limit, metrics and exception layers, each wrapping `send`) cost more
+than the rest of a job's request. These routes take a `Request` and parse it themselves; `App` matches
+them first and serves them through one small frame that does what those layers do for them (the error
+mapping of `api.errors`, the HTTP metrics); every other request takes the full stack. They are also in
+the app's router (for `url_path_for` and the 405s) and are added to the OpenAPI document by hand.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,11 +20,16 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, compile_path
+from starlette.types import Receive, Scope, Send
 
 from ember.api.bodies import ERROR_TEXT, body_doc, finish_openapi
+from ember.api.errors import error_body, json_response, status_for
+from ember.core.errors import EmberError
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+Observe = Callable[[str, str, int, float], None]  # method, route template, status, seconds
+log = logging.getLogger("ember.api")
 PUBLIC_PATHS = ("/v1/git/webhook",)  # proven by a signature, not an API key
 
 
@@ -85,9 +95,62 @@ class FastRoutes:
         return add
 
 
-def install(app: FastAPI, *groups: FastRoutes) -> None:
-    """Put the groups' routes first in `app`'s router and into its OpenAPI document."""
+@dataclass(frozen=True)
+class _Lane:
+    pattern: re.Pattern[str]
+    methods: frozenset[str]
+    endpoint: Endpoint
+    template: str
+
+
+class App(FastAPI):
+    """FastAPI, with the fast routes served before its middleware stack (`install`)."""
+
+    _lanes: tuple[_Lane, ...] = ()
+    _observe: Observe | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope.get("root_path"):
+            path = scope["path"]
+            for lane in self._lanes:
+                found = lane.pattern.match(path)
+                if found is not None and scope["method"] in lane.methods:
+                    await self._serve(lane, found.groupdict(), scope, receive, send)
+                    return
+        await super().__call__(scope, receive, send)
+
+    async def _serve(
+        self, lane: _Lane, params: dict[str, str], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        started = time.perf_counter()
+        scope["app"] = self
+        scope["path_params"] = params
+        scope["endpoint"] = lane.endpoint
+        try:
+            response = await lane.endpoint(Request(scope, receive))
+        except EmberError as exc:
+            response = json_response(error_body(exc), status_for(exc))
+        except Exception:
+            # What Starlette's error layer does for the other routes: log it, answer a bare 500.
+            log.exception("error while serving %s %s", scope["method"], scope["path"])
+            response = json_response({"error": "internal server error", "code": "internal"}, 500)
+        try:
+            await response(scope, receive, send)
+        finally:
+            if self._observe is not None:
+                self._observe(scope["method"], lane.template, response.status_code, time.perf_counter() - started)
+
+
+def install(app: App, *groups: FastRoutes, observe: Observe | None = None) -> None:
+    """Serve the groups' routes ahead of `app`'s middleware (timed by `observe`), list them first in
+    its router, and add them to its OpenAPI document."""
     app.router.routes[0:0] = [r for g in groups for r in g.routes]
+    lanes = []
+    for route in (r for g in groups for r in g.routes):
+        pattern, _, _ = compile_path(route.path)
+        lanes.append(_Lane(pattern, frozenset(route.methods or ()), route.endpoint, route.path))
+    app._lanes = tuple(lanes)
+    app._observe = observe
     build = app.openapi
 
     def openapi() -> dict[str, Any]:

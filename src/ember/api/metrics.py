@@ -49,8 +49,11 @@ class HttpInstruments:
         self._timed: dict[tuple[str, str], Histogram] = {}
 
     def observe(self, scope: Scope, status: int, elapsed_s: float) -> None:
-        route = self._template(scope)
-        method = scope["method"] if scope["method"] in METHODS else "OTHER"
+        self.record(scope["method"], self._template(scope), status, elapsed_s)
+
+    def record(self, method: str, route: str, status: int, elapsed_s: float) -> None:
+        """One request of `method` on the route template `route`, answered with `status`."""
+        method = method if method in METHODS else "OTHER"
         counter = self._counted.get((method, route, status))
         if counter is None:
             counter = self._requests.labels(method, route, str(status))
@@ -123,12 +126,14 @@ def authorize(request: Request, token: str | None) -> None:
         raise Forbidden("only the metrics token or the admin's key may read the metrics")
 
 
-def install(app: FastAPI, rt: Runtime, *, token: str | None) -> None:
-    """Count and time every request, and serve the registry of `rt.signals.metrics` (with the database's
-    gauges) at GET /metrics."""
+def install(app: FastAPI, rt: Runtime, *, token: str | None) -> HttpInstruments:
+    """Count and time every request that takes the app's middleware, and serve the registry of
+    `rt.signals.metrics` (with the database's gauges) at GET /metrics. Returns the instruments, which
+    the fast lane (`api.fastpath`) reports its requests to."""
     registry = rt.signals.metrics.registry
     registry.register(StoreCollector(rt.store, rt.clock))
-    app.add_middleware(HttpMetrics, instruments=HttpInstruments(registry, app.router))
+    instruments = HttpInstruments(registry, app.router)
+    app.add_middleware(HttpMetrics, instruments=instruments)
 
     async def metrics(request: Request) -> Response:
         authorize(request, token)
@@ -138,3 +143,4 @@ def install(app: FastAPI, rt: Runtime, *, token: str | None) -> None:
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     app.add_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
+    return instruments
