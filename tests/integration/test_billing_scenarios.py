@@ -62,6 +62,36 @@ def test_flex_worker_initializing_3s_running_10s_idle_5s_is_billed_13s(tmp_path:
     run(scenario())
 
 
+def test_a_meter_that_ticks_between_transitions_bills_what_one_tick_at_the_end_would(tmp_path: Path) -> None:
+    """The meter reads a worker's events from its cursor on (the one in force there, then the later
+    ones): ticks in the middle of RUNNING and IDLE spans, and on the instant of a transition, add up to
+    the same seconds as the whole history billed at once."""
+
+    async def scenario() -> None:
+        h = build(tmp_path)
+        ep = await h.deploy("flex", gpuTypeIds=["TEST_GPU"], workersMin=1, workersMax=1, idleTimeout=600)
+        await h.tick()
+        [worker] = await h.workers(ep["id"])
+        h.clock.advance(2)
+        await h.ping(ep["id"], worker["id"])  # INITIALIZING 2 s, then IDLE
+        await h.meter()
+        for running_s, idle_s in ((4, 3), (5, 1), (2, 6)):
+            job = (await h.api.post(f"/v2/{ep['id']}/run", json={"input": {"x": 1}})).json()
+            assert (await h.take(ep["id"], worker["id"])).json()["id"] == job["id"]
+            h.clock.advance(running_s / 2)
+            await h.meter()  # in the middle of RUNNING
+            h.clock.advance(running_s / 2)
+            await h.meter()  # at the instant the job ends
+            assert (await h.done(ep["id"], worker["id"], job["id"], {"output": 1})).status_code == 200
+            h.clock.advance(idle_s)
+            await h.meter()  # at the end of the IDLE span
+        report = await usage(h, endpointId=ep["id"])
+        assert seconds_by_state(report) == {"INITIALIZING": 2, "RUNNING": 11, "IDLE": 10}
+        await h.api.aclose()
+
+    run(scenario())
+
+
 def test_active_worker_idle_for_an_hour_is_billed_3600s_at_the_active_rate(tmp_path: Path) -> None:
     async def scenario() -> None:
         h = build(tmp_path)

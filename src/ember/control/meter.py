@@ -101,7 +101,7 @@ class Meter:
         s = self.store
         written = 0
         for worker, cursor, carry in s.workers.meter_candidates():
-            events = s.workers.history(worker["id"])
+            events = s.workers.events_from(worker["id"], cursor)
             if not events:
                 continue
             since = cursor if cursor is not None else events[0]["at"]

@@ -130,7 +130,7 @@ worker_events = Table(
     "worker_events",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("worker_id", String(64), nullable=False, index=True),
+    Column("worker_id", String(64), nullable=False),
     Column("endpoint_id", String(64), nullable=False),
     Column("account_id", String(64), nullable=False),
     Column("from_state", String(16)),
@@ -139,6 +139,7 @@ worker_events = Table(
     Column("reason", Text, nullable=False, default=""),
 )
 Index("ix_worker_events_endpoint", worker_events.c.endpoint_id, worker_events.c.at)
+Index("ix_worker_events_worker", worker_events.c.worker_id, worker_events.c.at)
 
 jobs = Table(
     "jobs",

@@ -323,9 +323,22 @@ class WorkerStore(Repository):
             .order_by(worker_events.c.at, worker_events.c.id)
         )
 
-    def events_since(self, worker_id: str, since_at: float) -> Sequence[RowMapping]:
+    def events_from(self, worker_id: str, since_at: float | None) -> Sequence[RowMapping]:
+        """The worker's transitions in order from the one in force at `since_at` (the last at or before
+        it) on; its whole history when `since_at` is None. What billing from a cursor needs."""
+        if since_at is None:
+            return self.history(worker_id)
+        ev = worker_events.c
+        in_force = (
+            select(ev.at, ev.id)
+            .where(ev.worker_id == worker_id, ev.at <= since_at)
+            .order_by(ev.at.desc(), ev.id.desc())
+            .limit(1)
+            .subquery()
+        )
+        start = select(in_force.c.at).scalar_subquery()
         return self._all(
             select(worker_events)
-            .where(worker_events.c.worker_id == worker_id, worker_events.c.at >= since_at)
-            .order_by(worker_events.c.at, worker_events.c.id)
+            .where(ev.worker_id == worker_id, ev.at >= func.coalesce(start, since_at))
+            .order_by(ev.at, ev.id)
         )
