@@ -138,7 +138,8 @@ class App(FastAPI):
             await response(scope, receive, send)
         finally:
             if self._observe is not None:
-                self._observe(scope["method"], lane.template, response.status_code, time.perf_counter() - started)
+                elapsed_s = time.perf_counter() - started
+                self._observe(scope["method"], lane.template, response.status_code, elapsed_s)
 
 
 def install(app: App, *groups: FastRoutes, observe: Observe | None = None) -> None:
