@@ -97,7 +97,7 @@ async def add_credits(account_id: str, request: Request) -> Response:
     admin(request)
     rt = runtime(request)
     body = await B.parse_body(request, B.Credits, BODY_LIMIT)
-    amount = parse_dollars(body.get("amount"), field="amount")  # type: ignore[arg-type]
+    amount = parse_dollars(body.get("amount"), field="amount")
     if amount <= 0:
         raise InvalidInput("amount must be positive", [Problem("amount", "must be > 0", body.get("amount"))])
     balance = await rt.store.run(rt.store.accounts.credit, account_id, amount, rt.clock.now())

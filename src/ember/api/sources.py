@@ -61,7 +61,7 @@ def uploads(rt: Runtime) -> Uploads:
     found = rt.extras.get("uploads")
     if found is None:
         found = rt.extras["uploads"] = Uploads(rt.home / "uploads", ArchiveLimits())
-    return found  # type: ignore[no-any-return]
+    return found
 
 
 def _view(upload: Upload) -> dict[str, Any]:

@@ -99,10 +99,10 @@ def next_poll_s(previous_s: float) -> float:
 def retry_delay_s(attempt: int, headers: Mapping[str, str] | None) -> float:
     """Wait before retry number `attempt` (1-based); honours a small `Retry-After`."""
     if headers is not None:
-        raw = headers.get("retry-after")
+        raw: str | None = headers.get("retry-after")
         if raw:
             try:
                 return min(5.0, max(0.0, float(raw)))
             except ValueError:
                 pass
-    return min(2.0, 0.1 * (2 ** (attempt - 1)))
+    return min(2.0, 0.1 * 2.0 ** (attempt - 1))

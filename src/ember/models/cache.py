@@ -21,7 +21,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.utils import tqdm as hf_tqdm
+from huggingface_hub.utils.tqdm import tqdm as hf_tqdm
 
 from ember.core.errors import ModelError, NotFound
 from ember.fsmodes import make_readable, readable_tree
@@ -43,12 +43,12 @@ log = logging.getLogger("ember.models")
 ProgressFn = Callable[[int, int], None]
 
 
-class _QuietTqdm(hf_tqdm):  # type: ignore[misc, valid-type]
+class _QuietTqdm(hf_tqdm):
     """huggingface_hub's progress bars, silenced: Ember reports progress from disk instead."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["disable"] = True
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]  # huggingface_hub's is untyped
 
 
 class ModelCache:

@@ -92,7 +92,7 @@ def _picker(positions: Sequence[str]) -> Callable[[Mapping[str, Any]], tuple[Any
     if len(positions) == 1:
         only = positions[0]
         return lambda merged: (merged[only],)
-    return operator.itemgetter(*positions)  # type: ignore[return-value]
+    return operator.itemgetter(*positions)
 
 
 class Prepared:

@@ -83,7 +83,7 @@ class EndpointStore(Repository):
                 if release_status == "READY":
                     values["release"] = number
             conn.execute(update(endpoints).where(E.id == endpoint_id).values(**values))
-            return number
+            return int(number)
 
     def set_release(
         self, endpoint_id: str, number: int, spec_json: str, release_key: str, now: float

@@ -3,10 +3,12 @@
 Run it locally: python handler.py --test_input '{"input": {"name": "Ada"}}'
 """
 
+from typing import Any
+
 import ember.serverless as serverless
 
 
-def handler(job):
+def handler(job: dict[str, Any]) -> dict[str, Any]:
     data = job["input"] or {}
     name = data.get("name", "world") if isinstance(data, dict) else "world"
     return {"greeting": f"Hello, {name}!", "input": data}
