@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ember.core.jobs import LOST_WORKER_REQUEUES
 from ember.core.outbound import Network, parse_allow
 from ember.core.sandbox import parse_mode
 from ember.logs import parse_log_format
@@ -45,7 +46,7 @@ class Settings(BaseSettings):
     tick_s: float = 0.5
     meter_interval_s: float = 5.0
     # Where jobs of a vanished worker go: re-queued this many times, then failed.
-    lost_worker_requeues: int = 1
+    lost_worker_requeues: int = LOST_WORKER_REQUEUES
     # Unhealthy workers restart after backoff_base_s, doubling up to an hour, for up to 7 days.
     backoff_base_s: float = 10.0
     # A webhook that fails is tried again this long after, up to 3 attempts in all (as RunPod does).

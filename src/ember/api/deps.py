@@ -16,6 +16,7 @@ from fastapi import Request
 
 from ember.control.clock import Clock
 from ember.control.signals import Signals
+from ember.core import jobs as J
 from ember.core import json_body
 from ember.core.errors import BackendError, NotFound, PayloadTooLarge, RequestTimeout, Unauthorized
 from ember.core.specs import spec_from_json
@@ -36,11 +37,11 @@ class EndpointInfo:
 
 @dataclass
 class Limits:
-    retention_run_s: float = 30 * 60
-    retention_sync_s: float = 60
+    retention_run_s: float = J.RETENTION_RUN_S
+    retention_sync_s: float = J.RETENTION_SYNC_S
     take_hold_s: float = 20.0
     ping_interval_ms: int = 2000
-    lost_worker_requeues: int = 1
+    lost_worker_requeues: int = J.LOST_WORKER_REQUEUES
     initial_balance_micros: int = 0
     body_timeout_s: float = 30.0
 

@@ -22,7 +22,7 @@ from ember.control.signals import Signals
 from ember.core import backoff
 from ember.core.errors import EmberError
 from ember.core.ids import make_id
-from ember.core.jobs import JobState, dropped_jobs
+from ember.core.jobs import LOST_WORKER_REQUEUES, RETENTION_RUN_S, JobState, dropped_jobs
 from ember.core.limits import DEFAULT_TABLE, account_room, max_workers
 from ember.core.placement import Host, Pending, place
 from ember.core.reconcile import STOP_MAKE_ROOM, STOP_SCALE_DOWN, WorkerView, plan
@@ -52,8 +52,8 @@ class LifecycleConfig:
     stuck_grace_s: float = 5.0
     # A job a worker's pings leave out for this long was dropped (never received): re-queued or failed.
     dropped_grace_s: float = 10.0
-    lost_worker_requeues: int = 1
-    retention_run_s: float = 1800.0
+    lost_worker_requeues: int = LOST_WORKER_REQUEUES
+    retention_run_s: float = RETENTION_RUN_S
     default_backend: str = "local"
     hosts: Sequence[Host] = ()
     limit_table: Any = DEFAULT_TABLE

@@ -19,7 +19,7 @@ from ember.control.clock import Clock
 from ember.control.outbound import guarded_client
 from ember.control.signals import Signals
 from ember.core.errors import OutboundRefused
-from ember.core.jobs import JobState
+from ember.core.jobs import RETENTION_RUN_S, JobState
 from ember.core.outbound import Network
 from ember.core.wire import record as job_record
 from ember.store.facade import Store
@@ -34,7 +34,7 @@ def _ids(row: Mapping[Any, Any]) -> dict[str, Any]:
 
 @dataclass
 class ReaperConfig:
-    retention_run_s: float = 1800.0
+    retention_run_s: float = RETENTION_RUN_S
     ttl_grace_s: float = 5.0
     webhook_retry_s: float = 10.0
     webhook_attempts: int = 3

@@ -90,11 +90,6 @@ def is_progress_update(body: dict[str, Any]) -> bool:
     return body.get("status") == JobState.IN_PROGRESS.value
 
 
-def lost_worker_outcome(requeues_so_far: int) -> JobState:
-    """What happens to a job whose worker disappeared: re-queue once, then fail."""
-    return JobState.IN_QUEUE if requeues_so_far < LOST_WORKER_REQUEUES else JobState.FAILED
-
-
 def dropped_jobs(
     held: Mapping[str, float],
     ping: tuple[float, frozenset[str]] | None,

@@ -45,6 +45,7 @@ REASONS = (
     "max_workers",  # capped at workersMax
     "account_limit",  # capped by the account's max workers (its balance tier)
     "zero_balance",  # the balance is exhausted: no new workers, idle ones go
+    "no_release",  # the endpoint has no ready release yet: nothing to start (set by the lifecycle)
 )
 
 
