@@ -125,7 +125,9 @@ def test_every_job_runs_once_and_the_books_balance(
     assert all(d >= 0 for d in r.delays_s)
     # Running time is exactly the work in the trace (FLEX workers run until they stop).
     assert r.worker_s.get("RUNNING", 0.0) == pytest.approx(sum(j.execution_s for j in t.jobs), abs=1e-6)
-    assert r.worker_s.get("INITIALIZING", 0.0) == pytest.approx(r.cold_starts * CFG.cold_start_s)
+    # Each cold start initializes for cold_start_s at most: when the desired count drops, a surplus worker
+    # may be stopped before it is ready (reconcile stops Initializing ones last, but it does stop them).
+    assert r.worker_s.get("INITIALIZING", 0.0) <= r.cold_starts * CFG.cold_start_s + 1e-6
     assert r.peak_workers <= 6
     assert r.billed_s <= r.total_worker_s + 1
     assert sum(r.reasons.values()) >= 1
