@@ -62,15 +62,9 @@ def ensure_admin(store: Store, settings: Settings, clock: Clock) -> str | None:
         return None
     key = settings.admin_key or ("ek_admin_" + secrets.token_hex(20))
     account_id = make_id("account", uuid.uuid4().hex[:16])
-    now = clock.now()
-    store.accounts.create(
-        id=account_id,
-        name="admin",
-        is_admin=True,
-        balance_micros=parse_dollars(settings.admin_initial_balance),
-        now=now,
-    )
-    store.accounts.add_key(key, account_id=account_id, kind="admin", now=now)
+    balance = parse_dollars(settings.admin_initial_balance)
+    if not store.accounts.create_admin(account_id, key, balance, clock.now()):
+        return None  # another process on this database made it first
     path = settings.home / "admin_key"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import Integer, case, cast, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
-from ember.store.db import Repository
+from ember.store.db import LOCK_BOOTSTRAP, Repository, serialize, transaction
 from ember.store.schema import accounts, api_keys, endpoints, ledger, volumes
 
 A = accounts.c
@@ -59,19 +59,41 @@ class DayUsage:
 
 
 class AccountStore(Repository):
-    def create(self, *, id: str, name: str, is_admin: bool, balance_micros: int, now: float) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
+    def create(
+        self,
+        *,
+        id: str,
+        name: str,
+        is_admin: bool,
+        balance_micros: int,
+        now: float,
+        conn: Connection | None = None,
+    ) -> None:
+        with transaction(self.engine, conn) as tx:
+            tx.execute(
                 insert(accounts).values(
                     id=id, name=name, is_admin=is_admin, balance_micros=balance_micros, created_at=now
                 )
             )
             if balance_micros:
-                conn.execute(
+                tx.execute(
                     insert(ledger).values(
                         account_id=id, kind="credit", amount_micros=-balance_micros, created_at=now
                     )
                 )
+
+    def create_admin(self, account_id: str, key: str, balance_micros: int, now: float) -> bool:
+        """Create the admin account with `key` unless an admin exists; False when one did. Several
+        processes starting at once on one database create one admin between them."""
+        with self.engine.begin() as conn:
+            serialize(conn, LOCK_BOOTSTRAP)
+            if conn.execute(select(A.id).where(A.is_admin.is_(True)).limit(1)).first() is not None:
+                return False
+            self.create(
+                id=account_id, name="admin", is_admin=True, balance_micros=balance_micros, now=now, conn=conn
+            )
+            self.add_key(key, account_id=account_id, kind="admin", now=now, conn=conn)
+            return True
 
     def get(self, account_id: str) -> RowMapping | None:
         return self._one(select(accounts).where(A.id == account_id))
@@ -91,9 +113,10 @@ class AccountStore(Repository):
         now: float,
         endpoint_id: str | None = None,
         worker_id: str | None = None,
+        conn: Connection | None = None,
     ) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
+        with transaction(self.engine, conn) as tx:
+            tx.execute(
                 insert(api_keys).values(
                     key_hash=hash_key(plain),
                     account_id=account_id,

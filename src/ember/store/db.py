@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 import anyio.to_thread
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Boolean, create_engine, event, literal_column
+from sqlalchemy import Boolean, create_engine, event, literal_column, text
 from sqlalchemy.engine import Connection, Engine, RowMapping
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
@@ -236,14 +236,29 @@ class Sealing(Protocol):
     def seal(self, secret: str) -> str: ...
 
 
+# Keys of the PostgreSQL advisory locks that serialise start-up work across processes.
+LOCK_MIGRATE = 0x454D4201
+LOCK_BOOTSTRAP = 0x454D4202
+
+
+def serialize(conn: Connection, key: int) -> None:
+    """Make the rest of `conn`'s write transaction run alone among every process on the database: a
+    PostgreSQL transaction-scoped advisory lock on `key` (released at commit or rollback). SQLite's write
+    transactions (BEGIN IMMEDIATE) already run one at a time."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
 def migrate(engine: Engine, sealer: Sealing | None = None) -> None:
-    """Bring the schema to the newest revision (idempotent). `sealer` seals secrets that an older
+    """Bring the schema to the newest revision (idempotent, and safe from several processes at once:
+    the second waits for the first and then finds nothing to do). `sealer` seals secrets that an older
     database holds in plain text (migration 0006); without one, such a database is an error."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["sealer"] = sealer
     try:
         with writer(engine).begin() as conn:
+            serialize(conn, LOCK_MIGRATE)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
     except SQLAlchemyError as exc:
