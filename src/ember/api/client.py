@@ -141,14 +141,60 @@ async def _enqueue(rt: Runtime, job: NewJob) -> None:
             return
     else:
         await rt.store.run(rt.store.jobs.submit, job, now)
-    rt.signals.jobs_queued(job.endpoint_id)
-    if not rt.signals.live_workers.get(job.endpoint_id):
+    _queued(rt, job.endpoint_id)
+
+
+def _queued(rt: Runtime, endpoint_id: str) -> None:
+    """A job was queued: wake the takes waiting on its endpoint, and the scaler when it has no worker."""
+    rt.signals.jobs_queued(endpoint_id)
+    if not rt.signals.live_workers.get(endpoint_id):
         rt.signals.poke_scaler()  # the first job on an endpoint at zero starts a worker at once
 
 
-@fast.route("/run", ["POST"], "Queue a job", body=B.JobRequest)
+IDEMPOTENCY_HEADER = "idempotency-key"
+
+
+async def _enqueue_once(rt: Runtime, job: NewJob, key: str) -> Response:
+    """Queue `job` unless `key` was used on its endpoint by its account within a day: then answer with
+    the first job (409 when that job's record has since expired)."""
+    problem = J.idempotency_key_problem(key)
+    if problem is not None:
+        raise InvalidInput(f"Idempotency-Key {problem}", [Problem("Idempotency-Key", problem, key[:300])])
+    window_s = J.IDEMPOTENCY_WINDOW_S
+    first = await rt.store.run(rt.store.idempotency.submit_once, job, key, rt.clock.now(), window_s)
+    if first is None:
+        _queued(rt, job.endpoint_id)
+        return json_response({"id": job.id, "status": JobState.IN_QUEUE.value})
+    row = await rt.store.run(rt.store.jobs.get, first, job.account_id, job.endpoint_id)
+    if row is None:
+        raise Conflict(f"Idempotency-Key {key!r} queued job {first!r}, whose record has expired")
+    return json_response({"id": first, "status": row["state"]})
+
+
+@fast.route(
+    "/run",
+    ["POST"],
+    "Queue a job (with an Idempotency-Key header, at most once per key and day)",
+    headers=(
+        (
+            "Idempotency-Key",
+            {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": J.IDEMPOTENCY_KEY_MAX_CHARS,
+                "pattern": "^[!-~]+$",
+                "description": "a retried /run with the same key within a day returns the first job",
+            },
+        ),
+    ),
+    body=B.JobRequest,
+    errors=(409,),
+)
 async def run(request: Request) -> Response:
     rt, job = await _submit(request, J.RUN_BODY_LIMIT_BYTES, sync=False)
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is not None:
+        return await _enqueue_once(rt, job, key)
     await _enqueue(rt, job)
     return json_response({"id": job.id, "status": JobState.IN_QUEUE.value})
 

@@ -49,25 +49,31 @@ class FastRoutes:
         summary: str,
         query: tuple[str | tuple[str, dict[str, Any]], ...] = (),
         *,
+        headers: tuple[tuple[str, dict[str, Any]], ...] = (),
         body: Any = None,
         responses: dict[str, str] | None = None,
         errors: tuple[int, ...] = (),
     ) -> Callable[[Endpoint], Endpoint]:
-        """`body`: the request body's model (`bodies`); `responses`: success codes and
-        what they mean; `errors`: error codes beyond those every operation documents (`bodies`)."""
+        """`headers`: optional request headers, by name with their schema; `body`: the request body's
+        model (`bodies`); `responses`: success codes and what they mean; `errors`: error codes beyond
+        those every operation documents (`bodies`)."""
 
         def add(fn: Endpoint) -> Endpoint:
             full = self.prefix + path
             self.routes.append(Route(full, fn, methods=methods))
-            params = [
-                {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
-                for n in re.findall(r"{(\w+)}", full)
-            ] + [
-                {"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
-                if isinstance(n, str)
-                else {"name": n[0], "in": "query", "required": False, "schema": n[1]}
-                for n in query
-            ]
+            params = (
+                [
+                    {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                    for n in re.findall(r"{(\w+)}", full)
+                ]
+                + [
+                    {"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
+                    if isinstance(n, str)
+                    else {"name": n[0], "in": "query", "required": False, "schema": n[1]}
+                    for n in query
+                ]
+                + [{"name": n, "in": "header", "required": False, "schema": schema} for n, schema in headers]
+            )
             answers: dict[str, Any] = {
                 code: {"description": text}
                 if code == "204"

@@ -19,7 +19,7 @@ from ember.control.clock import Clock
 from ember.control.outbound import guarded_client
 from ember.control.signals import Signals
 from ember.core.errors import OutboundRefused
-from ember.core.jobs import RETENTION_RUN_S, JobState
+from ember.core.jobs import IDEMPOTENCY_WINDOW_S, RETENTION_RUN_S, JobState
 from ember.core.outbound import Network
 from ember.core.wire import record as job_record
 from ember.store.facade import Store
@@ -74,6 +74,7 @@ class Reaper:
             self.signals.job_finished(row["id"])
             self.signals.metrics.job_finished(row["endpoint_id"], JobState.TIMED_OUT.value)
         await s.run(s.jobs.purge_expired, now)
+        await s.run(s.idempotency.forget_before, now - IDEMPOTENCY_WINDOW_S)
         # Copy the write-ahead log back into the database off the event loop, so that no request's
         # commit pays for it (see `store.db`).
         await s.run_background(s.checkpoint)

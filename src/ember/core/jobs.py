@@ -52,6 +52,10 @@ RUNSYNC_WAIT_MIN_MS = 1_000
 RUNSYNC_WAIT_MAX_MS = 300_000
 # A job whose worker vanished is re-queued this many times before it fails.
 LOST_WORKER_REQUEUES = 1
+# A /run with an `Idempotency-Key` the account used on the endpoint this long ago or less returns the
+# first job instead of queuing another.
+IDEMPOTENCY_WINDOW_S = 24 * 3600
+IDEMPOTENCY_KEY_MAX_CHARS = 255
 
 
 def sources(to: JobState) -> frozenset[JobState]:
@@ -83,6 +87,18 @@ def classify_result(body: dict[str, Any]) -> tuple[JobState, dict[str, Any]]:
 
 def _to_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
+
+
+def idempotency_key_problem(key: str) -> str | None:
+    """What is wrong with a client's idempotency key, None when it may be used: 1 to 255 printable
+    ASCII characters (a UUID, a hash, a request name)."""
+    if not key:
+        return "must not be empty"
+    if len(key) > IDEMPOTENCY_KEY_MAX_CHARS:
+        return f"must be at most {IDEMPOTENCY_KEY_MAX_CHARS} characters"
+    if not all(" " < c <= "~" for c in key):
+        return "must be printable ASCII without spaces"
+    return None
 
 
 def is_progress_update(body: dict[str, Any]) -> bool:

@@ -16,6 +16,7 @@ from ember.store.accounts import AccountStore
 from ember.store.activity import ActivityStore
 from ember.store.db import Database, RawAccess, Sealing, make_engine, migrate
 from ember.store.endpoints import EndpointStore
+from ember.store.idempotency import IdempotencyStore
 from ember.store.insights import InsightStore
 from ember.store.jobs import Claimed, Finished, JobStore, NewJob
 from ember.store.sessions import SessionStore
@@ -42,6 +43,7 @@ class Store:
         self.db = Database(engine)
         self.raw = RawAccess(engine)
         self.jobs = JobStore(engine, self.raw)
+        self.idempotency = IdempotencyStore(engine, self.jobs, self.raw)
         self.workers = WorkerStore(engine, self.raw)
         self.accounts = AccountStore(engine)
         self.endpoints = EndpointStore(engine)

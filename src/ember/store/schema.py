@@ -195,6 +195,18 @@ _partial("ix_jobs_webhook_due", jobs.c.webhook_next_at, where=jobs.c.webhook_sta
 _partial("ix_jobs_purgeable", jobs.c.purge_at, where=jobs.c.purge_at.is_not(None))
 Index("ix_jobs_endpoint", jobs.c.endpoint_id, jobs.c.created_at)
 
+# A client's idempotency key for /run (header `Idempotency-Key`), per account and endpoint: the job it
+# queued. Kept a day (`core.jobs.IDEMPOTENCY_WINDOW_S`), longer than the job's own record may be.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("account_id", String(64), primary_key=True),
+    Column("endpoint_id", String(64), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("job_id", String(80), nullable=False),
+    Column("created_at", Float, nullable=False, index=True),
+)
+
 job_stream = Table(
     "job_stream",
     metadata,
