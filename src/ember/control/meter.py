@@ -125,8 +125,7 @@ class Meter:
                 for c in result.charges
                 if c.seconds or c.cost_micros
             ]
-            s.workers.save_meter(
-                worker["id"], until, result.carry_ms.get(worker["id"], carry), charges, now, s.accounts
-            )
-            written += len(charges)
+            carry_after = result.carry_ms.get(worker["id"], carry)
+            if s.workers.save_meter(worker["id"], cursor, until, carry_after, charges, now, s.accounts):
+                written += len(charges)
         return written

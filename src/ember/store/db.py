@@ -22,6 +22,7 @@ import anyio.to_thread
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Boolean, create_engine, event, literal_column, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, RowMapping
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
@@ -239,6 +240,12 @@ class Sealing(Protocol):
 # Keys of the PostgreSQL advisory locks that serialise start-up work across processes.
 LOCK_MIGRATE = 0x454D4201
 LOCK_BOOTSTRAP = 0x454D4202
+
+
+def insert_unless_present(dialect: str, table: Any) -> Any:
+    """An INSERT of `table` for `dialect` that can take `.on_conflict_do_nothing()` and
+    `.on_conflict_do_update(...)` (both SQLite and PostgreSQL spell it ON CONFLICT)."""
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
 def serialize(conn: Connection, key: int) -> None:

@@ -7,11 +7,10 @@ and then finds them: one job per key, whatever the timing."""
 from __future__ import annotations
 
 from sqlalchemy import bindparam, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from ember.core.errors import StoreError
-from ember.store.db import Prepared, RawAccess, Repository
+from ember.store.db import Prepared, RawAccess, Repository, insert_unless_present
 from ember.store.jobs import JobStore, NewJob
 from ember.store.schema import idempotency_keys
 
@@ -21,8 +20,7 @@ K = idempotency_keys.c
 def _claim_statement(dialect: str) -> object:
     """Insert the key for a job; a row of the same key older than :p_cutoff is taken over, a newer one
     is left alone (no row changes: the key is another submit's)."""
-    make = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = make(idempotency_keys).values(
+    stmt = insert_unless_present(dialect, idempotency_keys).values(
         account_id=bindparam("p_account"),
         endpoint_id=bindparam("p_endpoint"),
         key=bindparam("p_key"),

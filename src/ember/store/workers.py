@@ -10,7 +10,7 @@ from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from ember.core.workers import TAKES_JOBS, WorkerState, sources
-from ember.store.db import Prepared, RawAccess, Repository, constant, transaction
+from ember.store.db import Prepared, RawAccess, Repository, constant, insert_unless_present, transaction
 from ember.store.schema import jobs, meter_cursors, worker_events, workers
 
 W = workers.c
@@ -301,20 +301,45 @@ class WorkerStore(Repository):
         return [(r, r["metered_until"], int(r["carry_ms"] or 0)) for r in rows]
 
     def save_meter(
-        self, worker_id: str, until: float, carry_ms: int, charges: Sequence[Any], now: float, accounts: Any
-    ) -> None:
-        """Append the charges and move the worker's cursor, in one transaction."""
+        self,
+        worker_id: str,
+        since: float | None,
+        until: float,
+        carry_ms: int,
+        charges: Sequence[Any],
+        now: float,
+        accounts: Any,
+    ) -> bool:
+        """Move the worker's cursor from `since` (None: it has none yet) to `until` and append the
+        charges for that span, in one transaction. Compare-and-set: when the cursor is no longer at
+        `since` (another meter, on another replica, billed the span first) nothing is written and this
+        returns False, so a span is billed once however many meters run."""
+        m = meter_cursors.c
         with self.engine.begin() as conn:
-            accounts.record_charges(charges, now, conn=conn)
-            res = conn.execute(
-                update(meter_cursors)
-                .where(meter_cursors.c.worker_id == worker_id)
-                .values(metered_until=until, carry_ms=carry_ms)
-            )
-            if not res.rowcount:
-                conn.execute(
-                    insert(meter_cursors).values(worker_id=worker_id, metered_until=until, carry_ms=carry_ms)
+            if since is None:
+                # RETURNING says whether a row went in (a driver may give no rowcount for an INSERT).
+                moved = (
+                    conn.execute(
+                        insert_unless_present(conn.dialect.name, meter_cursors)
+                        .values(worker_id=worker_id, metered_until=until, carry_ms=carry_ms)
+                        .on_conflict_do_nothing(index_elements=[m.worker_id])
+                        .returning(m.worker_id)
+                    ).first()
+                    is not None
                 )
+            else:
+                moved = (
+                    conn.execute(
+                        update(meter_cursors)
+                        .where(m.worker_id == worker_id, m.metered_until == since)
+                        .values(metered_until=until, carry_ms=carry_ms)
+                    ).rowcount
+                    > 0
+                )
+            if not moved:
+                return False
+            accounts.record_charges(charges, now, conn=conn)
+            return True
 
     def history(self, worker_id: str) -> Sequence[RowMapping]:
         return self._all(
