@@ -35,6 +35,7 @@ from ember.api import traffic as traffic_routes
 from ember.api import worker as worker_routes
 from ember.api.deps import Limits, Runtime
 from ember.backends.base import Backend
+from ember.control.broadcast import Broadcast
 from ember.control.clock import Clock, SystemClock
 from ember.control.launcher import LaunchConfig
 from ember.control.lifecycle import Lifecycle, LifecycleConfig
@@ -50,6 +51,7 @@ from ember.core.placement import Host
 from ember.fsmodes import make_private
 from ember.settings import Settings
 from ember.store.facade import Store
+from ember.store.leases import Lease
 
 log = logging.getLogger("ember")
 
@@ -257,15 +259,25 @@ def create_app(
         signals,
         Intervals(tick_s=settings.tick_s, meter_s=settings.meter_interval_s),
         extra=[builder.tick],
+        lease=Lease(store.db.engine, "loops"),
     )
+
+    # Several processes may share a PostgreSQL database: tell each other of queued and finished jobs.
+    broadcast = None
+    if not store.db.is_sqlite and start_loops:
+        broadcast = Broadcast(store.db.engine.url.render_as_string(hide_password=False), signals)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if start_loops:
             runner.start()
+        if broadcast is not None:
+            broadcast.start()
         try:
             yield
         finally:
+            if broadcast is not None:
+                await broadcast.stop()
             if start_loops:
                 await runner.stop()
             for backend in backends.values():

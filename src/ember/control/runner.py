@@ -1,5 +1,7 @@
 """Runs the loops (lifecycle, reaper, webhooks, meter) on the injected clock. The lifecycle tick runs
-when woken by the API or every `tick_s`; nothing else schedules compute."""
+when woken by the API or every `tick_s`; nothing else schedules compute. With a lease (`store.leases`),
+the loops run only while this process holds it: among processes on one database, one runs them and the
+others serve the API and stand by, trying to take the lease every tick."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from ember.control.meter import Meter
 from ember.control.reaper import Reaper
 from ember.control.signals import Signals
 from ember.core.errors import EmberError
+from ember.store.leases import Lease
 
 log = logging.getLogger("ember.runner")
 
@@ -36,6 +39,7 @@ class Runner:
         signals: Signals,
         intervals: Intervals,
         extra: list[Callable[[], Awaitable[None]]] | None = None,
+        lease: Lease | None = None,
     ) -> None:
         self.lifecycle = lifecycle
         self.reaper = reaper
@@ -45,6 +49,9 @@ class Runner:
         self.intervals = intervals
         self.extra = extra or []
         self._tasks: list[asyncio.Task[None]] = []
+        self.lease = lease
+        self.leading = lease is None
+        self._lease_checked_at: float | None = None
 
     def start(self) -> None:
         self._tasks = [
@@ -79,7 +86,8 @@ class Runner:
     ) -> None:
         while True:
             try:
-                await fn()
+                if await self._may_run():
+                    await fn()
             except EmberError as exc:
                 log.warning("loop_error loop=%s error=%s", name, exc)
             except Exception:
@@ -98,6 +106,24 @@ class Runner:
                 await asyncio.sleep(debounce_s)  # real time: a transport matter, not the domain clock
             wake.clear()
 
+    async def _may_run(self) -> bool:
+        """Whether this process runs the loops now: it holds the lease (looked at most once a tick)."""
+        if self.lease is None:
+            return True
+        now = asyncio.get_running_loop().time()
+        last = self._lease_checked_at
+        first = last is None
+        if last is None or now - last >= self.intervals.tick_s:
+            self._lease_checked_at = now
+            was, self.leading = self.leading, await self.lifecycle.store.run(self.lease.held)
+            if self.leading and not was:
+                log.info("lease_taken: this process runs the loops")
+            elif was and not self.leading:
+                log.warning("lease_lost: another process on this database runs the loops")
+            elif first:
+                log.info("standby: another process on this database runs the loops")
+        return self.leading
+
     async def stop(self) -> None:
         """Stop the loops and wait for the launches and stops in flight. Workers keep running (the next
         start re-adopts them). Idempotent: `ember server` calls it before the API closes, the app's
@@ -110,3 +136,6 @@ class Runner:
                 await t
         await self.lifecycle.drain()
         await self.reaper.aclose()
+        if self.lease is not None:
+            self.lease.release()  # another process takes over at its next tick, not after a timeout
+            self.leading = False
