@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from ember.control.dispatch import Dispatcher
@@ -60,9 +61,14 @@ class Signals:
         self.fitness: dict[str, str] = {}
         # Counters and histograms of this process (jobs finished, model downloads), served at /metrics.
         self.metrics = Instruments()
+        # Sends an event (kind, id) to the other processes on the database (`control.broadcast`); None
+        # when there are none to tell (SQLite).
+        self.publish: Callable[[str, str], None] | None = None
 
     def jobs_queued(self, endpoint_id: str, count: int = 1) -> None:
         self.dispatch.wake_takers(endpoint_id, count)
+        if self.publish is not None:
+            self.publish("q", endpoint_id)
 
     def job_finished(
         self, job_id: str, record: dict[str, Any] | None = None, *, webhook: bool = True
@@ -72,11 +78,15 @@ class Signals:
         self.dispatch.finished(job_id, record)
         if webhook:
             self.webhooks.set()
+        if self.publish is not None:
+            self.publish("f", job_id)
 
     def retire(self, worker_id: str) -> None:
         """A worker takes no new job: end its held job-take now."""
         self.stops.wake("retire:" + worker_id)
         self.dispatch.release(worker_id)
+        if self.publish is not None:
+            self.publish("r", worker_id)
 
     def poke_scaler(self) -> None:
         self.scale.set()

@@ -1,0 +1,58 @@
+"""Two `ember server` processes on one PostgreSQL database: the loops (lifecycle, reaper, webhooks,
+meter, builds) run in one of them, so a workersMin 1 endpoint gets one worker, not one per process;
+both serve the API, and a job submitted to the process its worker does not poll reaches the worker at
+once (LISTEN/NOTIFY), not when the worker's 60 s job-take hold ends; when the process that runs the loops
+is SIGKILLed, the other takes them over and jobs run again."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+
+from tests.conftest import need
+from tests.integration.store_fixtures import PG_URL, pg_available
+from tests.support.live import LiveServer, handler_dir, wait_for
+
+
+def _fresh_database() -> None:
+    engine = create_engine(PG_URL)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+def test_one_process_runs_the_loops_and_the_other_takes_over_when_it_dies(tmp_path: Path) -> None:
+    ok, why = pg_available()
+    need("postgres", ok, why)
+    _fresh_database()
+    home = tmp_path / "home"  # shared: source snapshots and worker records are found by either
+    env = {"EMBER_DATABASE_URL": PG_URL, "EMBER_TAKE_HOLD_S": "60"}
+    a = LiveServer(home, env=env).start()
+    b = LiveServer(home, env=env)
+    b.admin_key = a.admin_key  # the first process made the admin; the second finds it
+    b.log_path = tmp_path / "b.log"
+    b.start()
+    try:
+        wait_for(lambda: "standby" in b.log(), 10, what="the second process to stand by")
+        ep = b.deploy("replicated", handler_dir(tmp_path, "echo"), workersMin=1, workersMax=2)
+        wait_for(lambda: any(w["state"] == "IDLE" for w in a.workers(ep["id"])), 60, what="a worker")
+        # The worker polls the process that started it (a); jobs sent to b reach it at once, and the
+        # result reaches the runsync waiting on b.
+        for n in range(3):
+            resp = b.api("POST", f"/v2/{ep['id']}/runsync?wait=20000", json={"input": {"n": n}})
+            assert resp.status_code == 200 and resp.json()["status"] == "COMPLETED", resp.text
+            assert resp.json()["output"]["echo"] == {"n": n}
+        assert b.run_job(ep["id"], {"x": 1})["echo"] == {"x": 1}  # /run on b, then status polled on b
+        time.sleep(2)  # several ticks of both processes: still one worker
+        assert len(b.workers(ep["id"], include_stopped=True)) == 1
+        a.kill()
+        wait_for(lambda: "lease_taken" in b.log(), 15, what="the survivor to take the loops over")
+        # The dead process's worker reported to it; the survivor replaces it and jobs run again.
+        assert b.run_job(ep["id"], {"x": 2}, timeout_s=120)["echo"] == {"x": 2}
+    finally:
+        a.stop()
+        b.stop()
+        a.kill_workers()
