@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ HOLDER = """
 import sys, time
 from sqlalchemy import create_engine
 from ember.store.leases import Lease
-lease = Lease(create_engine(sys.argv[1]), "loops")
+lease = Lease(create_engine(sys.argv[1]), sys.argv[2])
 print("held" if lease.held() else "refused", flush=True)
 time.sleep(600)
 """
@@ -40,13 +41,14 @@ def test_one_process_holds_the_lease_and_another_takes_it_when_the_holder_dies(
     db: str, tmp_path: Path
 ) -> None:
     url = _url(db, tmp_path)
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, url], stdout=subprocess.PIPE, text=True)
+    name = f"test-{uuid.uuid4().hex[:8]}"  # not "loops": a server elsewhere on the database may hold that
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, url, name], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         engine = create_engine(url)
-        mine = Lease(engine, "loops")
+        mine = Lease(engine, name)
         assert not mine.held() and not mine.held()  # refused while the holder lives
-        other = Lease(engine, "other")
+        other = Lease(engine, name + "-other")
         assert other.held()  # another lease name is another lock
         other.release()
         os.kill(holder.pid, signal.SIGKILL)
@@ -58,7 +60,7 @@ def test_one_process_holds_the_lease_and_another_takes_it_when_the_holder_dies(
         assert mine.held()  # and kept
         mine.release()
         again = subprocess.run(
-            [sys.executable, "-c", HOLDER.replace("time.sleep(600)", ""), url],
+            [sys.executable, "-c", HOLDER.replace("time.sleep(600)", ""), url, name],
             capture_output=True,
             text=True,
             timeout=60,

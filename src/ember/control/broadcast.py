@@ -7,13 +7,15 @@ its own, so no request waits on it) and applies the other processes' events to t
 
 A lost event only delays work, never loses it (the store is the truth; every waiter looks at the store
 again within its poll slice): a process that dies between a commit and its NOTIFY costs the others one
-slice. Events: `q <endpoint>` jobs were queued; `f <job>` a job reached a final state; `r <worker>` a
-worker takes no new job. SQLite has one process, and no broadcast."""
+slice. Events: `q <endpoint>` jobs were queued; `f <job> [record]` a job reached a final state (with its
+final record when it fits in a notification, so a runsync waiting elsewhere answers without reading the
+store); `r <worker>` a worker takes no new job. SQLite has one process, and no broadcast."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -25,6 +27,7 @@ from ember.control.signals import Signals
 log = logging.getLogger("ember.broadcast")
 
 CHANNEL = "ember_events"
+PAYLOAD_MAX_BYTES = 7900  # PostgreSQL refuses a NOTIFY payload of 8000 bytes or more
 RETRY_S = (0.5, 1.0, 2.0, 5.0)
 
 
@@ -44,8 +47,12 @@ class Broadcast:
         self.listening = asyncio.Event()  # set while this process hears the others
 
     def publish(self, kind: str, ident: str) -> None:
-        """Send an event to the other processes (queued here, sent by the sender task)."""
-        self._out.put_nowait(f"{self.origin} {kind} {ident}")
+        """Send an event to the other processes (queued here, sent by the sender task). A final record
+        too large for a notification is left out: the waiter reads it from the store."""
+        payload = f"{self.origin} {kind} {ident}"
+        if len(payload.encode()) > PAYLOAD_MAX_BYTES:
+            payload = f"{self.origin} {kind} {ident.partition(' ')[0]}"
+        self._out.put_nowait(payload)
 
     def start(self) -> None:
         """Connect (sending and listening) and hook into this process's `Signals`."""
@@ -104,7 +111,12 @@ class Broadcast:
             if not s.live_workers.get(ident):
                 s.poke_scaler()  # an endpoint at zero: the process that runs the lifecycle starts one
         elif kind == "f":
-            s.dispatch.finished(ident)  # a runsync waiting here reads the final record
+            job_id, _, record = ident.partition(" ")
+            try:
+                final = json.loads(record) if record else None
+            except ValueError:
+                final = None
+            s.dispatch.finished(job_id, final)  # without the record, a runsync waiting here reads it
             s.webhooks.set()
         elif kind == "r":
             s.stops.wake("retire:" + ident)

@@ -6,6 +6,7 @@ the store is the truth, these only shorten waits. Jobs and results themselves ar
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -79,7 +80,8 @@ class Signals:
         if webhook:
             self.webhooks.set()
         if self.publish is not None:
-            self.publish("f", job_id)
+            compact = None if record is None else json.dumps(record, separators=(",", ":"))
+            self.publish("f", job_id if compact is None else f"{job_id} {compact}")
 
     def retire(self, worker_id: str) -> None:
         """A worker takes no new job: end its held job-take now."""
