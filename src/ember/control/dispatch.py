@@ -30,9 +30,9 @@ class Dispatcher:
         self._takers: dict[str, deque[Taker]] = {}
         self._by_worker: dict[str, set[Taker]] = {}
         self._results: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
-        # Per endpoint, how many jobs were queued with no taker waiting: a take that looked at the store
-        # before a queueing and starts waiting after it (possible when store calls run on threads) sees
-        # the count moved and looks again instead of waiting.
+        # Per endpoint, how many times queued jobs woke its takers (a count of wake-ups, not of jobs): a
+        # take that looked at the store before a queueing and starts waiting after it (possible when
+        # store calls run on threads) sees the count moved and looks again instead of waiting.
         self.queued: dict[str, int] = {}
 
     # ---- job-takes -------------------------------------------------------------------------------

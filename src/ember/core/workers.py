@@ -1,6 +1,7 @@
 """Worker states (the six seed states plus terminal STOPPED), worker types, and the one transition table.
 
-The store derives its guarded state UPDATEs from ALLOWED; the lifecycle loop asks `can_transition`.
+The store derives the states each guarded UPDATE may start from with `sources` (from ALLOWED), so a
+transition the table forbids changes no row; `can_transition` answers the same question for a pair.
 """
 
 from __future__ import annotations
