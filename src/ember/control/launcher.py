@@ -4,6 +4,7 @@ source snapshot and virtualenv (local) or image (Docker), mounts for models and 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -57,6 +58,22 @@ class LaunchConfig:
     is_admin: Callable[[str], bool] | None = None
     # The spec's env with `{{ RUNPOD_SECRET_<NAME> }}` replaced by the account's (sealed) secrets.
     secret_env: Callable[[str, Mapping[str, str]], Awaitable[dict[str, str]]] | None = None
+    # What this process has found already, so that a release's next start (a cold start forked from its
+    # template) hops to no thread for it: the python of each source snapshot (a snapshot never changes;
+    # its venv is used while its python is there) and whether an account is the admin (fixed when the
+    # account is made).
+    pythons: dict[str, str | None] = field(default_factory=dict)
+    admins: dict[str, bool] = field(default_factory=dict)
+
+
+def known_python(cfg: LaunchConfig, spec: EndpointSpec) -> bool:
+    """Whether a local worker of `spec` starts without preparing its python (found by an earlier start,
+    still there): its start goes straight to STARTING_HANDLER."""
+    digest = spec.source_digest
+    if not digest or digest not in cfg.pythons:
+        return False
+    python = cfg.pythons[digest]
+    return python is None or os.path.isfile(python)
 
 
 def worker_env(
@@ -135,8 +152,13 @@ async def launch_spec(
             registry_auth = await pull_auth(cfg, worker["account_id"], spec)
         return LaunchSpec(image=spec.image_name, command=command, registry_auth=registry_auth, **common)
     source = cfg.home / "sources" / (spec.source_digest or "")
-    python = await prepare_python(cfg, worker["id"], source)
-    admin = cfg.is_admin is not None and await asyncio.to_thread(cfg.is_admin, worker["account_id"])
+    if known_python(cfg, spec):
+        python = cfg.pythons[spec.source_digest or ""]
+    else:
+        python = await prepare_python(cfg, worker["id"], source)
+        if spec.source_digest:
+            cfg.pythons[spec.source_digest] = python
+    admin = await _is_admin(cfg, worker["account_id"])
     return LaunchSpec(
         source_dir=str(source),
         handler=spec.handler or DEFAULT_HANDLER,
@@ -186,6 +208,15 @@ async def prepare_python(cfg: LaunchConfig, worker_id: str, source: Path) -> str
     if cfg.set_starting_reason is not None:
         await asyncio.to_thread(cfg.set_starting_reason, worker_id, STARTING_HANDLER)
     return python
+
+
+async def _is_admin(cfg: LaunchConfig, account_id: str) -> bool:
+    if cfg.is_admin is None:
+        return False
+    admin = cfg.admins.get(account_id)
+    if admin is None:
+        admin = cfg.admins[account_id] = await asyncio.to_thread(cfg.is_admin, account_id)
+    return admin
 
 
 async def pull_auth(cfg: LaunchConfig, account_id: str, spec: EndpointSpec) -> dict[str, str] | None:

@@ -17,7 +17,7 @@ from typing import Any
 from ember.backends.base import Backend, Observed, WarmParking
 from ember.control.clock import Clock
 from ember.control.forecast import ForecastInputs
-from ember.control.launcher import LaunchConfig, backend_for_spec, launch_spec
+from ember.control.launcher import STARTING_HANDLER, LaunchConfig, backend_for_spec, known_python, launch_spec
 from ember.control.signals import Signals
 from ember.core import backoff
 from ember.core.errors import EmberError
@@ -101,11 +101,14 @@ class Lifecycle:
         # their silence counts from here at the earliest (a restart adopts them instead of failing them).
         self._started_at: float | None = None
         self._acted = 0  # bumped by every step that changes the store
+        self._ticks = 0  # ticks begun
 
     # ---- the tick ------------------------------------------------------------------------------------
     async def tick(self) -> None:
         """Health, then scaling and planning, then placement; each step sees what the previous one
-        changed (the snapshot is taken again only when a step acted)."""
+        changed (the snapshot is taken again only when a step acted; placement reads only what it
+        uses again: endpoints and workers)."""
+        self._ticks += 1
         if self._started_at is None:
             self._started_at = self.clock.now()
         snap = await self._snapshot()
@@ -115,7 +118,7 @@ class Lifecycle:
             snap, acted = await self._snapshot(), self._acted
         await self._scale_and_plan(snap)
         if self._acted != acted:
-            snap = await self._snapshot()
+            snap = await self._refresh(snap)
         await self._place(snap)
         await self._sweep_warm(snap)
 
@@ -147,11 +150,35 @@ class Lifecycle:
                         snap.observed.setdefault(
                             w["id"], Observed(w["id"], w["endpoint_id"], w["release"], True)
                         )
+        self._count_live(workers)
+        return snap
+
+    async def _refresh(self, snap: _Snapshot) -> _Snapshot:
+        """The endpoints and workers read again (what placement and the warm sweep look at), the rest
+        kept from `snap`: a cold start's placement follows its scaling without a second full look
+        (jobs, accounts, the backends)."""
+        s = self.store
+        endpoints = list(await s.run(s.endpoints.list))
+        workers = list(await s.run(lambda: s.workers.list()))
+        fresh = _Snapshot(
+            now=self.clock.now(),
+            endpoints=endpoints,
+            specs={e["id"]: spec_from_json(e["spec"]) for e in endpoints},
+            workers=workers,
+            held=snap.held,
+            stats=snap.stats,
+            accounts=snap.accounts,
+            observed=snap.observed,
+            ops_in_flight=snap.ops_in_flight,
+        )
+        self._count_live(workers)
+        return fresh
+
+    def _count_live(self, workers: Sequence[Mapping[Any, Any]]) -> None:
         counts: dict[str, int] = {}
         for w in workers:
             counts[w["endpoint_id"]] = counts.get(w["endpoint_id"], 0) + 1
         self.signals.live_workers = counts
-        return snap
 
     # ---- health --------------------------------------------------------------------------------------
     async def _health(self, snap: _Snapshot) -> None:
@@ -552,12 +579,14 @@ class Lifecycle:
         self._acted += 1
         s = self.store
         key = "wk_" + secrets.token_hex(20)
+        # A local start whose python is known prepares nothing: it is starting its handler already.
+        local = w["backend"] != "docker" and known_python(self.launch_cfg, spec)
         prev = await s.run(
             lambda: s.workers.transition(
                 w["id"],
                 _S.INITIALIZING,
                 now,
-                "starting",
+                STARTING_HANDLER if local else "starting",
                 gpu_type=gpu_type,
                 gpu_devices=",".join(devices),
                 launched_at=now,
@@ -598,8 +627,11 @@ class Lifecycle:
                 await backend.launch(ls)
             except EmberError as exc:
                 await self._fail(row, f"worker {w['id']} could not start: {exc.message}", self.clock.now())
+                self.signals.reconcile.set()
 
-        self._spawn(w["id"], go())
+        # A launch that ends with nothing else having happened wakes no tick: the tick that placed it
+        # has done the rest (on a cold start, another tick now would run beside the worker's start).
+        self._spawn(w["id"], go(), quiet=True)
 
     # ---- stopping ------------------------------------------------------------------------------------
     async def _stop(self, w: Mapping[Any, Any], reason: str, park: bool = False) -> None:
@@ -653,12 +685,16 @@ class Lifecycle:
         self._missing_since.pop(w["id"], None)
         self.signals.reconcile.set()
 
-    def _spawn(self, worker_id: str, coro: Any) -> None:
+    def _spawn(self, worker_id: str, coro: Any, quiet: bool = False) -> None:
+        """Run a launch or stop of the worker in the background (one at a time per worker); the loop
+        looks again when it ends, since ticks meanwhile left the worker alone. `quiet`: only when a
+        tick began meanwhile."""
         if worker_id in self._busy_ops:
             coro.close()
             return
         task = asyncio.create_task(coro)
         self._busy_ops[worker_id] = task
+        ticks = self._ticks
 
         def done(t: asyncio.Task[None]) -> None:
             self._busy_ops.pop(worker_id, None)
@@ -669,7 +705,8 @@ class Lifecycle:
                     t.exception(),
                     extra={"worker_id": worker_id},
                 )
-            self.signals.reconcile.set()
+            if not quiet or self._ticks != ticks or t.cancelled() or t.exception() is not None:
+                self.signals.reconcile.set()
 
         task.add_done_callback(done)
 
