@@ -2,7 +2,10 @@
 
 Threads: the caller's thread runs the take loop (long-polls job-take the moment a slot is free). With
 one slot (no `concurrency_modifier`) a job runs on that same thread; otherwise each job taken runs on
-a thread of its own. Background threads ping, poll job-stop and post progress updates.
+a thread of its own. Background threads ping, poll job-stop and post progress updates. The first ping
+waits until the jobs of the first job-take are served or started (at most FIRST_PING_WAIT_S): a cold
+start's first job is not held up by a ping contending with it for the interpreter and for the server
+(which, on a worker's first ping, also marks it ready and wakes its lifecycle loop).
 
 Piggy-backed next job (an Ember extension): a final result's first POST to job-done carries `take=1`
 when the finished job's slot stays in use; an Ember server answers with up to that many jobs, which
@@ -36,6 +39,7 @@ BACKOFF_CAP_S = 5.0
 STREAM_RETRY_S = 10.0
 PROGRESS_RETRY_S = 5.0
 WAIT_SLICE_S = 1.0
+FIRST_PING_WAIT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,7 @@ class Worker:
         self._resize_pending = False
         self._stopping = threading.Event()
         self._done = threading.Event()  # drained: background loops end, so in-process workers leak nothing
+        self._took = threading.Event()  # the first take's jobs are served or started: pings may start
         self._signals = 0
         self._progress: queue.SimpleQueue[tuple[JobRun, Any] | None] = queue.SimpleQueue()
         self._on_first_job = on_first_job  # called once, when the first job is held (before it runs)
@@ -177,6 +182,7 @@ class Worker:
                     "GET", url, timeout_s=POLL_TIMEOUT_S, abortable=True, unless=self._stopping
                 )
             except TransportFailure as exc:
+                self._took.set()
                 if self._stopping.is_set():
                     break
                 log.warn("job_take_failed", error=exc, retry_in_s=round(backoff_s, 2))
@@ -192,6 +198,7 @@ class Worker:
             else:
                 for run in runs:
                     self._start_serving(run)
+            self._took.set()
             if answer.retry_after_s:
                 self._stopping.wait(answer.retry_after_s)
             elif answer.failed:
@@ -383,6 +390,7 @@ class Worker:
                 "pings_disabled", reason="needs RUNPOD_AI_API_KEY, RUNPOD_POD_ID and RUNPOD_WEBHOOK_PING"
             )
             return
+        self._took.wait(FIRST_PING_WAIT_S)
         while True:
             url = urls.ping_url(
                 self.env.ping_template or "", self.env.worker_id, self.held_job_ids(), version=self.version
