@@ -16,9 +16,9 @@ from pathlib import Path
 
 from _support import LiveServer, handler_source, print_table, start_ember, summary, wait_idle
 from dispatch import concurrent, sequential
-from sqlalchemy import create_engine, text
 
-PG_URL = os.environ.get("EMBER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+from tests.integration.store_fixtures import PG_URL, reset_pg
+
 N_LATENCY = int(os.environ.get("BENCH_N", "600"))
 N_THROUGHPUT = int(os.environ.get("BENCH_JOBS", "2400"))
 ROUNDS = 3
@@ -26,17 +26,9 @@ CLIENTS = 16
 QUIET = {"EMBER_LOG_LEVEL": "WARNING", "EMBER_TAKE_HOLD_S": "20", "EMBER_TICK_S": "0.5"}
 
 
-def fresh_pg() -> None:
-    engine = create_engine(PG_URL)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-
-
 def replicas(count: int) -> list[LiveServer]:
     """`count` servers on PostgreSQL sharing one EMBER_HOME; the first runs the loops."""
-    fresh_pg()
+    reset_pg(PG_URL)
     home = Path(tempfile.mkdtemp(prefix="ember-bench-replicas-"))
     env = {**QUIET, "EMBER_DATABASE_URL": PG_URL}
     first = LiveServer(home, env=env).start()

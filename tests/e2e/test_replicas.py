@@ -9,25 +9,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
-
 from tests.conftest import need
-from tests.integration.store_fixtures import PG_URL, pg_available
+from tests.integration.store_fixtures import PG_URL, pg_available, reset_pg
 from tests.support.live import LiveServer, handler_dir, wait_for
-
-
-def _fresh_database() -> None:
-    engine = create_engine(PG_URL)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
 
 
 def test_one_process_runs_the_loops_and_the_other_takes_over_when_it_dies(tmp_path: Path) -> None:
     ok, why = pg_available()
     need("postgres", ok, why)
-    _fresh_database()
+    reset_pg()
     home = tmp_path / "home"  # shared: source snapshots and worker records are found by either
     env = {"EMBER_DATABASE_URL": PG_URL, "EMBER_TAKE_HOLD_S": "60"}
     a = LiveServer(home, env=env).start()

@@ -23,12 +23,17 @@ def pg_available() -> tuple[bool, str]:
         return False, f"{PG_URL}: {exc.__class__.__name__}"
 
 
-def fresh_pg() -> Store:
-    engine = create_engine(PG_URL)
+def reset_pg(url: str = PG_URL) -> None:
+    """An empty database at `url`: its `public` schema dropped and made again."""
+    engine = create_engine(url)
     with engine.begin() as conn:
         conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
         conn.execute(text("CREATE SCHEMA public"))
     engine.dispose()
+
+
+def fresh_pg() -> Store:
+    reset_pg()
     return Store.open(PG_URL)
 
 

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.conftest import need
-from tests.integration.store_fixtures import PG_URL, pg_available
+from tests.integration.store_fixtures import PG_URL, pg_available, reset_pg
 
 PROCESSES = 4
 
@@ -35,15 +35,6 @@ store.close()
 """
 
 
-def _fresh(url: str) -> None:
-    if url.startswith("postgresql"):
-        engine = create_engine(url)
-        with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
-            conn.execute(text("CREATE SCHEMA public"))
-        engine.dispose()
-
-
 @pytest.mark.parametrize("db", ["sqlite", "postgres"])
 def test_processes_starting_at_once_migrate_once_and_make_one_admin(db: str, tmp_path: Path) -> None:
     if db == "postgres":
@@ -52,7 +43,8 @@ def test_processes_starting_at_once_migrate_once_and_make_one_admin(db: str, tmp
         url = PG_URL
     else:
         url = f"sqlite:///{tmp_path / 'shared' / 'ember.db'}"
-    _fresh(url)
+    if db == "postgres":
+        reset_pg(url)
     go = tmp_path / "go"
     procs = []
     for i in range(PROCESSES):
