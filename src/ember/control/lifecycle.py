@@ -26,7 +26,7 @@ from ember.core.jobs import LOST_WORKER_REQUEUES, RETENTION_RUN_S, JobState, dro
 from ember.core.limits import DEFAULT_TABLE, account_room, max_workers
 from ember.core.placement import Host, Pending, place
 from ember.core.reconcile import STOP_MAKE_ROOM, STOP_SCALE_DOWN, WorkerView, plan
-from ember.core.scaler import Observation, decide, memory_from_json, memory_to_json
+from ember.core.scaler import Observation, Reason, decide, memory_from_json, memory_to_json
 from ember.core.specs import EndpointSpec, spec_from_json
 from ember.core.workers import LIVE, WorkerState, WorkerType, is_lost
 from ember.store.endpoints import ScaleEvent
@@ -395,14 +395,14 @@ class Lifecycle:
         mem = memory_from_json(json.loads(ep["scale_memory"] or "{}"))
         zero = balance <= 0
         if release == 0:  # nothing built yet: nothing to run
-            decision_target, reason, new_mem = 0, "no_release", mem
+            decision_target, reason, new_mem = 0, Reason.NO_RELEASE, mem
         else:
             d = decide(spec.scaling, obs, mem, account_room=room, zero_balance=zero)
             decision_target, reason, new_mem = d.target, d.reason, d.memory
         status = None
-        if zero and reason == "zero_balance":
+        if zero and reason == Reason.ZERO_BALANCE:
             status = "account balance is exhausted: no new workers start until credit is added"
-        elif reason == "account_limit":
+        elif reason == Reason.ACCOUNT_LIMIT:
             status = f"limited by the account's maximum of {limit} workers (balance tier)"
         if decision_target != ep["desired_workers"] or reason != ep["scale_reason"] or new_mem != mem:
             if decision_target != ep["desired_workers"] or reason != ep["scale_reason"]:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from typing import Any
 
-from ember.core.specs import ScalingSpec
+from ember.core.specs import ScalerType, ScalingSpec
 
-QUEUE_DELAY = "QUEUE_DELAY"
-REQUEST_COUNT = "REQUEST_COUNT"
-PREDICTIVE = "PREDICTIVE"
+QUEUE_DELAY = ScalerType.QUEUE_DELAY
+REQUEST_COUNT = ScalerType.REQUEST_COUNT
+PREDICTIVE = ScalerType.PREDICTIVE
 # REQUEST_COUNT's scalerValue is a count, not seconds; its anti-flap window is this long instead (and
 # PREDICTIVE's, whose target moves smoothly anyway).
 REQUEST_COUNT_WINDOW_S = 4.0
@@ -33,20 +34,25 @@ HEADROOM = 1.0
 # A forecast rate is remembered (decays with this time constant) for at least this many cold starts.
 HOLD_COLD_STARTS = 10.0
 
-REASONS = (
-    "cold_start",  # queued jobs and no worker at all: one starts at once
-    "queue_delay",  # QUEUE_DELAY: every worker busy and the oldest job waited > scalerValue s
-    "backlog",  # REQUEST_COUNT: ceil((queued + in progress) / scalerValue) exceeds the workers
-    "forecast",  # PREDICTIVE: the forecast load plus the backlog to clear exceeds the workers
-    "idle",  # workers idle for idleTimeout s or more are let go
-    "hold",  # nothing to change, or a change deferred inside the delay window
-    "low_priority",  # only lowPriority jobs wait, and they never start a worker
-    "min_workers",  # raised to workersMin
-    "max_workers",  # capped at workersMax
-    "account_limit",  # capped by the account's max workers (its balance tier)
-    "zero_balance",  # the balance is exhausted: no new workers, idle ones go
-    "no_release",  # the endpoint has no ready release yet: nothing to start (set by the lifecycle)
-)
+
+class Reason(StrEnum):
+    """Why a decision says what it says: on every decision, stored with it, shown to the user."""
+
+    COLD_START = "cold_start"  # queued jobs and no worker at all: one starts at once
+    QUEUE_DELAY = "queue_delay"  # QUEUE_DELAY: every worker busy and the oldest job waited > scalerValue s
+    BACKLOG = "backlog"  # REQUEST_COUNT: ceil((queued + in progress) / scalerValue) exceeds the workers
+    FORECAST = "forecast"  # PREDICTIVE: the forecast load plus the backlog to clear exceeds the workers
+    IDLE = "idle"  # workers idle for idleTimeout s or more are let go
+    HOLD = "hold"  # nothing to change, or a change deferred inside the delay window
+    LOW_PRIORITY = "low_priority"  # only lowPriority jobs wait, and they never start a worker
+    MIN_WORKERS = "min_workers"  # raised to workersMin
+    MAX_WORKERS = "max_workers"  # capped at workersMax
+    ACCOUNT_LIMIT = "account_limit"  # capped by the account's max workers (its balance tier)
+    ZERO_BALANCE = "zero_balance"  # the balance is exhausted: no new workers, idle ones go
+    NO_RELEASE = "no_release"  # the endpoint has no ready release yet: nothing to start (the lifecycle's)
+
+
+REASONS = tuple(Reason)
 
 
 @dataclass(frozen=True)
@@ -121,7 +127,7 @@ def memory_from_json(data: Mapping[str, Any]) -> Memory:
 @dataclass(frozen=True)
 class Decision:
     target: int
-    reason: str
+    reason: Reason
     memory: Memory
 
 
@@ -174,49 +180,49 @@ def decide(
         demand, reason = _demand(spec, obs, workers)
     target = max(demand, keep)
     if reason is None:
-        reason = "idle" if target < workers else "hold"
-        if reason == "hold" and workers == 0 and obs.queued == 0 and obs.queued_low_priority > 0:
-            reason = "low_priority"
+        reason = Reason.IDLE if target < workers else Reason.HOLD
+        if reason == Reason.HOLD and workers == 0 and obs.queued == 0 and obs.queued_low_priority > 0:
+            reason = Reason.LOW_PRIORITY
 
     since_up = None if mem.last_up_at is None else now - mem.last_up_at
     if since_up is not None and 0 <= since_up < window_s(spec):
         ceiling = max(mem.target, workers)
-        if spec.scaler_type == QUEUE_DELAY and target > ceiling and reason != "cold_start":
-            target, reason = ceiling, "hold"
+        if spec.scaler_type == QUEUE_DELAY and target > ceiling and reason != Reason.COLD_START:
+            target, reason = ceiling, Reason.HOLD
         if target < mem.target:
-            target, reason = mem.target, "hold"
+            target, reason = mem.target, Reason.HOLD
 
     cap = max(0, min(spec.workers_max, account_room))
     floor = min(spec.workers_min, cap)
     if target > cap:
         target = cap
-        reason = "account_limit" if account_room < spec.workers_max else "max_workers"
+        reason = Reason.ACCOUNT_LIMIT if account_room < spec.workers_max else Reason.MAX_WORKERS
     elif target < floor:
-        target, reason = floor, "min_workers"
+        target, reason = floor, Reason.MIN_WORKERS
     if target == floor < spec.workers_min:
-        reason = "account_limit" if account_room < spec.workers_max else "max_workers"
+        reason = Reason.ACCOUNT_LIMIT if account_room < spec.workers_max else Reason.MAX_WORKERS
     if zero_balance and target > obs.busy_workers:
-        target, reason = obs.busy_workers, "zero_balance"
+        target, reason = obs.busy_workers, Reason.ZERO_BALANCE
 
     last_up_at = now if target > mem.target else mem.last_up_at
     return Decision(target, reason, replace(forecast_mem, target=target, last_up_at=last_up_at))
 
 
-def _demand(spec: ScalingSpec, obs: Observation, workers: int) -> tuple[int, str | None]:
+def _demand(spec: ScalingSpec, obs: Observation, workers: int) -> tuple[int, Reason | None]:
     """Workers wanted by the queue, and the reason when that is a scale-up (else None)."""
     if obs.queued > 0 and workers == 0:
         base = 1
         if spec.scaler_type == REQUEST_COUNT:
             base = max(1, _ceil_div(obs.queued + obs.in_progress, spec.scaler_value))
-        return base, "cold_start"
+        return base, Reason.COLD_START
     if spec.scaler_type == REQUEST_COUNT:
         wanted = _ceil_div(obs.queued + obs.in_progress, spec.scaler_value)
-        return wanted, ("backlog" if wanted > workers else None)
+        return wanted, (Reason.BACKLOG if wanted > workers else None)
     if obs.queued == 0:
         return 0, None
     all_busy = obs.busy_workers >= workers
     if all_busy and obs.oldest_wait_s > spec.scaler_value:
-        return workers + obs.queued, "queue_delay"
+        return workers + obs.queued, Reason.QUEUE_DELAY
     return workers, None
 
 
@@ -280,7 +286,7 @@ def forecast(spec: ScalingSpec, obs: Observation, mem: Memory) -> Forecast:
     return Forecast(rate, execution, cold_s, hold, demand)
 
 
-def _predictive_demand(obs: Observation, workers: int, demand: int) -> tuple[int, str | None]:
+def _predictive_demand(obs: Observation, workers: int, demand: int) -> tuple[int, Reason | None]:
     if obs.queued > 0 and workers == 0:
-        return max(1, demand), "cold_start"
-    return demand, ("forecast" if demand > workers else None)
+        return max(1, demand), Reason.COLD_START
+    return demand, (Reason.FORECAST if demand > workers else None)

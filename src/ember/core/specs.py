@@ -10,11 +10,21 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
+from enum import StrEnum
 from typing import Any
 
 from ember.core.errors import Problem
 
-SCALER_TYPES = ("QUEUE_DELAY", "REQUEST_COUNT", "PREDICTIVE")
+
+class ScalerType(StrEnum):
+    """How an endpoint's worker count follows its load (`core.scaler`)."""
+
+    QUEUE_DELAY = "QUEUE_DELAY"  # RunPod's: add workers when jobs wait longer than scalerValue s
+    REQUEST_COUNT = "REQUEST_COUNT"  # RunPod's: one worker per scalerValue jobs queued or running
+    PREDICTIVE = "PREDICTIVE"  # Ember's: forecast the load, sized by what a cold start still helps
+
+
+SCALER_TYPES = tuple(ScalerType)
 MAX_WORKERS_CAP = 1000
 
 
