@@ -11,7 +11,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ember.backends.base import Backend, Observed, WarmParking
@@ -118,20 +118,28 @@ class Lifecycle:
             snap, acted = await self._snapshot(), self._acted
         await self._scale_and_plan(snap)
         if self._acted != acted:
-            snap = await self._refresh(snap)
+            snap = await self._snapshot(keep=snap)
         await self._place(snap)
         await self._sweep_warm(snap)
 
-    async def _snapshot(self) -> _Snapshot:
+    async def _snapshot(self, keep: _Snapshot | None = None) -> _Snapshot:
+        """The store's endpoints and workers, and what the backends observe. With `keep`, only the
+        endpoints and workers are read again (what placement and the warm sweep look at) and the rest is
+        `keep`'s: a cold start's placement follows its scaling without a second full look (jobs,
+        accounts, the backends)."""
         s = self.store
         now = self.clock.now()
         ops_in_flight = frozenset(self._busy_ops)
         endpoints = list(await s.run(s.endpoints.list))
         workers = list(await s.run(lambda: s.workers.list()))
+        self._count_live(workers)
+        specs = {e["id"]: spec_from_json(e["spec"]) for e in endpoints}
+        if keep is not None:
+            return replace(keep, now=now, endpoints=endpoints, specs=specs, workers=workers)
         snap = _Snapshot(
             now=now,
             endpoints=endpoints,
-            specs={e["id"]: spec_from_json(e["spec"]) for e in endpoints},
+            specs=specs,
             workers=workers,
             held=await s.run(s.jobs.held_by_worker),
             stats=await s.run(s.jobs.queue_stats),
@@ -150,29 +158,7 @@ class Lifecycle:
                         snap.observed.setdefault(
                             w["id"], Observed(w["id"], w["endpoint_id"], w["release"], True)
                         )
-        self._count_live(workers)
         return snap
-
-    async def _refresh(self, snap: _Snapshot) -> _Snapshot:
-        """The endpoints and workers read again (what placement and the warm sweep look at), the rest
-        kept from `snap`: a cold start's placement follows its scaling without a second full look
-        (jobs, accounts, the backends)."""
-        s = self.store
-        endpoints = list(await s.run(s.endpoints.list))
-        workers = list(await s.run(lambda: s.workers.list()))
-        fresh = _Snapshot(
-            now=self.clock.now(),
-            endpoints=endpoints,
-            specs={e["id"]: spec_from_json(e["spec"]) for e in endpoints},
-            workers=workers,
-            held=snap.held,
-            stats=snap.stats,
-            accounts=snap.accounts,
-            observed=snap.observed,
-            ops_in_flight=snap.ops_in_flight,
-        )
-        self._count_live(workers)
-        return fresh
 
     def _count_live(self, workers: Sequence[Mapping[Any, Any]]) -> None:
         counts: dict[str, int] = {}
