@@ -141,14 +141,7 @@ async def _enqueue(rt: Runtime, job: NewJob) -> None:
             return
     else:
         await rt.store.run(rt.store.jobs.submit, job, now)
-    _queued(rt, job.endpoint_id)
-
-
-def _queued(rt: Runtime, endpoint_id: str) -> None:
-    """A job was queued: wake the takes waiting on its endpoint, and the scaler when it has no worker."""
-    rt.signals.jobs_queued(endpoint_id)
-    if not rt.signals.live_workers.get(endpoint_id):
-        rt.signals.poke_scaler()  # the first job on an endpoint at zero starts a worker at once
+    rt.signals.jobs_submitted(job.endpoint_id)
 
 
 IDEMPOTENCY_HEADER = "idempotency-key"
@@ -163,7 +156,7 @@ async def _enqueue_once(rt: Runtime, job: NewJob, key: str) -> Response:
     window_s = J.IDEMPOTENCY_WINDOW_S
     first = await rt.store.run(rt.store.idempotency.submit_once, job, key, rt.clock.now(), window_s)
     if first is None:
-        _queued(rt, job.endpoint_id)
+        rt.signals.jobs_submitted(job.endpoint_id)
         return json_response({"id": job.id, "status": JobState.IN_QUEUE.value})
     row = await rt.store.run(rt.store.jobs.get, first, job.account_id, job.endpoint_id)
     if row is None:

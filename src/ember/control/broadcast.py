@@ -44,7 +44,6 @@ class Broadcast:
         self.origin = secrets.token_hex(6)  # this process: its own events come back and are skipped
         self._out: asyncio.Queue[str] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
-        self.listening = asyncio.Event()  # set while this process hears the others
 
     def publish(self, kind: str, ident: str) -> None:
         """Send an event to the other processes (queued here, sent by the sender task). A final record
@@ -76,7 +75,6 @@ class Broadcast:
                 await run()
                 failures = 0
             except (psycopg.Error, OSError) as exc:
-                self.listening.clear()
                 delay = RETRY_S[min(failures, len(RETRY_S) - 1)]
                 failures += 1
                 log.warning("broadcast_error error=%s retry_in_s=%s", exc, delay)
@@ -95,7 +93,6 @@ class Broadcast:
     async def _listen(self) -> None:
         async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
             await conn.execute(f"LISTEN {CHANNEL}")
-            self.listening.set()
             async for note in conn.notifies():
                 self.apply(note.payload)
 
@@ -107,17 +104,14 @@ class Broadcast:
             return
         s = self.signals
         if kind == "q":
-            s.dispatch.wake_takers(ident)  # the takes held here look in the store
-            if not s.live_workers.get(ident):
-                s.poke_scaler()  # an endpoint at zero: the process that runs the lifecycle starts one
+            # The takes held here look in the store; at zero workers the loop holder starts one.
+            s.jobs_submitted(ident, tell_others=False)
         elif kind == "f":
             job_id, _, record = ident.partition(" ")
             try:
                 final = json.loads(record) if record else None
             except ValueError:
                 final = None
-            s.dispatch.finished(job_id, final)  # without the record, a runsync waiting here reads it
-            s.webhooks.set()
+            s.job_finished(job_id, final, tell_others=False)  # without the record, a waiter reads it
         elif kind == "r":
-            s.stops.wake("retire:" + ident)
-            s.dispatch.release(ident)
+            s.retire(ident, tell_others=False)

@@ -66,28 +66,42 @@ class Signals:
         # when there are none to tell (SQLite).
         self.publish: Callable[[str, str], None] | None = None
 
-    def jobs_queued(self, endpoint_id: str, count: int = 1) -> None:
+    # Each event below also goes to the other processes (`publish`), unless `tell_others` is False: the
+    # broadcast applies the others' events here with it so.
+    def jobs_queued(self, endpoint_id: str, count: int = 1, *, tell_others: bool = True) -> None:
         self.dispatch.wake_takers(endpoint_id, count)
-        if self.publish is not None:
+        if tell_others and self.publish is not None:
             self.publish("q", endpoint_id)
 
+    def jobs_submitted(self, endpoint_id: str, *, tell_others: bool = True) -> None:
+        """A client queued a job: wake the takes waiting on its endpoint, and the scaler when the
+        endpoint has no worker (the first job on an endpoint at zero starts one at once)."""
+        self.jobs_queued(endpoint_id, tell_others=tell_others)
+        if not self.live_workers.get(endpoint_id):
+            self.poke_scaler()
+
     def job_finished(
-        self, job_id: str, record: dict[str, Any] | None = None, *, webhook: bool = True
+        self,
+        job_id: str,
+        record: dict[str, Any] | None = None,
+        *,
+        webhook: bool = True,
+        tell_others: bool = True,
     ) -> None:
         """A job reached a final state: hand `record` (when known) to its runsync waiter, and let the
         webhook loop look (unless the job is known to have no webhook)."""
         self.dispatch.finished(job_id, record)
         if webhook:
             self.webhooks.set()
-        if self.publish is not None:
+        if tell_others and self.publish is not None:
             compact = None if record is None else json.dumps(record, separators=(",", ":"))
             self.publish("f", job_id if compact is None else f"{job_id} {compact}")
 
-    def retire(self, worker_id: str) -> None:
+    def retire(self, worker_id: str, *, tell_others: bool = True) -> None:
         """A worker takes no new job: end its held job-take now."""
         self.stops.wake("retire:" + worker_id)
         self.dispatch.release(worker_id)
-        if self.publish is not None:
+        if tell_others and self.publish is not None:
             self.publish("r", worker_id)
 
     def poke_scaler(self) -> None:
