@@ -216,7 +216,47 @@ def test_hand_over_records_the_job_taken_and_the_worker_running(store: Store) ->
     assert (
         report.finished is not None and report.finished.started_at == 5.0 and not report.finished.has_webhook
     )
+    # It asked for more and may take them: it stays RUNNING until the route settles it, as of the finish.
+    assert report.may_take and store.workers.get("wk-1")["state"] == "RUNNING"  # type: ignore[index]
+    assert store.workers.settle_late("wk-1", 6.0) is True
+    worker = store.workers.get("wk-1")
+    assert worker is not None and worker["state"] == "IDLE" and worker["state_since"] == 6.0
+    assert [(e["to_state"], e["at"]) for e in store.workers.history("wk-1")][-1] == ("IDLE", 6.0)
+
+
+def test_a_result_without_a_take_settles_the_worker_at_once(store: Store) -> None:
+    _worker(store, WorkerState.IDLE)
+    store.hand_over(_job(1), "wk-1", 5.0)
+    report = store.report("job-1", "wk-1", JobState.COMPLETED, "1", None, 6.0, 1800, 60)
+    assert report.outcome == "done" and not report.may_take
     assert store.workers.get("wk-1")["state"] == "IDLE"  # type: ignore[index]
+
+
+def test_a_late_settle_keeps_transitions_in_order_and_billed_spans_unchanged(store: Store) -> None:
+    _worker(store, WorkerState.IDLE)
+    store.hand_over(_job(1), "wk-1", 5.0)
+    store.report("job-1", "wk-1", JobState.COMPLETED, "1", None, 6.0, 1800, 60, take_endpoint="ep-1", take=1)
+    seen = max(e["id"] for e in store.workers.history("wk-1"))
+    # A meter billed the worker up to 7.0 (as RUNNING) before the settle came: the settle is stamped there.
+    assert store.workers.save_meter("wk-1", None, 7.0, 0, [], 7.0, store.accounts, seen_event_id=seen)
+    assert store.workers.settle_late("wk-1", 6.0) is True
+    assert store.workers.get("wk-1")["state_since"] == 7.0  # type: ignore[index]
+    # A settle already made (or no longer RUNNING) changes nothing.
+    assert store.workers.settle_late("wk-1", 6.0) is False
+
+
+def test_the_meter_does_not_save_a_span_that_a_late_transition_landed_in(store: Store) -> None:
+    _worker(store, WorkerState.IDLE)
+    store.hand_over(_job(1), "wk-1", 5.0)
+    store.report("job-1", "wk-1", JobState.COMPLETED, "1", None, 6.0, 1800, 60, take_endpoint="ep-1", take=1)
+    seen = max(e["id"] for e in store.workers.history("wk-1"))
+    # The meter read the events (worker RUNNING), then the late settle committed IDLE as of 6.0.
+    assert store.workers.settle_late("wk-1", 6.0) is True
+    assert not store.workers.save_meter("wk-1", None, 8.0, 0, [], 8.0, store.accounts, seen_event_id=seen)
+    # Read again, the span saves; a transition after the span does not stop it.
+    seen = max(e["id"] for e in store.workers.history("wk-1"))
+    store.hand_over(_job(2), "wk-1", 9.0)
+    assert store.workers.save_meter("wk-1", None, 8.0, 0, [], 8.0, store.accounts, seen_event_id=seen)
 
 
 def test_hand_over_to_a_worker_that_may_no_longer_take_queues_the_job(store: Store) -> None:
@@ -291,12 +331,44 @@ def test_a_job_done_asking_for_more_is_held_and_handed_the_next_job(tmp_path: Pa
             if dispatch.takers(ep["id"]):
                 break
             await asyncio.sleep(0.01)
-        assert h.store.jobs.get(first)["state"] == "COMPLETED"  # recorded before the hold
-        assert h.store.workers.get(worker["id"])["state"] == "IDLE"  # and not billed while it waits
+        finished = h.store.jobs.get(first)
+        assert finished["state"] == "COMPLETED"  # recorded before the hold
+        # Not billed while it waits: IDLE after the grace, as of the job's finish.
+        for _ in range(500):
+            if h.store.workers.get(worker["id"])["state"] == "IDLE":
+                break
+            await asyncio.sleep(0.01)
+        assert h.store.workers.get(worker["id"])["state_since"] == finished["completed_at"]
         [second] = await queue(h, ep, 1)
         answer = (await asyncio.wait_for(held, 5)).json()
         assert answer["status"] == "ok" and [j["id"] for j in answer["jobs"]] == [second]
         assert h.store.jobs.get(second)["worker_id"] == worker["id"]
+        assert h.store.workers.get(worker["id"])["state"] == "RUNNING"
+        await h.api.aclose()
+
+    run(scenario())
+
+
+def test_a_job_handed_within_the_settle_grace_keeps_the_worker_running(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = build(tmp_path)
+        ep, worker = await ready_worker(h)
+        [first] = await queue(h, ep, 1)
+        assert (await h.take(ep["id"], worker["id"])).json()["id"] == first
+        h.app.state.runtime.limits.settle_grace_s = 30.0
+        events_before = len(h.store.workers.history(worker["id"]))
+        held = asyncio.ensure_future(done(h, ep, worker, first, {"output": 1}, 1))
+        dispatch = h.app.state.runtime.signals.dispatch
+        for _ in range(500):
+            if dispatch.takers(ep["id"]):
+                break
+            await asyncio.sleep(0.01)
+        assert h.store.workers.get(worker["id"])["state"] == "RUNNING"
+        [second] = await queue(h, ep, 1)
+        answer = (await asyncio.wait_for(held, 5)).json()
+        assert [j["id"] for j in answer["jobs"]] == [second]
+        # No IDLE and RUNNING pair was written for the gap between the two jobs.
+        assert len(h.store.workers.history(worker["id"])) == events_before
         assert h.store.workers.get(worker["id"])["state"] == "RUNNING"
         await h.api.aclose()
 

@@ -20,6 +20,7 @@ from ember.core import jobs as J
 from ember.core import json_body
 from ember.core.errors import BackendError, NotFound, PayloadTooLarge, RequestTimeout, Unauthorized
 from ember.core.specs import spec_from_json
+from ember.core.workers import SETTLE_GRACE_S
 from ember.store.accounts import KeyInfo
 from ember.store.facade import Store
 
@@ -40,6 +41,7 @@ class Limits:
     retention_run_s: float = J.RETENTION_RUN_S
     retention_sync_s: float = J.RETENTION_SYNC_S
     take_hold_s: float = 20.0
+    settle_grace_s: float = SETTLE_GRACE_S
     ping_interval_ms: int = 2000
     lost_worker_requeues: int = J.LOST_WORKER_REQUEUES
     initial_balance_micros: int = 0

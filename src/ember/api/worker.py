@@ -259,7 +259,7 @@ async def job_done(request: Request) -> Response:
         rt.signals.reconcile.set()
     next_jobs = report.next_jobs
     if report.may_take and not next_jobs:
-        next_jobs = await _hold_for_jobs(request, rt, endpoint_id, worker_id, take)
+        next_jobs = await _hold_for_jobs(request, rt, endpoint_id, worker_id, take, finished_at=now)
     if next_jobs:
         jobs = _jobs_body(next_jobs, as_list=True)
         return Response('{"status":"ok","jobs":' + jobs + "}", media_type="application/json")
@@ -267,20 +267,27 @@ async def job_done(request: Request) -> Response:
 
 
 async def _hold_for_jobs(
-    request: Request, rt: Runtime, endpoint_id: str, worker_id: str, limit: int
+    request: Request, rt: Runtime, endpoint_id: str, worker_id: str, limit: int, finished_at: float
 ) -> Sequence[Claimed]:
     """A job-done that asked for its next jobs (take=N) and found none queued is held like a job-take:
     the next job submitted may be handed to it. Ends empty when the hold ends, the client hangs up or
-    the worker may no longer take jobs."""
+    the worker may no longer take jobs. The worker was left RUNNING (`Store.report`): a job handed to
+    it within `Limits.settle_grace_s` keeps it so; otherwise it is settled IDLE as of `finished_at`."""
     dispatch = rt.signals.dispatch
     deadline = hold_clock() + rt.limits.take_hold_s
     gone = asyncio.ensure_future(_client_gone(request))
+    unsettled = True  # RUNNING with no job
     try:
         while (remaining := deadline - hold_clock()) > 0 and not gone.done():
             queued_before = dispatch.queued.get(endpoint_id, 0)
-            handed = await _handed_job(rt, endpoint_id, worker_id, min(remaining, 5.0), gone)
+            wait_s = min(remaining, rt.limits.settle_grace_s if unsettled else 5.0)
+            handed = await _handed_job(rt, endpoint_id, worker_id, wait_s, gone)
             if handed is not None:
+                unsettled = False
                 return [handed]
+            if unsettled:
+                unsettled = False
+                await rt.store.run(rt.store.workers.settle_late, worker_id, finished_at)
             if gone.done() or not await rt.store.run(rt.store.workers.taking, worker_id):
                 return []
             if dispatch.queued.get(endpoint_id, 0) != queued_before:
@@ -292,6 +299,8 @@ async def _hold_for_jobs(
         return []
     finally:
         gone.cancel()
+        if unsettled:
+            await rt.store.run(rt.store.workers.settle_late, worker_id, finished_at)
 
 
 @router.post(

@@ -126,6 +126,9 @@ class Meter:
                 if c.seconds or c.cost_micros
             ]
             carry_after = result.carry_ms.get(worker["id"], carry)
-            if s.workers.save_meter(worker["id"], cursor, until, carry_after, charges, now, s.accounts):
+            seen = max(ev["id"] for ev in events)
+            if s.workers.save_meter(
+                worker["id"], cursor, until, carry_after, charges, now, s.accounts, seen_event_id=seen
+            ):
                 written += len(charges)
         return written

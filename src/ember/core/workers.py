@@ -36,6 +36,11 @@ TAKES_JOBS: frozenset[WorkerState] = frozenset(
     {WorkerState.IDLE, WorkerState.RUNNING, WorkerState.INITIALIZING}
 )
 
+# A worker that finished its jobs and asked for more (Ember's SDK: job-done with take=N) stays RUNNING
+# this long before it is recorded IDLE as of the finish: a job handed to it within the grace costs no
+# transitions, and such a short gap between two jobs counts as running time (billed for a flex worker).
+SETTLE_GRACE_S = 0.02
+
 _S = WorkerState
 # to-state -> the states it may be reached from.
 ALLOWED: dict[WorkerState, frozenset[WorkerState]] = {

@@ -35,7 +35,7 @@ class Report:
     outcome: str
     finished: Finished | None = None
     next_jobs: Sequence[Claimed] = ()
-    may_take: bool = False  # a take was asked for and the worker may be handed jobs
+    may_take: bool = False  # a take was asked for and the worker may be handed jobs (left RUNNING)
 
 
 class Store:
@@ -93,7 +93,9 @@ class Store:
         recycle: bool = False,
     ) -> Report:
         """Record a job's result; with `take`, also claim up to that many queued jobs of `take_endpoint`
-        for the worker. When it then holds nothing, it becomes IDLE. With `recycle` (the result carried
+        for the worker. When it then holds nothing, it becomes IDLE, unless it asked for more and may
+        take them (`Report.may_take`): it stays RUNNING then, for the caller to hold its request open a
+        moment and `WorkerStore.settle_late` it if no job comes. With `recycle` (the result carried
         stopPod), the worker is marked in the same transaction, so no hand-off or claim that commits after
         this one gives it another job. One transaction."""
         with self.raw.write() as cur:
@@ -122,7 +124,7 @@ class Store:
             )
             if may_take and take_endpoint is not None:
                 claimed = self.jobs.claim(take_endpoint, worker_id, take, now, cur=cur)
-            if not claimed:
+            if not claimed and not may_take:
                 self.workers.settle_if_idle(worker_id, now, cur=cur)
         return Report(outcome, finished, claimed, may_take)
 

@@ -81,6 +81,15 @@ class WorkerStore(Repository):
         self._event = insert(worker_events)
         self._event_raw = Prepared(engine, _event_statement())
         self._settle = Prepared(engine, _settle_statement())
+        # Where a late settle may stamp its transition: not before the worker's last transition, nor
+        # before what the meter has billed (the row stays locked to the transaction on PostgreSQL).
+        self._settle_floor = Prepared(
+            engine,
+            select(W.state_since, meter_cursors.c.metered_until)
+            .select_from(workers.outerjoin(meter_cursors, meter_cursors.c.worker_id == W.id))
+            .where(W.id == bindparam("p_id"))
+            .with_for_update(of=W),
+        )
         self._run = Prepared(engine, _run_statement())
         self._taking = Prepared(
             engine, select(W.state, W.recycle, W.endpoint_id, W.account_id).where(W.id == bindparam("p_id"))
@@ -212,6 +221,18 @@ class WorkerStore(Repository):
             self._log(tx, worker_id, row, WorkerState.RUNNING.value, WorkerState.IDLE, now, SETTLED)
             return True
 
+    def settle_late(self, worker_id: str, finished_at: float) -> bool:
+        """`settle_if_idle` a moment after the worker's last job finished at `finished_at` (it was held
+        RUNNING in case a job came at once): stamped at `finished_at`, or where its last transition or
+        its billing already is when later, so that its transitions stay in order and no billed span
+        changes (the meter's save checks for a transition stamped inside the span it billed)."""
+        with self.raw.write() as tx:
+            floor = self._settle_floor.first(tx, p_id=worker_id)
+            if floor is None:
+                return False
+            at = max(finished_at, floor["state_since"] or 0.0, floor["metered_until"] or 0.0)
+            return self.settle_if_idle(worker_id, at, cur=tx)
+
     def _log(
         self, tx: Any, worker_id: str, row: Any, frm: str, to: WorkerState, now: float, reason: str
     ) -> None:
@@ -309,13 +330,25 @@ class WorkerStore(Repository):
         charges: Sequence[Any],
         now: float,
         accounts: Any,
+        seen_event_id: int,
     ) -> bool:
         """Move the worker's cursor from `since` (None: it has none yet) to `until` and append the
         charges for that span, in one transaction. Compare-and-set: when the cursor is no longer at
-        `since` (another meter, on another replica, billed the span first) nothing is written and this
-        returns False, so a span is billed once however many meters run."""
+        `since` (another meter, on another replica, billed the span first), or a transition stamped
+        inside the span was recorded after the meter read up to event `seen_event_id` (a late settle,
+        `settle_late`), nothing is written and this returns False, so a span is billed once however
+        many meters run, and from every transition in it."""
         m = meter_cursors.c
+        ev = worker_events.c
         with self.engine.begin() as conn:
+            # The worker's row is locked first, as `settle_late` does, so that the two take turns.
+            conn.execute(select(W.id).where(W.id == worker_id).with_for_update())
+            in_span = [ev.worker_id == worker_id, ev.id > seen_event_id, ev.at < until]
+            if since is not None:
+                in_span.append(ev.at >= since)
+            late = conn.execute(select(ev.id).where(*in_span).limit(1)).first()
+            if late is not None:
+                return False
             if since is None:
                 # RETURNING says whether a row went in (a driver may give no rowcount for an INSERT).
                 moved = (
