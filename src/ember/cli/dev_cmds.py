@@ -26,6 +26,7 @@ import uvicorn
 from rich.console import Console
 from rich.markup import escape
 
+from ember.api.serving import HttpProtocol
 from ember.backends.memory import MemoryBackend
 from ember.build.source import find_handler
 from ember.cli.dev_worker import InProcessWorkers
@@ -254,7 +255,7 @@ def serve(
         log_config=None,
         access_log=False,
         loop="uvloop",
-        http="httptools",
+        http=HttpProtocol,  # httptools, a response in one write (`ember.api.serving`)
         timeout_keep_alive=75,
         timeout_graceful_shutdown=3,
     )

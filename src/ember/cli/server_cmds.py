@@ -19,6 +19,7 @@ import uvloop
 from pydantic import ValidationError
 from rich.console import Console
 
+from ember.api.serving import HttpProtocol
 from ember.logs import logging_config
 from ember.settings import Settings
 
@@ -135,7 +136,7 @@ def _serve(settings: Settings, *, example: bool) -> None:
         log_level=None,
         access_log=settings.access_log,
         loop="uvloop",
-        http="httptools",
+        http=HttpProtocol,  # httptools, a response in one write (`ember.api.serving`)
         timeout_keep_alive=75,
     )
     server = Server(config, app.state.runner.stop)
