@@ -66,3 +66,45 @@ def test_a_result_goes_to_its_waiter_once() -> None:
         assert waiting.result() == {"id": "job-1", "status": "COMPLETED"}
 
     run(scenario())
+
+
+def test_a_wait_for_a_job_ends_empty_after_its_time_or_when_its_client_goes() -> None:
+    async def scenario() -> None:
+        d = Dispatcher()
+        assert await d.handed_job("ep", "wk-a", 0.01) is None
+        assert d.takers("ep") == 0  # it left the waiters
+        gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiting = asyncio.ensure_future(d.handed_job("ep", "wk-a", 30.0, gone))
+        await asyncio.sleep(0)
+        gone.set_result(None)
+        assert await asyncio.wait_for(waiting, 5) is None
+
+    run(scenario())
+
+
+def test_a_promised_wait_gets_its_job_even_past_its_time() -> None:
+    async def scenario() -> None:
+        d = Dispatcher()
+        gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiting = asyncio.ensure_future(d.handed_job("ep", "wk-a", 0.01, gone))
+        await asyncio.sleep(0)
+        taker = d.next_taker("ep")  # a submit picked it and is writing the job
+        assert taker is not None
+        gone.set_result(None)
+        await asyncio.sleep(0.05)  # its time passes too
+        assert not waiting.done()
+        taker.future.set_result("the job")
+        assert await waiting == "the job"
+
+    run(scenario())
+
+
+def test_a_result_wait_ends_empty_after_its_time() -> None:
+    async def scenario() -> None:
+        d = Dispatcher()
+        assert await d.result_within(d.expect_result("job-1"), 0.01) is None
+        fut = d.expect_result("job-2")
+        asyncio.get_running_loop().call_soon(d.finished, "job-2", {"id": "job-2"})
+        assert await d.result_within(fut, 5) == {"id": "job-2"}
+
+    run(scenario())

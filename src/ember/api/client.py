@@ -4,7 +4,6 @@ run, runsync and status are on the fast path (`api.fastpath`)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from typing import Any
@@ -215,10 +214,7 @@ async def runsync(request: Request) -> Response:
         await _enqueue(rt, job)
         deadline = hold_clock() + wait_ms / 1000.0
         while True:
-            try:
-                final = await asyncio.wait_for(result, max(0.0, min(deadline - hold_clock(), 1.0)))
-            except TimeoutError:
-                final = None
+            final = await dispatch.result_within(result, max(0.0, min(deadline - hold_clock(), 1.0)))
             if final is not None:
                 return json_response(final)
             # Woken without the record (or a slice passed): the store says how the job stands.

@@ -78,19 +78,11 @@ async def _client_gone(request: Request) -> None:
 
 
 async def _handed_job(
-    rt: Runtime, endpoint_id: str, worker_id: str, timeout_s: float, gone: asyncio.Future[None]
+    rt: Runtime, endpoint_id: str, worker_id: str, timeout_s: float, gone: asyncio.Future[None] | None
 ) -> Claimed | None:
-    """Wait up to `timeout_s` for a submit to hand this worker a job (or for its client to hang up, or
-    for a wake-up that says: look in the store). The job, or None."""
-    dispatch = rt.signals.dispatch
-    taker = dispatch.wait_for_job(endpoint_id, worker_id)
-    try:
-        await asyncio.wait((taker.future, gone), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        dispatch.done_waiting(endpoint_id, taker)
-    if taker.promised:
-        return await taker.future  # type: ignore[no-any-return]  # a submit is writing this job
-    return None
+    """Wait up to `timeout_s` for a submit to hand this worker a job (`Dispatcher.handed_job`)."""
+    job: Claimed | None = await rt.signals.dispatch.handed_job(endpoint_id, worker_id, timeout_s, gone)
+    return job
 
 
 async def _take(request: Request, limit: int, as_list: bool) -> Response:
@@ -275,10 +267,10 @@ async def _hold_for_jobs(
     it within `Limits.settle_grace_s` keeps it so; otherwise it is settled IDLE as of `finished_at`."""
     dispatch = rt.signals.dispatch
     deadline = hold_clock() + rt.limits.take_hold_s
-    gone = asyncio.ensure_future(_client_gone(request))
+    gone: asyncio.Future[None] | None = None  # watched once the grace has passed
     unsettled = True  # RUNNING with no job
     try:
-        while (remaining := deadline - hold_clock()) > 0 and not gone.done():
+        while (remaining := deadline - hold_clock()) > 0 and not (gone is not None and gone.done()):
             queued_before = dispatch.queued.get(endpoint_id, 0)
             wait_s = min(remaining, rt.limits.settle_grace_s if unsettled else 5.0)
             handed = await _handed_job(rt, endpoint_id, worker_id, wait_s, gone)
@@ -288,6 +280,8 @@ async def _hold_for_jobs(
             if unsettled:
                 unsettled = False
                 await rt.store.run(rt.store.workers.settle_late, worker_id, finished_at)
+            if gone is None:
+                gone = asyncio.ensure_future(_client_gone(request))
             if gone.done() or not await rt.store.run(rt.store.workers.taking, worker_id):
                 return []
             if dispatch.queued.get(endpoint_id, 0) != queued_before:
@@ -298,7 +292,8 @@ async def _hold_for_jobs(
                     return claimed
         return []
     finally:
-        gone.cancel()
+        if gone is not None:
+            gone.cancel()
         if unsettled:
             await rt.store.run(rt.store.workers.settle_late, worker_id, finished_at)
 

@@ -10,9 +10,24 @@ any other, and a waiter woken with nothing looks in the store itself."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
+
+
+def _end(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _end_unless_promised(taker: Taker) -> None:
+    if not taker.promised:
+        _end(taker.future)
+
+
+def _end_if_gone(taker: Taker, _gone: asyncio.Future[None]) -> None:
+    _end_unless_promised(taker)
 
 
 @dataclass(eq=False)
@@ -41,6 +56,25 @@ class Dispatcher:
         self._takers.setdefault(endpoint_id, deque()).append(taker)
         self._by_worker.setdefault(worker_id, set()).add(taker)
         return taker
+
+    async def handed_job(
+        self, endpoint_id: str, worker_id: str, timeout_s: float, gone: asyncio.Future[None] | None = None
+    ) -> Any:
+        """Wait up to `timeout_s` for a submit to hand `worker_id` a job on the endpoint (or for `gone`,
+        its client hanging up, or a wake-up that says: look in the store). The job, or None. Once a
+        submit has picked this take (`Taker.promised`), it waits for the job whatever else happens."""
+        taker = self.wait_for_job(endpoint_id, worker_id)
+        timer = taker.future.get_loop().call_later(timeout_s, _end_unless_promised, taker)
+        ended = functools.partial(_end_if_gone, taker)
+        if gone is not None:
+            gone.add_done_callback(ended)
+        try:
+            return await taker.future
+        finally:
+            timer.cancel()
+            if gone is not None:
+                gone.remove_done_callback(ended)
+            self.done_waiting(endpoint_id, taker)
 
     def done_waiting(self, endpoint_id: str, taker: Taker) -> None:
         waiting = self._takers.get(endpoint_id)
@@ -99,6 +133,18 @@ class Dispatcher:
         fut: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
         self._results[job_id] = fut
         return fut
+
+    @staticmethod
+    async def result_within(
+        fut: asyncio.Future[dict[str, Any] | None], timeout_s: float
+    ) -> dict[str, Any] | None:
+        """What `fut` (from `expect_result`) is given within `timeout_s`: the final record, or None (woken
+        without it, or the time passed: the caller looks in the store)."""
+        timer = fut.get_loop().call_later(timeout_s, _end, fut)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
 
     def forget_result(self, job_id: str) -> None:
         self._results.pop(job_id, None)

@@ -88,7 +88,7 @@ class WorkerStore(Repository):
             select(W.state_since, meter_cursors.c.metered_until)
             .select_from(workers.outerjoin(meter_cursors, meter_cursors.c.worker_id == W.id))
             .where(W.id == bindparam("p_id"))
-            .with_for_update(of=W),
+            .with_for_update(of=workers),
         )
         self._run = Prepared(engine, _run_statement())
         self._taking = Prepared(
