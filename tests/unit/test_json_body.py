@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ember.core.errors import InvalidInput
-from ember.core.json_body import MAX_DEPTH, parse
+from ember.core.json_body import MAX_DEPTH, dump, parse
 
 
 def _refused(raw: bytes, **kw: Any) -> InvalidInput:
@@ -113,3 +113,20 @@ def test_valid_data_round_trips_and_lone_surrogates_never_pass(value: Any, ascii
             parse(raw)
     else:
         assert parse(raw) == value
+
+
+@given(json_values)
+def test_dump_is_compact_json_that_parses_back(value: Any) -> None:
+    try:
+        text = dump(value)
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: refused on the way in, never stored
+        return
+    assert text == json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    assert parse(text.encode("utf-8")) == value
+
+
+def test_a_number_that_overflows_is_refused_even_where_strings_hold_no_float() -> None:
+    # The plain decoder is used only when no fraction, exponent or constant is anywhere in the text.
+    assert [p.field for p in _refused(b'{"a": "no floats here", "b": 2e400}').problems] == ["b"]
+    assert parse(b'{"a": "1.5 in a string", "b": 2}') == {"a": "1.5 in a string", "b": 2}

@@ -5,19 +5,21 @@ run, runsync and status are on the fast path (`api.fastpath`)."""
 from __future__ import annotations
 
 import json
-import uuid
+import os
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ember.api import bodies as B
-from ember.api.deps import EndpointInfo, Runtime, caller, hold_clock, read_json, runtime
+from ember.api.deps import EndpointInfo, Runtime, caller, hold_clock, query_param, read_json, runtime
 from ember.api.errors import json_response
 from ember.api.fastpath import FastRoutes
 from ember.core import jobs as J
+from ember.core import json_body
 from ember.core.errors import Conflict, InvalidInput, NotFound, Problem
-from ember.core.ids import make_id
+from ember.core.ids import job_token, make_id
 from ember.core.jobs import JobState
 from ember.core.outbound import webhook_problems
 from ember.core.wire import record
@@ -86,8 +88,8 @@ def _parse_job(body: Any, default_timeout_ms: int) -> tuple[str, str | None, str
             "invalid job request: " + "; ".join(f"{p.field} {p.message}" for p in problems), problems
         )
     B.check(B.JobRequest, body)
-    input_json = json.dumps(body["input"], ensure_ascii=False, separators=(",", ":"))
-    extra_json = json.dumps(extra, ensure_ascii=False, separators=(",", ":")) if extra else None
+    input_json = json_body.dump(body["input"])
+    extra_json = json_body.dump(extra) if extra else None
     return input_json, extra_json, extra.get("webhook"), low, timeout_ms, ttl_ms
 
 
@@ -109,7 +111,7 @@ fast = FastRoutes("/v2/{endpoint_id}", "jobs")
 
 def _new_job(ep: EndpointInfo, body: Any, sync: bool) -> NewJob:
     input_json, extra_json, webhook, low, timeout_ms, ttl_ms = _parse_job(body, ep.execution_timeout_ms)
-    job_id = make_id("sync_job" if sync else "job", uuid.uuid4().hex)
+    job_id = make_id("sync_job" if sync else "job", job_token(time.time(), os.urandom(10)))
     return NewJob(
         job_id, ep.id, ep.account_id, input_json, extra_json, webhook, low, timeout_ms, ttl_ms, sync
     )
@@ -200,7 +202,7 @@ async def run(request: Request) -> Response:
 )
 async def runsync(request: Request) -> Response:
     wait_ms = J.RUNSYNC_WAIT_DEFAULT_MS
-    wait = request.query_params.get("wait")
+    wait = query_param(request, "wait")
     if wait is not None:
         if not wait.isdigit():
             raise InvalidInput(

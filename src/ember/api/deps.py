@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
 from ember.control.clock import Clock
 from ember.control.signals import Signals
@@ -130,6 +131,13 @@ def runtime(request: Request) -> Runtime:
     return request.app.state.runtime  # type: ignore[no-any-return]
 
 
+def query_param(request: Request, name: str) -> str | None:
+    """A query parameter's value, or None; a request without a query string parses nothing."""
+    if not request.scope.get("query_string"):
+        return None
+    return request.query_params.get(name)
+
+
 def key_from(request: Request) -> str:
     raw = request.headers.get("authorization", "")
     if raw[:7].lower() == "bearer ":
@@ -191,13 +199,20 @@ async def read_body(request: Request, limit_bytes: int) -> bytes:
     chunks = []
     size = 0
     timeout_s = runtime(request).limits.body_timeout_s
+    receive = request.receive  # the ASGI messages themselves: `request.stream()` adds a generator
     try:
         async with asyncio.timeout(timeout_s):
-            async for chunk in request.stream():
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnect()
+                chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit_bytes:
                     raise PayloadTooLarge(f"request body exceeds the limit of {limit_bytes} bytes")
                 chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
     except TimeoutError:
         raise RequestTimeout(
             f"the request body did not arrive within {timeout_s:g} s ({size} bytes received"

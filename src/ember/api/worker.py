@@ -4,7 +4,6 @@ job-done (raw body, any content type), job-stream, ping, job-stop (long poll). W
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,10 +11,11 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ember.api import bodies as B
-from ember.api.deps import Runtime, hold_clock, read_json, runtime, worker_caller
+from ember.api.deps import Runtime, hold_clock, query_param, read_json, runtime, worker_caller
 from ember.api.errors import json_response
 from ember.api.fastpath import FastRoutes
 from ember.core import jobs as J
+from ember.core import json_body
 from ember.core.errors import Conflict, InvalidInput, NotFound
 from ember.core.wire import record, worker_job
 from ember.core.workers import TAKES_JOBS, WorkerState
@@ -111,7 +111,7 @@ async def _take(request: Request, limit: int, as_list: bool) -> Response:
                 first = False
                 if worker["state"] == WorkerState.INITIALIZING.value:
                     worker = await _mark_seen(rt, worker, now)
-                in_progress = request.query_params.get("job_in_progress") == "1"
+                in_progress = query_param(request, "job_in_progress") == "1"
                 if was_running and not in_progress:
                     held = await rt.store.run(rt.store.jobs.held_by, worker_id)
                     if not held:
@@ -142,7 +142,7 @@ async def _take(request: Request, limit: int, as_list: bool) -> Response:
 
 
 def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query_params.get(name)
+    raw = query_param(request, name)
     if raw is None:
         return default
     try:
@@ -175,10 +175,6 @@ async def job_take_batch(request: Request) -> Response:
     return await _take(request, _int_param(request, "batch_size", 1, 1, 1000), as_list=True)
 
 
-def _dump(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
 @fast.route(
     "/job-done/{worker_id}/{job_id}",
     ["POST"],
@@ -202,10 +198,10 @@ async def job_done(request: Request) -> Response:
     now = rt.clock.now()
     await _heard_from(rt, worker_id, now)
     if J.is_progress_update(body):
-        await rt.store.run(rt.store.jobs.progress, job_id, worker_id, _dump(body.get("output")))
+        await rt.store.run(rt.store.jobs.progress, job_id, worker_id, json_body.dump(body.get("output")))
         return json_response({"status": "ok"})
     state, fields = J.classify_result(body)
-    output = _dump(fields["output"]) if "output" in fields else None
+    output = json_body.dump(fields["output"]) if "output" in fields else None
     stop_pod = bool(body.get("stopPod"))
     take = 0 if stop_pod else _int_param(request, "take", 0, 0, 1000)
     report = await rt.store.run(
@@ -312,7 +308,7 @@ async def job_stream(endpoint_id: str, worker_id: str, job_id: str, request: Req
     if body.get("error") and "output" not in body:
         return json_response({"status": "ignored"})  # error chunks end in job-done (gotcha 30)
     outcome = await rt.store.run(
-        rt.store.jobs.stream_chunk, job_id, worker_id, _dump(body.get("output")), endpoint_id
+        rt.store.jobs.stream_chunk, job_id, worker_id, json_body.dump(body.get("output")), endpoint_id
     )
     if outcome == "unknown":
         raise NotFound(f"job {job_id!r} not found")

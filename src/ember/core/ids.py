@@ -32,6 +32,15 @@ def make_id(kind: str, token: str) -> str:
     return f"{prefix}-{token}"
 
 
+def job_token(now_s: float, randomness: bytes) -> str:
+    """A job id's token: the creation time in milliseconds (12 hex digits) then `randomness` (10 bytes,
+    20 hex digits). Ids made later sort later, so new jobs are appended to the end of the job index
+    instead of landing on a random page of it."""
+    if len(randomness) != 10:
+        raise ValueError("a job token takes 10 bytes of randomness")
+    return f"{max(0, int(now_s * 1000)) & 0xFFFF_FFFF_FFFF:012x}{randomness.hex()}"
+
+
 def is_safe_id(value: str) -> bool:
     """True when `value` can be placed in a URL path unescaped ([A-Za-z0-9_-], 1-128 chars)."""
     return bool(_SAFE.match(value))

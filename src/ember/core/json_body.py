@@ -25,6 +25,9 @@ MAX_PROBLEMS = 10
 # A \u escape of a UTF-16 surrogate (D800-DFFF). Pairs decode to one character and are fine; only a
 # body holding such an escape can decode to a lone surrogate, so only such bodies are walked.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+# A number with a fraction or an exponent, or a NaN/Infinity constant, may be somewhere in a text that
+# holds one of these (perhaps only inside a string); a text that holds none has neither.
+_MAY_NOT_BE_FINITE = re.compile(r"[0-9][.eE]|NaN|Infinity")
 _CONTAINERS = (dict, list)
 _ALL_BUT_OPENERS = bytes(b for b in range(256) if b not in b"[{")
 
@@ -36,6 +39,14 @@ class _NotFinite:
 
     def __init__(self, token: str) -> None:
         self.token = token
+
+
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def dump(value: Any) -> str:
+    """`value` as compact JSON text (no spaces, non-ASCII kept), as Ember stores and sends it."""
+    return _COMPACT.encode(value)
 
 
 def parse(raw: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
@@ -65,7 +76,10 @@ def parse(raw: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
         return not_finite(token) if value - value else value  # inf - inf is nan, which is truthy
 
     try:
-        value = json.loads(text, parse_constant=not_finite, parse_float=finite)
+        if _MAY_NOT_BE_FINITE.search(text):
+            value = json.loads(text, parse_constant=not_finite, parse_float=finite)
+        else:  # no float and no NaN/Infinity anywhere: the plain decoder, made once, does the same
+            value = json.loads(text)
     except RecursionError:
         raise InvalidInput(
             f"malformed JSON body: nested deeper than {max_depth} levels",

@@ -120,7 +120,8 @@ class Store:
                 not recycle
                 and take > 0
                 and take_endpoint is not None
-                and self.workers.taking(worker_id, cur) is not None
+                and finished is not None
+                and finished.worker_takes
             )
             if may_take and take_endpoint is not None:
                 claimed = self.jobs.claim(take_endpoint, worker_id, take, now, cur=cur)
