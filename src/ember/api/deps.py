@@ -132,10 +132,21 @@ def runtime(request: Request) -> Runtime:
 
 
 def query_param(request: Request, name: str) -> str | None:
-    """A query parameter's value, or None; a request without a query string parses nothing."""
-    if not request.scope.get("query_string"):
+    """A query parameter's value (the last, as Starlette's `query_params` gives), or None. The job
+    path's short queries of plain words (`take=1`) are read straight from the raw string; one with
+    escapes is parsed by Starlette."""
+    raw: bytes = request.scope.get("query_string", b"")
+    if not raw:
         return None
-    return request.query_params.get(name)
+    if b"%" in raw or b"+" in raw:
+        return request.query_params.get(name)
+    key = name.encode("latin-1")
+    found = None
+    for pair in raw.split(b"&"):
+        k, _, v = pair.partition(b"=")
+        if k == key:
+            found = v
+    return None if found is None else found.decode("latin-1")
 
 
 def key_from(request: Request) -> str:
