@@ -16,7 +16,7 @@ from starlette.routing import Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ember.api.deps import Runtime, key_from, runtime
-from ember.control.metrics import StoreCollector
+from ember.control.metrics import Deferred, StoreCollector
 from ember.core.errors import Forbidden, Unauthorized
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -30,6 +30,7 @@ class HttpInstruments:
 
     def __init__(self, registry: CollectorRegistry, router: Router) -> None:
         self._router = router
+        self._deferred = Deferred(registry, self._record)
         self._paths: dict[object, str] = {}  # endpoint -> path template, for routes that name no route
         self._requests = Counter(
             "ember_http_requests",
@@ -52,7 +53,11 @@ class HttpInstruments:
         self.record(scope["method"], self._template(scope), status, elapsed_s)
 
     def record(self, method: str, route: str, status: int, elapsed_s: float) -> None:
-        """One request of `method` on the route template `route`, answered with `status`."""
+        """One request of `method` on the route template `route`, answered with `status` (counted when
+        the metrics are next read: `Deferred`)."""
+        self._deferred.add(method, route, status, elapsed_s)
+
+    def _record(self, method: str, route: str, status: int, elapsed_s: float) -> None:
         method = method if method in METHODS else "OTHER"
         counter = self._counted.get((method, route, status))
         if counter is None:

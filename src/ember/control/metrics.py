@@ -2,8 +2,8 @@
 a process may hold several apps). Two kinds:
 
 - `Instruments`: counters and histograms of events as this process sees them (a job finished, a model
-  downloaded). Called on the job path, so a call is a dict lookup and prometheus-client's own increments:
-  no I/O, no logging, no lock of ours.
+  downloaded). Called on the job path, so a job's observation is only queued there (`Deferred`) and
+  counted when the metrics are read: no I/O, no logging, no lock.
 - `StoreCollector`: what the database says when Prometheus scrapes (queue depth, workers by state and type,
   the scaler's desired count, billed usage), so that any replica serving `/metrics` tells the same.
 """
@@ -11,8 +11,9 @@ a process may hold several apps). Two kinds:
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -32,11 +33,43 @@ _STATES = [s.value for s in WorkerState if s not in TERMINAL]
 _TYPES = [t.value for t in WorkerType]
 
 
+class Deferred(Collector):
+    """Observations queued where they happen (a deque append, no lock) and applied to their instruments
+    by `apply` when the registry is collected, or once `limit` are waiting. Registered in the registry
+    before the instruments it feeds, so a scrape (which collects in registration order) sees them all."""
+
+    def __init__(self, registry: CollectorRegistry, apply: Callable[..., None], limit: int = 10_000) -> None:
+        self._queue: deque[tuple[Any, ...]] = deque()
+        self._apply = apply
+        self._limit = limit
+        registry.register(self)
+
+    def add(self, *observation: Any) -> None:
+        self._queue.append(observation)
+        if len(self._queue) > self._limit:
+            self.flush()
+
+    def flush(self) -> None:
+        """Apply what is waiting (safe beside `add` on another thread: each item is taken once)."""
+        queue = self._queue
+        while True:
+            try:
+                observation = queue.popleft()
+            except IndexError:
+                return
+            self._apply(*observation)
+
+    def collect(self) -> Iterator[Metric]:
+        self.flush()
+        return iter(())
+
+
 class Instruments:
     """The process's own counters and histograms. Created with a fresh registry unless given one."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._deferred = Deferred(self.registry, self._job_finished)
         self._finished = Counter(
             "ember_jobs_finished",
             "Jobs that reached a final status, by endpoint and status",
@@ -75,7 +108,13 @@ class Instruments:
     def job_finished(
         self, endpoint_id: str, status: str, delay_s: float | None = None, execution_s: float | None = None
     ) -> None:
-        """One job of `endpoint_id` ended in `status`; its delay and execution times when known."""
+        """One job of `endpoint_id` ended in `status`; its delay and execution times when known (counted
+        when the metrics are next read: `Deferred`)."""
+        self._deferred.add(endpoint_id, status, delay_s, execution_s)
+
+    def _job_finished(
+        self, endpoint_id: str, status: str, delay_s: float | None, execution_s: float | None
+    ) -> None:
         counter = self._finished_by.get((endpoint_id, status))
         if counter is None:
             counter = self._finished_by[(endpoint_id, status)] = self._finished.labels(endpoint_id, status)
