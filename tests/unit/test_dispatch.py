@@ -58,12 +58,12 @@ def test_a_result_goes_to_its_waiter_once() -> None:
     async def scenario() -> None:
         d = Dispatcher()
         waiting = d.expect_result("job-1")
-        d.finished("job-2", {"id": "job-2"})
+        d.finished("job-2", '{"id":"job-2"}')
         assert not waiting.done()
-        d.finished("job-1", {"id": "job-1", "status": "COMPLETED"})
-        assert waiting.result() == {"id": "job-1", "status": "COMPLETED"}
+        d.finished("job-1", '{"id":"job-1","status":"COMPLETED"}')
+        assert waiting.result() == '{"id":"job-1","status":"COMPLETED"}'
         d.finished("job-1", None)  # a second finish (e.g. a late reaper pass) changes nothing
-        assert waiting.result() == {"id": "job-1", "status": "COMPLETED"}
+        assert waiting.result() == '{"id":"job-1","status":"COMPLETED"}'
 
     run(scenario())
 
@@ -104,7 +104,7 @@ def test_a_result_wait_ends_empty_after_its_time() -> None:
         d = Dispatcher()
         assert await d.result_within(d.expect_result("job-1"), 0.01) is None
         fut = d.expect_result("job-2")
-        asyncio.get_running_loop().call_soon(d.finished, "job-2", {"id": "job-2"})
-        assert await d.result_within(fut, 5) == {"id": "job-2"}
+        asyncio.get_running_loop().call_soon(d.finished, "job-2", '{"id":"job-2"}')
+        assert await d.result_within(fut, 5) == '{"id":"job-2"}'
 
     run(scenario())

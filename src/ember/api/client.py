@@ -218,7 +218,7 @@ async def runsync(request: Request) -> Response:
         while True:
             final = await dispatch.result_within(result, max(0.0, min(deadline - hold_clock(), 1.0)))
             if final is not None:
-                return json_response(final)
+                return Response(final, media_type="application/json")
             # Woken without the record (or a slice passed): the store says how the job stands.
             result = dispatch.expect_result(job.id)
             row = await rt.store.run(rt.store.jobs.get, job.id)

@@ -17,7 +17,7 @@ from ember.api.fastpath import FastRoutes
 from ember.core import jobs as J
 from ember.core import json_body
 from ember.core.errors import Conflict, InvalidInput, NotFound
-from ember.core.wire import record, worker_job
+from ember.core.wire import record_text, worker_job
 from ember.core.workers import TAKES_JOBS, WorkerState
 from ember.store.jobs import Claimed
 
@@ -235,7 +235,7 @@ async def job_done(request: Request) -> Response:
             "error": fields.get("error"),
             "retried": f.retried,
         }
-        rt.signals.job_finished(job_id, record(final), webhook=f.has_webhook)
+        rt.signals.job_finished(job_id, record_text(final), webhook=f.has_webhook)
         delay_s = f.started_at - f.created_at if f.started_at is not None else None
         execution_s = now - f.started_at if f.started_at is not None else None
         rt.signals.metrics.job_finished(endpoint_id, state.value, delay_s, execution_s)

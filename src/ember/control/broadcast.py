@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -108,10 +107,7 @@ class Broadcast:
             s.jobs_submitted(ident, tell_others=False)
         elif kind == "f":
             job_id, _, record = ident.partition(" ")
-            try:
-                final = json.loads(record) if record else None
-            except ValueError:
-                final = None
-            s.job_finished(job_id, final, tell_others=False)  # without the record, a waiter reads it
+            # Without the record, a waiter reads it.
+            s.job_finished(job_id, record or None, tell_others=False)
         elif kind == "r":
             s.retire(ident, tell_others=False)

@@ -44,7 +44,7 @@ class Dispatcher:
     def __init__(self) -> None:
         self._takers: dict[str, deque[Taker]] = {}
         self._by_worker: dict[str, set[Taker]] = {}
-        self._results: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
+        self._results: dict[str, asyncio.Future[str | None]] = {}
         # Per endpoint, how many times queued jobs woke its takers (a count of wake-ups, not of jobs): a
         # take that looked at the store before a queueing and starts waiting after it (possible when
         # store calls run on threads) sees the count moved and looks again instead of waiting.
@@ -129,16 +129,15 @@ class Dispatcher:
         return sum(1 for t in self._takers.get(endpoint_id, ()) if not t.future.done())
 
     # ---- runsync results -------------------------------------------------------------------------
-    def expect_result(self, job_id: str) -> asyncio.Future[dict[str, Any] | None]:
-        fut: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+    def expect_result(self, job_id: str) -> asyncio.Future[str | None]:
+        fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._results[job_id] = fut
         return fut
 
     @staticmethod
-    async def result_within(
-        fut: asyncio.Future[dict[str, Any] | None], timeout_s: float
-    ) -> dict[str, Any] | None:
-        """What `fut` (from `expect_result`) is given within `timeout_s`: the final record, or None (woken
+    async def result_within(fut: asyncio.Future[str | None], timeout_s: float) -> str | None:
+        """What `fut` (from `expect_result`) is given within `timeout_s`: the final record's JSON text
+        (`core.wire.record_text`), or None (woken
         without it, or the time passed: the caller looks in the store)."""
         timer = fut.get_loop().call_later(timeout_s, _end, fut)
         try:
@@ -149,9 +148,9 @@ class Dispatcher:
     def forget_result(self, job_id: str) -> None:
         self._results.pop(job_id, None)
 
-    def finished(self, job_id: str, record: dict[str, Any] | None = None) -> None:
-        """The job reached a final state; `record` is its final record when known (else the waiter
-        reads it)."""
+    def finished(self, job_id: str, record: str | None = None) -> None:
+        """The job reached a final state; `record` is its final record's JSON text when known (else the
+        waiter reads it)."""
         fut = self._results.pop(job_id, None)
         if fut is not None and not fut.done():
             fut.set_result(record)

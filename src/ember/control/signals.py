@@ -6,10 +6,8 @@ the store is the truth, these only shorten waits. Jobs and results themselves ar
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
 
 from ember.control.dispatch import Dispatcher
 from ember.control.metrics import Instruments
@@ -83,19 +81,18 @@ class Signals:
     def job_finished(
         self,
         job_id: str,
-        record: dict[str, Any] | None = None,
+        record: str | None = None,
         *,
         webhook: bool = True,
         tell_others: bool = True,
     ) -> None:
-        """A job reached a final state: hand `record` (when known) to its runsync waiter, and let the
-        webhook loop look (unless the job is known to have no webhook)."""
+        """A job reached a final state: hand `record` (its final record's JSON text, when known) to its
+        runsync waiter, and let the webhook loop look (unless the job is known to have no webhook)."""
         self.dispatch.finished(job_id, record)
         if webhook:
             self.webhooks.set()
         if tell_others and self.publish is not None:
-            compact = None if record is None else json.dumps(record, separators=(",", ":"))
-            self.publish("f", job_id if compact is None else f"{job_id} {compact}")
+            self.publish("f", job_id if record is None else f"{job_id} {record}")
 
     def retire(self, worker_id: str, *, tell_others: bool = True) -> None:
         """A worker takes no new job: end its held job-take now."""

@@ -6,6 +6,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from ember.core.json_body import dump
+
 
 def record(row: Mapping[Any, Any]) -> dict[str, Any]:
     """`{"id", "status", "delayTime", "executionTime", "workerId", "output" | "error"}`.
@@ -26,6 +28,18 @@ def record(row: Mapping[Any, Any]) -> dict[str, Any]:
     if row["retried"]:
         rec["retries"] = row["retried"]
     return rec
+
+
+def record_text(row: Mapping[Any, Any]) -> str:
+    """`record(row)` as compact JSON text, with `row["output"]` (already JSON text) placed in it as it
+    is, not decoded and encoded again."""
+    output: str | None = row["output"]
+    if output is None:
+        return dump(record(row))
+    head = record({**row, "output": None, "error": None, "retried": 0})
+    tail = {k: v for k, v in record({**row, "output": None}).items() if k not in head}
+    text = dump(head)[:-1] + ',"output":' + output
+    return text + ("," + dump(tail)[1:] if tail else "}")
 
 
 def worker_job(job_id: str, input_json: str, extra_json: str | None) -> str:
