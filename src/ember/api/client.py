@@ -282,7 +282,7 @@ async def cancel(endpoint_id: str, job_id: str, request: Request) -> Response:
     if row["cancelled_now"]:
         rt.signals.metrics.job_finished(ep.id, JobState.CANCELLED.value)
     if row["worker_id"] and row["stop_requested"]:
-        rt.signals.stops.wake(row["worker_id"])
+        rt.signals.stop_wanted(row["worker_id"])
     rt.signals.job_finished(job_id)
     return json_response({"id": job_id, "status": row["state"]})
 

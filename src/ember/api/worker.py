@@ -335,7 +335,7 @@ async def ping(endpoint_id: str, worker_id: str, request: Request) -> Response:
     if ids:
         flagged: int = await rt.store.run(rt.store.jobs.stop_again, worker_id, sorted(ids))
         if flagged:
-            rt.signals.stops.wake(worker_id)
+            rt.signals.stop_wanted(worker_id)
     return json_response({"status": "ok"})
 
 

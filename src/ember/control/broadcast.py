@@ -9,7 +9,8 @@ A lost event only delays work, never loses it (the store is the truth; every wai
 again within its poll slice): a process that dies between a commit and its NOTIFY costs the others one
 slice. Events: `q <endpoint>` jobs were queued; `f <job> [record]` a job reached a final state (with its
 final record when it fits in a notification, so a runsync waiting elsewhere answers without reading the
-store); `r <worker>` a worker takes no new job. SQLite has one process, and no broadcast."""
+store); `r <worker>` a worker takes no new job; `s <worker>` a job the worker holds should stop.
+SQLite has one process, and no broadcast."""
 
 from __future__ import annotations
 
@@ -111,3 +112,5 @@ class Broadcast:
             s.job_finished(job_id, record or None, tell_others=False)
         elif kind == "r":
             s.retire(ident, tell_others=False)
+        elif kind == "s":
+            s.stop_wanted(ident, tell_others=False)

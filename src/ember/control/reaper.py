@@ -64,13 +64,13 @@ class Reaper:
         for row in await s.run(s.jobs.time_out_running, now, self.cfg.retention_run_s):
             log.info("job_timed_out job=%s worker=%s", row["id"], row["worker_id"], extra=_ids(row))
             if row["worker_id"]:
-                self.signals.stops.wake(row["worker_id"])
+                self.signals.stop_wanted(row["worker_id"])
             self.signals.job_finished(row["id"])
             self.signals.metrics.job_finished(row["endpoint_id"], JobState.TIMED_OUT.value)
         for row in await s.run(s.jobs.expire, now, self.cfg.ttl_grace_s):
             log.info("job_expired job=%s state=%s", row["id"], row["state"], extra=_ids(row))
             if row["worker_id"]:
-                self.signals.stops.wake(row["worker_id"])
+                self.signals.stop_wanted(row["worker_id"])
             self.signals.job_finished(row["id"])
             self.signals.metrics.job_finished(row["endpoint_id"], JobState.TIMED_OUT.value)
         await s.run(s.jobs.purge_expired, now)

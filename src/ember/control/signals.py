@@ -94,6 +94,13 @@ class Signals:
         if tell_others and self.publish is not None:
             self.publish("f", job_id if record is None else f"{job_id} {record}")
 
+    def stop_wanted(self, worker_id: str, *, tell_others: bool = True) -> None:
+        """A job held by `worker_id` should stop (cancelled, timed out, expired): end its job-stop poll
+        now, wherever the worker holds it open."""
+        self.stops.wake(worker_id)
+        if tell_others and self.publish is not None:
+            self.publish("s", worker_id)
+
     def retire(self, worker_id: str, *, tell_others: bool = True) -> None:
         """A worker takes no new job: end its held job-take now."""
         self.stops.wake("retire:" + worker_id)
