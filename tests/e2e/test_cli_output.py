@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import queue
+import shlex
 import signal
 import subprocess
 import sys
@@ -173,6 +174,9 @@ def test_deploy_wait_on_a_terminal_shows_the_worker_starting_live(server: LiveSe
 def test_shell_completion_is_on() -> None:
     help_text = subprocess.run([*EMBER, "--help"], capture_output=True, text=True, timeout=60).stdout
     assert "--install-completion" in help_text and "--show-completion" in help_text
-    script = subprocess.run([*EMBER, "--show-completion", "bash"], capture_output=True, text=True, timeout=60)
+    # Run from bash, as a user would: the shell is detected from the parent process, whatever runs the tests.
+    script = subprocess.run(
+        ["bash", "-c", shlex.join([*EMBER, "--show-completion"])], capture_output=True, text=True, timeout=60
+    )
     assert script.returncode == 0, script.stderr
     assert "_EMBER_COMPLETE" in script.stdout and "complete " in script.stdout

@@ -70,3 +70,5 @@ def test_one_process_holds_the_lease_and_another_takes_it_when_the_holder_dies(
     finally:
         holder.kill()
         holder.wait(timeout=10)
+        if holder.stdout is not None:
+            holder.stdout.close()

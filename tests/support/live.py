@@ -95,8 +95,17 @@ class LiveServer:
 
     def start(self) -> LiveServer:
         self.home.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
-        self.proc = subprocess.Popen(
+        with open(self.log_path, "ab") as log:  # the child writes to its own copy of the descriptor
+            self.proc = self._spawn(log)
+        try:
+            wait_for(self._up, self.up_timeout_s, what=f"ember server on {self.url} (log: {self.log_path})")
+        except BaseException:
+            self.kill()  # a server that never came up is not left running behind the failed test
+            raise
+        return self
+
+    def _spawn(self, log: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [
                 *self.wrap,
                 sys.executable,
@@ -112,8 +121,6 @@ class LiveServer:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        wait_for(self._up, self.up_timeout_s, what=f"ember server on {self.url} (log: {self.log_path})")
-        return self
 
     def _up(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:

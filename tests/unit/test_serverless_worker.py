@@ -158,6 +158,7 @@ def start() -> Iterator[Callable[..., tuple[Peer, Running]]]:
     for peer, running in started:
         if running.thread.is_alive():
             running.stop()
+        running.transport.close()  # a worker that ended by itself leaves its pooled connections open
         peer.close()
 
 

@@ -130,7 +130,7 @@ class HttpTransport:
                     with self._lock:
                         self._polls.discard(conn)
                         self._aborted.discard(conn)
-            if keep and not self._closed:
+            if keep:
                 self._give_back(origin, conn)
             else:
                 conn.close()
@@ -240,9 +240,14 @@ class HttpTransport:
             return self._tls
 
     def _give_back(self, origin: str, conn: _Connection) -> None:
+        """Keep `conn` for the next request, or close it when the transport was closed meanwhile (a
+        request that ends after `close()` must not leave its socket in the pool)."""
         conn.reused = True
         with self._lock:
-            self._idle.setdefault(origin, []).append(conn)
+            if not self._closed:
+                self._idle.setdefault(origin, []).append(conn)
+                return
+        conn.close()
 
 
 class _Connection:
