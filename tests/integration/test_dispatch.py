@@ -5,6 +5,7 @@ record from the job-done that finished its job. The store stays the truth in eve
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +32,26 @@ async def ready_worker(h: Harness, **fields: Any) -> tuple[dict[str, Any], dict[
     return ep, worker
 
 
+async def until(holds: Callable[[], Any], what: str) -> None:
+    """Wait (at most 5 s) until `holds()` is true."""
+    for _ in range(500):
+        if holds():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def held_open(h: Harness, endpoint_id: str) -> None:
+    """Until a job-take (or a job-done asking for more) waits on the endpoint."""
+    dispatch = h.app.state.runtime.signals.dispatch
+    await until(lambda: dispatch.takers(endpoint_id), "a held job-take")
+
+
 async def waiting_take(h: Harness, endpoint_id: str, worker_id: str) -> asyncio.Task[Any]:
     h.app.state.runtime.limits.take_hold_s = 10.0
     task = asyncio.ensure_future(h.take(endpoint_id, worker_id))
-    dispatch = h.app.state.runtime.signals.dispatch
-    for _ in range(500):
-        if dispatch.takers(endpoint_id):
-            return task
-        await asyncio.sleep(0.01)
-    raise AssertionError("the job-take never started waiting")
+    await held_open(h, endpoint_id)
+    return task
 
 
 async def done(
@@ -326,18 +338,11 @@ def test_a_job_done_asking_for_more_is_held_and_handed_the_next_job(tmp_path: Pa
         assert (await h.take(ep["id"], worker["id"])).json()["id"] == first
         h.app.state.runtime.limits.take_hold_s = 10.0
         held = asyncio.ensure_future(done(h, ep, worker, first, {"output": 1}, 1))
-        dispatch = h.app.state.runtime.signals.dispatch
-        for _ in range(500):
-            if dispatch.takers(ep["id"]):
-                break
-            await asyncio.sleep(0.01)
+        await held_open(h, ep["id"])
         finished = h.store.jobs.get(first)
         assert finished["state"] == "COMPLETED"  # recorded before the hold
         # Not billed while it waits: IDLE after the grace, as of the job's finish.
-        for _ in range(500):
-            if h.store.workers.get(worker["id"])["state"] == "IDLE":
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: h.store.workers.get(worker["id"])["state"] == "IDLE", "the worker to settle")
         assert h.store.workers.get(worker["id"])["state_since"] == finished["completed_at"]
         [second] = await queue(h, ep, 1)
         answer = (await asyncio.wait_for(held, 5)).json()
@@ -358,11 +363,7 @@ def test_a_job_handed_within_the_settle_grace_keeps_the_worker_running(tmp_path:
         h.app.state.runtime.limits.settle_grace_s = 30.0
         events_before = len(h.store.workers.history(worker["id"]))
         held = asyncio.ensure_future(done(h, ep, worker, first, {"output": 1}, 1))
-        dispatch = h.app.state.runtime.signals.dispatch
-        for _ in range(500):
-            if dispatch.takers(ep["id"]):
-                break
-            await asyncio.sleep(0.01)
+        await held_open(h, ep["id"])
         assert h.store.workers.get(worker["id"])["state"] == "RUNNING"
         [second] = await queue(h, ep, 1)
         answer = (await asyncio.wait_for(held, 5)).json()
@@ -384,10 +385,7 @@ def test_a_held_job_done_ends_when_the_worker_is_retired(tmp_path: Path) -> None
         h.app.state.runtime.limits.take_hold_s = 30.0
         held = asyncio.ensure_future(done(h, ep, worker, first, {"output": 1}, 1))
         signals = h.app.state.runtime.signals
-        for _ in range(500):
-            if signals.dispatch.takers(ep["id"]):
-                break
-            await asyncio.sleep(0.01)
+        await held_open(h, ep["id"])
         h.store.workers.update(worker["id"], recycle=True)
         signals.retire(worker["id"])
         answer = (await asyncio.wait_for(held, 5)).json()
