@@ -107,7 +107,14 @@ class Following:
 
     def __init__(self, server: LiveServer, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [*EMBER, *args], env=piped_env(server), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [*EMBER, *args],
+            env=piped_env(server),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            # Ctrl-C as a terminal delivers it, whatever the tests were started from (a shell starts a
+            # background job with SIGINT ignored, and children inherit that).
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         self._queue: queue.Queue[str] = queue.Queue()
         self.lines: list[str] = []

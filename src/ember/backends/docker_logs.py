@@ -70,7 +70,8 @@ class ContainerLogs:
 
     def _end_follows(self, worker_id: str) -> None:
         """End every followed stream of `worker_id` (its container is parked: it no longer runs)."""
-        for stream in self._follows.pop(worker_id, set()):
+        # A copy: each follower discards its stream from the set as it ends, on the event loop's thread.
+        for stream in list(self._follows.pop(worker_id, ())):
             with contextlib.suppress(Exception):
                 stream.close()
 
