@@ -50,6 +50,63 @@ class Limits:
     body_timeout_s: float = 30.0
 
 
+class BodyDeadlines:
+    """The deadlines of the request bodies being read, checked together by one timer while any is open:
+    a read registers and unregisters (two dict operations) instead of starting and stopping a timer of
+    its own, which cost as much as the rest of a small body's read. A read past its deadline has its task
+    cancelled; leaving `watch`'s block swallows that cancellation and sets `expired` (any other goes on).
+    Deadlines are kept to within `SWEEP_S`."""
+
+    SWEEP_S = 0.5
+
+    def __init__(self) -> None:
+        self._open: set[_Read] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def watch(self, timeout_s: float) -> _Read:
+        task = asyncio.current_task()
+        assert task is not None
+        read = _Read(self, task, time.monotonic() + timeout_s)
+        self._open.add(read)
+        loop = task.get_loop()
+        if self._timer is None or self._loop is not loop:
+            self._loop = loop
+            self._timer = loop.call_later(self.SWEEP_S, self._sweep)
+        return read
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for read in [r for r in self._open if r.deadline <= now and not r.expired]:
+            read.expired = True
+            read.task.cancel()
+        if self._open and self._loop is not None:
+            self._timer = self._loop.call_later(self.SWEEP_S, self._sweep)
+        else:
+            self._timer = None
+
+    def _done(self, read: _Read) -> None:
+        self._open.discard(read)
+
+
+class _Read:
+    __slots__ = ("_owner", "task", "deadline", "expired")
+
+    def __init__(self, owner: BodyDeadlines, task: asyncio.Task[Any], deadline: float) -> None:
+        self._owner = owner
+        self.task = task
+        self.deadline = deadline
+        self.expired = False
+
+    def __enter__(self) -> _Read:
+        return self
+
+    def __exit__(self, kind: object, exc: BaseException | None, _tb: object) -> bool:
+        self._owner._done(self)
+        # The sweep's own cancellation is swallowed (the caller reads `expired`); another goes on.
+        return self.expired and isinstance(exc, asyncio.CancelledError) and self.task.uncancel() == 0
+
+
 @dataclass
 class Runtime:
     """Everything the HTTP layer uses; built by `ember.app.create_app`."""
@@ -64,7 +121,7 @@ class Runtime:
     limit_table: Any = None  # core.limits table; None = the default
     extras: dict[str, Any] = field(default_factory=dict)  # optional services: model cache, volumes, builder
     heard: dict[str, float] = field(default_factory=dict)  # worker id -> when its last_seen_at was written
-    body_deadlines: BodyDeadlines = field(default_factory=lambda: BodyDeadlines())  # see `read_body`
+    body_deadlines: BodyDeadlines = field(default_factory=BodyDeadlines)  # see `read_body`
     _keys: dict[str, tuple[float, KeyInfo | None]] = field(default_factory=dict)
     _endpoints: dict[tuple[str, str], tuple[float, EndpointInfo | None]] = field(default_factory=dict)
     _sessions: dict[str, tuple[float, KeyInfo | None]] = field(default_factory=dict)
@@ -190,63 +247,6 @@ def admin(request: Request) -> KeyInfo:
     if info.kind != "admin":
         raise NotFound("no such route for this key")
     return info
-
-
-class BodyDeadlines:
-    """The deadlines of the request bodies being read, checked together by one timer while any is open:
-    a read registers and unregisters (two dict operations) instead of starting and stopping a timer of
-    its own, which cost as much as the rest of a small body's read. A read past its deadline has its task
-    cancelled; leaving `watch`'s block swallows that cancellation and sets `expired` (any other goes on).
-    Deadlines are kept to within `SWEEP_S`."""
-
-    SWEEP_S = 0.5
-
-    def __init__(self) -> None:
-        self._open: set[_Read] = set()
-        self._timer: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def watch(self, timeout_s: float) -> _Read:
-        task = asyncio.current_task()
-        assert task is not None
-        read = _Read(self, task, time.monotonic() + timeout_s)
-        self._open.add(read)
-        loop = task.get_loop()
-        if self._timer is None or self._loop is not loop:
-            self._loop = loop
-            self._timer = loop.call_later(self.SWEEP_S, self._sweep)
-        return read
-
-    def _sweep(self) -> None:
-        now = time.monotonic()
-        for read in [r for r in self._open if r.deadline <= now and not r.expired]:
-            read.expired = True
-            read.task.cancel()
-        if self._open and self._loop is not None:
-            self._timer = self._loop.call_later(self.SWEEP_S, self._sweep)
-        else:
-            self._timer = None
-
-    def _done(self, read: _Read) -> None:
-        self._open.discard(read)
-
-
-class _Read:
-    __slots__ = ("_owner", "task", "deadline", "expired")
-
-    def __init__(self, owner: BodyDeadlines, task: asyncio.Task[Any], deadline: float) -> None:
-        self._owner = owner
-        self.task = task
-        self.deadline = deadline
-        self.expired = False
-
-    def __enter__(self) -> _Read:
-        return self
-
-    def __exit__(self, kind: object, exc: BaseException | None, _tb: object) -> bool:
-        self._owner._done(self)
-        # The sweep's own cancellation is swallowed (the caller reads `expired`); another goes on.
-        return self.expired and isinstance(exc, asyncio.CancelledError) and self.task.uncancel() == 0
 
 
 def worker_caller(request: Request, endpoint_id: str, worker_id: str) -> KeyInfo:

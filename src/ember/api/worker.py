@@ -77,14 +77,6 @@ async def _client_gone(request: Request) -> None:
         pass
 
 
-async def _handed_job(
-    rt: Runtime, endpoint_id: str, worker_id: str, timeout_s: float, gone: asyncio.Future[None] | None
-) -> Claimed | None:
-    """Wait up to `timeout_s` for a submit to hand this worker a job (`Dispatcher.handed_job`)."""
-    job: Claimed | None = await rt.signals.dispatch.handed_job(endpoint_id, worker_id, timeout_s, gone)
-    return job
-
-
 async def _take(request: Request, limit: int, as_list: bool) -> Response:
     endpoint_id, worker_id = request.path_params["endpoint_id"], request.path_params["worker_id"]
     rt, worker = await _worker(request, endpoint_id, worker_id)
@@ -130,7 +122,9 @@ async def _take(request: Request, limit: int, as_list: bool) -> Response:
                 continue  # a job was queued while this take looked: look again
             if gone is None:
                 gone = asyncio.ensure_future(_client_gone(request))
-            handed = await _handed_job(rt, endpoint_id, worker_id, min(remaining, 5.0), gone)
+            handed: Claimed | None = await dispatch.handed_job(
+                endpoint_id, worker_id, min(remaining, 5.0), gone
+            )
             if handed is not None:
                 return Response(_jobs_body([handed], as_list), media_type="application/json")
             if gone.done():
@@ -269,7 +263,7 @@ async def _hold_for_jobs(
         while (remaining := deadline - hold_clock()) > 0 and not (gone is not None and gone.done()):
             queued_before = dispatch.queued.get(endpoint_id, 0)
             wait_s = min(remaining, rt.limits.settle_grace_s if unsettled else 5.0)
-            handed = await _handed_job(rt, endpoint_id, worker_id, wait_s, gone)
+            handed: Claimed | None = await dispatch.handed_job(endpoint_id, worker_id, wait_s, gone)
             if handed is not None:
                 unsettled = False
                 return [handed]

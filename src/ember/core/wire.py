@@ -30,14 +30,17 @@ def record(row: Mapping[Any, Any]) -> dict[str, Any]:
     return rec
 
 
+_AFTER_OUTPUT = ("error", "retries")  # the fields `record` puts after "output"
+
+
 def record_text(row: Mapping[Any, Any]) -> str:
     """`record(row)` as compact JSON text, with `row["output"]` (already JSON text) placed in it as it
     is, not decoded and encoded again."""
     output: str | None = row["output"]
     if output is None:
         return dump(record(row))
-    head = record({**row, "output": None, "error": None, "retried": 0})
-    tail = {k: v for k, v in record({**row, "output": None}).items() if k not in head}
+    head = record({**row, "output": None})
+    tail = {k: head.pop(k) for k in _AFTER_OUTPUT if k in head}
     text = dump(head)[:-1] + ',"output":' + output
     return text + ("," + dump(tail)[1:] if tail else "}")
 

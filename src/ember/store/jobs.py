@@ -8,13 +8,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, delete, func, insert, literal, or_, select, update
+from sqlalchemy import and_, bindparam, case, delete, func, insert, literal, select, update
 from sqlalchemy.engine import Engine, RowMapping
 
 from ember.core.jobs import TERMINAL, JobState, sources
-from ember.core.workers import TAKES_JOBS
 from ember.store.db import Prepared, RawAccess, Repository, constant
-from ember.store.schema import job_stream, jobs, workers
+from ember.store.schema import job_stream, jobs
+from ember.store.workers import takes_jobs
 
 J = jobs.c
 FINAL_VALUES = [s.value for s in TERMINAL]
@@ -117,23 +117,7 @@ class Finished:
     started_at: float | None
     retried: int
     has_webhook: bool
-    worker_takes: bool = False  # the worker that finished it may be handed new jobs (`WorkerStore.taking`)
-
-
-def _worker_takes() -> Any:
-    """1 when worker :p_worker may be handed new jobs (a state that takes jobs, not recycled), else 0:
-    read in the statement that finishes its job, so the result and the next take cost one statement."""
-    w = workers.c
-    return (
-        select(func.count())
-        .select_from(workers)
-        .where(
-            w.id == bindparam("p_worker"),
-            or_(*(w.state == constant(s.value) for s in sorted(TAKES_JOBS))),
-            w.recycle.is_(False),
-        )
-        .scalar_subquery()
-    )
+    worker_takes: bool = False  # the worker that finished it may be handed new jobs (`takes_jobs`)
 
 
 class JobStore(Repository):
@@ -171,7 +155,11 @@ class JobStore(Repository):
                 webhook_next_at=bindparam("p_now"),
             )
             .returning(
-                J.created_at, J.started_at, J.retried, J.webhook, _worker_takes().label("worker_takes")
+                J.created_at,
+                J.started_at,
+                J.retried,
+                J.webhook,
+                takes_jobs(bindparam("p_worker")).label("worker_takes"),
             ),
         )
 

@@ -71,6 +71,20 @@ TO_RUNNING = frozenset(s.value for s in sources(WorkerState.RUNNING))
 TAKING = frozenset(s.value for s in TAKES_JOBS)
 
 
+def takes_jobs(worker_id: Any) -> Any:
+    """SQL for what `WorkerStore.taking` checks: 1 when worker `worker_id` may be handed new jobs (a state
+    that takes jobs, not recycled), else 0. A statement about a job can ask it in passing (the result
+    of a job and whether its worker may take the next are one statement)."""
+    return (
+        select(func.count())
+        .select_from(workers)
+        .where(
+            W.id == worker_id, or_(*(W.state == constant(s) for s in sorted(TAKING))), W.recycle.is_(False)
+        )
+        .scalar_subquery()
+    )
+
+
 class WorkerStore(Repository):
     def __init__(self, engine: Engine, raw: RawAccess | None = None) -> None:
         super().__init__(engine, raw)
