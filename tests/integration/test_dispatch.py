@@ -282,6 +282,17 @@ def test_hand_over_to_a_worker_that_may_no_longer_take_queues_the_job(store: Sto
     assert store.take("ep-1", "wk-2", 1, 6.0, mark_running=False)[0].id == "job-1"
 
 
+def test_a_job_already_delivered_is_recorded_as_the_workers_whatever_its_state(store: Store) -> None:
+    # The SQLite path hands the job to the waiting take before it commits it: the commit then records
+    # what happened, even if the worker may no longer be handed jobs, so that the job runs only once.
+    _worker(store, WorkerState.OUTDATED)
+    assert store.hand_over(_job(1), "wk-1", 5.0, delivered=True) is False
+    row = store.jobs.get("job-1")
+    assert row is not None and row["state"] == "IN_PROGRESS" and row["worker_id"] == "wk-1"
+    assert store.take("ep-1", "wk-2", 1, 6.0, mark_running=False) == []
+    assert store.workers.get("wk-1")["state"] == "OUTDATED"  # type: ignore[index]
+
+
 def test_a_recycled_worker_is_neither_handed_nor_claims_a_job(store: Store) -> None:
     _worker(store, WorkerState.IDLE)
     assert store.hand_over(_job(1), "wk-1", 5.0) is True

@@ -4,6 +4,7 @@ run, runsync and status are on the fast path (`api.fastpath`)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -131,6 +132,16 @@ async def _enqueue(rt: Runtime, job: NewJob) -> None:
     now = rt.clock.now()
     dispatch = rt.signals.dispatch
     taker = dispatch.next_taker(job.endpoint_id)
+    store = rt.store
+    if taker is not None and store.inline and store.workers.taking(taker.worker_id) is not None:
+        # Hand the job over first and commit it while the worker runs it: the take's answer leaves in
+        # the loop's next turn, this commit right after it, before anything else the loop does (no
+        # store call can come between: they run on this loop). A crash in between loses a job no one
+        # was told of; the worker's result for it is then refused as unknown.
+        taker.future.set_result(Claimed(job.id, job.input_json, job.extra_json))
+        await asyncio.sleep(0)
+        store.hand_over(job, taker.worker_id, now, delivered=True)
+        return
     if taker is not None:
         try:
             handed = await rt.store.run(rt.store.hand_over, job, taker.worker_id, now)

@@ -1,7 +1,9 @@
 """In-memory hand-offs on the job path, so that a job waits on no poll and no re-read:
 
 - a job-take waiting on an endpoint is handed the next job submitted there (the submit records it as
-  taken by that worker in the same transaction that writes it);
+  taken by that worker in the same transaction that writes it; on SQLite, where store calls run on
+  this loop, that commit comes in the loop turn right after the take's answer leaves, so that it
+  overlaps the worker's run instead of delaying it);
 - a runsync waiting on a job is handed the job's final record by whoever finished it.
 
 The store stays the truth: a hand-off that is lost (a process dies) leaves a job the store recovers like

@@ -66,13 +66,14 @@ class Store:
                 self.workers.start_running(worker_id, now, TOOK_A_JOB, cur=cur)
         return claimed
 
-    def hand_over(self, job: NewJob, worker_id: str, now: float) -> bool:
+    def hand_over(self, job: NewJob, worker_id: str, now: float, *, delivered: bool = False) -> bool:
         """Record a new job as already taken by `worker_id` (a job-take was waiting for it) and make the
-        worker RUNNING; when the worker may no longer take jobs, queue the job instead and return False.
-        One transaction, committed when this returns."""
+        worker RUNNING; when the worker may no longer take jobs, queue the job instead and return False,
+        unless the job was already `delivered` to it: then it is recorded as the worker's whatever its
+        state (the worker has it). One transaction, committed when this returns."""
         with self.raw.write() as cur:
             worker = self.workers.taking(worker_id, cur)
-            self.jobs.submit(job, now, worker_id=worker_id if worker else None, cur=cur)
+            self.jobs.submit(job, now, worker_id=worker_id if worker or delivered else None, cur=cur)
             if worker is not None and worker["state"] != WorkerState.RUNNING.value:
                 self.workers.start_running(worker_id, now, TOOK_A_JOB, cur=cur, current=worker)
         return worker is not None
@@ -141,6 +142,12 @@ class Store:
         engine = make_engine(url)
         migrate(engine, sealer)
         return cls(engine)
+
+    @property
+    def inline(self) -> bool:
+        """Store calls run on the caller's event loop (SQLite): nothing else on the loop runs during
+        one, and only this process writes the database."""
+        return self.db.is_sqlite
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call a blocking store method from async code (inline on SQLite, in a thread otherwise)."""
