@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, TypeAlias
 
 from ember.core.errors import InvalidInput, Problem
 
@@ -40,6 +40,11 @@ class _NotFinite:
     def __init__(self, token: str) -> None:
         self.token = token
 
+
+# A JSON value as `parse` gives it. Code that reads into one narrows it (`isinstance`); a value only
+# passed on or serialised can be typed `object`.
+Json: TypeAlias = dict[str, "Json"] | list["Json"] | str | int | float | bool | None
+JsonObject: TypeAlias = dict[str, Json]
 
 _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
