@@ -7,20 +7,18 @@ server`, `ember up`, `ember dev` and the tests call; nothing else creates engine
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import secrets
-import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
-from pathlib import Path
-from typing import Any
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from fastapi.responses import Response
 
-from ember import __version__, console
+from ember import __version__, compute, console
 from ember.api import client as client_routes
 from ember.api import endpoints as endpoint_routes
 from ember.api import errors as api_errors
@@ -28,12 +26,17 @@ from ember.api import fastpath
 from ember.api import git as git_routes
 from ember.api import manage as manage_routes
 from ember.api import metrics as metrics_routes
+from ember.api import models as model_routes
 from ember.api import registry_auth as registry_auth_routes
-from ember.api import resources as resource_routes
+from ember.api import releases as release_routes
+from ember.api import secrets as secret_routes
 from ember.api import sources as source_routes
+from ember.api import templates as template_routes
 from ember.api import traffic as traffic_routes
+from ember.api import volumes as volume_routes
 from ember.api import worker as worker_routes
 from ember.api.deps import Limits, Runtime
+from ember.api.services import Services
 from ember.backends.base import Backend
 from ember.control.broadcast import Broadcast
 from ember.control.clock import Clock, SystemClock
@@ -47,11 +50,20 @@ from ember.core.billing import PriceTable
 from ember.core.ids import make_id
 from ember.core.limits import DEFAULT_TABLE
 from ember.core.money import parse_dollars
-from ember.core.placement import Host
 from ember.fsmodes import make_private
 from ember.settings import Settings
 from ember.store.facade import Store
 from ember.store.leases import Lease
+
+if TYPE_CHECKING:  # imported where they are built, so that importing the app stays light
+    from ember.build.registry import CredentialStore, Sealer
+    from ember.build.uploads import Uploads
+    from ember.control.builder import Builder
+    from ember.control.models import ModelPreparer
+    from ember.control.secrets import AccountSecrets
+    from ember.models.cache import ModelCache
+    from ember.store.resources import ResourceStore
+    from ember.volumes.store import VolumeManager
 
 log = logging.getLogger("ember")
 
@@ -75,84 +87,6 @@ def ensure_admin(store: Store, settings: Settings, clock: Clock) -> str | None:
     return key
 
 
-def default_backends(
-    settings: Settings, clock: Clock, releases: Callable[[], Mapping[str, int]] | None = None
-) -> dict[str, Backend]:
-    """Local processes always; Docker when asked for (backend=docker, EMBER_DOCKER=1) or when an engine
-    answers. An unreachable engine never fails startup: launches on it fail with a clear error instead.
-    `releases` (each live endpoint's current release) lets the local backend retire stale templates."""
-    from ember.backends.local import LocalBackend
-    from ember.backends.sandbox import SandboxConfig
-    from ember.core.sandbox import parse_mode, startup_warning
-
-    home = settings.home.absolute()
-    sandbox = SandboxConfig(parse_mode(settings.sandbox), settings.sandbox_uid_base, hidden=(str(home),))
-    warning = startup_warning(sandbox.mode, available=sandbox.bwrap is not None)
-    if warning:
-        log.warning(warning)
-    local = LocalBackend(
-        home / "runtime",
-        python=sys.executable,
-        sandbox=sandbox,
-        templates_max=settings.templates_max,
-        releases=releases,
-    )
-    backends: dict[str, Backend] = {"local": local}
-    wanted = settings.backend == "docker" or os.environ.get("EMBER_DOCKER", "") == "1"
-    if wanted or (os.environ.get("EMBER_DOCKER", "") != "0" and _docker_reachable()):
-        from ember.backends.docker import DockerBackend
-        from ember.backends.docker_warm import WarmConfig
-
-        # A container's output is kept here when it is removed, so `ember logs` still shows it.
-        kept = settings.home / "runtime" / "container-logs"
-        # Warm containers' control directories (their launcher and fifos), one per container.
-        control = home / "runtime" / "containers"
-        warm = WarmConfig(settings.warm_container_s, settings.warm_containers_max, control)
-        backends["docker"] = DockerBackend(
-            instance=instance_id(settings.home), logs_dir=kept, warm=warm, clock=clock.now
-        )
-    return backends
-
-
-def _docker_reachable(timeout_s: float = 2.0) -> bool:
-    try:
-        import docker
-
-        client = docker.from_env(timeout=int(max(1, timeout_s)))
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except Exception:  # no SDK, no socket, no answer: all mean "not reachable"
-        return False
-
-
-def instance_id(home: Path) -> str:
-    """This installation's id (kept in EMBER_HOME/instance_id): labels its containers, so a restart
-    adopts them and another Ember on the same engine leaves them alone."""
-    path = home / "instance_id"
-    try:
-        value = path.read_text().strip()
-        if value:
-            return value
-    except FileNotFoundError:
-        pass
-    value = "ei_" + uuid.uuid4().hex[:16]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(value + "\n")
-    return value
-
-
-def hosts_from(settings: Settings) -> list[Host]:
-    from ember.backends.gpus import detect_gpus, parse_gpu_decl
-
-    slots: dict[str, list[str]] = dict(detect_gpus())
-    if settings.gpus:
-        for gpu_type, devices in parse_gpu_decl(settings.gpus).items():
-            slots[gpu_type] = list(devices)
-    return [Host("local", slots)]
-
-
 def create_app(
     settings: Settings,
     *,
@@ -169,7 +103,7 @@ def create_app(
     if store.db.is_sqlite:
         make_private(settings.home)  # the database file and its -wal/-shm, just made
     if backends is None:
-        backends = default_backends(
+        backends = compute.default_backends(
             settings, clock, releases=lambda: {e["id"]: e["release"] for e in store.endpoints.list()}
         )
     signals = Signals()
@@ -181,36 +115,26 @@ def create_app(
         lost_worker_requeues=settings.lost_worker_requeues,
         initial_balance_micros=parse_dollars(settings.initial_balance),
     )
-    runtime = Runtime(
-        store=store,
-        clock=clock,
-        signals=signals,
-        limits=limits,
-        api_url=settings.api_url,
-        home=settings.home,
-        backends=dict(backends),
-        limit_table=DEFAULT_TABLE,
-    )
-    preparer, volume_hook = _models_and_volumes(settings, store, clock, runtime)
+    hosted = _models_and_volumes(settings, store, clock, signals)
     from ember.build.registry import CredentialStore
+    from ember.control.models import volume_hook
     from ember.control.registry_auths import RegistryAuths
 
     credentials = CredentialStore(settings.home)
-    registry_auths = RegistryAuths(store, runtime.extras["resources"], credentials.sealer)
-    runtime.extras.update(registry_auths=registry_auths)
-    runtime.extras.update(uploads=_uploads(settings))
+    registry_auths = RegistryAuths(store, hosted.resources, credentials.sealer)
+    uploads = _uploads(settings)
     launch = LaunchConfig(
         api_url=settings.api_url,
         home=settings.home,
         ping_interval_ms=settings.ping_interval_ms,
-        prepare_python=_venv_builder(settings.home),
-        worker_log=_worker_log(backends),
+        prepare_python=compute.venv_builder(settings.home),
+        worker_log=compute.worker_log(backends),
         set_starting_reason=store.workers.set_starting_reason,
-        hooks=[volume_hook, preparer.launch_hook],
+        hooks=[volume_hook(hosted.volumes), hosted.preparer.launch_hook],
         registry_auth=credentials.auth_for,
         account_registry_auth=registry_auths.auth_config,
         is_admin=lambda account_id: bool((row := store.accounts.get(account_id)) and row["is_admin"]),
-        secret_env=runtime.extras["secrets"].worker_env,
+        secret_env=hosted.secrets.worker_env,
     )
     default_backend = settings.backend if settings.backend in backends else next(iter(backends), "local")
     lifecycle = Lifecycle(
@@ -227,11 +151,11 @@ def create_app(
             backoff_base_s=settings.backoff_base_s,
             retention_run_s=limits.retention_run_s,
             default_backend=default_backend,
-            hosts=hosts_from(settings),
+            hosts=compute.hosts_from(settings),
             limit_table=DEFAULT_TABLE,
         ),
         launch,
-        preparer=preparer,
+        preparer=hosted.preparer,
     )
     reaper = Reaper(
         store,
@@ -250,7 +174,28 @@ def create_app(
         volume_price_micros=parse_dollars(settings.volume_price_gb_month, field="volume_price_gb_month"),
     )
     builder = _builder(settings, store, clock, signals, credentials)
-    runtime.extras.update(builder=builder, prices=meter.prices)
+    runtime = Runtime(
+        store=store,
+        clock=clock,
+        signals=signals,
+        limits=limits,
+        api_url=settings.api_url,
+        home=settings.home,
+        backends=dict(backends),
+        limit_table=DEFAULT_TABLE,
+        services=Services(
+            models=hosted.models,
+            volumes=hosted.volumes,
+            resources=hosted.resources,
+            preparer=hosted.preparer,
+            secrets=hosted.secrets,
+            sealer=hosted.sealer,
+            registry_auths=registry_auths,
+            uploads=uploads,
+            builder=builder,
+            prices=meter.prices,
+        ),
+    )
     runner = Runner(
         lifecycle,
         reaper,
@@ -302,9 +247,13 @@ def create_app(
     fastpath.install(app, client_routes.fast, worker_routes.fast, observe=instruments.record)
     app.include_router(client_routes.router)
     app.include_router(worker_routes.router)
+    app.include_router(template_routes.router)
     app.include_router(endpoint_routes.router)
+    app.include_router(release_routes.router)
     app.include_router(manage_routes.router)
-    app.include_router(resource_routes.router)
+    app.include_router(volume_routes.router)
+    app.include_router(model_routes.router)
+    app.include_router(secret_routes.router)
     app.include_router(registry_auth_routes.router)
     console.install(app)
     app.include_router(git_routes.router)
@@ -318,7 +267,7 @@ def create_app(
     return app
 
 
-def _uploads(settings: Settings) -> Any:
+def _uploads(settings: Settings) -> Uploads:
     from ember.build.archive import ArchiveLimits
     from ember.build.uploads import Uploads
 
@@ -330,10 +279,22 @@ def _uploads(settings: Settings) -> Any:
     return Uploads(settings.home / "uploads", limits)
 
 
-def _models_and_volumes(settings: Settings, store: Store, clock: Clock, runtime: Runtime) -> tuple[Any, Any]:
-    """The host model cache, network volumes and account secrets, registered in `runtime.extras`."""
+@dataclass(frozen=True)
+class _Hosted:
+    """The host model cache, network volumes and account secrets, and what they share."""
+
+    models: ModelCache
+    volumes: VolumeManager
+    resources: ResourceStore
+    preparer: ModelPreparer
+    secrets: AccountSecrets
+    sealer: Sealer
+
+
+def _models_and_volumes(settings: Settings, store: Store, clock: Clock, signals: Signals) -> _Hosted:
+    """The host model cache, network volumes and account secrets."""
     from ember.build.registry import Sealer
-    from ember.control.models import ModelPreparer, volume_hook
+    from ember.control.models import ModelPreparer
     from ember.control.secrets import AccountSecrets
     from ember.models.cache import ModelCache
     from ember.store.resources import ResourceStore
@@ -344,7 +305,7 @@ def _models_and_volumes(settings: Settings, store: Store, clock: Clock, runtime:
         settings.home / "models",
         endpoint_url=settings.hf_endpoint,
         budget_bytes=budget,
-        on_download=runtime.signals.metrics.model_downloaded,
+        on_download=signals.metrics.model_downloaded,
     )
     volumes = VolumeManager(
         settings.home / "volumes", unit_bytes=settings.volume_unit_bytes, enforce=settings.volume_enforce
@@ -354,14 +315,12 @@ def _models_and_volumes(settings: Settings, store: Store, clock: Clock, runtime:
     secrets = AccountSecrets(store, resources, sealer)
     access = cache.root / "ember" / "access.json"
     preparer = ModelPreparer(cache, store, resources, clock, access_path=access, secrets=secrets)
-    runtime.extras.update(
-        models=cache, volumes=volumes, resources=resources, preparer=preparer, on_spec=preparer.on_spec
-    )
-    runtime.extras.update(secrets=secrets, sealer=sealer)
-    return preparer, volume_hook(volumes)
+    return _Hosted(cache, volumes, resources, preparer, secrets, sealer)
 
 
-def _builder(settings: Settings, store: Store, clock: Clock, signals: Signals, credentials: Any) -> Any:
+def _builder(
+    settings: Settings, store: Store, clock: Clock, signals: Signals, credentials: CredentialStore
+) -> Builder:
     """The loop that builds git releases and pushes them to `settings.registry`."""
     from ember.control.builder import BuildConfig, Builder
 
@@ -372,27 +331,3 @@ def _builder(settings: Settings, store: Store, clock: Clock, signals: Signals, c
         outbound_allow=settings.outbound_networks,
     )
     return Builder(store, clock, signals, cfg)
-
-
-def _venv_builder(home: Path) -> Any:
-    from ember.build.venv import ensure_venv
-
-    async def prepare(
-        source: Path,
-        *,
-        on_build: Callable[[], None] | None = None,
-        on_output: Callable[[str], None] | None = None,
-    ) -> str | None:
-        import anyio.to_thread
-
-        build = functools.partial(ensure_venv, on_build=on_build, on_output=on_output)
-        return await anyio.to_thread.run_sync(build, source, home / "venvs")
-
-    return prepare
-
-
-def _worker_log(backends: Mapping[str, Backend]) -> Callable[[str], Path] | None:
-    """Where a local worker's output goes: its venv build's output is written there too."""
-    local = backends.get("local")
-    log_path = getattr(local, "log_path", None)
-    return log_path if callable(log_path) else None

@@ -8,7 +8,6 @@ import json
 import logging
 import re
 from datetime import UTC, datetime
-from typing import Any
 
 from ember.core.ids import PREFIXES
 
@@ -49,7 +48,7 @@ class JsonFormatter(logging.Formatter):
     method, path and status, and the ids their path names."""
 
     def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
+        out: dict[str, object] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
@@ -70,14 +69,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
-def logging_config(log_format: str, level: str = "INFO", *, access_log: bool = False) -> dict[str, Any]:
+def logging_config(log_format: str, level: str = "INFO", *, access_log: bool = False) -> dict[str, object]:
     """A `logging.config.dictConfig` document: one handler on stderr for the root logger in `log_format`
     (see `parse_log_format`); uvicorn's loggers write through it too (pass `log_config=None` to
     uvicorn), its access log at INFO when `access_log`, else off."""
-    formatter: dict[str, Any] = (
+    formatter: dict[str, object] = (
         {"()": JsonFormatter} if parse_log_format(log_format) == "json" else {"format": TEXT_FORMAT}
     )
-    loggers: dict[str, Any] = {name: {"level": "WARNING"} for name in QUIET}
+    loggers: dict[str, dict[str, object]] = {name: {"level": "WARNING"} for name in QUIET}
     loggers.update(
         {
             "uvicorn": {"level": "WARNING", "handlers": [], "propagate": True},

@@ -250,7 +250,7 @@ def test_a_late_settle_keeps_transitions_in_order_and_billed_spans_unchanged(sto
     store.report("job-1", "wk-1", JobState.COMPLETED, "1", None, 6.0, 1800, 60, take_endpoint="ep-1", take=1)
     seen = max(e["id"] for e in store.workers.history("wk-1"))
     # A meter billed the worker up to 7.0 (as RUNNING) before the settle came: the settle is stamped there.
-    assert store.workers.save_meter("wk-1", None, 7.0, 0, [], 7.0, store.accounts, seen_event_id=seen)
+    assert store.metering.save_meter("wk-1", None, 7.0, 0, [], 7.0, store.accounts, seen_event_id=seen)
     assert store.workers.settle_late("wk-1", 6.0) is True
     assert store.workers.get("wk-1")["state_since"] == 7.0  # type: ignore[index]
     # A settle already made (or no longer RUNNING) changes nothing.
@@ -264,11 +264,11 @@ def test_the_meter_does_not_save_a_span_that_a_late_transition_landed_in(store: 
     seen = max(e["id"] for e in store.workers.history("wk-1"))
     # The meter read the events (worker RUNNING), then the late settle committed IDLE as of 6.0.
     assert store.workers.settle_late("wk-1", 6.0) is True
-    assert not store.workers.save_meter("wk-1", None, 8.0, 0, [], 8.0, store.accounts, seen_event_id=seen)
+    assert not store.metering.save_meter("wk-1", None, 8.0, 0, [], 8.0, store.accounts, seen_event_id=seen)
     # Read again, the span saves; a transition after the span does not stop it.
     seen = max(e["id"] for e in store.workers.history("wk-1"))
     store.hand_over(_job(2), "wk-1", 9.0)
-    assert store.workers.save_meter("wk-1", None, 8.0, 0, [], 8.0, store.accounts, seen_event_id=seen)
+    assert store.metering.save_meter("wk-1", None, 8.0, 0, [], 8.0, store.accounts, seen_event_id=seen)
 
 
 def test_hand_over_to_a_worker_that_may_no_longer_take_queues_the_job(store: Store) -> None:

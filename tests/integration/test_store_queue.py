@@ -42,7 +42,7 @@ def test_claim_never_hands_out_more_than_asked(store: Store) -> None:
     for i in range(10):
         store.jobs.submit(job(i), float(i))
     assert len(store.jobs.claim(EP, "wk-a", 3, 20.0)) == 3
-    assert store.jobs.queue_stats()[EP].queued == 7
+    assert store.sweeps.queue_stats()[EP].queued == 7
 
 
 def test_concurrent_claimers_never_get_the_same_job(store: Store) -> None:
@@ -92,11 +92,11 @@ def test_a_worker_reporting_a_job_it_does_not_hold_is_refused(store: Store) -> N
 def test_jobs_of_a_lost_worker_are_requeued_once_then_failed_with_the_reason(store: Store) -> None:
     store.jobs.submit(job(1), 1.0)
     store.jobs.claim(EP, "wk-a", 1, 2.0)
-    again, failed = store.jobs.release_worker_jobs("wk-a", "worker wk-a exited", 1, 3.0, 1800)
+    again, failed = store.sweeps.release_worker_jobs("wk-a", "worker wk-a exited", 1, 3.0, 1800)
     assert (again, failed) == (["job-1"], [])
     assert store.jobs.get("job-1")["state"] == "IN_QUEUE"
     store.jobs.claim(EP, "wk-b", 1, 4.0)
-    again, failed = store.jobs.release_worker_jobs("wk-b", "worker wk-b exited", 1, 5.0, 1800)
+    again, failed = store.sweeps.release_worker_jobs("wk-b", "worker wk-b exited", 1, 5.0, 1800)
     assert (again, failed) == ([], ["job-1"])
     row = store.jobs.get("job-1")
     assert row["state"] == "FAILED" and "worker wk-b exited" in row["error"]
@@ -118,9 +118,9 @@ def test_stream_chunks_are_read_once_in_order(store: Store) -> None:
     store.jobs.submit(job(1), 1.0)
     store.jobs.claim(EP, "wk-a", 1, 2.0)
     for i in range(3):
-        assert store.jobs.stream_chunk("job-1", "wk-a", str(i)) == "done"
-    _, first = store.jobs.read_stream("job-1", ACCT, EP)
-    _, second = store.jobs.read_stream("job-1", ACCT, EP)
+        assert store.streams.stream_chunk("job-1", "wk-a", str(i)) == "done"
+    _, first = store.streams.read_stream("job-1", ACCT, EP)
+    _, second = store.streams.read_stream("job-1", ACCT, EP)
     assert first == ["0", "1", "2"] and second == []
 
 
@@ -166,7 +166,7 @@ class QueueMachine(RuleBasedStateMachine):
 
     @rule(worker=st.sampled_from(["wk-a", "wk-b"]))
     def lose_worker(self, worker: str) -> None:
-        _, failed = self.store.jobs.release_worker_jobs(worker, "lost", 1, self.tick(), 1800)
+        _, failed = self.store.sweeps.release_worker_jobs(worker, "lost", 1, self.tick(), 1800)
         for j in failed:
             self.finals[j] = "FAILED"
 

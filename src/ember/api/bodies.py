@@ -1,5 +1,6 @@
 """Request bodies and the error body as pydantic models: what routes validate a body against
-(`parse_body`) and what the OpenAPI document declares (`body_doc`, `finish_openapi`).
+(`parse_body`, or the `ObjectBody` dependency) and what the OpenAPI document declares (`body_doc`,
+`finish_openapi`).
 
 Bodies are read by `deps.read_json` (strict JSON: no NaN, no lone surrogates, bounded depth and time),
 then checked here for shape and types; the domain rules (names, handler paths, money, scaling) stay in
@@ -9,13 +10,16 @@ reads), except where the route already refused unknown fields."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ember.api.deps import read_json
 from ember.core.errors import InvalidInput, Problem
+from ember.core.json_body import JsonObject
+
+T = TypeVar("T")
 
 Name = Annotated[str, Field(min_length=1, max_length=128)]
 MODELS: dict[str, type[BaseModel]] = {}
@@ -33,7 +37,7 @@ class _Open(BaseModel):
 class ProblemBody(BaseModel):
     field: str = Field(description="the field at fault, dotted (`policy.ttl`), or `body`")
     message: str
-    value: Any = Field(None, description="the bad value, when short enough to show")
+    value: object = Field(None, description="the bad value, when short enough to show")
 
 
 class ErrorBody(BaseModel):
@@ -123,11 +127,11 @@ class EndpointBody(_Strict):
         description="QUEUE_DELAY: whole seconds; REQUEST_COUNT: requests per worker; "
         "PREDICTIVE: whole seconds to clear a backlog in once new workers are ready",
     )
-    computeType: Any = None  # noqa: N815
-    dataCenterIds: Any = None  # noqa: N815
-    allowedCudaVersions: Any = None  # noqa: N815
-    instanceIds: Any = None  # noqa: N815
-    vcpuCount: Any = None  # noqa: N815
+    computeType: object = None  # noqa: N815
+    dataCenterIds: object = None  # noqa: N815
+    allowedCudaVersions: object = None  # noqa: N815
+    instanceIds: object = None  # noqa: N815
+    vcpuCount: object = None  # noqa: N815
 
 
 class EndpointPatch(EndpointBody):
@@ -163,32 +167,30 @@ class Policy(_Open):
 
 
 class JobRequest(_Open):
-    input: Any = Field(description="the handler's input (any JSON)")
+    input: object = Field(description="the handler's input (any JSON)")
     webhook: str | None = Field(None, description="an http(s) URL that gets the result")
     policy: Policy | None = None
-    s3Config: dict[str, Any] | None = None  # noqa: N815
+    s3Config: dict[str, object] | None = None  # noqa: N815
 
 
 # ---- worker protocol bodies (worker keys; the RunPod SDK sends them) --------------------------------------
 class WorkerResult(_Open):
     """A job's result (`output` or `error`), or progress (`status: IN_PROGRESS`)."""
 
-    output: Any = None
-    error: Any = Field(None, description="a failure: a string, or any JSON (kept as text)")
+    output: object = None
+    error: object = Field(None, description="a failure: a string, or any JSON (kept as text)")
     status: str | None = Field(None, description="IN_PROGRESS for a progress update")
     stopPod: bool | None = None  # noqa: N815
 
 
 class StreamChunk(_Open):
-    output: Any = Field(None, description="the chunk, any JSON")
-    error: Any = None
+    output: object = Field(None, description="the chunk, any JSON")
+    error: object = None
 
 
-def integers(model: type[BaseModel], body: Any) -> Any:
-    """`body` with whole-number floats (`5.0`) made ints in the model's integer fields: JSON Schema's
-    `integer` includes them, and the domain checks want ints."""
-    if not isinstance(body, dict):
-        return body
+def integers(model: type[BaseModel], body: JsonObject) -> JsonObject:
+    """A copy of `body` with whole-number floats (`5.0`) made ints in the model's integer fields: JSON
+    Schema's `integer` includes them, and the domain checks want ints."""
     out = dict(body)
     for name, info in model.model_fields.items():
         value = out.get(name)
@@ -202,13 +204,12 @@ def integers(model: type[BaseModel], body: Any) -> Any:
     return out
 
 
-def _is_int(annotation: Any) -> bool:
-    return annotation is int or (
-        int in getattr(annotation, "__args__", ()) and float not in annotation.__args__
-    )
+def _is_int(annotation: object) -> bool:
+    args = getattr(annotation, "__args__", ())
+    return annotation is int or (int in args and float not in args)
 
 
-def _shown(value: Any) -> Any:
+def _shown(value: object) -> str | int | float | None:
     if isinstance(value, str):
         return value[:64] if value.isprintable() else None
     if isinstance(value, bool | int | float) or value is None:
@@ -216,7 +217,7 @@ def _shown(value: Any) -> Any:
     return None
 
 
-def check(model: type[BaseModel], body: Any) -> Any:
+def check(model: type[BaseModel], body: T) -> T:
     """`body` when it fits `model`; InvalidInput with one problem per error otherwise."""
     try:
         model.model_validate(body)
@@ -231,19 +232,42 @@ def check(model: type[BaseModel], body: Any) -> Any:
     return body
 
 
-async def parse_body(request: Request, model: type[BaseModel], limit_bytes: int, *, empty: Any = None) -> Any:
-    """The body read as strict JSON (`read_json`: 408, 413, 400) and checked against `model` (400).
-    An empty body reads as `empty` when given."""
+async def json_object(request: Request, limit_bytes: int, *, empty: JsonObject | None = None) -> JsonObject:
+    """The body read as strict JSON (`read_json`: 408, 413, 400), which must be an object (400). An
+    empty body reads as `empty` when given."""
     body = await read_json(request, limit_bytes)
     if body is None and empty is not None:
         body = empty
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object", [Problem("body", "must be a JSON object")])
-    return check(model, integers(model, body))
+    return body
+
+
+async def parse_body(
+    request: Request, model: type[BaseModel], limit_bytes: int, *, empty: JsonObject | None = None
+) -> JsonObject:
+    """The body read as a JSON object (`json_object`: 408, 413, 400) and checked against `model` (400).
+    An empty body reads as `empty` when given."""
+    return check(model, integers(model, await json_object(request, limit_bytes, empty=empty)))
+
+
+class ObjectBody:
+    """A route dependency: the request body as a JSON object of at most `limit_bytes` (`json_object`),
+    checked against `model` when one is given (`parse_body`). A route whose look-ups must answer
+    before its body is read (404 before 400) reads the body itself instead."""
+
+    def __init__(self, limit_bytes: int, model: type[BaseModel] | None = None) -> None:
+        self.limit_bytes = limit_bytes
+        self.model = model
+
+    async def __call__(self, request: Request) -> JsonObject:
+        if self.model is None:
+            return await json_object(request, self.limit_bytes)
+        return await parse_body(request, self.model, self.limit_bytes)
 
 
 # ---- the OpenAPI document ------------------------------------------------------------------------------
-def body_doc(model: type[BaseModel] | str, *, required: bool = True) -> dict[str, Any]:
+def body_doc(model: type[BaseModel] | str, *, required: bool = True) -> dict[str, object]:
     """`openapi_extra` declaring a JSON request body of `model` (registered in components)."""
     name = model if isinstance(model, str) else model.__name__
     if not isinstance(model, str):
@@ -272,12 +296,12 @@ ERROR_TEXT = {
 _ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 
 
-def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
     """FastAPI `responses` for these error codes, each with the error body."""
     return {code: {"description": ERROR_TEXT[code], "model": ErrorBody} for code in codes}
 
 
-SECRETS_SCHEMA: dict[str, Any] = {
+SECRETS_SCHEMA: dict[str, object] = {
     "type": "object",
     "description": "UPPER_CASE names to values (null removes one); stored sealed, never returned",
     "minProperties": 1,
@@ -288,15 +312,30 @@ SECRETS_SCHEMA: dict[str, Any] = {
 }
 
 
-def finish_openapi(schema: dict[str, Any], *, public: tuple[str, ...] = ()) -> dict[str, Any]:
+def _member(parent: dict[str, object], key: str) -> dict[str, object]:
+    """`parent[key]`, an object of the document, added empty when absent."""
+    value = parent.setdefault(key, {})
+    if not isinstance(value, dict):
+        raise TypeError(f"OpenAPI document: {key!r} is not an object")
+    return value
+
+
+def _objects(value: object) -> dict[str, dict[str, object]]:
+    """The members of a document object that are objects themselves (paths, operations)."""
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(v, dict)}
+
+
+def finish_openapi(schema: dict[str, object], *, public: tuple[str, ...] = ()) -> dict[str, object]:
     """Complete FastAPI's document: the request body models and the error body in components, the
     bearer security scheme for every operation but `public` paths, the error answers every operation
     can give (400 for bad parameters, 401, 404; 408 and 413 with a body), and no 422 for validation
     (Ember answers 400)."""
     from pydantic.json_schema import models_json_schema
 
-    components = schema.setdefault("components", {})
-    schemas = components.setdefault("schemas", {})
+    components = _member(schema, "components")
+    schemas = _member(components, "schemas")
     models: list[type[BaseModel]] = [*MODELS.values(), ErrorBody]
     _, defs = models_json_schema(
         [(m, "validation") for m in models],
@@ -315,13 +354,13 @@ def finish_openapi(schema: dict[str, Any], *, public: tuple[str, ...] = ()) -> d
         }
     }
     schema["security"] = [{"bearer": []}]
-    for path, ops in schema.get("paths", {}).items():
-        for method, op in ops.items():
-            if not isinstance(op, dict) or method not in ("get", "post", "put", "patch", "delete"):
+    for path, ops in _objects(schema.get("paths")).items():
+        for method, op in _objects(ops).items():
+            if method not in ("get", "post", "put", "patch", "delete"):
                 continue
-            responses = op.setdefault("responses", {})
-            validation = responses.get("422", {}).get("content", {}).get("application/json", {})
-            if "HTTPValidationError" in str(validation.get("schema", {})):
+            responses = _member(op, "responses")
+            json_422 = _objects(_objects(responses).get("422", {}).get("content")).get("application/json", {})
+            if "HTTPValidationError" in str(json_422.get("schema", {})):
                 del responses["422"]
             codes = [400, 404] if path in public else [400, 401, 404]
             if "requestBody" in op:

@@ -272,7 +272,7 @@ async def _job(request: Request, endpoint_id: str, job_id: str) -> tuple[Runtime
 @router.post("/stream/{job_id}", summary="Stream chunks not yet read", operation_id="stream_post")
 async def stream(endpoint_id: str, job_id: str, request: Request) -> Response:
     rt, _, ep = await _job(request, endpoint_id, job_id)
-    got = await rt.store.run(rt.store.jobs.read_stream, job_id, ep.account_id, ep.id)
+    got = await rt.store.run(rt.store.streams.read_stream, job_id, ep.account_id, ep.id)
     if got is None:
         raise NotFound(f"job {job_id!r} not found")
     row, chunks = got

@@ -11,16 +11,20 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 from starlette.requests import ClientDisconnect
 
+from ember.api.services import Services
+from ember.backends.base import Backend
 from ember.control.clock import Clock
 from ember.control.signals import Signals
 from ember.core import jobs as J
 from ember.core import json_body
 from ember.core.errors import BackendError, NotFound, PayloadTooLarge, RequestTimeout, Unauthorized
+from ember.core.json_body import Json
+from ember.core.limits import LimitTable
 from ember.core.specs import spec_from_json
 from ember.core.workers import SETTLE_GRACE_S
 from ember.store.accounts import KeyInfo
@@ -92,7 +96,7 @@ class BodyDeadlines:
 class _Read:
     __slots__ = ("_owner", "task", "deadline", "expired")
 
-    def __init__(self, owner: BodyDeadlines, task: asyncio.Task[Any], deadline: float) -> None:
+    def __init__(self, owner: BodyDeadlines, task: asyncio.Task[object], deadline: float) -> None:
         self._owner = owner
         self.task = task
         self.deadline = deadline
@@ -117,16 +121,16 @@ class Runtime:
     limits: Limits
     api_url: str
     home: Path
-    backends: dict[str, Any] = field(default_factory=dict)  # name -> Backend
-    limit_table: Any = None  # core.limits table; None = the default
-    extras: dict[str, Any] = field(default_factory=dict)  # optional services: model cache, volumes, builder
+    backends: dict[str, Backend] = field(default_factory=dict)  # by name: local, docker, kubernetes
+    limit_table: LimitTable | None = None  # None = the default (`core.limits.DEFAULT_TABLE`)
+    services: Services = field(default_factory=Services)  # optional: model cache, volumes, builder …
     heard: dict[str, float] = field(default_factory=dict)  # worker id -> when its last_seen_at was written
     body_deadlines: BodyDeadlines = field(default_factory=BodyDeadlines)  # see `read_body`
     _keys: dict[str, tuple[float, KeyInfo | None]] = field(default_factory=dict)
     _endpoints: dict[tuple[str, str], tuple[float, EndpointInfo | None]] = field(default_factory=dict)
     _sessions: dict[str, tuple[float, KeyInfo | None]] = field(default_factory=dict)
 
-    def backend_for(self, name: str) -> Any:
+    def backend_for(self, name: str) -> Backend:
         try:
             return self.backends[name]
         except KeyError:
@@ -259,6 +263,28 @@ def worker_caller(request: Request, endpoint_id: str, worker_id: str) -> KeyInfo
     return info
 
 
+# Route dependencies: `who: CallerDep` in a route's signature is `caller(request)` run before the
+# route's body (async, so that the key look-up stays on the event loop, as when a route calls it).
+# FastAPI validates a route's typed path and query parameters after its dependencies: a route whose
+# parameters can fail validation calls `caller(request)` itself, so that a bad parameter still answers
+# 400 before a missing key answers 401.
+async def _runtime_dependency(request: Request) -> Runtime:
+    return runtime(request)
+
+
+async def _caller_dependency(request: Request) -> KeyInfo:
+    return caller(request)
+
+
+async def _admin_dependency(request: Request) -> KeyInfo:
+    return admin(request)
+
+
+RuntimeDep = Annotated[Runtime, Depends(_runtime_dependency)]
+CallerDep = Annotated[KeyInfo, Depends(_caller_dependency)]  # a user or admin key (401 otherwise)
+AdminDep = Annotated[KeyInfo, Depends(_admin_dependency)]  # the admin's key (404 for another key)
+
+
 async def read_body(request: Request, limit_bytes: int) -> bytes:
     """The whole body: 413 above `limit_bytes` (before reading, when the declared length says so), 408
     when it has not all arrived within `Limits.body_timeout_s` (a slow client, or one that sent less
@@ -291,7 +317,7 @@ async def read_body(request: Request, limit_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_json(request: Request, limit_bytes: int) -> Any:
+async def read_json(request: Request, limit_bytes: int) -> Json:
     """The body parsed as strict JSON (`core.json_body`) whatever its content type, None when empty;
     413 above `limit_bytes`, 408 when it does not arrive in time, 400 when malformed."""
     body = await read_body(request, limit_bytes)

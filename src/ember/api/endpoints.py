@@ -1,155 +1,35 @@
-"""/v1 templates and endpoints: create, list, get, update (a change of what runs makes a release),
-delete; releases and rollback. Field names are RunPod's REST names (`core.specs.WIRE_FIELDS`)."""
+"""/v1 endpoints: create, list, get, update (a change of what runs makes a release, `api.releases`),
+delete, and their workers. Field names are RunPod's REST names (`core.specs.WIRE_FIELDS`)."""
 
 from __future__ import annotations
 
 import functools
-import json
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from ember.api import bodies as B
 from ember.api import sources, views
-from ember.api.deps import Runtime, caller, read_json, runtime
+from ember.api.deps import CallerDep, Runtime, RuntimeDep, caller
 from ember.api.errors import json_response
 from ember.api.git import normalise_git, webhook_secret
 from ember.api.registry_auth import require_owned
+from ember.api.templates import TEMPLATE_FIELDS, own_template, stored_data
 from ember.build.source import snapshot
 from ember.core.errors import Conflict, Forbidden, InvalidInput, NotFound, Problem
 from ember.core.ids import make_id
-from ember.core.names import name_problems
-from ember.core.specs import (
-    EndpointSpec,
-    from_wire,
-    handler_problems,
-    normalise_handler,
-    release_key,
-    spec_from_json,
-    spec_to_json,
-)
+from ember.core.json_body import JsonObject
+from ember.core.specs import EndpointSpec, from_wire, release_key, spec_from_json, spec_to_json
 
 router = APIRouter(prefix="/v1")
 BODY_LIMIT = 1024 * 1024
-TEMPLATE_FIELDS = (
-    "imageName",
-    "env",
-    "dockerStartCmd",
-    "containerDiskInGb",
-    "containerRegistryAuthId",
-    "handler",
-)
 
 
-async def _body(request: Request) -> dict[str, Any]:
-    body = await read_json(request, BODY_LIMIT)
-    if not isinstance(body, dict):
-        raise InvalidInput("the body must be a JSON object", [Problem("body", "must be a JSON object")])
-    return body
-
-
-# ---- templates ---------------------------------------------------------------------------------------
-def _template_data(body: dict[str, Any]) -> dict[str, Any]:
-    problems = []
-    problems.extend(name_problems(body.get("name")))
-    if not isinstance(body.get("imageName", ""), str):
-        problems.append(Problem("imageName", "must be a string", body.get("imageName")))
-    env = body.get("env", {})
-    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
-        problems.append(Problem("env", "must map strings to strings", env))
-    handler = body.get("handler")
-    if handler is not None:
-        if isinstance(handler, str):
-            handler = body["handler"] = normalise_handler(handler)
-            problems.extend(handler_problems(handler))
-        else:
-            problems.append(Problem("handler", "must be a string or null", handler))
-    if problems:
-        raise InvalidInput(
-            "invalid template: " + "; ".join(f"{p.field} {p.message}" for p in problems), problems
-        )
-    return {k: body[k] for k in ("name", *TEMPLATE_FIELDS) if k in body}
-
-
-def _template_view(row: Any) -> dict[str, Any]:
-    return {"id": row["id"], **json.loads(row["data"]), "createdAt": views.iso(row["created_at"])}
-
-
-@router.post(
-    "/templates",
-    tags=["templates"],
-    summary="Create a template",
-    status_code=201,
-    openapi_extra=B.body_doc(B.TemplateBody),
-)
-async def create_template(request: Request) -> Response:
-    who = caller(request)
-    rt = runtime(request)
-    data = _template_data(B.check(B.TemplateBody, B.integers(B.TemplateBody, await _body(request))))
-    await require_owned(rt, who.account_id, data.get("containerRegistryAuthId"))
-    template_id = make_id("template", uuid.uuid4().hex[:16])
-    await rt.store.run(
-        lambda: rt.store.endpoints.create_template(
-            id=template_id, account_id=who.account_id, name=data["name"], data=data, now=rt.clock.now()
-        )
-    )
-    row = await rt.store.run(rt.store.endpoints.template, template_id, who.account_id)
-    return json_response(_template_view(row), 201)
-
-
-@router.get("/templates", tags=["templates"], summary="List templates")
-async def list_templates(request: Request) -> Response:
-    who = caller(request)
-    rt = runtime(request)
-    rows = await rt.store.run(rt.store.endpoints.templates, who.account_id)
-    return json_response([_template_view(r) for r in rows])
-
-
-async def _own_template(rt: Runtime, account_id: str, template_id: str) -> Any:
-    row = await rt.store.run(rt.store.endpoints.template, template_id, account_id)
-    if row is None:
-        raise NotFound(f"template {template_id!r} not found")
-    return row
-
-
-@router.get("/templates/{template_id}", tags=["templates"], summary="One template")
-async def get_template(template_id: str, request: Request) -> Response:
-    who = caller(request)
-    return json_response(_template_view(await _own_template(runtime(request), who.account_id, template_id)))
-
-
-@router.patch(
-    "/templates/{template_id}",
-    tags=["templates"],
-    summary="Update a template",
-    openapi_extra=B.body_doc(B.TemplatePatch),
-)
-async def update_template(template_id: str, request: Request) -> Response:
-    who = caller(request)
-    rt = runtime(request)
-    row = await _own_template(rt, who.account_id, template_id)
-    patch = B.check(B.TemplatePatch, B.integers(B.TemplatePatch, await _body(request)))
-    data = _template_data({**json.loads(row["data"]), **patch})
-    await require_owned(rt, who.account_id, data.get("containerRegistryAuthId"))
-    await rt.store.run(rt.store.endpoints.update_template, template_id, data["name"], data)
-    return json_response(_template_view(await _own_template(rt, who.account_id, template_id)))
-
-
-@router.delete("/templates/{template_id}", tags=["templates"], summary="Delete a template")
-async def delete_template(template_id: str, request: Request) -> Response:
-    who = caller(request)
-    rt = runtime(request)
-    await _own_template(rt, who.account_id, template_id)
-    await rt.store.run(rt.store.endpoints.delete_template, template_id)
-    return json_response({"id": template_id, "deleted": True})
-
-
-# ---- endpoints ---------------------------------------------------------------------------------------
 async def _resolve_spec(
-    rt: Runtime, account_id: str, body: dict[str, Any], base: EndpointSpec | None, *, admin: bool
+    rt: Runtime, account_id: str, body: JsonObject, base: EndpointSpec | None, *, admin: bool
 ) -> EndpointSpec:
     body = B.integers(B.EndpointBody, body)
     template_id = body.get("templateId")
@@ -159,12 +39,13 @@ async def _resolve_spec(
             [Problem("templateId", "must be a string or null", template_id)],
         )
     if template_id:
-        tpl = json.loads((await _own_template(rt, account_id, template_id))["data"])
+        tpl = stored_data(await own_template(rt, account_id, template_id))
         for key in TEMPLATE_FIELDS:
             if key in tpl and key not in body:
-                body[key] = {**tpl[key], **body.get("env", {})} if key == "env" else tpl[key]
-        if "env" in tpl and "env" in body:
-            body["env"] = {**tpl["env"], **body["env"]}
+                body[key] = tpl[key]
+        tpl_env, env = tpl.get("env"), body.get("env")
+        if isinstance(tpl_env, dict) and isinstance(env, dict):  # the body's variables win
+            body["env"] = {**tpl_env, **env}
     body.pop("sourceDigest", None)
     _one_source(body, base, admin=admin)
     if ("sourceDir" in body or "sourceId" in body) and "handler" not in body:
@@ -176,7 +57,7 @@ async def _resolve_spec(
         )
     B.check(B.EndpointPatch if base else B.EndpointBody, body)
     if spec.git:
-        sealer = rt.extras.get("sealer")
+        sealer = rt.services.sealer
         previous = base.git if base else None
         git = normalise_git(spec.git, previous, admin=admin, seal=sealer.seal if sealer else None)
         spec = spec.with_changes(git=git)
@@ -199,13 +80,13 @@ async def _resolve_spec(
                 [Problem("networkVolumeId", "not found", spec.network_volume_id)],
             )
     await require_owned(rt, account_id, spec.container_registry_auth_id)
-    hook = rt.extras.get("on_spec")
-    if hook is not None:
-        spec = await hook(account_id, spec)
+    preparer = rt.services.preparer
+    if preparer is not None:
+        spec = await preparer.on_spec(account_id, spec)
     return spec
 
 
-def _one_source(body: dict[str, Any], base: EndpointSpec | None, *, admin: bool) -> None:
+def _one_source(body: JsonObject, base: EndpointSpec | None, *, admin: bool) -> None:
     """A directory on the server (`sourceDir`, the admin's only) or an upload (`sourceId`), never both:
     naming one drops the other from the endpoint. Forbidden (403) for a tenant's host path, including
     one an endpoint of theirs kept from before uploads existed."""
@@ -247,19 +128,25 @@ def _needs_build(spec: EndpointSpec, base: EndpointSpec | None = None) -> bool:
     return any(spec.git.get(k) != base.git.get(k) for k in ("url", "branch", "dockerfile", "context"))
 
 
-async def _endpoint_view(rt: Runtime, row: Any) -> dict[str, Any]:
+async def endpoint_view(rt: Runtime, row: Any) -> dict[str, object]:
+    """The endpoint's record (`views.endpoint`) with the counts of its workers by state."""
     workers = await rt.store.run(lambda: rt.store.workers.list(endpoint_id=row["id"]))
     return views.endpoint(row, owner=True, workers=list(workers))
 
 
 def _shown_once(
-    rt: Runtime, view: dict[str, Any], spec: EndpointSpec, base: EndpointSpec | None
-) -> dict[str, Any]:
+    rt: Runtime, view: dict[str, object], spec: EndpointSpec, base: EndpointSpec | None
+) -> dict[str, object]:
     """The view, with the git webhook secret in the clear when this request set it: the one answer
     that shows it (it is stored sealed, and never returned again)."""
     secret = (spec.git or {}).get("webhookSecret")
-    if secret and "git" in view and secret != ((base.git if base else None) or {}).get("webhookSecret"):
-        view["git"] = {**view["git"], "webhookSecret": webhook_secret(rt, spec.git or {})}
+    shown = view.get("git")
+    if (
+        secret
+        and isinstance(shown, dict)
+        and secret != ((base.git if base else None) or {}).get("webhookSecret")
+    ):
+        view["git"] = {**shown, "webhookSecret": webhook_secret(rt, spec.git or {})}
     return view
 
 
@@ -271,10 +158,9 @@ def _shown_once(
     openapi_extra=B.body_doc(B.EndpointBody),
     responses=B.error_responses(403, 409, 502),
 )
-async def create_endpoint(request: Request) -> Response:
-    who = caller(request)
-    rt = runtime(request)
-    body = await _body(request)
+async def create_endpoint(
+    who: CallerDep, rt: RuntimeDep, body: Annotated[JsonObject, Depends(B.ObjectBody(BODY_LIMIT))]
+) -> Response:
     spec = await _resolve_spec(rt, who.account_id, body, None, admin=who.kind == "admin")
     existing = await rt.store.run(rt.store.endpoints.get, spec.name, who.account_id)
     if existing is not None and existing["name"] == spec.name:
@@ -299,18 +185,17 @@ async def create_endpoint(request: Request) -> Response:
     if status == "BUILDING":
         rt.signals.builds.set()
     row = await rt.store.run(rt.store.endpoints.get, endpoint_id, who.account_id)
-    return json_response(_shown_once(rt, await _endpoint_view(rt, row), spec, None), 201)
+    return json_response(_shown_once(rt, await endpoint_view(rt, row), spec, None), 201)
 
 
 @router.get("/endpoints", tags=["endpoints"], summary="List endpoints")
-async def list_endpoints(request: Request) -> Response:
-    who = caller(request)
-    rt = runtime(request)
+async def list_endpoints(who: CallerDep, rt: RuntimeDep) -> Response:
     rows = await rt.store.run(rt.store.endpoints.list, who.account_id)
-    return json_response([await _endpoint_view(rt, r) for r in rows])
+    return json_response([await endpoint_view(rt, r) for r in rows])
 
 
 async def own_endpoint(rt: Runtime, account_id: str, ref: str) -> Any:
+    """The account's endpoint row by id or name; NotFound (404) when it has none."""
     row = await rt.store.run(rt.store.endpoints.get, ref, account_id)
     if row is None:
         raise NotFound(f"endpoint {ref!r} not found")
@@ -318,10 +203,8 @@ async def own_endpoint(rt: Runtime, account_id: str, ref: str) -> Any:
 
 
 @router.get("/endpoints/{ref}", tags=["endpoints"], summary="One endpoint, with its scaling verdict")
-async def get_endpoint(ref: str, request: Request) -> Response:
-    who = caller(request)
-    rt = runtime(request)
-    return json_response(await _endpoint_view(rt, await own_endpoint(rt, who.account_id, ref)))
+async def get_endpoint(ref: str, who: CallerDep, rt: RuntimeDep) -> Response:
+    return json_response(await endpoint_view(rt, await own_endpoint(rt, who.account_id, ref)))
 
 
 @router.patch(
@@ -331,11 +214,10 @@ async def get_endpoint(ref: str, request: Request) -> Response:
     openapi_extra=B.body_doc(B.EndpointPatch),
     responses=B.error_responses(403, 409, 502),
 )
-async def update_endpoint(ref: str, request: Request) -> Response:
-    who = caller(request)
-    rt = runtime(request)
+async def update_endpoint(ref: str, request: Request, who: CallerDep, rt: RuntimeDep) -> Response:
     row = await own_endpoint(rt, who.account_id, ref)
-    body = await _body(request)
+    # Read here, not as a dependency: an unknown endpoint is a 404 whatever the body.
+    body = await B.json_object(request, BODY_LIMIT)
     base = spec_from_json(row["spec"])
     spec = await _resolve_spec(rt, who.account_id, body, base, admin=who.kind == "admin")
     if spec.name != row["name"]:
@@ -360,14 +242,12 @@ async def update_endpoint(ref: str, request: Request) -> Response:
     rt.signals.poke_scaler()
     if status == "BUILDING":
         rt.signals.builds.set()
-    view = await _endpoint_view(rt, await own_endpoint(rt, who.account_id, row["id"]))
+    view = await endpoint_view(rt, await own_endpoint(rt, who.account_id, row["id"]))
     return json_response(_shown_once(rt, view, spec, base))
 
 
 @router.delete("/endpoints/{ref}", tags=["endpoints"], summary="Delete an endpoint (its workers stop)")
-async def delete_endpoint(ref: str, request: Request) -> Response:
-    who = caller(request)
-    rt = runtime(request)
+async def delete_endpoint(ref: str, who: CallerDep, rt: RuntimeDep) -> Response:
     row = await own_endpoint(rt, who.account_id, ref)
     now = rt.clock.now()
     removed = await rt.store.run(rt.store.jobs.purge_queue, row["id"], now, rt.limits.retention_run_s)
@@ -379,9 +259,13 @@ async def delete_endpoint(ref: str, request: Request) -> Response:
 
 
 @router.get("/endpoints/{ref}/workers", tags=["workers"], summary="An endpoint's workers")
-async def endpoint_workers(ref: str, request: Request, includeStopped: bool = False) -> Response:  # noqa: N803
-    who = caller(request)
-    rt = runtime(request)
+async def endpoint_workers(
+    ref: str,
+    request: Request,
+    rt: RuntimeDep,
+    includeStopped: bool = False,  # noqa: N803
+) -> Response:
+    who = caller(request)  # not a dependency: a bad `includeStopped` answers 400 before a bad key
     row = await own_endpoint(rt, who.account_id, ref)
     rows = await rt.store.run(
         lambda: rt.store.workers.list(endpoint_id=row["id"], include_stopped=includeStopped)
@@ -390,50 +274,14 @@ async def endpoint_workers(ref: str, request: Request, includeStopped: bool = Fa
     return json_response([views.worker(r, now) for r in rows])
 
 
-@router.get("/endpoints/{ref}/releases", tags=["endpoints"], summary="An endpoint's releases")
-async def list_releases(ref: str, request: Request) -> Response:
-    who = caller(request)
-    rt = runtime(request)
-    row = await own_endpoint(rt, who.account_id, ref)
-    rows = await rt.store.run(rt.store.endpoints.releases, row["id"])
-    return json_response([views.release(r, row["release"]) for r in rows])
-
-
-@router.post(
-    "/endpoints/{ref}/rollback",
-    tags=["endpoints"],
-    summary="Serve an earlier release again",
-    openapi_extra=B.body_doc(B.Rollback, required=False),
-    responses=B.error_responses(409),
-)
-async def rollback(ref: str, request: Request) -> Response:
-    who = caller(request)
-    rt = runtime(request)
-    row = await own_endpoint(rt, who.account_id, ref)
-    body = await B.parse_body(request, B.Rollback, BODY_LIMIT, empty={})
-    releases = [
-        r for r in await rt.store.run(rt.store.endpoints.releases, row["id"]) if r["status"] == "READY"
-    ]
-    number = body.get("release") if isinstance(body, dict) else None
-    if number is None:
-        earlier = [r for r in releases if r["number"] < row["release"]]
-        if not earlier:
-            raise Conflict("there is no earlier successful release to roll back to")
-        target = earlier[-1]
-    else:
-        found = [r for r in releases if r["number"] == number]
-        if not found:
-            raise NotFound(f"release {number!r} not found or not built successfully")
-        target = found[0]
-    spec = spec_from_json(target["spec"])
-    current = spec_from_json(row["spec"])
-    # Scaling settings stay as they are now; what runs returns to the chosen release.
-    spec = spec.with_changes(scaling=current.scaling, name=current.name)
-    await rt.store.run(
-        lambda: rt.store.endpoints.set_release(
-            row["id"], target["number"], spec_to_json(spec), release_key(spec), rt.clock.now()
-        )
-    )
-    rt.forget_endpoints()
-    rt.signals.poke_scaler()
-    return json_response(await _endpoint_view(rt, await own_endpoint(rt, who.account_id, row["id"])))
+async def endpoints_using(
+    rt: Runtime, account_id: str | None, *, volume: str = "", model: str = ""
+) -> list[Any]:
+    """The account's endpoints (every account's for None) that mount `volume` or use `model`."""
+    rows = await rt.store.run(rt.store.endpoints.list, account_id)
+    out = []
+    for row in rows:
+        spec = spec_from_json(row["spec"])
+        if (volume and spec.network_volume_id == volume) or (model and spec.model_name == model):
+            out.append(row)
+    return out

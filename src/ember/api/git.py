@@ -8,17 +8,17 @@ import hmac
 import logging
 import secrets
 from collections.abc import Callable
-from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ember.api import bodies as B
-from ember.api.deps import Runtime, caller, read_body, runtime
+from ember.api.deps import Runtime, RuntimeDep, caller, read_body
 from ember.api.errors import json_response
 from ember.core import json_body
 from ember.core.errors import InvalidInput, NotFound, Problem, Unauthorized
+from ember.core.json_body import Json, JsonObject
 from ember.core.outbound import git_url_problems
 from ember.core.secrets import looks_sealed
 from ember.core.specs import spec_from_json, spec_to_json
@@ -31,43 +31,45 @@ GIT_FIELDS = ("url", "branch", "dockerfile", "context", "webhookSecret")
 
 
 def normalise_git(
-    git: dict[str, Any],
-    previous: dict[str, Any] | None,
+    git: JsonObject,
+    previous: JsonObject | None,
     *,
     admin: bool,
     seal: Callable[[str], str] | None = None,
-) -> dict[str, Any]:
+) -> JsonObject:
     """An endpoint's `git` field with defaults filled in and a webhook secret (kept from `previous`, else
     new). Raises InvalidInput naming every bad field. `url` is https or ssh (`core.outbound`); only the
     `admin` may name `file://` or a path on the server. With `seal`, a new secret is stored sealed (the
     kept one already is); `webhook_secret` opens it where a signature is checked."""
     problems = [Problem(f"git.{k}", "unknown field") for k in git if k not in GIT_FIELDS]
-    out = {**GIT_DEFAULTS, **{k: v for k, v in git.items() if v is not None}}
+    out: JsonObject = {**GIT_DEFAULTS, **{k: v for k, v in git.items() if v is not None}}
     for key in GIT_FIELDS:
         value = out.get(key)
         if key in out and (not isinstance(value, str) or not value.strip()):
             problems.append(Problem(f"git.{key}", "must be a non-empty string", value))
         elif key == "url" and key in out:
             problems.extend(git_url_problems(value, admin=admin))
-    if isinstance(out.get("branch"), str) and out["branch"].startswith(("-", "refs/")):
-        problems.append(Problem("git.branch", "must be a branch name (like main)", out["branch"]))
+    branch = out.get("branch")
+    if isinstance(branch, str) and branch.startswith(("-", "refs/")):
+        problems.append(Problem("git.branch", "must be a branch name (like main)", branch))
     if problems:
         raise InvalidInput("invalid git source", problems)
-    if "webhookSecret" not in out:
-        kept = (previous or {}).get("webhookSecret")
-        out["webhookSecret"] = kept if isinstance(kept, str) and kept else secrets.token_hex(20)
-    if seal is not None and out["webhookSecret"] != (previous or {}).get("webhookSecret"):
-        out["webhookSecret"] = seal(out["webhookSecret"])
+    kept = (previous or {}).get("webhookSecret")
+    secret = out.get("webhookSecret")
+    if not isinstance(secret, str):  # not given (a given one is a non-empty string by now)
+        secret = out["webhookSecret"] = kept if isinstance(kept, str) and kept else secrets.token_hex(20)
+    if seal is not None and secret != kept:
+        out["webhookSecret"] = seal(secret)
     return out
 
 
-def webhook_secret(rt: Runtime, git: dict[str, Any]) -> str:
+def webhook_secret(rt: Runtime, git: JsonObject) -> str:
     """An endpoint's webhook secret in the clear ("" when it has none or this server's key cannot open
     it: no signature then matches)."""
     value = git.get("webhookSecret")
     if not isinstance(value, str) or not value:
         return ""
-    sealer = rt.extras.get("sealer")
+    sealer = rt.services.sealer
     if sealer is None or not looks_sealed(value):
         return value  # stored before secrets were sealed (the 0006 migration seals these)
     try:
@@ -102,7 +104,7 @@ def signature_ok(secret: str, body: bytes, header: str) -> bool:
     return hmac.compare_digest(expected.encode(), header.strip().encode())
 
 
-def _event(body: bytes, content_type: str) -> Any:
+def _event(body: bytes, content_type: str) -> Json:
     """The event of a JSON body, or of a form body's `payload` field (GitHub offers both)."""
     try:
         if content_type.startswith("application/x-www-form-urlencoded"):
@@ -130,16 +132,17 @@ def _event(body: bytes, content_type: str) -> Any:
     },
     responses=B.error_responses(401),
 )
-async def webhook(request: Request) -> Response:
+async def webhook(request: Request, rt: RuntimeDep) -> Response:
     """No API key: the HMAC signature under an endpoint's `git.webhookSecret` is the proof. Every
     endpoint whose repository and branch match, and whose secret signed the body, gets a new release."""
-    rt = runtime(request)
     body = await read_body(request, WEBHOOK_BODY_LIMIT)
     header = request.headers.get("x-hub-signature-256", "")
     if not header:
         raise Unauthorized("missing X-Hub-Signature-256: sign the payload with the endpoint's webhook secret")
     event = _event(body, request.headers.get("content-type", ""))
-    repo = event.get("repository") if isinstance(event, dict) else None
+    if not isinstance(event, dict):
+        event = {}
+    repo = event.get("repository")
     if not isinstance(repo, dict):
         # Nothing to match a secret against; an unsigned or foreign body learns nothing more.
         raise Unauthorized("signature does not match any endpoint of this repository")
@@ -148,7 +151,8 @@ async def webhook(request: Request) -> Response:
         for k in ("clone_url", "ssh_url", "html_url", "git_url")
         if isinstance(u := repo.get(k), str)
     }
-    ref = event.get("ref") if isinstance(event.get("ref"), str) else ""
+    ref_value = event.get("ref")
+    ref = ref_value if isinstance(ref_value, str) else ""
     kind = request.headers.get("x-github-event", "push")
     verified, matched = False, []
     for ep in await rt.store.run(rt.store.endpoints.list):
@@ -181,9 +185,8 @@ async def webhook(request: Request) -> Response:
 @router.get(
     "/endpoints/{ref}/releases/{number}/log", tags=["endpoints"], summary="A release's build log (so far)"
 )
-async def release_log(ref: str, number: int, request: Request) -> Response:
-    who = caller(request)
-    rt = runtime(request)
+async def release_log(ref: str, number: int, request: Request, rt: RuntimeDep) -> Response:
+    who = caller(request)  # not a dependency: a bad `number` answers 400 before a bad key
     ep = await rt.store.run(rt.store.endpoints.get, ref, who.account_id)
     if ep is None:
         raise NotFound(f"endpoint {ref!r} not found")

@@ -6,33 +6,28 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response, StreamingResponse
 
 from ember.api import bodies as B
 from ember.api import views
-from ember.api.deps import Runtime, admin, caller, new_token, read_json, runtime
+from ember.api.deps import AdminDep, CallerDep, Runtime, RuntimeDep, caller, new_token
 from ember.api.errors import json_response
 from ember.core.errors import BackendError, Conflict, InvalidInput, NotFound, Problem
 from ember.core.ids import make_id
-from ember.core.limits import max_workers
+from ember.core.json_body import JsonObject
+from ember.core.limits import DEFAULT_TABLE, max_workers
 from ember.core.money import format_dollars, parse_dollars
 from ember.core.names import name_problems
 from ember.core.workers import WorkerState
 from ember.store.accounts import KeyInfo
+from ember.store.rows import WorkerRow
 
 router = APIRouter(prefix="/v1")
 BODY_LIMIT = 1024 * 1024
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    body = await read_json(request, BODY_LIMIT)
-    if not isinstance(body, dict):
-        raise InvalidInput("the body must be a JSON object", [Problem("body", "must be a JSON object")])
-    return body
 
 
 # ---- accounts ----------------------------------------------------------------------------------------
@@ -43,10 +38,11 @@ async def _body(request: Request) -> dict[str, Any]:
     status_code=201,
     openapi_extra=B.body_doc(B.AccountCreate),
 )
-async def create_account(request: Request) -> Response:
-    admin(request)
-    rt = runtime(request)
-    body = await B.parse_body(request, B.AccountCreate, BODY_LIMIT)
+async def create_account(
+    _: AdminDep,
+    rt: RuntimeDep,
+    body: Annotated[JsonObject, Depends(B.ObjectBody(BODY_LIMIT, B.AccountCreate))],
+) -> Response:
     name = body.get("name")
     problems = name_problems(name.strip() if isinstance(name, str) else name)
     if problems or not isinstance(name, str):
@@ -67,7 +63,7 @@ async def create_account(request: Request) -> Response:
     return json_response({"id": account_id, "name": name.strip(), "apiKey": key}, 201)
 
 
-def account_view(rt: Runtime, account_id: str) -> dict[str, Any]:
+def account_view(rt: Runtime, account_id: str) -> dict[str, object]:
     """The account's record: its balance, the worker limit that follows from it (the server's limit
     table) and its live workers. Blocking (call through `store.run`); NotFound for an unknown account.
     The console's billing page shows the same record."""
@@ -76,14 +72,14 @@ def account_view(rt: Runtime, account_id: str) -> dict[str, Any]:
         raise NotFound(f"account {account_id!r} not found")
     live = rt.store.workers.count_live_by_account().get(account_id, 0)
     return views.account(
-        row, max_workers=max_workers(int(row["balance_micros"]), rt.limit_table), workers=live
+        row,
+        max_workers=max_workers(int(row["balance_micros"]), rt.limit_table or DEFAULT_TABLE),
+        workers=live,
     )
 
 
 @router.get("/accounts/me", tags=["accounts"], summary="The caller's account")
-async def me(request: Request) -> Response:
-    who = caller(request)
-    rt = runtime(request)
+async def me(who: CallerDep, rt: RuntimeDep) -> Response:
     return json_response(await rt.store.run(account_view, rt, who.account_id))
 
 
@@ -93,10 +89,12 @@ async def me(request: Request) -> Response:
     summary="Add credit (admin only)",
     openapi_extra=B.body_doc(B.Credits),
 )
-async def add_credits(account_id: str, request: Request) -> Response:
-    admin(request)
-    rt = runtime(request)
-    body = await B.parse_body(request, B.Credits, BODY_LIMIT)
+async def add_credits(
+    account_id: str,
+    _: AdminDep,
+    rt: RuntimeDep,
+    body: Annotated[JsonObject, Depends(B.ObjectBody(BODY_LIMIT, B.Credits))],
+) -> Response:
     amount = parse_dollars(body.get("amount"), field="amount")
     if amount <= 0:
         raise InvalidInput("amount must be positive", [Problem("amount", "must be > 0", body.get("amount"))])
@@ -108,20 +106,20 @@ async def add_credits(account_id: str, request: Request) -> Response:
 
 
 @router.get("/accounts/me/balance", tags=["billing"], summary="Balance and limits")
-async def balance(request: Request) -> Response:
-    return await me(request)
+async def balance(who: CallerDep, rt: RuntimeDep) -> Response:
+    return await me(who, rt)
 
 
 # ---- billing -----------------------------------------------------------------------------------------
 @router.get("/billing/usage", tags=["billing"], summary="Billed seconds and cost per worker and state")
 async def usage(
     request: Request,
+    who: CallerDep,
+    rt: RuntimeDep,
     endpointId: str | None = None,
     workerId: str | None = None,  # noqa: N803
     to: str | None = None,
 ) -> Response:
-    who = caller(request)
-    rt = runtime(request)
     q = request.query_params
     from_at = _time_param(q.get("from"), "from")
     to_at = _time_param(to, "to")
@@ -175,7 +173,7 @@ def _time_param(value: str | None, name: str) -> float | None:
 
 
 # ---- workers -----------------------------------------------------------------------------------------
-async def _own_worker(rt: Runtime, who: KeyInfo, worker_id: str) -> Any:
+async def _own_worker(rt: Runtime, who: KeyInfo, worker_id: str) -> WorkerRow:
     row = await rt.store.run(rt.store.workers.get, worker_id, who.account_id)
     if row is None:
         raise NotFound(f"worker {worker_id!r} not found")
@@ -183,16 +181,12 @@ async def _own_worker(rt: Runtime, who: KeyInfo, worker_id: str) -> Any:
 
 
 @router.get("/workers/{worker_id}", tags=["workers"], summary="One worker")
-async def get_worker(worker_id: str, request: Request) -> Response:
-    who = caller(request)
-    rt = runtime(request)
+async def get_worker(worker_id: str, who: CallerDep, rt: RuntimeDep) -> Response:
     return json_response(views.worker(await _own_worker(rt, who, worker_id), rt.clock.now()))
 
 
 @router.get("/workers/{worker_id}/history", tags=["workers"], summary="A worker's state transitions")
-async def worker_history(worker_id: str, request: Request) -> Response:
-    who = caller(request)
-    rt = runtime(request)
+async def worker_history(worker_id: str, who: CallerDep, rt: RuntimeDep) -> Response:
     await _own_worker(rt, who, worker_id)
     rows = await rt.store.run(rt.store.workers.history, worker_id)
     return json_response([views.event(r) for r in rows])
@@ -202,24 +196,28 @@ EXEC_TIMEOUT_DEFAULT_S = 60.0
 EXEC_TIMEOUT_MAX_S = 3600.0
 
 
-def _exec_request(body: dict[str, Any]) -> tuple[list[str], float]:
+def _exec_request(body: JsonObject) -> tuple[list[str], float]:
     """(command, timeout_s) of an exec body, or InvalidInput naming every bad field."""
     problems = []
-    command = body.get("command")
-    if not isinstance(command, list) or not command or not all(isinstance(c, str) for c in command):
-        problems.append(Problem("command", "must be a non-empty list of strings", command))
+    raw_command = body.get("command")
+    command = [c for c in raw_command if isinstance(c, str)] if isinstance(raw_command, list) else []
+    if not isinstance(raw_command, list) or not raw_command or len(command) != len(raw_command):
+        problems.append(Problem("command", "must be a non-empty list of strings", raw_command))
     elif any("\x00" in c for c in command):
         problems.append(Problem("command", "must not contain NUL characters"))
-    timeout_s = body.get("timeoutS", EXEC_TIMEOUT_DEFAULT_S)
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float):
-        problems.append(Problem("timeoutS", "must be a number of seconds", timeout_s))
-    elif not 0 < timeout_s <= EXEC_TIMEOUT_MAX_S:
+    raw_timeout = body.get("timeoutS", EXEC_TIMEOUT_DEFAULT_S)
+    timeout_s = EXEC_TIMEOUT_DEFAULT_S
+    if isinstance(raw_timeout, bool) or not isinstance(raw_timeout, int | float):
+        problems.append(Problem("timeoutS", "must be a number of seconds", raw_timeout))
+    elif not 0 < raw_timeout <= EXEC_TIMEOUT_MAX_S:
         problems.append(
-            Problem("timeoutS", f"must be more than 0 and at most {EXEC_TIMEOUT_MAX_S:g}", timeout_s)
+            Problem("timeoutS", f"must be more than 0 and at most {EXEC_TIMEOUT_MAX_S:g}", raw_timeout)
         )
+    else:
+        timeout_s = float(raw_timeout)
     if problems:
         raise InvalidInput("invalid exec: " + "; ".join(f"{p.field} {p.message}" for p in problems), problems)
-    return command, float(timeout_s)  # type: ignore[return-value]  # checked above
+    return command, timeout_s
 
 
 @router.post(
@@ -229,9 +227,7 @@ def _exec_request(body: dict[str, Any]) -> tuple[list[str], float]:
     openapi_extra=B.body_doc(B.Exec),
     responses=B.error_responses(409, 502),
 )
-async def worker_exec(worker_id: str, request: Request) -> Response:
-    who = caller(request)
-    rt = runtime(request)
+async def worker_exec(worker_id: str, request: Request, who: CallerDep, rt: RuntimeDep) -> Response:
     row = await _own_worker(rt, who, worker_id)
     command, timeout_s = _exec_request(await B.parse_body(request, B.Exec, BODY_LIMIT))
     if row["state"] == WorkerState.STOPPED.value:
@@ -247,9 +243,7 @@ async def worker_exec(worker_id: str, request: Request) -> Response:
     summary="How to open an interactive shell",
     responses=B.error_responses(502),
 )
-async def worker_shell(worker_id: str, request: Request) -> Response:
-    who = caller(request)
-    rt = runtime(request)
+async def worker_shell(worker_id: str, who: CallerDep, rt: RuntimeDep) -> Response:
     row = await _own_worker(rt, who, worker_id)
     backend = rt.backend_for(row["backend"])
     shell = getattr(backend, "shell_command", None)
@@ -264,10 +258,14 @@ _LOG_SCAN_S = 1.0  # how often a followed stream looks for workers that appeared
 
 @router.get("/endpoints/{ref}/logs", tags=["logs"], summary="Worker logs (follow with ?follow=true)")
 async def logs(
-    ref: str, request: Request, worker: str | None = None, follow: bool = False, tail: int | None = None
+    ref: str,
+    request: Request,
+    rt: RuntimeDep,
+    worker: str | None = None,
+    follow: bool = False,
+    tail: int | None = None,
 ) -> Response:
-    who = caller(request)
-    rt = runtime(request)
+    who = caller(request)  # not a dependency: a bad `follow` or `tail` answers 400 first
     ep = await rt.store.run(rt.store.endpoints.get, ref, who.account_id)
     if ep is None:
         raise NotFound(f"endpoint {ref!r} not found")
@@ -280,7 +278,7 @@ async def logs(
 
 
 async def _log_lines(
-    rt: Runtime, endpoint_id: str, rows: Any, only: str | None, follow: bool, tail: int | None
+    rt: Runtime, endpoint_id: str, rows: Sequence[WorkerRow], only: str | None, follow: bool, tail: int | None
 ) -> AsyncIterator[bytes]:
     """Every listed worker's lines, prefixed with its id. With `follow`: each worker is followed until
     it is STOPPED (through a venv build, an image pull or a restart, when it does not run), and workers
@@ -294,7 +292,7 @@ async def _log_lines(
         row = await rt.store.run(rt.store.workers.get, worker_id)
         return row is not None and row["state"] != WorkerState.STOPPED.value
 
-    async def pump(row: Any, lines: int | None) -> None:
+    async def pump(row: WorkerRow, lines: int | None) -> None:
         try:
             backend = rt.backend_for(row["backend"])
             live = follow and row["state"] != WorkerState.STOPPED.value
@@ -306,7 +304,7 @@ async def _log_lines(
         except Exception as exc:  # a worker whose logs are gone must not end the whole stream
             await queue.put(f"[{row['id']}] (logs unavailable: {exc})\n")
 
-    def start(row: Any, lines: int | None) -> None:
+    def start(row: WorkerRow, lines: int | None) -> None:
         seen.add(row["id"])
         tasks.append(asyncio.create_task(pump(row, lines)))
 
@@ -337,12 +335,12 @@ async def _log_lines(
 @router.get("/jobs", tags=["jobs"], summary="Recent jobs of the caller's account")
 async def list_jobs(
     request: Request,
+    rt: RuntimeDep,
     endpointId: str | None = None,
     state: str | None = None,  # noqa: N803
     limit: int = 100,
 ) -> Response:
-    who = caller(request)
-    rt = runtime(request)
+    who = caller(request)  # not a dependency: a bad `limit` answers 400 before a bad key
     endpoint_id = None
     if endpointId:
         ep = await rt.store.run(rt.store.endpoints.get, endpointId, who.account_id)
@@ -354,7 +352,7 @@ async def list_jobs(
     )
     out = []
     for r in rows:
-        rec = {
+        rec: dict[str, object] = {
             "id": r["id"],
             "endpointId": r["endpoint_id"],
             "status": r["state"],
@@ -365,8 +363,9 @@ async def list_jobs(
         if r["error"]:
             rec["error"] = r["error"][:500]
         if r["webhook_state"]:
-            rec["webhook"] = {"state": r["webhook_state"], "attempts": r["webhook_attempts"]}
+            webhook: dict[str, object] = {"state": r["webhook_state"], "attempts": r["webhook_attempts"]}
             if r["webhook_error"]:
-                rec["webhook"]["error"] = r["webhook_error"]
+                webhook["error"] = r["webhook_error"]
+            rec["webhook"] = webhook
         out.append(rec)
     return json_response(out)

@@ -5,16 +5,15 @@ never returned, and a bad password is never echoed in an error). Templates and e
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ember.api import bodies as B
-from ember.api.deps import Runtime, caller, read_json, runtime
+from ember.api.deps import CallerDep, Runtime, RuntimeDep, read_json
 from ember.api.errors import json_response
+from ember.api.services import required
 from ember.control.registry_auths import RegistryAuth, RegistryAuths
-from ember.core.errors import BackendError, InvalidInput, Problem
+from ember.core.errors import InvalidInput, Problem
 from ember.core.names import name_problems
 
 router = APIRouter(prefix="/v1")
@@ -25,10 +24,7 @@ FIELDS = ("name", "username", "password")
 
 
 def registry_auths(rt: Runtime) -> RegistryAuths:
-    svc = rt.extras.get("registry_auths")
-    if svc is None:
-        raise BackendError("registry auths are not enabled on this server")
-    return svc  # type: ignore[no-any-return]
+    return required(rt.services.registry_auths, "registry auths")
 
 
 async def require_owned(rt: Runtime, account_id: str, auth_id: object) -> None:
@@ -39,7 +35,7 @@ async def require_owned(rt: Runtime, account_id: str, auth_id: object) -> None:
     await registry_auths(rt).require(account_id, auth_id)
 
 
-def _view(auth: RegistryAuth) -> dict[str, Any]:
+def _view(auth: RegistryAuth) -> dict[str, object]:
     return {"id": auth.id, "name": auth.name}
 
 
@@ -67,9 +63,7 @@ def _checked(body: object) -> tuple[str, str, str]:
     openapi_extra=B.body_doc(B.RegistryAuthCreate),
     responses=B.error_responses(409),
 )
-async def create_registry_auth(request: Request) -> Response:
-    who = caller(request)
-    rt = runtime(request)
+async def create_registry_auth(request: Request, who: CallerDep, rt: RuntimeDep) -> Response:
     body = await read_json(request, BODY_LIMIT)
     name, username, password = _checked(body)
     B.check(B.RegistryAuthCreate, body)  # after _checked, which never echoes the password
@@ -80,16 +74,12 @@ async def create_registry_auth(request: Request) -> Response:
 
 
 @router.get("/containerregistryauth", tags=["containerregistryauth"], summary="List registry logins")
-async def list_registry_auths(request: Request) -> Response:
-    who = caller(request)
-    rt = runtime(request)
+async def list_registry_auths(who: CallerDep, rt: RuntimeDep) -> Response:
     return json_response([_view(a) for a in await registry_auths(rt).of_account(who.account_id)])
 
 
 @router.get("/containerregistryauth/{auth_id}", tags=["containerregistryauth"], summary="One registry login")
-async def get_registry_auth(auth_id: str, request: Request) -> Response:
-    who = caller(request)
-    rt = runtime(request)
+async def get_registry_auth(auth_id: str, who: CallerDep, rt: RuntimeDep) -> Response:
     return json_response(_view(await registry_auths(rt).get(who.account_id, auth_id)))
 
 
@@ -99,8 +89,6 @@ async def get_registry_auth(auth_id: str, request: Request) -> Response:
     summary="Delete a registry login (refused while a template or endpoint uses it)",
     responses=B.error_responses(409),
 )
-async def delete_registry_auth(auth_id: str, request: Request) -> Response:
-    who = caller(request)
-    rt = runtime(request)
+async def delete_registry_auth(auth_id: str, who: CallerDep, rt: RuntimeDep) -> Response:
     await registry_auths(rt).delete(who.account_id, auth_id)
     return json_response({"id": auth_id, "deleted": True})

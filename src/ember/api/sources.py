@@ -8,14 +8,13 @@ belong to their account: another account's id is not found."""
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ember.api import views
-from ember.api.deps import Runtime, caller, read_body, runtime
+from ember.api.deps import CallerDep, Runtime, RuntimeDep, read_body
 from ember.api.errors import json_response
 from ember.build.archive import ArchiveLimits
 from ember.build.uploads import Upload, Uploads
@@ -42,7 +41,7 @@ _UPLOAD_SCHEMA = {
         "createdAt": {"type": "string", "format": "date-time"},
     },
 }
-UPLOAD_DOC: dict[str, Any] = {
+UPLOAD_DOC: dict[str, object] = {
     "requestBody": {
         "required": True,
         "description": "A tar archive, gzip'd or not, of the directory (its root is the archive's root)",
@@ -58,13 +57,12 @@ UPLOAD_DOC: dict[str, Any] = {
 
 
 def uploads(rt: Runtime) -> Uploads:
-    found = rt.extras.get("uploads")
-    if found is None:
-        found = rt.extras["uploads"] = Uploads(rt.home / "uploads", ArchiveLimits())
-    return found
+    """The server's uploads; a runtime built without them (a test's) uses the defaults under its home."""
+    found = rt.services.uploads
+    return found if found is not None else Uploads(rt.home / "uploads", ArchiveLimits())
 
 
-def _view(upload: Upload) -> dict[str, Any]:
+def _view(upload: Upload) -> dict[str, object]:
     return {
         "id": upload.id,
         "digest": upload.digest,
@@ -86,9 +84,7 @@ async def own_upload(rt: Runtime, account_id: str, source_id: str) -> Upload:
     status_code=201,
     openapi_extra=UPLOAD_DOC,
 )
-async def upload_source(request: Request) -> Response:
-    who = caller(request)
-    rt = runtime(request)
+async def upload_source(request: Request, who: CallerDep, rt: RuntimeDep) -> Response:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in CONTENT_TYPES:
         raise InvalidInput(
@@ -103,6 +99,5 @@ async def upload_source(request: Request) -> Response:
 
 
 @router.get("/sources/{source_id}", tags=["sources"], summary="One uploaded source of the caller's account")
-async def get_source(source_id: str, request: Request) -> Response:
-    who = caller(request)
-    return json_response(_view(await own_upload(runtime(request), who.account_id, source_id)))
+async def get_source(source_id: str, who: CallerDep, rt: RuntimeDep) -> Response:
+    return json_response(_view(await own_upload(rt, who.account_id, source_id)))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from ember.api.deps import caller, runtime
+from ember.api.deps import RuntimeDep, caller
 from ember.api.endpoints import own_endpoint
 from ember.api.errors import json_response
 from ember.api.views import iso
@@ -29,6 +29,7 @@ WORKER_EVENTS = 20_000
 async def endpoint_traffic(
     ref: str,
     request: Request,
+    rt: RuntimeDep,
     seconds: int = Query(3600, ge=1, le=MAX_WINDOW_S, description="how far back, in seconds"),
     limit: int = Query(10_000, ge=1, le=MAX_JOBS, description="at most this many jobs, the newest"),
 ) -> Response:
@@ -38,8 +39,7 @@ async def endpoint_traffic(
     median. `price`: what one second of its worker costs (flex, before the active discount), in
     micro-dollars, for the GPU type its newest worker ran on (else its first preference). `server`: the
     lifecycle's tick and how long a job-take is held, which the simulator mirrors."""
-    who = caller(request)
-    rt = runtime(request)
+    who = caller(request)  # not a dependency: a bad `seconds` or `limit` answers 400 before a bad key
     row = await own_endpoint(rt, who.account_id, ref)
     now = rt.clock.now()
     since = now - seconds
@@ -53,8 +53,7 @@ async def endpoint_traffic(
     gpu_type = (newest["gpu_type"] if newest is not None else None) or (
         spec.gpu_type_ids[0] if spec.gpu_type_ids else None
     )
-    prices = rt.extras.get("prices")
-    table = prices if isinstance(prices, PriceTable) else PriceTable()
+    table = rt.services.prices if rt.services.prices is not None else PriceTable()
     runner = getattr(request.app.state, "runner", None)
     tick_s = runner.intervals.tick_s if runner is not None else None
     return json_response(

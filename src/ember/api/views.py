@@ -19,11 +19,11 @@ def iso(at: float | None) -> str | None:
 
 def endpoint(
     row: Mapping[Any, Any], *, owner: bool = True, workers: list[Mapping[Any, Any]] | None = None
-) -> dict[str, Any]:
+) -> dict[str, object]:
     spec = spec_from_json(row["spec"])
     out = to_wire(spec)
-    git = out.get("git")
-    if git:  # stored sealed; shown in the clear only by the answer that set it (api.endpoints)
+    git = out.get("git")  # stored sealed; shown in the clear only by the answer that set it (api.endpoints)
+    if isinstance(git, dict) and git:
         out["git"] = {k: v for k, v in git.items() if k != "webhookSecret"}
     out.pop("sourceDigest", None)
     out.update(
@@ -42,7 +42,7 @@ def endpoint(
     return out
 
 
-def worker(row: Mapping[Any, Any], now: float) -> dict[str, Any]:
+def worker(row: Mapping[Any, Any], now: float) -> dict[str, object]:
     return {
         "id": row["id"],
         "endpointId": row["endpoint_id"],
@@ -62,7 +62,7 @@ def worker(row: Mapping[Any, Any], now: float) -> dict[str, Any]:
     }
 
 
-def event(row: Mapping[Any, Any]) -> dict[str, Any]:
+def event(row: Mapping[Any, Any]) -> dict[str, object]:
     return {
         "state": row["to_state"],
         "from": row["from_state"],
@@ -71,7 +71,7 @@ def event(row: Mapping[Any, Any]) -> dict[str, Any]:
     }
 
 
-def release(row: Mapping[Any, Any], serving: int) -> dict[str, Any]:
+def release(row: Mapping[Any, Any], serving: int) -> dict[str, object]:
     spec = json.loads(row["spec"])
     log = row["log"] or ""
     return {
@@ -85,7 +85,7 @@ def release(row: Mapping[Any, Any], serving: int) -> dict[str, Any]:
     }
 
 
-def account(row: Mapping[Any, Any], *, max_workers: int, workers: int) -> dict[str, Any]:
+def account(row: Mapping[Any, Any], *, max_workers: int, workers: int) -> dict[str, object]:
     return {
         "id": row["id"],
         "name": row["name"],

@@ -302,7 +302,7 @@ async def job_stream(endpoint_id: str, worker_id: str, job_id: str, request: Req
     if body.get("error") and "output" not in body:
         return json_response({"status": "ignored"})  # error chunks end in job-done (gotcha 30)
     outcome = await rt.store.run(
-        rt.store.jobs.stream_chunk, job_id, worker_id, json_body.dump(body.get("output")), endpoint_id
+        rt.store.streams.stream_chunk, job_id, worker_id, json_body.dump(body.get("output")), endpoint_id
     )
     if outcome == "unknown":
         raise NotFound(f"job {job_id!r} not found")

@@ -22,13 +22,13 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import docker
 import docker.errors
 from docker.types import DeviceRequest, Mount
 
 from ember.backends.base import ExecResult, LaunchSpec, Observed
+from ember.backends.docker_api import Container, DockerClient, Hardening, LogStream
 from ember.backends.docker_images import ProgressCallback, ensure_image
 from ember.backends.docker_labels import (
     LABEL_ACCOUNT,
@@ -69,7 +69,7 @@ class DockerBackend(ContainerLogs):
 
     def __init__(
         self,
-        client_factory: Callable[[], Any] = docker.from_env,
+        client_factory: Callable[[], DockerClient] = docker.from_env,
         *,
         host_network: bool = True,
         on_progress: ProgressCallback | None = None,
@@ -87,19 +87,19 @@ class DockerBackend(ContainerLogs):
         self._client_factory = client_factory
         self._pids_limit = pids_limit
         self._logs_dir = Path(logs_dir) if logs_dir is not None else None
-        self._follows: dict[str, set[Any]] = {}
+        self._follows: dict[str, set[LogStream]] = {}
         self._pool = (
             WarmPool(warm, base_labels=self._label_filters, clock=clock) if warm is not None else None
         )
         self._instance = instance
         self._host_network = host_network
         self._on_progress = on_progress
-        self._client: Any = None
+        self._client: DockerClient | None = None
         self._client_lock = asyncio.Lock()
 
     # -- plumbing ---------------------------------------------------------------------------------
 
-    async def _docker(self) -> Any:
+    async def _docker(self) -> DockerClient:
         async with self._client_lock:
             if self._client is None:
                 try:
@@ -115,7 +115,7 @@ class DockerBackend(ContainerLogs):
             filters.append(f"{LABEL_INSTANCE}={self._instance}")
         return filters
 
-    def _find(self, client: Any, worker_id: str) -> Any | None:
+    def _find(self, client: DockerClient, worker_id: str) -> Container | None:
         """The container of `worker_id` (blocking), or None: the one its name says."""
         if not _SAFE_ID.match(worker_id):
             return None
@@ -124,7 +124,7 @@ class DockerBackend(ContainerLogs):
         except docker.errors.NotFound:
             return None
 
-    async def _container(self, worker_id: str) -> Any:
+    async def _container(self, worker_id: str) -> Container:
         client = await self._docker()
         try:
             container = await asyncio.to_thread(self._find, client, worker_id)
@@ -134,16 +134,13 @@ class DockerBackend(ContainerLogs):
             raise NotFound(f"worker {worker_id} has no container")
         return container
 
-    def _since(self, container: Any, worker_id: str) -> float | None:
+    def _since(self, container: Container, worker_id: str) -> float | None:
         """When `worker_id` took `container` over from the warm pool (None: it was made for it)."""
         return self._pool.since(container, worker_id) if self._pool is not None else None
 
     # -- launch -------------------------------------------------------------------------------------
 
-    def _ensure_image(self, client: Any, worker_id: str, image: str, auth: dict[str, str] | None) -> None:
-        ensure_image(client, worker_id, image, auth, self._on_progress)
-
-    def _run(self, client: Any, spec: LaunchSpec) -> None:
+    def _run(self, client: DockerClient, spec: LaunchSpec) -> None:
         """Resume a parked container of the same key (warm pool), or create and start the worker's
         container in as few engine calls as a cold start allows: the image is looked up (and pulled)
         only when the engine says it is missing, and an existing container of the same worker id only
@@ -155,7 +152,7 @@ class DockerBackend(ContainerLogs):
         if self._pool is not None:
 
             def pull() -> None:
-                self._ensure_image(client, spec.worker_id, image, spec.registry_auth)
+                ensure_image(client, spec.worker_id, image, spec.registry_auth, self._on_progress)
 
             warm = self._pool.plan(client, spec, self._host_network, pull)
             name = container_name(spec.worker_id)
@@ -163,9 +160,9 @@ class DockerBackend(ContainerLogs):
                 return
         for _attempt in range(3):  # bounded: a name conflict or a missing image each cost one retry
             try:
-                container_id, token = self._create(client, spec, warm)
+                container_id, token = self._create(client, spec, image, warm)
             except docker.errors.ImageNotFound:
-                self._ensure_image(client, spec.worker_id, image, spec.registry_auth)
+                ensure_image(client, spec.worker_id, image, spec.registry_auth, self._on_progress)
                 continue
             except docker.errors.APIError as exc:
                 if exc.status_code != 409:
@@ -194,8 +191,10 @@ class DockerBackend(ContainerLogs):
             env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpu_devices)
         return env
 
-    def _create(self, client: Any, spec: LaunchSpec, warm: WarmLaunch | None) -> tuple[str, str | None]:
-        """Create the container (not started): its id, and its control directory when warm-capable
+    def _create(
+        self, client: DockerClient, spec: LaunchSpec, image: str, warm: WarmLaunch | None
+    ) -> tuple[str, str | None]:
+        """Create the container of `image` (not started): its id, and its control directory when warm-capable
         (its launcher then waits for the worker's identity, which is not in the container's env)."""
         device_requests = []
         if spec.real_gpus:
@@ -236,7 +235,7 @@ class DockerBackend(ContainerLogs):
                 **self._hardening(),
             )
             created = client.api.create_container(
-                spec.image,
+                image,
                 command=command,
                 entrypoint=entrypoint,
                 name=container_name(spec.worker_id),
@@ -250,7 +249,7 @@ class DockerBackend(ContainerLogs):
             raise
         return str(created["Id"]), token
 
-    def _hardening(self) -> dict[str, Any]:
+    def _hardening(self) -> Hardening:
         """The host-config settings that confine a tenant's container."""
         return {
             "security_opt": ["no-new-privileges"],
@@ -271,7 +270,7 @@ class DockerBackend(ContainerLogs):
 
     # -- stop / observe -----------------------------------------------------------------------------
 
-    def _stop(self, client: Any, worker_id: str, grace_s: float) -> None:
+    def _stop(self, client: DockerClient, worker_id: str, grace_s: float) -> None:
         container = self._find(client, worker_id)
         if container is None:
             return
@@ -284,7 +283,7 @@ class DockerBackend(ContainerLogs):
             return  # removed concurrently: the goal is reached
         self._remove(container, worker_id)
 
-    def _remove(self, container: Any, worker_id: str) -> None:
+    def _remove(self, container: Container, worker_id: str) -> None:
         """Keep the worker's logs, then remove its container and control directory."""
         self._end_follows(worker_id)
         self._keep_logs(container, worker_id)
@@ -301,7 +300,7 @@ class DockerBackend(ContainerLogs):
         except docker.errors.DockerException as exc:
             raise _docker_failure(f"stopping worker {worker_id}", exc)
 
-    def _park(self, client: Any, worker_id: str, grace_s: float) -> bool:
+    def _park(self, client: DockerClient, worker_id: str, grace_s: float) -> bool:
         container = self._find(client, worker_id)
         if container is None:
             return False
@@ -312,7 +311,7 @@ class DockerBackend(ContainerLogs):
         self._stop(client, worker_id, grace_s)
         return False
 
-    def _detach(self, container: Any, worker_id: str) -> None:
+    def _detach(self, container: Container, worker_id: str) -> None:
         """What a parked container leaves behind of its worker: the kept log; followers end."""
         self._end_follows(worker_id)
         self._keep_logs(container, worker_id)
@@ -341,7 +340,7 @@ class DockerBackend(ContainerLogs):
         except docker.errors.DockerException as exc:
             raise _docker_failure("removing parked containers", exc)
 
-    def _list(self, client: Any, endpoint_id: str | None) -> list[Observed]:
+    def _list(self, client: DockerClient, endpoint_id: str | None) -> list[Observed]:
         filters = self._label_filters()
         if endpoint_id is not None:
             filters.append(f"{LABEL_ENDPOINT}={endpoint_id}")

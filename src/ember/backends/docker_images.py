@@ -4,11 +4,11 @@ start (what `ember logs` and the worker's reason show while a big image arrives)
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import docker.errors
 from docker.utils import parse_repository_tag
 
+from ember.backends.docker_api import DockerClient
 from ember.core.errors import BackendError
 
 ProgressCallback = Callable[[str, str], None]
@@ -17,7 +17,11 @@ _LAYER_DONE = {"Pull complete", "Already exists"}
 
 
 def ensure_image(
-    client: Any, worker_id: str, image: str, auth: dict[str, str] | None, on_progress: ProgressCallback | None
+    client: DockerClient,
+    worker_id: str,
+    image: str,
+    auth: dict[str, str] | None,
+    on_progress: ProgressCallback | None,
 ) -> None:
     """Pull `image` (with `auth`) unless the engine has it; BackendError when the pull fails."""
     try:
@@ -36,7 +40,7 @@ def ensure_image(
 
 
 def _pull(
-    client: Any,
+    client: DockerClient,
     worker_id: str,
     image: str,
     repository: str,

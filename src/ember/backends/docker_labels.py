@@ -7,9 +7,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
 
 from ember.backends.base import Observed
+from ember.backends.docker_api import Container, ContainerState
 from ember.backends.docker_warm import WARM_PREFIX
 
 LABEL_WORKER = "ember.worker-id"
@@ -25,7 +25,7 @@ def container_name(worker_id: str) -> str:
     return f"ember-{worker_id}"
 
 
-def started_at(state: dict[str, Any]) -> float | None:
+def started_at(state: ContainerState) -> float | None:
     """Docker's StartedAt (RFC 3339 with nanoseconds, or the zero time) as epoch seconds."""
     raw = state.get("StartedAt") or ""
     if not raw or raw.startswith("0001-"):
@@ -47,7 +47,7 @@ def worker_of(name: str, labels: Mapping[str, str]) -> str | None:
     return labels.get(LABEL_WORKER, "")
 
 
-def observed(container: Any, worker_id: str, since: float | None) -> Observed:
+def observed(container: Container, worker_id: str, since: float | None) -> Observed:
     labels = container.labels
     state = container.attrs.get("State", {})
     running = bool(state.get("Running"))

@@ -14,11 +14,11 @@ import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import docker.errors
 
 from ember.backends.base import Alive, throttled
+from ember.backends.docker_api import Container, LogStream
 from ember.core.errors import BackendError, NotFound
 
 # A removed container's kept log: at most its last this many lines, and the file at most this size.
@@ -32,12 +32,12 @@ class ContainerLogs:
     """Logs for `DockerBackend`, which provides `_container`, `_since` and `_logs_dir`."""
 
     _logs_dir: Path | None
-    _follows: dict[str, set[Any]]
+    _follows: dict[str, set[LogStream]]
 
-    async def _container(self, worker_id: str) -> Any:
+    async def _container(self, worker_id: str) -> Container:
         raise NotImplementedError
 
-    def _since(self, container: Any, worker_id: str) -> float | None:
+    def _since(self, container: Container, worker_id: str) -> float | None:
         raise NotImplementedError
 
     def kept_log_path(self, worker_id: str) -> Path | None:
@@ -46,7 +46,7 @@ class ContainerLogs:
             return None
         return self._logs_dir / f"{worker_id}.log"
 
-    def _keep_logs(self, container: Any, worker_id: str) -> None:
+    def _keep_logs(self, container: Container, worker_id: str) -> None:
         """Append the worker's output (its last KEPT_LOG_LINES lines) to its kept log, then trim that
         file to its last KEPT_LOG_BYTES. Best effort: a log that cannot be kept must not keep a worker
         from stopping."""
@@ -115,19 +115,21 @@ class ContainerLogs:
             await asyncio.sleep(_FOLLOW_POLL_S)
             container = await self._maybe_container(worker_id)
 
-    async def _maybe_container(self, worker_id: str) -> Any | None:
+    async def _maybe_container(self, worker_id: str) -> Container | None:
         try:
             return await self._container(worker_id)
         except NotFound:
             return None
 
     async def _container_logs(
-        self, container: Any, worker_id: str, tail: int | None, follow: bool
+        self, container: Container, worker_id: str, tail: int | None, follow: bool
     ) -> AsyncIterator[str]:
         since = await asyncio.to_thread(self._since, container, worker_id)
         try:
             stream = await asyncio.to_thread(
-                container.logs, stream=True, follow=follow, tail="all" if tail is None else tail, since=since
+                lambda: container.logs(
+                    stream=True, follow=follow, tail="all" if tail is None else tail, since=since
+                )
             )
         except docker.errors.NotFound:
             return  # removed meanwhile: its output is in the kept log

@@ -11,12 +11,12 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import docker.errors
 from docker.types import Mount
 
 from ember.backends.base import LaunchSpec
+from ember.backends.docker_api import Container, DockerClient
 from ember.backends.docker_labels import LABEL_ACCOUNT, LABEL_ENDPOINT, LABEL_RELEASE
 from ember.backends.docker_warm import (
     CONTROL_TARGET,
@@ -76,7 +76,7 @@ class WarmPool:
 
     # -- launch -------------------------------------------------------------------------------------
     def plan(
-        self, client: Any, spec: LaunchSpec, host_network: bool, pull: Callable[[], None]
+        self, client: DockerClient, spec: LaunchSpec, host_network: bool, pull: Callable[[], None]
     ) -> WarmLaunch | None:
         """The warm launch of `spec` (pulling the image when missing), or None to run it plainly."""
         if not self.cfg.enabled or spec.image is None:
@@ -103,7 +103,7 @@ class WarmPool:
 
     def hand_over(
         self,
-        client: Any,
+        client: DockerClient,
         container_id: str,
         token: str,
         spec: LaunchSpec,
@@ -128,7 +128,7 @@ class WarmPool:
             raise
 
     def resume(
-        self, client: Any, spec: LaunchSpec, launch: WarmLaunch, env: Mapping[str, str], name: str
+        self, client: DockerClient, spec: LaunchSpec, launch: WarmLaunch, env: Mapping[str, str], name: str
     ) -> bool:
         """Resume the most recently parked container of `launch.key` as `spec`'s worker, named `name`.
         False when there is none, or it failed (then it is removed): the caller creates a container."""
@@ -170,7 +170,12 @@ class WarmPool:
 
     # -- park ---------------------------------------------------------------------------------------
     def park(
-        self, client: Any, container: Any, worker_id: str, grace_s: float, before_pause: Callable[[], None]
+        self,
+        client: DockerClient,
+        container: Container,
+        worker_id: str,
+        grace_s: float,
+        before_pause: Callable[[], None],
     ) -> bool:
         """Stop the worker in `container` (its launcher stays), pause and rename the container as parked.
         False (nothing done, or the container is to be removed by the caller) when it cannot be parked."""
@@ -197,7 +202,7 @@ class WarmPool:
         return True
 
     # -- removal ------------------------------------------------------------------------------------
-    def discard(self, client: Any, container_id: str, token: str | None) -> None:
+    def discard(self, client: DockerClient, container_id: str, token: str | None) -> None:
         """Remove a container and its control directory (gone already: fine)."""
         with contextlib.suppress(docker.errors.NotFound):
             client.api.remove_container(container_id, force=True)
@@ -210,7 +215,7 @@ class WarmPool:
             return False
         return releases != self._swept_releases or self._clock() - self._swept_at >= SWEEP_EVERY_S
 
-    def sweep(self, client: Any, releases: Mapping[str, int] | None, *, force: bool = False) -> int:
+    def sweep(self, client: DockerClient, releases: Mapping[str, int] | None, *, force: bool = False) -> int:
         """Remove parked containers whose time is up, that are not paused (a resume cut short), whose
         endpoint is not in `releases` or serves another release there (None: not checked), and the
         oldest beyond the maximum (when `due`, or `force`). The number removed."""
@@ -245,7 +250,7 @@ class WarmPool:
             self._sweep_dirs(client)
         return removed
 
-    def _sweep_dirs(self, client: Any) -> None:
+    def _sweep_dirs(self, client: DockerClient) -> None:
         """Control directories whose container is gone (removed by hand, or a crash in between)."""
         rows = client.api.containers(all=True, filters={"label": [*self._labels(), LABEL_CONTROL]})
         used = {(row.get("Labels") or {}).get(LABEL_CONTROL) for row in rows}
@@ -253,13 +258,13 @@ class WarmPool:
             if token not in used and age_s > STRAY_DIR_AGE_S:
                 self.dirs.remove(token)
 
-    def clear(self, client: Any) -> None:
+    def clear(self, client: DockerClient) -> None:
         """Remove every parked container of this server (shutdown)."""
         for p in list_parked(client, self._labels()):
             if self.dirs.exists(p.token):
                 self.discard(client, p.id, p.token)
         self._maybe_parked = False
 
-    def since(self, container: Any, worker_id: str) -> float | None:
+    def since(self, container: Container, worker_id: str) -> float | None:
         token = (container.labels or {}).get(LABEL_CONTROL)
         return self.dirs.worker_since(token, worker_id) if token else None

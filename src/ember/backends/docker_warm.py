@@ -29,9 +29,9 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from ember.backends.base import LaunchSpec
+from ember.backends.docker_api import DockerClient, ImageConfig
 from ember.core.errors import BackendError
 
 LABEL_WARM_KEY = "ember.warm-key"
@@ -72,7 +72,7 @@ class WarmConfig:
         return self.hold_s > 0 and self.max_containers > 0
 
 
-def launch_argv(image_config: Mapping[str, Any], command: Sequence[str] | None) -> list[str] | None:
+def launch_argv(image_config: ImageConfig, command: Sequence[str] | None) -> list[str] | None:
     """The worker's argv as Docker would run it (the image's entrypoint, then the start command or the
     image's CMD), when it starts with a python interpreter: that interpreter runs the launcher, so a
     container is warm-capable only when it surely has one. None: run it as a plain container."""
@@ -179,7 +179,7 @@ class ControlDirs:
         return float(since) if isinstance(since, int | float) else None
 
     def hand_over(
-        self, token: str, identity: Mapping[str, Any], running: Callable[[], bool], timeout_s: float
+        self, token: str, identity: Mapping[str, object], running: Callable[[], bool], timeout_s: float
     ) -> None:
         """Write `identity` to the launcher as soon as it waits for one. Raises BackendError when the
         container stops first (no such interpreter, say) or the launcher does not ask in `timeout_s`."""
@@ -292,7 +292,7 @@ class Parked:
     labels: Mapping[str, str]
 
 
-def list_parked(client: Any, label_filters: Sequence[str]) -> list[Parked]:
+def list_parked(client: DockerClient, label_filters: Sequence[str]) -> list[Parked]:
     """Every container named as parked that carries all of `label_filters` (one engine call)."""
     rows = client.api.containers(all=True, filters={"label": [*label_filters, LABEL_WARM_KEY]})
     out = []

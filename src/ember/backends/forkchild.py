@@ -8,7 +8,6 @@ from __future__ import annotations
 import ctypes
 import os
 import re
-from typing import Any
 
 _CLONE_NEWNS, _CLONE_NEWIPC, _CLONE_NEWUSER = 0x00020000, 0x08000000, 0x10000000
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND = 0x1, 0x2, 0x4, 0x20, 0x1000
@@ -20,7 +19,9 @@ _MM_FIELDS = (
     "start_code", "end_code", "start_data", "end_data", "start_brk", "brk", "start_stack", "arg_start",
     "arg_end", "env_start", "env_end",
 )  # fmt: skip
-_KEPT: list[Any] = []  # the buffers the kernel reads this process's environment and argv from
+_KEPT: list[
+    ctypes.Array[ctypes.c_char]
+] = []  # the buffers the kernel reads this process's environment and argv from
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded once, in the template, before any fork
 _LIBC.sbrk.restype = ctypes.c_void_p
 

@@ -39,7 +39,7 @@ import time
 import traceback
 import types
 from array import array
-from typing import Any
+from typing import TypedDict
 
 from ember.backends.forkchild import become_environment, isolate_namespaces, show_identity
 
@@ -48,10 +48,19 @@ _STANDBY_DELAY_S = 0.2  # after a request: the new worker has the CPU to itself 
 _NEVER_PREIMPORTED = ("__main__", "__mp_main__", "runpod", "ember.backends")
 
 
+class ForkRequest(TypedDict):
+    """The backend's `fork` message (see the module docstring): the worker it is to become."""
+
+    worker_id: str
+    env: dict[str, str]
+    cwd: str
+    handler: str
+
+
 class _Child:
     """What a forked child runs: the fork request, once it is the worker."""
 
-    def __init__(self, request: dict[str, Any]) -> None:
+    def __init__(self, request: ForkRequest) -> None:
         self.request = request
 
 
@@ -241,7 +250,7 @@ def _await_request(
     line.close()
     fds = _fds(ancillary)
     request = _parse(data) if data else None
-    if len(fds) != 2 or not isinstance(request, dict):
+    if len(fds) != 2 or request is None:
         os._exit(0)  # retired before it was needed: nothing of a worker ran here
     return _become_worker(request, fds, problem)
 
@@ -264,7 +273,7 @@ def _reap(workers: set[int], idle: set[int], control: socket.socket) -> None:
             _send(control, {"op": "exit", "pid": pid, "code": 128 - code if code < 0 else code})
 
 
-def _become_worker(request: dict[str, Any], fds: list[int], problem: str | None) -> _Child:
+def _become_worker(request: ForkRequest, fds: list[int], problem: str | None) -> _Child:
     log_fd, reply_fd = fds
     reply = socket.socket(fileno=reply_fd)
     try:
@@ -309,7 +318,7 @@ def _reseed() -> None:
             pass
 
 
-def run_handler(request: dict[str, Any]) -> None:
+def run_handler(request: ForkRequest) -> None:
     """Run the handler file as `python -u <file>` would: a fresh `__main__` with its absolute path as
     `__file__`, argv[0] as given. Its SystemExit ends the process as usual; an uncaught exception is
     printed without this module's frames and exits 1."""
@@ -345,11 +354,13 @@ def _fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
     return list(fds)
 
 
-def _parse(data: bytes) -> Any:
+def _parse(data: bytes) -> ForkRequest | None:
+    """The fork request in `data`, as the backend sends it; None when it is not a JSON object."""
     try:
-        return json.loads(data)
+        message: ForkRequest | None = json.loads(data)  # what the backend's `fork` sends
     except ValueError:
         return None
+    return message if isinstance(message, dict) else None
 
 
 def _drain(fd: int) -> None:
@@ -360,7 +371,7 @@ def _drain(fd: int) -> None:
         pass
 
 
-def _send(control: socket.socket, message: dict[str, Any]) -> None:
+def _send(control: socket.socket, message: dict[str, object]) -> None:
     try:
         control.send(json.dumps(message).encode())
     except OSError:

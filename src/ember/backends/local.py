@@ -31,11 +31,10 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ember.backends.base import Alive, ExecResult, LaunchSpec, Observed
 from ember.backends.local_env import inside_env, worker_env, worker_view
-from ember.backends.local_state import enter_worker_argv, write_meta
+from ember.backends.local_state import WorkerMeta, enter_worker_argv, write_meta
 from ember.backends.procs import (
     descendants,
     environ_of,
@@ -108,20 +107,20 @@ class LocalBackend:
         self._dir(worker_id)  # validates the id
         return self._logs_dir / f"{worker_id}.log"
 
-    def _read_meta(self, worker_id: str) -> dict[str, Any] | None:
+    def _read_meta(self, worker_id: str) -> WorkerMeta | None:
         try:
-            meta: dict[str, Any] = json.loads((self._dir(worker_id) / "meta.json").read_text())
+            meta: WorkerMeta = json.loads((self._dir(worker_id) / "meta.json").read_text())
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
             raise BackendError(f"unreadable state for worker {worker_id!r}: {exc}")
         return meta
 
-    def _own(self, worker_id: str, meta: dict[str, Any]) -> _Child | None:
+    def _own(self, worker_id: str, meta: WorkerMeta) -> _Child | None:
         child = self._children.get(worker_id)
         return child if child is not None and child.proc.pid == meta["pid"] else None
 
-    def _running(self, worker_id: str, meta: dict[str, Any]) -> bool:
+    def _running(self, worker_id: str, meta: WorkerMeta) -> bool:
         child = self._own(worker_id, meta)
         if child is not None and child.proc.returncode is not None:
             return False
@@ -257,7 +256,7 @@ class LocalBackend:
             found.append(self._observed(worker_dir, meta))
         return found
 
-    def _observed(self, worker_dir: Path, meta: dict[str, Any]) -> Observed:
+    def _observed(self, worker_dir: Path, meta: WorkerMeta) -> Observed:
         worker_id = meta["worker_id"]
         child = self._own(worker_id, meta)
         running = self._running(worker_id, meta)
@@ -328,7 +327,7 @@ class LocalBackend:
         except PermissionError as exc:
             raise BackendError(f"cannot signal worker process group {pid}: {exc}")
 
-    async def _wait_dead(self, worker_id: str, meta: dict[str, Any], timeout_s: float) -> bool:
+    async def _wait_dead(self, worker_id: str, meta: WorkerMeta, timeout_s: float) -> bool:
         deadline = time.monotonic() + max(timeout_s, 0.0)
         while self._running(worker_id, meta):
             if time.monotonic() >= deadline:

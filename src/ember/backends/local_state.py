@@ -6,13 +6,44 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import NotRequired, TypedDict
 
 from ember.backends.base import LaunchSpec
 from ember.backends.procs import write_atomic
 from ember.backends.sandbox import View, enter_argv, init_pid
 from ember.backends.template_proc import Forked, enter_forked_argv
 from ember.core.errors import BackendError
+
+
+class SandboxMeta(TypedDict):
+    """A sandboxed worker's uid and gid; `forked`: it has namespaces of its own under its template's."""
+
+    uid: int | None
+    gid: int | None
+    forked: NotRequired[bool]
+
+
+class TemplateMeta(TypedDict):
+    """The template a forked worker was forked from."""
+
+    key: str
+    pid: int | None
+
+
+class WorkerMeta(TypedDict):
+    """What `meta.json` holds (written by `write_meta`)."""
+
+    worker_id: str
+    endpoint_id: str
+    account_id: str
+    release: int
+    pid: int
+    start_ticks: int | None
+    started_at: float
+    cwd: str
+    argv: list[str]
+    sandbox: SandboxMeta | None
+    template: TemplateMeta | None
 
 
 def write_meta(
@@ -27,10 +58,10 @@ def write_meta(
 ) -> None:
     """Record a started worker: its pid (and start time, against pid reuse), where it runs, its sandbox
     (uid, gid; `forked`: namespaces of its own under its template's sandbox) and its template."""
-    box: dict[str, Any] | None = None if view is None else {"uid": view.uid, "gid": view.gid}
+    box: SandboxMeta | None = None if view is None else {"uid": view.uid, "gid": view.gid}
     if box is not None and forked is not None:
         box["forked"] = True
-    meta = {
+    meta: WorkerMeta = {
         "worker_id": spec.worker_id,
         "endpoint_id": spec.endpoint_id,
         "account_id": spec.account_id,
@@ -46,7 +77,7 @@ def write_meta(
     write_atomic(worker_dir / "meta.json", json.dumps(meta))
 
 
-def enter_worker_argv(meta: dict[str, Any], command: list[str]) -> tuple[list[str], str]:
+def enter_worker_argv(meta: WorkerMeta, command: list[str]) -> tuple[list[str], str]:
     """(argv, cwd) that run `command` where the worker runs: its directory, and for a sandboxed worker
     its namespaces and uid (see `sandbox.enter_argv`, and `template_proc.enter_forked_argv` for a
     worker forked from a template). BackendError when its sandbox is gone."""

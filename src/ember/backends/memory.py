@@ -11,12 +11,12 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from ember.backends.base import Alive, ExecResult, LaunchSpec, Observed, throttled
 from ember.core.errors import BackendError
 
-Runner = Callable[[LaunchSpec], Awaitable[Any]]
+Runner = Callable[[LaunchSpec], Awaitable[object]]  # its result: an int exit code, or anything (0)
 _FOLLOW_POLL_S = 0.1  # how often a follow waiting for a worker to (re)start looks again
 
 
@@ -30,7 +30,7 @@ class _Worker:
     started_at: float
     running: bool = True
     exit_code: int | None = None
-    task: asyncio.Task[Any] | None = None
+    task: asyncio.Task[None] | None = None
 
 
 @dataclass

@@ -16,7 +16,6 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ember.backends.procs import proc_start_ticks, write_atomic
 from ember.backends.sandbox import View, sandbox_argv
@@ -83,7 +82,7 @@ class TemplateProcess:
         self._fork_lock = threading.Lock()  # one fork request at a time
         self._children: dict[int, tuple[str, int]] = {}  # its pid for a worker -> (worker, host pid)
         self._early_exits: dict[int, int] = {}  # exits heard before the fork's answer was
-        self._info: dict[str, Any] = {"key": recipe.key, "endpoint_id": recipe.endpoint_id}
+        self._info: dict[str, object] = {"key": recipe.key, "endpoint_id": recipe.endpoint_id}
         self._info["release"] = recipe.release
 
     def start(self) -> None:
@@ -149,9 +148,10 @@ class TemplateProcess:
             message, _pid = _receive(self._sock)
             if not message:
                 return
-            if message.get("op") != "exit" or not isinstance(message.get("pid"), int):
+            inner, code = message.get("pid"), message.get("code")
+            if message.get("op") != "exit" or not isinstance(inner, int):
                 continue
-            inner, code = message["pid"], int(message.get("code") or 0)
+            code = code if isinstance(code, int) else 0  # the template always sends an int (or None)
             with self._lock:
                 known = self._children.pop(inner, None)
                 if known is None:
@@ -233,7 +233,7 @@ class TemplateProcess:
         if not self.drop_dir and self.directory.is_dir():
             self.write_info(state="exited")
 
-    def write_info(self, **changes: Any) -> None:
+    def write_info(self, **changes: object) -> None:
         """meta.json beside its modules: what operators (and tests) read of it."""
         self._info.update(changes)
         self._info["state"] = changes.get("state", self.state)
@@ -253,7 +253,7 @@ def enter_forked_argv(pid: int, view: View, command: list[str]) -> list[str]:
     return [*argv, "--root", f"--wdns={view.cwd}", "--", "setpriv", "--no-new-privs", "--", *command]
 
 
-def _receive(sock: socket.socket) -> tuple[dict[str, Any], int | None]:
+def _receive(sock: socket.socket) -> tuple[dict[str, object], int | None]:
     """One message and its sender's pid as this host sees it (the kernel's, not the sender's word);
     ({}, None) at the end of the stream; {"op": "garbled"} for anything but a JSON object."""
     try:

@@ -15,12 +15,12 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import docker
 import docker.errors
 from docker.utils import parse_repository_tag
 
+from ember.build.docker_api import DockerClient, HistoryEntry
 from ember.core.errors import BuildError
 
 LogFn = Callable[[str], None]
@@ -98,7 +98,7 @@ def _short(created_by: str, width: int = 90) -> str:
 
 
 def analyse(
-    history: Iterable[dict[str, Any]], env: Iterable[str], size_bytes: int, budget_bytes: int
+    history: Iterable[HistoryEntry], env: Iterable[str], size_bytes: int, budget_bytes: int
 ) -> tuple[list[str], list[str]]:
     """Warnings and advice for an image, from its history (`docker history`) and its environment."""
     env_names = {item.split("=", 1)[0] for item in env}
@@ -141,7 +141,7 @@ def analyse(
     return warnings, list(dict.fromkeys(advice))
 
 
-def _client(client_factory: Callable[[], Any]) -> Any:
+def _client(client_factory: Callable[[], DockerClient]) -> DockerClient:
     try:
         return client_factory()
     except docker.errors.DockerException as exc:
@@ -149,7 +149,7 @@ def _client(client_factory: Callable[[], Any]) -> Any:
 
 
 def _build_with_api(
-    client: Any,
+    client: DockerClient,
     context: Path,
     tag: str,
     dockerfile: str,
@@ -256,7 +256,7 @@ def build_image(
     secrets: dict[str, str] | None = None,
     size_budget_bytes: int = DEFAULT_SIZE_BUDGET_BYTES,
     top_layers: int = 5,
-    client_factory: Callable[[], Any] = docker.from_env,
+    client_factory: Callable[[], DockerClient] = docker.from_env,
     build_args: dict[str, str] | None = None,
     network: str | None = None,
 ) -> BuildReport:
@@ -300,7 +300,7 @@ def push_image(
     *,
     auth: dict[str, str] | None = None,
     on_log: LogFn = print,
-    client_factory: Callable[[], Any] = docker.from_env,
+    client_factory: Callable[[], DockerClient] = docker.from_env,
     on_progress: PushProgressFn | None = None,
 ) -> str:
     """Push the local image `ref` to its registry, reporting each layer; return the pushed digest.

@@ -15,12 +15,12 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import docker
 import docker.errors
 from cryptography.fernet import Fernet, InvalidToken
 
+from ember.build.docker_api import DockerClient
 from ember.core.errors import BuildError, InvalidInput
 
 DOCKER_HUB = "docker.io"
@@ -161,7 +161,7 @@ class CredentialStore:
 
 
 def verify_login(
-    host: str, username: str, password: str, client_factory: Callable[[], Any] = docker.from_env
+    host: str, username: str, password: str, client_factory: Callable[[], DockerClient] = docker.from_env
 ) -> None:
     """Ask the registry, through the Docker engine, whether the credential is good; BuildError if not."""
     try:

@@ -8,12 +8,12 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from typing import Any
 
 import httpx
 import typer
 from rich.status import Status
 
+from ember.cli.answers import EndpointRecord, ReleaseLine
 from ember.cli.follow import follow_builds
 from ember.cli.http import api_key, api_url, call
 from ember.cli.output import console, is_terminal
@@ -62,7 +62,7 @@ class _LogFollower:
             self._client.close()
 
 
-def wait_for_worker(record: dict[str, Any], timeout_s: float) -> None:
+def wait_for_worker(record: EndpointRecord, timeout_s: float) -> None:
     """Follow the endpoint's worker of `record`'s release until it is ready (returns) or fails, or
     `timeout_s` passes (typer.Exit(1) with the reason either way). A git endpoint's builds in progress
     are followed first."""
@@ -86,15 +86,15 @@ def wait_for_worker(record: dict[str, Any], timeout_s: float) -> None:
             status.stop()
 
 
-def _new_releases(record: dict[str, Any]) -> list[int]:
+def _new_releases(record: EndpointRecord) -> list[int]:
     """The releases the deploy of `record` made, built or not yet: made no earlier than the record was
     written, and newer than the release it serves (a build that already ended is shown all the same)."""
     since = record.get("updatedAt") or record.get("createdAt") or ""
-    rows = call("GET", f"/v1/endpoints/{record['id']}/releases")
+    rows: list[ReleaseLine] = call("GET", f"/v1/endpoints/{record['id']}/releases")
     return sorted(r["release"] for r in rows if r["release"] > record["release"] and r["createdAt"] >= since)
 
 
-def _wait(record: dict[str, Any], deadline: float, timeout_s: float, status: Status | None) -> None:
+def _wait(record: EndpointRecord, deadline: float, timeout_s: float, status: Status | None) -> None:
     endpoint_id, release, name = record["id"], record["release"], record["name"]
     started = time.monotonic()
     follower: _LogFollower | None = None

@@ -17,8 +17,9 @@ import shutil
 import signal
 import socket
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from types import FrameType
 
 import httpx
 import typer
@@ -29,6 +30,7 @@ from rich.markup import escape
 from ember.api.serving import HttpProtocol
 from ember.backends.memory import MemoryBackend
 from ember.build.source import find_handler
+from ember.cli.answers import EndpointRecord
 from ember.cli.dev_worker import InProcessWorkers
 from ember.cli.server_cmds import Server, cannot_listen, listen
 from ember.control.signals import Signals
@@ -125,7 +127,7 @@ def dev_settings(home: Path, host: str, port: int, key: str) -> Settings:
     )
 
 
-async def deploy(api: httpx.AsyncClient, name: str, directory: Path, handler: str) -> dict[str, Any]:
+async def deploy(api: httpx.AsyncClient, name: str, directory: Path, handler: str) -> EndpointRecord:
     """Create the endpoint `name` serving `directory/handler`, or update it (a changed directory makes a
     new release). Returns the endpoint as the API shows it."""
     source = {"sourceDir": str(directory), "handler": handler}
@@ -137,7 +139,8 @@ async def deploy(api: httpx.AsyncClient, name: str, directory: Path, handler: st
         resp = await api.post("/v1/endpoints", json=body)
     if resp.status_code >= 400:
         raise typer.BadParameter(f"cannot deploy {directory}: {resp.text}")
-    return resp.json()  # type: ignore[no-any-return]
+    endpoint: EndpointRecord = resp.json()
+    return endpoint
 
 
 async def watch_and_reload(
@@ -175,7 +178,7 @@ def _example_input(*folders: Path) -> str:
 
 
 def banner(
-    url: str, key: str, name: str, endpoint: dict[str, Any], directory: Path, handler: Path, home: Path
+    url: str, key: str, name: str, endpoint: EndpointRecord, directory: Path, handler: Path, home: Path
 ) -> str:
     body = _example_input(handler.parent, directory).replace("'", "'\\''")
     return (
@@ -198,14 +201,18 @@ class _DevServer(Server):
     that shutting down waits for no long poll."""
 
     def __init__(
-        self, config: uvicorn.Config, stop_loops: Any, workers: InProcessWorkers, signals: Signals
+        self,
+        config: uvicorn.Config,
+        stop_loops: Callable[[], Awaitable[None]],
+        workers: InProcessWorkers,
+        signals: Signals,
     ) -> None:
         super().__init__(config, stop_loops)
         self._workers = workers
         self._signals = signals
         self.endpoint_id: str | None = None
 
-    async def shutdown(self, sockets: Any = None) -> None:
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await self._stop_loops()  # no loop may judge or replace the workers stopped next
         self._workers.stop_all()
         # A woken poll sees its client gone and returns; wake-ups are hints, so extra ones are harmless.
@@ -217,7 +224,7 @@ class _DevServer(Server):
         await super().shutdown(sockets)
 
 
-def _interrupt(signum: int, frame: Any) -> None:
+def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 

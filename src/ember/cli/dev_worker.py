@@ -11,10 +11,10 @@ import sys
 import threading
 import traceback
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import ember.serverless as sdk
 from ember.backends.base import LaunchSpec
@@ -34,22 +34,29 @@ _LOAD_LOCK = threading.Lock()
 class _Captured(BaseException):
     """Raised from the intercepted `start(config)` to end the handler file's execution there."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Mapping[str, object]) -> None:
         super().__init__("start() captured")
         self.config = config
 
 
-def _capture(config: Any) -> None:
+def _capture(config: Mapping[str, object]) -> None:
     raise _Captured(config)
+
+
+class _RunpodServerless(Protocol):
+    """What `ember dev` replaces in RunPod's `runpod.serverless` module while a handler file loads."""
+
+    start: Callable[[Mapping[str, object]], None]
+    progress_update: Callable[[Mapping[str, object], object], None]
 
 
 @contextmanager
 def _intercepting_start(source: str) -> Iterator[None]:
     """While the handler file runs, `ember.serverless.start` and `runpod.serverless.start` capture
     their config instead of starting a worker process."""
-    rp: Any = None
+    rp: _RunpodServerless | None = None
     if "runpod" in source and importlib.util.find_spec("runpod") is not None:
-        rp = importlib.import_module("runpod.serverless")
+        rp = _runpod_serverless()
         # Progress updates of a RunPod handler go through Ember's loop, which runs it here.
         rp.progress_update = sdk.progress_update
     saved = rp.start if rp is not None else None
@@ -60,8 +67,14 @@ def _intercepting_start(source: str) -> Iterator[None]:
         yield
     finally:
         sdk._capture = None
-        if rp is not None:
+        if rp is not None and saved is not None:
             rp.start = saved
+
+
+def _runpod_serverless() -> _RunpodServerless:
+    """RunPod's `runpod.serverless` (untyped), as the part of it that `_intercepting_start` replaces."""
+    module: _RunpodServerless = importlib.import_module("runpod.serverless")
+    return module
 
 
 @contextmanager
@@ -121,7 +134,7 @@ class _ProgressRouter:
     def __init__(self, workers: InProcessWorkers) -> None:
         self._workers = workers
 
-    def progress(self, job: dict[str, Any], value: Any) -> None:
+    def progress(self, job: Mapping[str, object], value: object) -> None:
         job_id = job.get("id") if isinstance(job, dict) else None
         workers = self._workers.running()
         for worker in workers:

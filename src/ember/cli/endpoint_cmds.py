@@ -7,7 +7,6 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import httpx
 import typer
@@ -15,6 +14,7 @@ from rich.markup import escape
 
 from ember.build.archive import pack
 from ember.build.source import find_handler
+from ember.cli.answers import EndpointRecord, GitSource, SourceUpload
 from ember.cli.deploy_wait import wait_for_worker
 from ember.cli.follow import JOB_COLUMNS, follow_builds, follow_jobs, job_row
 from ember.cli.http import api_key, api_url, call, err, fail, print_json
@@ -81,7 +81,7 @@ def deploy(
     wait_timeout: float = typer.Option(900.0, "--wait-timeout", help="Seconds --wait waits at most"),
 ) -> None:
     """Create or update an endpoint from a directory, an image or a git repository."""
-    body: dict[str, Any] = {"name": name}
+    body: dict[str, object] = {"name": name}
     sources = [s for s in (directory, image, git) if s]
     if len(sources) != 1:
         fail("give exactly one source: a DIRECTORY, --image REF or --git URL")
@@ -91,8 +91,10 @@ def deploy(
         body.update(_directory_source(directory, handler))
     if image:
         body["imageName"] = image
+    git_source: GitSource | None = None
     if git:
-        body["git"] = {"url": git, "branch": branch, "dockerfile": dockerfile, "context": context}
+        git_source = {"url": git, "branch": branch, "dockerfile": dockerfile, "context": context}
+        body["git"] = git_source
     for key, value in (
         ("workersMin", workers_min),
         ("workersMax", workers_max),
@@ -110,11 +112,12 @@ def deploy(
     if env:
         body["env"] = _parse_env(env)
     existing = _find(name)
+    record: EndpointRecord
     if existing is None:
         record = call("POST", "/v1/endpoints", json_body=body)
     else:
-        if git and existing.get("git"):
-            body["git"] = {**existing["git"], **body["git"]}
+        if git_source is not None and existing.get("git"):
+            body["git"] = {**(existing["git"] or {}), **git_source}
         record = call("PATCH", f"/v1/endpoints/{existing['id']}", json_body=body)
     if as_json:
         print_json(record)
@@ -129,19 +132,20 @@ def deploy(
     if shown_dir:
         console.print(f"  runs {shown_dir}/{record.get('handler') or 'handler.py'}", markup=False)
     console.print(f"  {api_url()}/v2/{record['id']}/runsync")
-    if record.get("git"):
+    shown_git = record.get("git")
+    if shown_git:
         console.print(
-            f"  builds from {record['git']['url']} ({record['git']['branch']}); follow with "
+            f"  builds from {shown_git['url']} ({shown_git['branch']}); follow with "
             f"`ember releases {record['name']} -f`\n"
             f"  push webhook: {api_url()}/v1/git/webhook (content type application/json, "
-            f"secret {record['git'].get('webhookSecret', 'as shown when it was set')})",
+            f"secret {shown_git.get('webhookSecret', 'as shown when it was set')})",
             markup=False,
         )
     if wait:
         wait_for_worker(record, wait_timeout)
 
 
-def _directory_source(directory: str, handler: str | None) -> dict[str, Any]:
+def _directory_source(directory: str, handler: str | None) -> dict[str, str]:
     """The body fields of a directory deploy, checked here first so that a mistake reads as one line:
     a directory that does not exist, or one without a handler file."""
     path = Path(directory).expanduser().resolve()
@@ -155,12 +159,12 @@ def _directory_source(directory: str, handler: str | None) -> dict[str, Any]:
     return {"sourceId": _upload(path)["id"], **({"handler": handler} if handler is not None else {})}
 
 
-def _upload(path: Path) -> dict[str, Any]:
+def _upload(path: Path) -> SourceUpload:
     """Pack `path` (its .gitignore and .emberignore respected) and upload it: the server keeps it for
     this account and an endpoint names it by id. Every deploy uploads, the admin's too, so that a
     directory deploys the same way to a server on this machine or another."""
     data = pack(path)
-    upload: dict[str, Any] = call(
+    upload: SourceUpload = call(
         "POST", "/v1/sources", content=data, content_type="application/gzip", timeout_s=600.0
     )
     err.print(  # standard error: --json keeps standard output for the record
@@ -171,10 +175,11 @@ def _upload(path: Path) -> dict[str, Any]:
     return upload
 
 
-def _find(name: str) -> dict[str, Any] | None:
-    for ep in call("GET", "/v1/endpoints"):
+def _find(name: str) -> EndpointRecord | None:
+    found: list[EndpointRecord] = call("GET", "/v1/endpoints")
+    for ep in found:
         if ep["name"] == name or ep["id"] == name:
-            return ep  # type: ignore[no-any-return]
+            return ep
     return None
 
 
@@ -251,7 +256,7 @@ def jobs(
     ),
 ) -> None:
     """List recent jobs (whole ids, tab-separated, when the output is not a terminal)."""
-    params: dict[str, Any] = {"limit": limit}
+    params: dict[str, str | int] = {"limit": limit}
     if endpoint:
         params["endpointId"] = endpoint
     if state:
@@ -276,7 +281,7 @@ def logs(
     ),
 ) -> None:
     """Print (and follow) an endpoint's worker logs."""
-    params: dict[str, Any] = {"follow": str(follow).lower()}
+    params: dict[str, str | int] = {"follow": str(follow).lower()}
     if worker:
         params["worker"] = worker
     if tail is not None:

@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import typer
 from rich.text import Text
 
-from ember.cli.http import call
+from ember.cli.answers import JobLine, ReleaseLine
+from ember.cli.http import QueryParams, call
 from ember.cli.output import console, is_terminal, plain
 from ember.cli.progress import BuildView
 
@@ -21,7 +21,7 @@ JOB_COLUMNS = ("ID", "ENDPOINT", "STATUS", "WORKER", "CREATED", "ERROR")
 _STATUS_STYLE = {"COMPLETED": "green", "FAILED": "red", "TIMED_OUT": "red", "CANCELLED": "yellow"}
 
 
-def job_row(job: dict[str, Any]) -> tuple[Any, ...]:
+def job_row(job: JobLine) -> tuple[object, ...]:
     return (
         job["id"],
         job["endpointId"],
@@ -32,7 +32,7 @@ def job_row(job: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def _print_job(job: dict[str, Any], as_json: bool) -> None:
+def _print_job(job: JobLine, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(job, ensure_ascii=False))
     elif is_terminal():
@@ -49,7 +49,7 @@ def _print_job(job: dict[str, Any], as_json: bool) -> None:
         typer.echo("\t".join(plain(v) for v in job_row(job)))
 
 
-def follow_jobs(params: dict[str, Any], as_json: bool, poll_s: float = POLL_S) -> None:
+def follow_jobs(params: QueryParams, as_json: bool, poll_s: float = POLL_S) -> None:
     """Print the account's jobs (oldest first), then a line for each new job and each change of a
     job's status or worker, until Ctrl-C. JSON: one record per line."""
     if not as_json:
@@ -60,7 +60,7 @@ def follow_jobs(params: dict[str, Any], as_json: bool, poll_s: float = POLL_S) -
     seen: dict[str, tuple[str, str | None]] = {}
     try:
         while True:
-            rows = call("GET", "/v1/jobs", params=params)
+            rows: list[JobLine] = call("GET", "/v1/jobs", params=params)
             current: dict[str, tuple[str, str | None]] = {}
             for job in reversed(rows):  # the API lists newest first
                 key = (job["status"], job["workerId"])
@@ -103,7 +103,7 @@ def follow_build(endpoint: str, number: int, poll_s: float = POLL_S, deadline: f
     return "BUILDING"
 
 
-def building(releases: Iterable[dict[str, Any]]) -> list[int]:
+def building(releases: Iterable[ReleaseLine]) -> list[int]:
     """The numbers of the releases still building, oldest first."""
     return sorted(r["release"] for r in releases if r["status"] == "BUILDING")
 

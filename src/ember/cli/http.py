@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import httpx
 import typer
 from rich.console import Console
 
 err = Console(stderr=True)
+# A request's query parameters, as httpx takes them.
+QueryParams: TypeAlias = Mapping[str, str | int | float | bool | None]
 
 
 def home() -> Path:
@@ -43,14 +46,15 @@ def call(
     method: str,
     path: str,
     *,
-    json_body: Any = None,
-    params: dict[str, Any] | None = None,
+    json_body: object = None,
+    params: QueryParams | None = None,
     timeout_s: float = 60.0,
     content: bytes | None = None,
     content_type: str | None = None,
 ) -> Any:
     """The API's answer (JSON, else text) to one request with a JSON body, or with raw `content` of
-    `content_type` (an upload); one line and exit 1 on an error answer or no answer."""
+    `content_type` (an upload); one line and exit 1 on an error answer or no answer. The answer is as
+    `json` parses it, untyped: a command names what it reads of it with a TypedDict of `cli.answers`."""
     url = api_url() + path
     headers = {"Authorization": f"Bearer {api_key()}"}
     if content_type:
@@ -88,5 +92,5 @@ def call(
         return resp.text
 
 
-def print_json(value: Any) -> None:
+def print_json(value: object) -> None:
     typer.echo(json.dumps(value, indent=None, ensure_ascii=False))

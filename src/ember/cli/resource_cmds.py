@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
 
 import typer
 from rich.console import Console
 from rich.progress import Progress
 
+from ember.cli.answers import VolumeRecord
 from ember.cli.http import call, fail, print_json
 from ember.cli.output import Col, console, is_terminal, print_table
 from ember.cli.progress import transfer_columns
@@ -40,7 +40,7 @@ def models_pull(
     timeout_s: float = typer.Option(4 * 3600.0, "--timeout", help="Give up waiting after this many seconds"),
 ) -> None:
     """Download a model into the host cache (with the account's HF_TOKEN secret), showing progress."""
-    body: dict[str, Any] = {"name": name}
+    body: dict[str, str] = {"name": name}
     if revision:
         body["revision"] = revision
     deadline = time.monotonic() + timeout_s
@@ -107,7 +107,7 @@ def models_rm(name: str = typer.Argument(..., help="Model to remove, e.g. org/na
 
 
 # ---- volumes --------------------------------------------------------------------------------------
-def _print_volume(v: dict[str, Any]) -> None:
+def _print_volume(v: VolumeRecord) -> None:
     enforced = "enforced" if v.get("sizeEnforced") else "not enforced"
     console.print(
         f"Volume {v['id']} ({v['name']}): {v['size']} GB ({enforced}), used {_size(v.get('usedBytes'))}"

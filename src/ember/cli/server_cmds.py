@@ -9,8 +9,8 @@ import logging
 import logging.config
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import typer
@@ -83,7 +83,12 @@ class Server(uvicorn.Server):
     would go on judging workers whose pings the closed API refuses, and stop them as lost, where the next
     start should re-adopt them. Requests still open after `grace_s` (the held job-takes) are then cut."""
 
-    def __init__(self, config: uvicorn.Config, stop_loops: Any, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        stop_loops: Callable[[], Awaitable[None]],
+        grace_s: float = SHUTDOWN_GRACE_S,
+    ) -> None:
         super().__init__(config)
         self._stop_loops = stop_loops
         self._grace_s = grace_s

@@ -10,10 +10,10 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import typer
 
+from ember.cli.answers import EndpointRecord, Traffic
 from ember.cli.http import call, err, fail, print_json
 from ember.cli.output import console, print_table
 from ember.core.billing import PriceTable
@@ -142,7 +142,7 @@ def simulate(
 
 def _setup(
     endpoint: str | None, cold_start: float | None, tick: float | None, *, need_traffic: bool, since: int
-) -> tuple[Setup, dict[str, Any] | None]:
+) -> tuple[Setup, Traffic | None]:
     base = SimConfig(
         tick_s=tick or SimConfig.tick_s,
         cold_start_s=DEFAULT_COLD_START_S if cold_start is None else cold_start,
@@ -154,7 +154,7 @@ def _setup(
         if need_traffic:
             fail("give --trace FILE or --synthetic KIND: a spec file has no traffic of its own")
         return Setup(scaling, label, None, cfg, given), None
-    record = call("GET", f"/v1/endpoints/{endpoint}")
+    record: EndpointRecord = call("GET", f"/v1/endpoints/{endpoint}")
     scaling = ScalingSpec(
         workers_min=record["workersMin"],
         workers_max=record["workersMax"],
@@ -162,7 +162,7 @@ def _setup(
         scaler_type=record["scalerType"],
         scaler_value=record["scalerValue"],
     )
-    traffic = call(
+    traffic: Traffic = call(
         "GET", f"/v1/endpoints/{record['id']}/traffic", params={"seconds": since, "limit": 100_000}
     )
     price = traffic["price"]
@@ -172,10 +172,11 @@ def _setup(
         cpu_micros_per_s=int(price["flexMicrosPerS"]),
         active_discount_pct=int(price["activeDiscountPct"]),
     )
-    server = traffic.get("server") or {}
-    cfg = replace(base, prices=prices, take_hold_s=float(server.get("takeHoldS") or base.take_hold_s))
-    if tick is None and server.get("tickS"):
-        cfg = replace(cfg, tick_s=float(server["tickS"]))
+    server = traffic.get("server")
+    hold_s, tick_s = (server["takeHoldS"], server["tickS"]) if server is not None else (None, None)
+    cfg = replace(base, prices=prices, take_hold_s=float(hold_s or base.take_hold_s))
+    if tick is None and tick_s:
+        cfg = replace(cfg, tick_s=float(tick_s))
     note = given
     measured = traffic.get("coldStartMedianS")
     if cold_start is None and measured is not None:
@@ -205,7 +206,7 @@ def _spec_file(path: str | None) -> tuple[ScalingSpec, str | None, int, str]:
     return spec.scaling, gpu_type, spec.gpu_count, f"{path}, worker {gpu_type or 'CPU'}"
 
 
-def _trace(file: Path | None, shape: Shape | None, traffic: dict[str, Any] | None, since: int) -> Trace:
+def _trace(file: Path | None, shape: Shape | None, traffic: Traffic | None, since: int) -> Trace:
     try:
         if file is not None:
             try:
@@ -314,12 +315,12 @@ def _print_suggestion(pick: SimResult | None, current: SimResult, p99: float) ->
     console.print(f"  PATCH /v1/endpoints/{{id}} {json.dumps(_wire(pick.scaling))}", markup=False)
 
 
-def _wire(s: ScalingSpec) -> dict[str, Any]:
+def _wire(s: ScalingSpec) -> dict[str, int | str]:
     values = (s.workers_min, s.workers_max, s.idle_timeout_s, s.scaler_type, s.scaler_value)
     return dict(zip(SCALING_FIELDS, values, strict=True))
 
 
-def _result_json(r: SimResult) -> dict[str, Any]:
+def _result_json(r: SimResult) -> dict[str, object]:
     return {
         **_wire(r.scaling),
         "cost": format_dollars(r.cost_micros),

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from typing import Any
 
+from ember.client._json import JobRecord, Json
 from ember.client.errors import ClientError, job_error, status_error
 
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
@@ -43,14 +43,14 @@ def resolve(
 
 
 def run_body(
-    job_input: Any,
+    job_input: object,
     *,
     webhook: str | None = None,
-    policy: Mapping[str, Any] | None = None,
-    s3_config: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+    policy: Mapping[str, object] | None = None,
+    s3_config: Mapping[str, object] | None = None,
+) -> dict[str, object]:
     """The `/run` and `/runsync` body: the input is always wrapped (unlike RunPod's sync client)."""
-    body: dict[str, Any] = {"input": job_input}
+    body: dict[str, object] = {"input": job_input}
     if webhook is not None:
         body["webhook"] = webhook
     if policy is not None:
@@ -65,10 +65,10 @@ def runsync_wait_ms(timeout_s: float) -> int:
     return int(min(RUNSYNC_WAIT_MAX_MS, max(RUNSYNC_WAIT_MIN_MS, timeout_s * 1000)))
 
 
-def decode(status: int, content: bytes, what: str) -> Any:
+def decode(status: int, content: bytes, what: str) -> Json:
     """The JSON body of a 2xx answer; raises the matching HTTPStatusError otherwise."""
     try:
-        body: Any = json.loads(content) if content else None
+        body: Json = json.loads(content) if content else None
     except ValueError:
         body = content[:500].decode("utf-8", "replace")
     if not 200 <= status < 300:
@@ -76,19 +76,42 @@ def decode(status: int, content: bytes, what: str) -> Any:
     return body
 
 
-def record_of(body: Any, what: str) -> dict[str, Any]:
+def queued(answer: Json) -> tuple[str, JobRecord]:
+    """The job id and record in a `/run` answer, or a ClientError saying what came instead."""
+    job_id = answer.get("id") if isinstance(answer, dict) else None
+    if not isinstance(answer, dict) or not isinstance(job_id, str):
+        raise ClientError(f"POST /run answered {answer!r}, not a job id")
+    return job_id, answer
+
+
+def object_of(body: Json, what: str) -> dict[str, Json]:
+    """A JSON object answer (`/health`, `/purge-queue`, `/cancel`), or a ClientError saying what came."""
+    if not isinstance(body, dict):
+        raise ClientError(f"{what} answered {body!r}, not a JSON object")
+    return dict(body)
+
+
+def record_of(body: Json, what: str) -> JobRecord:
     """A job record (JSON object with `status`), or a ClientError saying what came instead."""
     if not isinstance(body, dict) or "status" not in body:
         raise ClientError(f"{what} answered {body!r}, not a job record")
     return body
 
 
-def final_output(record: dict[str, Any]) -> Any:
+def final_output(record: JobRecord) -> Json:
     """The output of a final record; raises JobFailed / JobCancelled / JobTimedOut for the others."""
     error = job_error(record)
     if error is not None:
         raise error
     return record.get("output")
+
+
+def stream_outputs(body: JobRecord) -> list[Json]:
+    """The outputs of the chunks in a `/stream` answer, in order (each chunk is `{"output": x}`)."""
+    chunks = body.get("stream") or []
+    if not isinstance(chunks, list):
+        raise ClientError(f"GET /stream answered {body!r}, not a list of chunks")
+    return [chunk.get("output") if isinstance(chunk, dict) else chunk for chunk in chunks]
 
 
 def next_poll_s(previous_s: float) -> float:

@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 
 from ember.client import _core
-from ember.client.errors import ClientError, TransportError, WaitTimeout
+from ember.client._json import Json
+from ember.client.errors import TransportError, WaitTimeout
 
 
 class AsyncEndpoint:
@@ -31,27 +32,26 @@ class AsyncEndpoint:
 
     async def run(
         self,
-        job_input: Any,
+        job_input: object,
         *,
         webhook: str | None = None,
-        policy: Mapping[str, Any] | None = None,
-        s3_config: Mapping[str, Any] | None = None,
+        policy: Mapping[str, object] | None = None,
+        s3_config: Mapping[str, object] | None = None,
     ) -> AsyncJob:
         """Queue a job (`POST /run`); not retried."""
         body = _core.run_body(job_input, webhook=webhook, policy=policy, s3_config=s3_config)
         answer = await self._call("POST", "/run", json=body, retry=False)
-        if not isinstance(answer, dict) or not isinstance(answer.get("id"), str):
-            raise ClientError(f"POST /run answered {answer!r}, not a job id")
-        return AsyncJob(self, answer["id"], answer)
+        job_id, record = _core.queued(answer)
+        return AsyncJob(self, job_id, record)
 
     async def run_sync(
         self,
-        job_input: Any,
+        job_input: object,
         timeout_s: float = 90.0,
         *,
         webhook: str | None = None,
-        policy: Mapping[str, Any] | None = None,
-        s3_config: Mapping[str, Any] | None = None,
+        policy: Mapping[str, object] | None = None,
+        s3_config: Mapping[str, object] | None = None,
     ) -> Any:
         """Run a job and wait for its output; errors as in `Endpoint.run_sync`."""
         deadline = time.monotonic() + timeout_s
@@ -67,10 +67,10 @@ class AsyncEndpoint:
         return AsyncJob(self, job_id, None)
 
     async def health(self) -> dict[str, Any]:
-        return dict(await self._call("GET", "/health"))
+        return _core.object_of(await self._call("GET", "/health"), "GET /health")
 
     async def purge_queue(self) -> dict[str, Any]:
-        return dict(await self._call("POST", "/purge-queue", retry=True))
+        return _core.object_of(await self._call("POST", "/purge-queue", retry=True), "POST /purge-queue")
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -86,10 +86,10 @@ class AsyncEndpoint:
         method: str,
         path: str,
         *,
-        json: Any = None,
+        json: object = None,
         retry: bool | None = None,
         timeout_s: float | None = None,
-    ) -> Any:
+    ) -> Json:
         what = f"{method} {path.split('?', 1)[0]}"
         retry = method == "GET" if retry is None else retry
         attempts = _core.RETRY_ATTEMPTS if retry else 1
@@ -140,9 +140,9 @@ class AsyncJob:
         delay_s = 0.0
         while True:
             body = _core.record_of(await self.endpoint._call("GET", f"/stream/{self.id}"), "GET /stream")
-            chunks = body.get("stream") or []
-            for chunk in chunks:
-                yield chunk.get("output") if isinstance(chunk, dict) else chunk
+            chunks = _core.stream_outputs(body)
+            for output in chunks:
+                yield output
             if body.get("status") in _core.FINAL_STATES and not chunks:
                 self.record = {"id": self.id, "status": None}
                 await self.status()
@@ -159,4 +159,4 @@ class AsyncJob:
     async def cancel(self) -> dict[str, Any]:
         answer = await self.endpoint._call("POST", f"/cancel/{self.id}", retry=True)
         self.record = {"id": self.id}
-        return dict(answer)
+        return _core.object_of(answer, "POST /cancel")

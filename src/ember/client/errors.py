@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ember.client._json import JobRecord, Json
+
 
 class ClientError(Exception):
     """Base of every error raised by `ember.client`."""
@@ -80,7 +82,7 @@ class WaitTimeout(ClientError, TimeoutError):
     pass
 
 
-def status_error(status: int, body: Any, what: str) -> HTTPStatusError:
+def status_error(status: int, body: Json, what: str) -> HTTPStatusError:
     """The error for a non-2xx answer to `what` (e.g. "POST /v2/ep/run")."""
     detail = body.get("error") or body.get("detail") if isinstance(body, dict) else body
     message = f"{what} answered HTTP {status}: {detail}"
@@ -97,7 +99,7 @@ def status_error(status: int, body: Any, what: str) -> HTTPStatusError:
     return HTTPStatusError(status, body, message)
 
 
-def job_error(record: dict[str, Any]) -> JobError | None:
+def job_error(record: JobRecord) -> JobError | None:
     """The error for a final, non-COMPLETED job record; None for anything else."""
     status = record.get("status")
     cls = {"FAILED": JobFailed, "CANCELLED": JobCancelled, "TIMED_OUT": JobTimedOut}.get(str(status))

@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 
 from ember.client import _core
-from ember.client.errors import ClientError, TransportError, WaitTimeout
+from ember.client._json import Json
+from ember.client.errors import TransportError, WaitTimeout
 
 
 class Endpoint:
@@ -33,27 +34,26 @@ class Endpoint:
 
     def run(
         self,
-        job_input: Any,
+        job_input: object,
         *,
         webhook: str | None = None,
-        policy: Mapping[str, Any] | None = None,
-        s3_config: Mapping[str, Any] | None = None,
+        policy: Mapping[str, object] | None = None,
+        s3_config: Mapping[str, object] | None = None,
     ) -> Job:
         """Queue a job (`POST /run`); returns its handle at once. Not retried (it is not idempotent)."""
         body = _core.run_body(job_input, webhook=webhook, policy=policy, s3_config=s3_config)
         answer = self._call("POST", "/run", json=body, retry=False)
-        if not isinstance(answer, dict) or not isinstance(answer.get("id"), str):
-            raise ClientError(f"POST /run answered {answer!r}, not a job id")
-        return Job(self, answer["id"], answer)
+        job_id, record = _core.queued(answer)
+        return Job(self, job_id, record)
 
     def run_sync(
         self,
-        job_input: Any,
+        job_input: object,
         timeout_s: float = 90.0,
         *,
         webhook: str | None = None,
-        policy: Mapping[str, Any] | None = None,
-        s3_config: Mapping[str, Any] | None = None,
+        policy: Mapping[str, object] | None = None,
+        s3_config: Mapping[str, object] | None = None,
     ) -> Any:
         """Run a job and wait for its output (`POST /runsync?wait=`, then `/status` polling).
 
@@ -76,11 +76,11 @@ class Endpoint:
 
     def health(self) -> dict[str, Any]:
         """`GET /health`: job counts by state and worker counts."""
-        return dict(self._call("GET", "/health"))
+        return _core.object_of(self._call("GET", "/health"), "GET /health")
 
     def purge_queue(self) -> dict[str, Any]:
         """`POST /purge-queue`: removes every IN_QUEUE job; returns `{"removed": n, …}`."""
-        return dict(self._call("POST", "/purge-queue", retry=True))
+        return _core.object_of(self._call("POST", "/purge-queue", retry=True), "POST /purge-queue")
 
     def close(self) -> None:
         self._http.close()
@@ -96,10 +96,10 @@ class Endpoint:
         method: str,
         path: str,
         *,
-        json: Any = None,
+        json: object = None,
         retry: bool | None = None,
         timeout_s: float | None = None,
-    ) -> Any:
+    ) -> Json:
         """One request, retried on 429/502/503/504 and transport errors when `retry` (default: GETs)."""
         what = f"{method} {path.split('?', 1)[0]}"
         retry = method == "GET" if retry is None else retry
@@ -156,9 +156,8 @@ class Job:
         delay_s = 0.0
         while True:
             body = _core.record_of(self.endpoint._call("GET", f"/stream/{self.id}"), "GET /stream")
-            chunks = body.get("stream") or []
-            for chunk in chunks:
-                yield chunk.get("output") if isinstance(chunk, dict) else chunk
+            chunks = _core.stream_outputs(body)
+            yield from chunks
             if body.get("status") in _core.FINAL_STATES and not chunks:
                 self.record = {"id": self.id, "status": None}
                 self.status()
@@ -176,4 +175,4 @@ class Job:
         """`POST /cancel/{id}`; returns the server's answer (`{"id", "status": "CANCELLED"}`)."""
         answer = self.endpoint._call("POST", f"/cancel/{self.id}", retry=True)
         self.record = {"id": self.id}
-        return dict(answer)
+        return _core.object_of(answer, "POST /cancel")

@@ -1,22 +1,22 @@
 """The console's account pages: billing (usage by endpoint and day, the balance and the worker limit that
 follows from it), the host's model cache, network volumes and registry logins. Each shows the records the
-API gives (`api.manage.account_view`, `api.resources.volumes_of` and `models_for`, the registry-auth
+API gives (`api.manage.account_view`, `api.volumes.volumes_of` and `api.models.models_for`, the registry-auth
 service) for the signed-in account alone; the admin's pages cover every account. Nothing here writes."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from ember.api.deps import Runtime, runtime
 from ember.api.manage import account_view
+from ember.api.models import models_for
 from ember.api.registry_auth import registry_auths
-from ember.api.resources import models_for, volumes_of
 from ember.api.views import iso
+from ember.api.volumes import volumes_of
 from ember.console.charts import DAY_S, Chart, day_text, short_dollars, stacked_bars
 from ember.console.render import Viewer, render, viewer_of
 from ember.core.errors import InvalidInput, NotFound, Problem
@@ -88,7 +88,7 @@ def usage_chart(rows: Sequence[DayUsage], days: Sequence[int], names: dict[str, 
     return stacked_bars(days, values, labels)
 
 
-def limit_rows(table: Sequence[LimitRow] | None, balance_micros: int) -> list[dict[str, Any]]:
+def limit_rows(table: Sequence[LimitRow] | None, balance_micros: int) -> list[dict[str, object]]:
     """The worker-limit table for display, marking the row the balance falls in."""
     rows = sorted(table or DEFAULT_TABLE, key=lambda r: r.min_balance_micros)
     at = 0

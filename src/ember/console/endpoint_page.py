@@ -56,7 +56,7 @@ async def _endpoint(rt: Runtime, viewer: Viewer, endpoint_id: str) -> Mapping[An
     return row if row is not None and row["id"] == endpoint_id else None
 
 
-def _job_line(job: JobLine) -> dict[str, Any]:
+def _job_line(job: JobLine) -> dict[str, object]:
     delay = job.started_at - job.created_at if job.started_at is not None else None
     execution = (
         job.completed_at - job.started_at
@@ -78,8 +78,8 @@ def _job_line(job: JobLine) -> dict[str, Any]:
     }
 
 
-def _settings(row: Mapping[Any, Any]) -> dict[str, Any]:
-    spec = spec_from_json(row["spec"])
+def _settings(spec_json: str) -> dict[str, object]:
+    spec = spec_from_json(spec_json)
     s = spec.scaling
     return {
         "workersMin": s.workers_min,
@@ -92,7 +92,7 @@ def _settings(row: Mapping[Any, Any]) -> dict[str, Any]:
     }
 
 
-def _release(row: Mapping[Any, Any], serving: int) -> dict[str, Any]:
+def _release(row: Mapping[Any, Any], serving: int) -> dict[str, object]:
     image = row["image"]
     if not image:
         image = json.loads(row["spec"]).get("image_name")
@@ -169,7 +169,7 @@ async def endpoint_page(
         filter_worker=worker,
         lane_workers=[r.worker_id for r in timeline.rows],
         releases=[_release(r, row["release"]) for r in releases],
-        settings=_settings(row),
+        settings=_settings(row["spec"]),
         log_lines=LOG_LINES,
     )
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
@@ -45,7 +44,7 @@ def to_sign_in(request: Request, exc: Exception) -> Response:
     return RedirectResponse("/console/login", status_code=303)
 
 
-def render(request: Request, name: str, viewer: Viewer | None, **context: Any) -> Response:
+def render(request: Request, name: str, viewer: Viewer | None, **context: object) -> Response:
     started = time.perf_counter()
     context.update(request=request, viewer=viewer, now=runtime(request).clock.now())
     response = templates.TemplateResponse(request, name, context)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import shutil
@@ -14,8 +15,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypedDict, TypeVar
 
+from ember.build.docker_api import DockerClient
 from ember.build.gitsource import checkout, mask_url
 from ember.build.image import build_image, push_image
 from ember.build.scaffold import VENDOR_DIR, vendor_sdk
@@ -25,11 +27,13 @@ from ember.core.errors import BuildError, EmberError
 from ember.core.outbound import Network
 from ember.core.specs import EndpointSpec, release_key, spec_from_json, spec_to_json
 from ember.store.facade import Store
+from ember.store.rows import ReleaseRow
 
 log = logging.getLogger("ember.builder")
 LOG_LINES_KEPT = 5000
 LOG_FLUSH_S = 2.0
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_.-]")
+T = TypeVar("T")
 
 # Returns the engine's auth_config for pushing an image reference, or None.
 AuthFn = Callable[[str], "dict[str, str] | None"]
@@ -40,9 +44,15 @@ class BuildConfig:
     home: Path  # checkouts live under <home>/builds/<endpoint id>/src
     registry: str | None = None  # HOST[:PORT]; None keeps images on the local engine only
     registry_auth: AuthFn | None = None
-    client_factory: Callable[[], Any] | None = None  # docker client factory; None = docker.from_env
+    client_factory: Callable[[], DockerClient] | None = None  # None = docker.from_env
     git_timeout_s: float = 600.0
     outbound_allow: tuple[Network, ...] = ()  # ranges git remotes may reach besides public addresses
+
+
+class _Engine(TypedDict, total=False):
+    """How `build_image` and `push_image` reach the engine: their own default unless configured."""
+
+    client_factory: Callable[[], DockerClient]
 
 
 @dataclass
@@ -78,23 +88,28 @@ def _inside(root: Path, relative: str, what: str) -> Path:
     return path
 
 
-def _in_daemon_thread(fn: Callable[[], Any], name: str) -> asyncio.Future[Any]:
+def _in_daemon_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
     """Run `fn` in a daemon thread (not the default executor, which a shutdown would wait on for the
     whole build); the future carries its result or exception."""
     loop = asyncio.get_running_loop()
-    future: asyncio.Future[Any] = loop.create_future()
+    future: asyncio.Future[T] = loop.create_future()
 
-    def settle(ok: bool, value: Any) -> None:
+    def succeed(value: T) -> None:
         if not future.done():
-            (future.set_result if ok else future.set_exception)(value)
+            future.set_result(value)
+
+    def fail(exc: BaseException) -> None:
+        if not future.done():
+            future.set_exception(exc)
 
     def target() -> None:
+        settle: Callable[[], None]
         try:
-            outcome = (True, fn())
+            settle = functools.partial(succeed, fn())
         except BaseException as exc:  # handed over to the awaiting coroutine
-            outcome = (False, exc)
+            settle = functools.partial(fail, exc)
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
-            loop.call_soon_threadsafe(settle, *outcome)
+            loop.call_soon_threadsafe(settle)
 
     threading.Thread(target=target, name=name, daemon=True).start()
     return future
@@ -117,7 +132,7 @@ class Builder:
                 return
             await self.build(waiting[0])
 
-    async def build(self, release: Any) -> None:
+    async def build(self, release: ReleaseRow) -> None:
         """Build one release row and record the outcome (never raises for a failed build)."""
         endpoint_id, number = release["endpoint_id"], int(release["number"])
         spec = spec_from_json(release["spec"])
@@ -175,7 +190,7 @@ class Builder:
             out.add(f"==> vendored Ember's worker SDK into {VENDOR_DIR}/ (the repository has none)")
         ref = image_ref(self.cfg.registry, endpoint_id, number)
         out.add(f"==> building {ref} (Dockerfile {dockerfile})")
-        factory: dict[str, Any] = {}
+        factory: _Engine = {}
         if self.cfg.client_factory is not None:
             factory["client_factory"] = self.cfg.client_factory
         report = build_image(context, ref, dockerfile=dockerfile, on_log=out.add, **factory)

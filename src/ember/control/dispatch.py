@@ -15,10 +15,15 @@ import asyncio
 import functools
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
+
+from ember.store.jobs import Claimed
+
+T = TypeVar("T")
 
 
-def _end(fut: asyncio.Future[Any]) -> None:
+def _end(fut: asyncio.Future[T | None]) -> None:
+    """Resolve `fut` empty-handed (None) unless it already has its value."""
     if not fut.done():
         fut.set_result(None)
 
@@ -39,7 +44,9 @@ class Taker:
 
     worker_id: str
     promised: bool = False
-    future: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    future: asyncio.Future[Claimed | None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 class Dispatcher:
@@ -61,7 +68,7 @@ class Dispatcher:
 
     async def handed_job(
         self, endpoint_id: str, worker_id: str, timeout_s: float, gone: asyncio.Future[None] | None = None
-    ) -> Any:
+    ) -> Claimed | None:
         """Wait up to `timeout_s` for a submit to hand `worker_id` a job on the endpoint (or for `gone`,
         its client hanging up, or a wake-up that says: look in the store). The job, or None. Once a
         submit has picked this take (`Taker.promised`), it waits for the job whatever else happens."""

@@ -7,15 +7,16 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Container, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import quote_plus
 
 from ember.backends.base import LaunchSpec, Mount
 from ember.core.errors import BuildError
 from ember.core.specs import DEFAULT_HANDLER, EndpointSpec
+from ember.store.rows import WorkerRow
 
 # Hooks other packages register (model cache, volumes): each returns extra mounts and env for a worker.
 MountHook = Callable[[str, EndpointSpec], Awaitable[tuple[list[Mount], dict[str, str]]]]
@@ -114,7 +115,7 @@ def worker_env(
 async def launch_spec(
     cfg: LaunchConfig,
     *,
-    worker: Mapping[Any, Any],
+    worker: WorkerRow,
     spec: EndpointSpec,
     key: str,
     backend: str,
@@ -135,7 +136,7 @@ async def launch_spec(
         mounts.extend(more_mounts)
         env.update(more_env)
     devices = tuple(d for d in (worker["gpu_devices"] or "").split(",") if d)
-    common = dict(
+    base = LaunchSpec(
         worker_id=worker["id"],
         endpoint_id=worker["endpoint_id"],
         account_id=worker["account_id"],
@@ -150,7 +151,7 @@ async def launch_spec(
     if backend == "docker":
         if registry_auth is None:
             registry_auth = await pull_auth(cfg, worker["account_id"], spec)
-        return LaunchSpec(image=spec.image_name, command=command, registry_auth=registry_auth, **common)
+        return replace(base, image=spec.image_name, command=command, registry_auth=registry_auth)
     source = cfg.home / "sources" / (spec.source_digest or "")
     if known_python(cfg, spec):
         python = cfg.pythons[spec.source_digest or ""]
@@ -159,13 +160,13 @@ async def launch_spec(
         if spec.source_digest:
             cfg.pythons[spec.source_digest] = python
     admin = await _is_admin(cfg, worker["account_id"])
-    return LaunchSpec(
+    return replace(
+        base,
         source_dir=str(source),
         handler=spec.handler or DEFAULT_HANDLER,
         command=command,
         python=python,
         admin=admin,
-        **common,
     )
 
 
@@ -232,7 +233,7 @@ async def pull_auth(cfg: LaunchConfig, account_id: str, spec: EndpointSpec) -> d
     return cfg.registry_auth(spec.image_name) if cfg.registry_auth is not None else None
 
 
-def backend_for_spec(spec: EndpointSpec, enabled: Mapping[Any, Any], default: str) -> str:
+def backend_for_spec(spec: EndpointSpec, enabled: Container[str], default: str) -> str:
     """Images run on Docker; directories on the local-process backend (or the memory one in dev)."""
     if spec.image_name or spec.git:
         return "docker"

@@ -6,8 +6,7 @@ billed per GB-month of provisioned size, per whole second, with their own cursor
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from ember.control.clock import Clock
 from ember.core.billing import Interval, PriceTable, bill
@@ -15,6 +14,7 @@ from ember.core.workers import WorkerState, WorkerType
 from ember.store.accounts import Charge
 from ember.store.facade import Store
 from ember.store.resources import ResourceStore, VolumeCharge
+from ember.store.rows import WorkerEvent, WorkerRow
 
 log = logging.getLogger("ember.meter")
 MONTH_S = 30 * 24 * 3600
@@ -28,7 +28,7 @@ def volume_charge(size_gb: int, price_micros_per_gb_month: int, seconds: int, ca
 
 
 def intervals_for(
-    worker: Mapping[Any, Any], events: Sequence[Mapping[Any, Any]], since_at: float, until_at: float
+    worker: WorkerRow, events: Sequence[WorkerEvent], since_at: float, until_at: float
 ) -> list[Interval]:
     """The worker's state intervals clipped to [since_at, until_at). `events` are its transitions in
     order; each state lasts until the next transition (the current one until `until_at`)."""
@@ -100,7 +100,7 @@ class Meter:
     def _bill(self, now: float) -> int:
         s = self.store
         written = 0
-        for worker, cursor, carry in s.workers.meter_candidates():
+        for worker, cursor, carry in s.metering.meter_candidates():
             events = s.workers.events_from(worker["id"], cursor)
             if not events:
                 continue
@@ -127,7 +127,7 @@ class Meter:
             ]
             carry_after = result.carry_ms.get(worker["id"], carry)
             seen = max(ev["id"] for ev in events)
-            if s.workers.save_meter(
+            if s.metering.save_meter(
                 worker["id"], cursor, until, carry_after, charges, now, s.accounts, seen_event_id=seen
             ):
                 written += len(charges)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Generic, NamedTuple, TypeVarTuple
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -31,20 +31,23 @@ EXECUTION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 
 LEDGER_SETTLE_S = 60.0
 _STATES = [s.value for s in WorkerState if s not in TERMINAL]
 _TYPES = [t.value for t in WorkerType]
+Observation = TypeVarTuple("Observation")  # the arguments of one `Deferred.add`
 
 
-class Deferred(Collector):
+class Deferred(Collector, Generic[*Observation]):
     """Observations queued where they happen (a deque append, no lock) and applied to their instruments
     by `apply` when the registry is collected, or once `limit` are waiting. Registered in the registry
     before the instruments it feeds, so a scrape (which collects in registration order) sees them all."""
 
-    def __init__(self, registry: CollectorRegistry, apply: Callable[..., None], limit: int = 10_000) -> None:
-        self._queue: deque[tuple[Any, ...]] = deque()
+    def __init__(
+        self, registry: CollectorRegistry, apply: Callable[[*Observation], None], limit: int = 10_000
+    ) -> None:
+        self._queue: deque[tuple[*Observation]] = deque()
         self._apply = apply
         self._limit = limit
         registry.register(self)
 
-    def add(self, *observation: Any) -> None:
+    def add(self, *observation: *Observation) -> None:
         self._queue.append(observation)
         if len(self._queue) > self._limit:
             self.flush()
@@ -163,7 +166,7 @@ class StoreCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         queued, in_progress, workers, desired, info, billed_s, billed_usd = self._families()
         live = self._queries.endpoints()
-        stats = self._store.jobs.queue_stats()
+        stats = self._store.sweeps.queue_stats()
         counts = self._queries.workers()
         billed = self._billed_now()
         for ep in live:

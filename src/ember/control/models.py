@@ -10,15 +10,14 @@ import logging
 import os
 import threading
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import anyio.to_thread
 
 from ember.backends.base import Mount
 from ember.control.clock import Clock
+from ember.control.launcher import MountHook
 from ember.control.secrets import AccountSecrets
 from ember.core.errors import BackendError, EmberError, InvalidInput, ModelError, NotFound, Problem
 from ember.core.specs import EndpointSpec, spec_from_json
@@ -84,18 +83,19 @@ class ModelPreparer:
     _active: Counter[str] = field(default_factory=Counter)  # repo -> jobs running in this process
 
     # ---- the lifecycle's question ----------------------------------------------------------------
-    async def ready(self, endpoint_row: Mapping[str, Any], spec: EndpointSpec) -> tuple[bool, str]:
-        """(True, "") when the endpoint needs no model or its snapshot is on disk; else (False, a status
-        line: progress, or why it failed). Starts or restarts the background download as needed."""
+    async def ready(self, account_id: str, spec: EndpointSpec) -> tuple[bool, str]:
+        """(True, "") when the endpoint (of `account_id`) needs no model or its snapshot is on disk; else
+        (False, a status line: progress, or why it failed). Starts or restarts the background download
+        as needed."""
         if not spec.model_name:
             return True, ""
-        job = await self.start(endpoint_row["account_id"], spec.model_name, spec.model_revision)
+        job = await self.start(account_id, spec.model_name, spec.model_revision)
         if job.snapshot is not None and not job.running:
             if job.snapshot.is_dir():
                 await self._evict_once(job)
                 return True, ""
             job.snapshot = None  # removed or evicted behind our back: fetch it again
-            job = await self.start(endpoint_row["account_id"], spec.model_name, spec.model_revision)
+            job = await self.start(account_id, spec.model_name, spec.model_revision)
         return False, self.describe(job)
 
     def owns_status(self, message: str | None) -> bool:
@@ -313,7 +313,7 @@ class ModelPreparer:
         return Path(st.snapshot_path)
 
 
-def volume_hook(volumes: VolumeManager) -> Any:
+def volume_hook(volumes: VolumeManager) -> MountHook:
     """A launch hook mounting the endpoint's network volume read-write at /runpod-volume."""
 
     async def hook(backend: str, spec: EndpointSpec) -> tuple[list[Mount], dict[str, str]]:

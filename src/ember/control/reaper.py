@@ -61,19 +61,19 @@ class Reaper:
     async def tick(self) -> None:
         s = self.store
         now = self.clock.now()
-        for row in await s.run(s.jobs.time_out_running, now, self.cfg.retention_run_s):
+        for row in await s.run(s.sweeps.time_out_running, now, self.cfg.retention_run_s):
             log.info("job_timed_out job=%s worker=%s", row["id"], row["worker_id"], extra=_ids(row))
             if row["worker_id"]:
                 self.signals.stop_wanted(row["worker_id"])
             self.signals.job_finished(row["id"])
             self.signals.metrics.job_finished(row["endpoint_id"], JobState.TIMED_OUT.value)
-        for row in await s.run(s.jobs.expire, now, self.cfg.ttl_grace_s):
+        for row in await s.run(s.sweeps.expire, now, self.cfg.ttl_grace_s):
             log.info("job_expired job=%s state=%s", row["id"], row["state"], extra=_ids(row))
             if row["worker_id"]:
                 self.signals.stop_wanted(row["worker_id"])
             self.signals.job_finished(row["id"])
             self.signals.metrics.job_finished(row["endpoint_id"], JobState.TIMED_OUT.value)
-        await s.run(s.jobs.purge_expired, now)
+        await s.run(s.sweeps.purge_expired, now)
         await s.run(s.idempotency.forget_before, now - IDEMPOTENCY_WINDOW_S)
         # Copy the write-ahead log back into the database off the event loop, so that no request's
         # commit pays for it (see `store.db`).
@@ -82,7 +82,7 @@ class Reaper:
     async def deliver_webhooks(self) -> int:
         """POST each due final job to its webhook; returns how many were attempted."""
         s = self.store
-        due = await s.run(s.jobs.webhooks_due, self.clock.now())
+        due = await s.run(s.sweeps.webhooks_due, self.clock.now())
         if not due:
             return 0
         if self._http is None:
@@ -115,7 +115,7 @@ class Reaper:
                 error = f"webhook not delivered: {exc or type(exc).__name__}"
                 log.info("webhook_failed job=%s error=%s", row["id"], exc, extra=_ids(row))
             await s.run(
-                lambda row=row, ok=ok, final=final, error=error: s.jobs.webhook_result(
+                lambda row=row, ok=ok, final=final, error=error: s.sweeps.webhook_result(
                     row["id"],
                     ok,
                     self.clock.now(),

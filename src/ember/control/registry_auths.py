@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from ember.build.registry import Sealer, registry_host
 from ember.core.errors import Conflict, InvalidInput, NotFound, Problem
@@ -16,6 +14,7 @@ from ember.core.ids import make_id
 from ember.core.specs import spec_from_json
 from ember.store.facade import Store
 from ember.store.resources import ResourceStore
+from ember.store.rows import RegistryAuthRow
 
 FIELD = "containerRegistryAuthId"
 
@@ -30,7 +29,7 @@ class RegistryAuth:
     created_at: float
 
     @classmethod
-    def from_row(cls, row: Mapping[Any, Any]) -> RegistryAuth:
+    def from_row(cls, row: RegistryAuthRow) -> RegistryAuth:
         return cls(row["id"], row["account_id"], row["name"], row["created_at"])
 
 

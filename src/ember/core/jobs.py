@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any
+from typing import TypedDict
 
 
 class JobState(StrEnum):
@@ -67,7 +67,14 @@ def can_transition(frm: JobState, to: JobState) -> bool:
     return frm in ALLOWED[to]
 
 
-def classify_result(body: dict[str, Any]) -> tuple[JobState, dict[str, Any]]:
+class ResultFields(TypedDict, total=False):
+    """What `classify_result` keeps of a job-done body: its output (any JSON value) and error text."""
+
+    output: object
+    error: str
+
+
+def classify_result(body: Mapping[str, object]) -> tuple[JobState, ResultFields]:
     """Turn a job-done body into (final state, fields to store) following spec §1.6 and gotcha 9.
 
     A truthy `error` means FAILED (any `output` is kept); otherwise COMPLETED, with `output` only when
@@ -75,7 +82,7 @@ def classify_result(body: dict[str, Any]) -> tuple[JobState, dict[str, Any]]:
     by the caller's serializer; here they are kept as given, but for NUL characters, which become
     U+FFFD (PostgreSQL's text cannot hold NUL, and a worker's result must not be lost over one).
     """
-    fields: dict[str, Any] = {}
+    fields: ResultFields = {}
     if "output" in body:
         fields["output"] = body["output"]
     error = body.get("error")
@@ -85,7 +92,7 @@ def classify_result(body: dict[str, Any]) -> tuple[JobState, dict[str, Any]]:
     return JobState.COMPLETED, fields
 
 
-def _to_text(value: Any) -> str:
+def _to_text(value: object) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
@@ -101,7 +108,7 @@ def idempotency_key_problem(key: str) -> str | None:
     return None
 
 
-def is_progress_update(body: dict[str, Any]) -> bool:
+def is_progress_update(body: Mapping[str, object]) -> bool:
     """A job-done body with status IN_PROGRESS is a progress update, not a result (gotcha 7)."""
     return body.get("status") == JobState.IN_PROGRESS.value
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 from ember.core.errors import InvalidInput, Problem
 
@@ -49,12 +49,12 @@ JsonObject: TypeAlias = dict[str, Json]
 _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
-def dump(value: Any) -> str:
+def dump(value: object) -> str:
     """`value` as compact JSON text (no spaces, non-ASCII kept), as Ember stores and sends it."""
     return _COMPACT.encode(value)
 
 
-def parse(raw: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
+def parse(raw: bytes, *, max_depth: int = MAX_DEPTH) -> Json:
     """The value of the JSON text `raw`.
 
     Raises InvalidInput (its message starts "malformed JSON body") for invalid UTF-8 or JSON syntax,
@@ -72,11 +72,11 @@ def parse(raw: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
         ) from None
     odd: list[str] = []
 
-    def not_finite(token: str) -> Any:
+    def not_finite(token: str) -> _NotFinite:
         odd.append(token)
         return _NotFinite(token)
 
-    def finite(token: str) -> Any:
+    def finite(token: str) -> float | _NotFinite:
         value = float(token)
         return not_finite(token) if value - value else value  # inf - inf is nan, which is truthy
 
@@ -102,25 +102,26 @@ def parse(raw: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
             raise InvalidInput(
                 "invalid JSON body: " + "; ".join(f"{p.field} {p.message}" for p in problems), problems
             )
-    return value
+    parsed: Json = value  # no stand-in is left in it: what `json.loads` made of JSON text is JSON
+    return parsed
 
 
-def _depth_above(value: Any, max_depth: int) -> bool:
+def _depth_above(value: object, max_depth: int) -> bool:
     """Whether `value` nests arrays and objects deeper than `max_depth` (level by level, no paths)."""
-    level = [value] if value.__class__ in _CONTAINERS else []
+    level: list[dict[str, object] | list[object]] = [value] if isinstance(value, _CONTAINERS) else []
     for _ in range(max_depth):
         level = [
             child
             for v in level
-            for child in (v.values() if v.__class__ is dict else v)
-            if child.__class__ in _CONTAINERS
+            for child in (v.values() if isinstance(v, dict) else v)
+            if isinstance(child, _CONTAINERS)
         ]
         if not level:
             return False
     return True
 
 
-def _lone_surrogates(value: Any) -> bool:
+def _lone_surrogates(value: object) -> bool:
     """Whether any string in `value` (a key or a value) holds a lone surrogate: `json.dumps` keeps them
     as they are and UTF-8 refuses them, both at C speed."""
     try:
@@ -130,40 +131,38 @@ def _lone_surrogates(value: Any) -> bool:
     return False
 
 
-def _problems(value: Any, max_depth: int) -> list[Problem]:
+def _problems(value: object, max_depth: int) -> list[Problem]:
     """Every place (up to MAX_PROBLEMS) holding a non-finite number or a lone surrogate, or nested too
     deep, found depth first with an explicit stack. Paths are built only for the places reported."""
     problems: list[Problem] = []
     # (value, its parent's path, its key or index, its depth: the top-level value is at depth 1)
-    stack: list[tuple[Any, str, str | int | None, int]] = [(value, "", None, 1)]
+    stack: list[tuple[object, str, str | int | None, int]] = [(value, "", None, 1)]
     while stack and len(problems) < MAX_PROBLEMS:
         v, parent, key, depth = stack.pop()
-        kind = type(v)
-        if kind is dict or kind is list:
+        if isinstance(v, _CONTAINERS):  # (`json.loads` makes plain dicts and lists, no subclasses)
             if depth > max_depth:
                 message = f"nests arrays and objects deeper than {max_depth} levels"
                 problems.append(Problem(_path(parent, key), message))
                 continue
             path = _path(parent, key) if key is not None else ""
-            if kind is dict:
+            if isinstance(v, dict):
                 for k in v:
                     if _lone_surrogate(k):
                         problems.append(Problem(_path(path, k), "has a name with a lone UTF-16 surrogate"))
-                entries: list[tuple[str | int, Any]] = list(v.items())
+                entries: list[tuple[str | int, object]] = list(v.items())
             else:
                 entries = list(enumerate(v))
             stack.extend((item, path, k, depth + 1) for k, item in reversed(entries) if _worth_a_look(item))
-        elif kind is _NotFinite:
+        elif isinstance(v, _NotFinite):
             problems.append(Problem(_path(parent, key), f"{v.token} is not a finite JSON number"))
-        elif kind is str and _lone_surrogate(v):
+        elif isinstance(v, str) and _lone_surrogate(v):
             message = "contains a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape)"
             problems.append(Problem(_path(parent, key), message))
     return problems
 
 
-def _worth_a_look(v: Any) -> bool:
-    kind = type(v)
-    return kind is dict or kind is list or kind is _NotFinite or (kind is str and not v.isascii())
+def _worth_a_look(v: object) -> bool:
+    return isinstance(v, (dict, list, _NotFinite)) or (isinstance(v, str) and not v.isascii())
 
 
 def _lone_surrogate(text: str) -> bool:

@@ -16,7 +16,7 @@ DECIMALS = 6
 _DOLLARS = re.compile(r"([+-]?)([0-9]{1,12})(?:\.([0-9]{1,6}))?")
 
 
-def parse_dollars(text: str, *, field: str = "amount") -> int:
+def parse_dollars(text: object, *, field: str = "amount") -> int:
     """Micro-dollars from a decimal dollar string such as "150", "150.00", "-0.25" or "0.000001".
 
     Strict: ASCII digits with an optional sign and at most 6 decimals; no exponent, separators, spaces or

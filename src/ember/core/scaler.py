@@ -12,9 +12,10 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Any
 
+from ember.core.json_body import JsonObject
 from ember.core.specs import ScalerType, ScalingSpec
+from ember.core.workers import WorkerState
 
 QUEUE_DELAY = ScalerType.QUEUE_DELAY
 REQUEST_COUNT = ScalerType.REQUEST_COUNT
@@ -85,6 +86,57 @@ class Observation:
 
 
 @dataclass(frozen=True)
+class WorkerFacts:
+    """One of an endpoint's workers, as `observe` counts it. `busy`: it holds a job in progress;
+    `recycle`: it asked to be replaced, so it takes no new job (and is being stopped)."""
+
+    release: int
+    state: WorkerState
+    state_since: float
+    idle_since: float | None = None
+    busy: bool = False
+    recycle: bool = False
+
+
+def observe(
+    now: float,
+    release: int,
+    workers: Sequence[WorkerFacts],
+    *,
+    queued: int = 0,
+    queued_low_priority: int = 0,
+    oldest_created_at: float | None = None,
+    in_progress: int = 0,
+) -> Observation:
+    """The Observation of an endpoint serving `release` at `now`, from its workers and its queue's
+    counts (`oldest_created_at`: when its oldest normal-priority queued job was created).
+
+    Recycled workers are left out: they take no new job, so they neither count toward the target nor
+    stand in a replacement's way. An Idle worker's idle time runs from its `idle_since`, or from when
+    it entered its state when that is unknown.
+    """
+    current = [
+        w
+        for w in workers
+        if not w.recycle
+        and w.release == release
+        and w.state not in (WorkerState.STOPPED, WorkerState.OUTDATED)
+    ]
+    return Observation(
+        now=now,
+        queued=queued,
+        queued_low_priority=queued_low_priority,
+        oldest_wait_s=max(0.0, now - oldest_created_at) if oldest_created_at else 0.0,
+        in_progress=in_progress,
+        workers=len(current),
+        busy_workers=sum(1 for w in current if w.busy),
+        idle_workers=tuple(
+            w.idle_since or w.state_since for w in current if w.state == WorkerState.IDLE and not w.busy
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class Memory:
     """What `decide` remembers between calls: its last target and when the target last rose; for
     PREDICTIVE also the forecast arrival rate (as of `forecast_at`) and the last known execution time."""
@@ -96,15 +148,15 @@ class Memory:
     forecast_at: float | None = None
 
 
-def memory_to_json(mem: Memory) -> dict[str, Any]:
+def memory_to_json(mem: Memory) -> JsonObject:
     """The memory as a JSON object (what the endpoint row keeps)."""
-    out: dict[str, Any] = {"target": mem.target, "last_up_at": mem.last_up_at}
+    out: JsonObject = {"target": mem.target, "last_up_at": mem.last_up_at}
     if mem.forecast_at is not None:
         out.update(rate_per_s=mem.rate_per_s, execution_s=mem.execution_s, forecast_at=mem.forecast_at)
     return out
 
 
-def memory_from_json(data: Mapping[str, Any]) -> Memory:
+def memory_from_json(data: Mapping[str, object]) -> Memory:
     """The memory from `memory_to_json`'s object; rows written before the forecast existed (only
     `target` and `last_up_at`) and values of the wrong type decode to the defaults."""
 
@@ -129,6 +181,16 @@ class Decision:
     target: int
     reason: Reason
     memory: Memory
+
+
+def status_line(reason: Reason, *, zero_balance: bool, account_limit: int) -> str | None:
+    """The endpoint's status line for a decision its owner must act on (add credit, or accept the
+    balance tier's cap), or None when the decision needs no word."""
+    if zero_balance and reason == Reason.ZERO_BALANCE:
+        return "account balance is exhausted: no new workers start until credit is added"
+    if reason == Reason.ACCOUNT_LIMIT:
+        return f"limited by the account's maximum of {account_limit} workers (balance tier)"
+    return None
 
 
 def window_s(spec: ScalingSpec) -> float:

@@ -2,10 +2,10 @@
 reconciler (`reconcile.plan`) on a virtual clock, as the lifecycle loop and the worker protocol would,
 and bills the workers' state intervals with the meter's rules (`billing.bill`). Pure and deterministic.
 
-What it mirrors (control/lifecycle.py, api/worker.py, control/dispatch.py):
+What it mirrors (control/lifecycle/, api/worker.py, control/dispatch.py):
 - the loop ticks every `tick_s`, and at once when a job arrives at an endpoint with no worker and when
   a started worker reports ready with nothing to do; each tick builds the Observation as
-  `Lifecycle._scale_endpoint` does, calls `decide` with the remembered Memory, then `plan`;
+  the lifecycle's autoscaling step does, calls `decide` with the remembered Memory, then `plan`;
 - a launched FLEX worker is INITIALIZING for `cold_start_s`, then takes the oldest queued job (RUNNING)
   or waits (IDLE); a finished job is followed by the next queued one, else the worker goes IDLE;
 - a job arriving while workers wait goes to the one whose job-take has waited longest (a held take

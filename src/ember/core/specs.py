@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any
 
 from ember.core.errors import Problem
+from ember.core.json_body import JsonObject
 
 
 class ScalerType(StrEnum):
@@ -53,7 +55,7 @@ class EndpointSpec:
     # the one it found when none is named (see `build.source.HANDLER_CANDIDATES`).
     handler: str | None = None
     image_name: str | None = None
-    git: dict[str, Any] | None = None
+    git: JsonObject | None = None
     docker_start_cmd: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     model_name: str | None = None
@@ -128,22 +130,21 @@ def release_key(spec: EndpointSpec) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def to_wire(spec: EndpointSpec) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def to_wire(spec: EndpointSpec) -> dict[str, object]:
+    out: dict[str, object] = {}
     for wire, (attr, where) in WIRE_FIELDS.items():
         value = getattr(spec.scaling if where == "scaling" else spec, attr)
         out[wire] = list(value) if isinstance(value, tuple) else value
     return out
 
 
-def from_wire(
-    data: dict[str, Any], base: EndpointSpec | None = None
-) -> tuple[EndpointSpec | None, list[Problem]]:
+def from_wire(data: object, base: EndpointSpec | None = None) -> tuple[EndpointSpec | None, list[Problem]]:
     """Build a spec from wire fields (over `base` for updates). Returns (spec, problems); spec is None
     when there are problems. Unknown fields are problems too, so typos don't pass silently."""
     problems: list[Problem] = []
     if not isinstance(data, dict):
         return None, [Problem("body", "must be a JSON object", type(data).__name__)]
+    # Values of any JSON type until `_check_types` has checked them against the fields' types.
     spec_changes: dict[str, Any] = {}
     scaling_changes: dict[str, Any] = {}
     for key, value in data.items():
@@ -210,7 +211,7 @@ _TYPE_NAMES: dict[type, str] = {type(None): "null", int: "an integer"}
 _WIRE_NAME = {attr: wire for wire, (attr, _) in WIRE_FIELDS.items()}
 
 
-def _check_types(*groups: dict[str, Any]) -> list[Problem]:
+def _check_types(*groups: Mapping[str, object]) -> list[Problem]:
     problems = []
     for group in groups:
         for attr, value in group.items():
@@ -287,19 +288,19 @@ def spec_to_json(spec: EndpointSpec) -> str:
 
 def spec_from_json(text: str) -> EndpointSpec:
     data = json.loads(text)
-    scaling = ScalingSpec(**_whole(data.pop("scaling"), ("idle_timeout_s", "scaler_value")))
+    stored_scaling = data.pop("scaling")
+    _round_up_fractions(stored_scaling, ("idle_timeout_s", "scaler_value"))
+    scaling = ScalingSpec(**stored_scaling)
     data["gpu_type_ids"] = tuple(data.get("gpu_type_ids") or ())
     known = {f.name for f in fields(EndpointSpec)}
     return EndpointSpec(scaling=scaling, **{k: v for k, v in data.items() if k in known})
 
 
-def _whole(stored: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
-    """Stored scaling fields as integers: specs stored before they became integers hold floats (`5.0`);
-    a fraction, which no API accepts any longer, rounds up (an idle timeout of 2.5 s keeps a worker 3 s;
-    a scaler value of 0.5 becomes 1, the least allowed)."""
-    out = dict(stored)
+def _round_up_fractions(stored: dict[str, object], names: tuple[str, ...]) -> None:
+    """Make stored scaling fields integers, in place: specs stored before they became integers hold
+    floats (`5.0`); a fraction, which no API accepts any longer, rounds up (an idle timeout of 2.5 s
+    keeps a worker 3 s; a scaler value of 0.5 becomes 1, the least allowed)."""
     for name in names:
-        value = out.get(name)
+        value = stored.get(name)
         if isinstance(value, float):
-            out[name] = math.ceil(value)
-    return out
+            stored[name] = math.ceil(value)

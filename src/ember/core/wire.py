@@ -3,26 +3,39 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable
+from typing import Protocol
 
 from ember.core.json_body import dump
 
 
-def record(row: Mapping[Any, Any]) -> dict[str, Any]:
-    """`{"id", "status", "delayTime", "executionTime", "workerId", "output" | "error"}`.
+class JobFields(Protocol):
+    """A job as `record` reads it: a row of the store's `jobs` table, or a dict of the same keys."""
+
+    def keys(self) -> Iterable[str]: ...
+
+    def __getitem__(self, key: str, /) -> object: ...
+
+
+def record(row: JobFields) -> dict[str, object]:
+    """`{"id", "status", "delayTime", "executionTime", "workerId", "output" | "error"}` of a job's row
+    (its times epoch seconds, its output JSON text).
 
     Fields not known yet are omitted."""
-    rec: dict[str, Any] = {"id": row["id"], "status": row["state"]}
+    rec: dict[str, object] = {"id": row["id"], "status": row["state"]}
     started = row["started_at"]
-    if started is not None:
-        rec["delayTime"] = max(0, int((started - row["created_at"]) * 1000))
-        if row["completed_at"] is not None:
-            rec["executionTime"] = max(0, int((row["completed_at"] - started) * 1000))
+    if isinstance(started, int | float):
+        created = row["created_at"]
+        if isinstance(created, int | float):
+            rec["delayTime"] = max(0, int((started - created) * 1000))
+        completed = row["completed_at"]
+        if isinstance(completed, int | float):
+            rec["executionTime"] = max(0, int((completed - started) * 1000))
     if row["worker_id"]:
         rec["workerId"] = row["worker_id"]
-    if row["output"] is not None:
-        rec["output"] = json.loads(row["output"])
+    output = row["output"]
+    if isinstance(output, str):
+        rec["output"] = json.loads(output)
     if row["error"]:
         rec["error"] = row["error"]
     if row["retried"]:
@@ -33,11 +46,11 @@ def record(row: Mapping[Any, Any]) -> dict[str, Any]:
 _AFTER_OUTPUT = ("error", "retries")  # the fields `record` puts after "output"
 
 
-def record_text(row: Mapping[Any, Any]) -> str:
+def record_text(row: JobFields) -> str:
     """`record(row)` as compact JSON text, with `row["output"]` (already JSON text) placed in it as it
     is, not decoded and encoded again."""
-    output: str | None = row["output"]
-    if output is None:
+    output = row["output"]
+    if not isinstance(output, str):
         return dump(record(row))
     head = record({**row, "output": None})
     tail = {k: head.pop(k) for k in _AFTER_OUTPUT if k in head}

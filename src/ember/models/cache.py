@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
 
 from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.errors import (
@@ -46,7 +45,7 @@ ProgressFn = Callable[[int, int], None]
 class _QuietTqdm(hf_tqdm):
     """huggingface_hub's progress bars, silenced: Ember reports progress from disk instead."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
         kwargs["disable"] = True
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]  # huggingface_hub's is untyped
 

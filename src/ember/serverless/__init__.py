@@ -8,19 +8,26 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from collections.abc import Callable, Mapping
+    from typing import Protocol
+
+    class _ProgressSink(Protocol):
+        """What `progress_update` hands updates to: the running worker (or local session)."""
+
+        def progress(self, job: Mapping[str, object], value: object) -> None: ...
+
 
 __all__ = ["start", "progress_update", "VERSION"]
 
 VERSION = "0.1.0"
 
-_active: Any = None
+_active: _ProgressSink | None = None
 # Set by `ember dev` while it loads a handler file: `start` hands it the config (and it raises, ending
 # the file's execution there) instead of running a worker process.
-_capture: Any = None
+_capture: Callable[[Mapping[str, object]], None] | None = None
 
 
-def start(config: dict[str, Any]) -> None:
+def start(config: Mapping[str, object]) -> None:
     """Run the worker described by `config` and exit the process when it is done.
 
     Keys: `handler` (required; sync, async, generator or async generator function taking the job dict),
@@ -35,7 +42,7 @@ def start(config: dict[str, Any]) -> None:
     raise SystemExit(main(config))
 
 
-def progress_update(job: dict[str, Any], progress: Any) -> None:
+def progress_update(job: Mapping[str, object], progress: object) -> None:
     """Report progress for a running job; `/status` shows it as the output while IN_PROGRESS.
 
     Never blocks on the network: the update is queued and dropped if the job has already finished.

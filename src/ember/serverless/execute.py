@@ -12,31 +12,47 @@ import os
 import threading
 import traceback
 import types
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Protocol, TypeAlias, TypeGuard, TypeVar
 
 from ember.serverless import wire
+from ember.serverless.wire import Job, JobResult
+
+if TYPE_CHECKING:
+    from asyncio import AbstractEventLoop
 
 _SDK_DIR = os.path.dirname(os.path.abspath(__file__))
 _FUTURES_DIR = os.path.dirname(os.path.abspath(concurrent.futures.__file__))
 _CO_COROUTINE = 0x0080
 _CO_ASYNC_GENERATOR = 0x0200
 
+T = TypeVar("T")
+
+# The user's handler, as the SDK calls it: the job in; a value, a coroutine, or a (sync or async)
+# generator of chunks out.
+Handler: TypeAlias = Callable[[Job], object]
+
 
 class JobCancelled(Exception):
     """The job was stopped through job-stop; no result is posted for it."""
+
+
+class _Cancellable(Protocol):
+    """A running coroutine step, as a stop sees it (a `concurrent.futures.Future`)."""
+
+    def cancel(self) -> bool: ...
 
 
 @dataclass
 class JobRun:
     """One held job: cancellation state shared between its thread and the job-stop poller."""
 
-    job: dict[str, Any]
+    job: Job
     cancel_requested: bool = False
     finished: bool = False
     post_lock: threading.Lock = field(default_factory=threading.Lock)
-    _future: concurrent.futures.Future[Any] | None = None
+    _future: _Cancellable | None = None
     # True from just before a coroutine step is scheduled until it ends: the step may start running
     # before its future is attached, and a stop in that gap must still count as interrupting it.
     _in_async: bool = False
@@ -56,7 +72,7 @@ class JobRun:
             future.cancel()
         return in_async or future is not None
 
-    def attach(self, future: concurrent.futures.Future[Any] | None) -> None:
+    def attach(self, future: _Cancellable | None) -> None:
         """Record the running coroutine step (None when it ended); a stop already requested cancels it."""
         with self._lock:
             self._future = future
@@ -78,7 +94,7 @@ class Identity:
     version: str
 
 
-def looks_async(handler: Callable[..., Any]) -> bool:
+def looks_async(handler: object) -> bool:
     """Cheap check (no `inspect` import) for `async def` handlers, so the loop can start early."""
     code = getattr(getattr(handler, "__func__", handler), "__code__", None)
     return code is not None and bool(code.co_flags & (_CO_COROUTINE | _CO_ASYNC_GENERATOR))
@@ -99,13 +115,14 @@ class AsyncBridge:
     """One asyncio event loop on a daemon thread; job threads submit coroutines and wait."""
 
     def __init__(self) -> None:
-        self._loop: Any = None
+        self._loop: AbstractEventLoop | None = None
         self._lock = threading.Lock()
 
-    def ensure_started(self) -> None:
+    def ensure_started(self) -> AbstractEventLoop:
+        """Start the loop thread unless it runs already; returns its loop."""
         with self._lock:
             if self._loop is not None:
-                return
+                return self._loop
             import asyncio
 
             loop = asyncio.new_event_loop()
@@ -119,6 +136,7 @@ class AsyncBridge:
             threading.Thread(target=serve, name="ember-asyncio", daemon=True).start()
             ready.wait(10.0)
             self._loop = loop
+            return loop
 
     def close(self) -> None:
         """Stop the loop thread, if it was started (a worker that ran in-process is done with it)."""
@@ -127,17 +145,17 @@ class AsyncBridge:
         if loop is not None:
             loop.call_soon_threadsafe(loop.stop)
 
-    def run(self, awaitable: Any, run: JobRun) -> Any:
+    def run(self, awaitable: Awaitable[T], run: JobRun) -> T:
         """Run `awaitable` on the loop and wait for it; raises JobCancelled if `run` was stopped."""
         import asyncio
 
-        self.ensure_started()
+        loop = self.ensure_started()
 
-        async def wrapper() -> Any:
+        async def wrapper() -> T:
             return await awaitable
 
         run.entering_async()
-        future = asyncio.run_coroutine_threadsafe(wrapper(), self._loop)
+        future = asyncio.run_coroutine_threadsafe(wrapper(), loop)
         run.attach(future)
         try:
             return future.result()
@@ -148,14 +166,14 @@ class AsyncBridge:
 
 
 def execute(
-    handler: Callable[..., Any],
+    handler: Handler,
     run: JobRun,
     *,
     bridge: AsyncBridge,
     identity: Identity,
-    emit_chunk: Callable[[Any], None],
+    emit_chunk: Callable[[object], None],
     aggregate: bool,
-) -> tuple[dict[str, Any], bool]:
+) -> tuple[JobResult, bool]:
     """Run the handler on `run.job`; returns (job-done body, is_stream).
 
     Generator chunks go to `emit_chunk` in order, before this returns. Raises JobCancelled when the
@@ -163,11 +181,11 @@ def execute(
     """
     try:
         value = handler(run.job)
-        if hasattr(value, "__anext__"):
+        if _is_async_chunks(value):
             return _drain_async(value, run, bridge, emit_chunk, aggregate), True
         if isinstance(value, types.GeneratorType):
             return _drain_sync(value, run, emit_chunk, aggregate), True
-        if hasattr(value, "__await__"):
+        if _is_awaitable(value):
             value = bridge.run(value, run)
         if run.cancel_requested:
             raise JobCancelled()
@@ -184,8 +202,19 @@ def execute(
         ), False
 
 
-def _drain_sync(gen: Any, run: JobRun, emit_chunk: Callable[[Any], None], aggregate: bool) -> dict[str, Any]:
-    collected: list[Any] = []
+def _is_async_chunks(value: object) -> TypeGuard[AsyncGenerator[object, None]]:
+    """Duck-typed: anything with `__anext__` is drained as an async generator (closed on an error chunk)."""
+    return hasattr(value, "__anext__")
+
+
+def _is_awaitable(value: object) -> TypeGuard[Awaitable[object]]:
+    return hasattr(value, "__await__")
+
+
+def _drain_sync(
+    gen: Generator[object, None, object], run: JobRun, emit_chunk: Callable[[object], None], aggregate: bool
+) -> JobResult:
+    collected: list[object] = []
     try:
         for chunk in gen:
             if run.cancel_requested:
@@ -208,9 +237,13 @@ def _drain_sync(gen: Any, run: JobRun, emit_chunk: Callable[[Any], None], aggreg
 
 
 def _drain_async(
-    agen: Any, run: JobRun, bridge: AsyncBridge, emit_chunk: Callable[[Any], None], aggregate: bool
-) -> dict[str, Any]:
-    collected: list[Any] = []
+    agen: AsyncGenerator[object, None],
+    run: JobRun,
+    bridge: AsyncBridge,
+    emit_chunk: Callable[[object], None],
+    aggregate: bool,
+) -> JobResult:
+    collected: list[object] = []
     try:
         while True:
             try:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TextIO
 
 from ember.serverless.execute import AsyncBridge, Identity, JobCancelled, JobRun, execute
+from ember.serverless.wire import Job, Json, is_job
 from ember.serverless.worker import WorkerConfig
 
 TEST_INPUT_FILE = "test_input.json"
@@ -43,7 +45,7 @@ def parse_args(argv: list[str]) -> LocalArgs:
     return LocalArgs(test_input=test_input, serve_api=serve_api)
 
 
-def load_job(test_input: str | None, cwd: str) -> tuple[dict[str, Any] | None, str]:
+def load_job(test_input: str | None, cwd: str) -> tuple[Job | None, str]:
     """The local job from the flag or from `test_input.json` in `cwd`; (None, why) when unusable."""
     if test_input is None:
         path = os.path.join(cwd, TEST_INPUT_FILE)
@@ -58,7 +60,7 @@ def load_job(test_input: str | None, cwd: str) -> tuple[dict[str, Any] | None, s
     else:
         source = "--test_input"
     try:
-        job = json.loads(test_input)
+        job: Json = json.loads(test_input)
     except ValueError as exc:
         return None, f"{source} is not valid JSON: {exc}"
     if not isinstance(job, dict):
@@ -66,7 +68,7 @@ def load_job(test_input: str | None, cwd: str) -> tuple[dict[str, Any] | None, s
     if "input" not in job:
         return None, f"{source} has no 'input' key"
     job.setdefault("id", LOCAL_JOB_ID)
-    if not isinstance(job["id"], str):
+    if not is_job(job):  # it has an `input`: its `id` is what is wrong
         return None, f"{source}: 'id' must be a string"
     return job, source
 
@@ -81,10 +83,10 @@ class LocalSession:
         self.err = err
         self.bridge = AsyncBridge()
 
-    def progress(self, job: dict[str, Any], value: Any) -> None:
+    def progress(self, job: Mapping[str, object], value: object) -> None:
         self._line({"progress": value})
 
-    def run(self, job: dict[str, Any]) -> int:
+    def run(self, job: Job) -> int:
         run = JobRun(job)
         try:
             result, _ = execute(
@@ -108,7 +110,7 @@ class LocalSession:
             return 1
         return 0
 
-    def _line(self, body: dict[str, Any]) -> None:
+    def _line(self, body: Mapping[str, object]) -> None:
         try:
             text = json.dumps(body, ensure_ascii=False)
         except (TypeError, ValueError):
@@ -117,7 +119,7 @@ class LocalSession:
         self.out.flush()
 
 
-def _readable(error: Any) -> str:
+def _readable(error: object) -> str:
     """Unpack a handler-exception payload into `Type: message` plus its traceback."""
     if isinstance(error, str):
         try:

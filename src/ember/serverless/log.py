@@ -9,11 +9,17 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Mapping
-from typing import Any, TextIO
+from typing import TextIO, TypedDict
 
 LEVELS = {"TRACE": 5, "DEBUG": 10, "INFO": 20, "WARN": 30, "WARNING": 30, "ERROR": 40}
 
-_state: dict[str, Any] = {"threshold": LEVELS["INFO"], "stream": None}
+
+class _State(TypedDict):
+    threshold: int
+    stream: TextIO | None  # None: stderr (looked up at each write)
+
+
+_state: _State = {"threshold": LEVELS["INFO"], "stream": None}
 _lock = threading.Lock()
 
 
@@ -24,7 +30,7 @@ def configure(environ: Mapping[str, str], stream: TextIO | None = None) -> None:
     _state["stream"] = stream
 
 
-def log(level: str, event: str, **fields: Any) -> None:
+def log(level: str, event: str, **fields: object) -> None:
     """Write `LEVEL event k=v …` when `level` passes the threshold; never raises."""
     if LEVELS.get(level, 20) < _state["threshold"]:
         return
@@ -46,17 +52,17 @@ def log(level: str, event: str, **fields: Any) -> None:
         pass
 
 
-def debug(event: str, **fields: Any) -> None:
+def debug(event: str, **fields: object) -> None:
     log("DEBUG", event, **fields)
 
 
-def info(event: str, **fields: Any) -> None:
+def info(event: str, **fields: object) -> None:
     log("INFO", event, **fields)
 
 
-def warn(event: str, **fields: Any) -> None:
+def warn(event: str, **fields: object) -> None:
     log("WARN", event, **fields)
 
 
-def error(event: str, **fields: Any) -> None:
+def error(event: str, **fields: object) -> None:
     log("ERROR", event, **fields)

@@ -10,7 +10,8 @@ import os
 import signal
 import sys
 import threading
-from typing import Any
+from collections.abc import Mapping
+from types import FrameType
 
 import ember.serverless as sdk
 from ember.serverless import log
@@ -21,7 +22,7 @@ from ember.serverless.transport import HttpTransport
 from ember.serverless.worker import Worker, WorkerConfig
 
 
-def main(config_dict: dict[str, Any]) -> int:
+def main(config_dict: Mapping[str, object]) -> int:
     """Run the worker; returns the process exit code."""
     config = WorkerConfig.from_dict(config_dict)
     log.configure(os.environ)
@@ -84,7 +85,7 @@ def _forward_signals(worker: Worker) -> None:
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
 
-    def on_signal(signum: int, _frame: Any) -> None:
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
         try:
             os.write(write_fd, bytes([signum]))
         except OSError:

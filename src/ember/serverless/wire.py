@@ -8,17 +8,35 @@ behaves the same under either SDK.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeAlias, TypedDict, TypeGuard
 
 STREAM_ERROR_PREFIX = "handler: "
+
+Json: TypeAlias = dict[str, "Json"] | list["Json"] | str | int | float | bool | None
+
+
+class Job(TypedDict):
+    """A job as the handler gets it: a string `id`, its `input`, and any other key the server sent."""
+
+    id: str
+    input: Json
+
+
+class JobResult(TypedDict, total=False):
+    """A job-done (or job-stream) body: the handler's output, its error, whether to recycle the worker."""
+
+    output: object
+    error: object
+    stopPod: bool
 
 
 @dataclass(frozen=True)
 class TakeAnswer:
     """What one job-take response meant: the valid jobs, why others were skipped, and a pause hint."""
 
-    jobs: list[dict[str, Any]] = field(default_factory=list)
+    jobs: list[Job] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     retry_after_s: float = 0.0
     failed: bool = False
@@ -43,10 +61,10 @@ def parse_take_response(status: int, content_type: str, body: bytes) -> TakeAnsw
     if mime != "application/json":
         return TakeAnswer(problems=[f"job-take answered content type {content_type!r}, not JSON"])
     try:
-        payload = json.loads(body)
+        payload: Json = json.loads(body)
     except ValueError as exc:
         return TakeAnswer(problems=[f"job-take answered invalid JSON: {exc}"])
-    items = payload if isinstance(payload, list) else [payload]
+    items: list[Json] = payload if isinstance(payload, list) else [payload]
     return _runnable(items)
 
 
@@ -60,7 +78,7 @@ def parse_done_response(status: int, content_type: str, body: bytes) -> TakeAnsw
     if not 200 <= status < 300 or b'"jobs"' not in body:
         return TakeAnswer()
     try:
-        payload = json.loads(body)
+        payload: Json = json.loads(body)
     except ValueError:
         return TakeAnswer()
     items = payload.get("jobs") if isinstance(payload, dict) else None
@@ -69,17 +87,22 @@ def parse_done_response(status: int, content_type: str, body: bytes) -> TakeAnsw
     return _runnable(items)
 
 
-def _runnable(items: list[Any]) -> TakeAnswer:
+def _runnable(items: list[Json]) -> TakeAnswer:
     """The runnable jobs among `items`, and a problem for each one that isn't."""
-    jobs: list[dict[str, Any]] = []
+    jobs: list[Job] = []
     problems: list[str] = []
     for item in items:
         problem = job_problem(item)
-        if problem is None:
-            jobs.append(item)
-        else:
+        if problem is not None:
             problems.append(problem)
+        elif is_job(item):  # always, once `job_problem` found none
+            jobs.append(item)
     return TakeAnswer(jobs=jobs, problems=problems)
+
+
+def is_job(item: object) -> TypeGuard[Job]:
+    """`item` is shaped as a `Job`: an object with a string `id` and an `input` key."""
+    return isinstance(item, dict) and isinstance(item.get("id"), str) and "input" in item
 
 
 def job_problem(item: object) -> str | None:
@@ -99,15 +122,16 @@ def parse_stop_response(status: int, content_type: str, body: bytes) -> list[str
     if status != 200 or content_type.split(";", 1)[0].strip().lower() != "application/json":
         return []
     try:
-        payload = json.loads(body)
+        payload: Json = json.loads(body)
     except ValueError:
         return []
-    if not isinstance(payload, dict) or not isinstance(payload.get("jobsToStop"), list):
+    job_ids = payload.get("jobsToStop") if isinstance(payload, dict) else None
+    if not isinstance(job_ids, list):
         return []
-    return [job_id for job_id in payload["jobsToStop"] if isinstance(job_id, str)]
+    return [job_id for job_id in job_ids if isinstance(job_id, str)]
 
 
-def wrap_return(value: Any) -> dict[str, Any]:
+def wrap_return(value: object) -> JobResult:
     """The job-done body for a (non-generator) handler's return value, as RunPod builds it.
 
     A dict loses its `error` key (sent as `error` when truthy) and its `refresh_worker` key (→
@@ -119,7 +143,7 @@ def wrap_return(value: Any) -> dict[str, Any]:
     output = dict(value)
     error = output.pop("error", None)
     refresh = output.pop("refresh_worker", None)
-    result: dict[str, Any] = {}
+    result: JobResult = {}
     if output:
         result["output"] = output
     if error:
@@ -131,7 +155,7 @@ def wrap_return(value: Any) -> dict[str, Any]:
 
 def exception_error(
     exc: BaseException, traceback_text: str, *, hostname: str, worker_id: str, version: str
-) -> dict[str, Any]:
+) -> JobResult:
     """The job-done body for a handler that raised: `error` is a JSON-encoded object string."""
     info = {
         "error_type": str(type(exc)),
@@ -144,24 +168,24 @@ def exception_error(
     return {"error": json.dumps(info)}
 
 
-def stream_chunk_error(chunk: Any) -> str | None:
+def stream_chunk_error(chunk: object) -> str | None:
     """A yielded dict with a truthy `error` ends the stream: that chunk is not sent, this string is."""
     if isinstance(chunk, dict) and chunk.get("error"):
         return str(chunk["error"])
     return None
 
 
-def generator_exception_error(exc: BaseException, traceback_text: str) -> dict[str, Any]:
+def generator_exception_error(exc: BaseException, traceback_text: str) -> JobResult:
     """The job-done body for a generator that raised: a plain string, as RunPod sends it."""
     return {"error": f"{STREAM_ERROR_PREFIX}{exc} \ntraceback: {traceback_text}"}
 
 
-def encode_body(body: dict[str, Any]) -> bytes:
+def encode_body(body: Mapping[str, object]) -> bytes:
     """Serialize a result body as raw UTF-8 JSON; an unserializable output becomes an error body."""
     try:
         return json.dumps(body, ensure_ascii=False).encode()
     except (TypeError, ValueError) as exc:
-        fallback: dict[str, Any] = {"error": f"the handler's result is not JSON-serializable: {exc}"}
+        fallback: JobResult = {"error": f"the handler's result is not JSON-serializable: {exc}"}
         if body.get("stopPod"):
             fallback["stopPod"] = True
         return json.dumps(fallback, ensure_ascii=False).encode()

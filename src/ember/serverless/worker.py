@@ -2,10 +2,11 @@
 
 Threads: the caller's thread runs the take loop (long-polls job-take the moment a slot is free). With
 one slot (no `concurrency_modifier`) a job runs on that same thread; otherwise each job taken runs on
-a thread of its own. Background threads ping, poll job-stop and post progress updates. The first ping
-waits until the jobs of the first job-take are served or started (at most FIRST_PING_WAIT_S): a cold
-start's first job is not held up by a ping contending with it for the interpreter and for the server
-(which, on a worker's first ping, also marks it ready and wakes its lifecycle loop).
+a thread of its own. Background threads (`background`) ping, poll job-stop and post progress updates.
+The first ping waits until the jobs of the first job-take are served or started (at most
+FIRST_PING_WAIT_S): a cold start's first job is not held up by a ping contending with it for the
+interpreter and for the server (which, on a worker's first ping, also marks it ready and wakes its
+lifecycle loop). The held jobs and the concurrency live in `slots`.
 
 Piggy-backed next job (an Ember extension): a final result's first POST to job-done carries `take=1`
 when the finished job's slot stays in use; an Ember server answers with up to that many jobs, which
@@ -20,50 +21,25 @@ then returns.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping
 
 from ember.serverless import env as urls
 from ember.serverless import log, wire
+from ember.serverless.background import POLL_TIMEOUT_S, ProgressSender, ping_loop, spawn, stop_loop
+from ember.serverless.config import WorkerConfig
 from ember.serverless.execute import AsyncBridge, Identity, JobCancelled, JobRun, execute, looks_async
+from ember.serverless.slots import Slots
 from ember.serverless.transport import HttpTransport, TransportFailure
+from ember.serverless.wire import Job, JobResult
 
-POLL_TIMEOUT_S = 90.0
+__all__ = ["Worker", "WorkerConfig"]
+
 BACKOFF_START_S = 0.1
 BACKOFF_CAP_S = 5.0
 STREAM_RETRY_S = 10.0
-PROGRESS_RETRY_S = 5.0
-WAIT_SLICE_S = 1.0
-FIRST_PING_WAIT_S = 1.0
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    """The `start(config)` keys, validated."""
-
-    handler: Callable[..., Any]
-    concurrency_modifier: Callable[[int], int] | None = None
-    return_aggregate_stream: bool = False
-    refresh_worker: bool = False
-
-    @classmethod
-    def from_dict(cls, config: dict[str, Any]) -> WorkerConfig:
-        if not isinstance(config, dict) or not callable(config.get("handler")):
-            raise TypeError("start(config) needs a dict with a callable 'handler'")
-        modifier = config.get("concurrency_modifier")
-        if modifier is not None and not callable(modifier):
-            raise TypeError("'concurrency_modifier' must be callable: current concurrency -> new one")
-        return cls(
-            handler=config["handler"],
-            concurrency_modifier=modifier,
-            return_aggregate_stream=bool(config.get("return_aggregate_stream", False)),
-            refresh_worker=bool(config.get("refresh_worker", False)),
-        )
 
 
 class Worker:
@@ -86,19 +62,14 @@ class Worker:
         self.version = version
         self.identity = Identity(env.hostname, env.worker_id, version)
         self.bridge = AsyncBridge()
-        self._cond = threading.Condition()
-        self._held: dict[str, JobRun] = {}
-        self._concurrency = 1
+        self.slots = Slots(on_first_job)  # on_first_job: called once, when the first job is held
         # One slot: jobs run on the take loop's thread, one after another (no thread per job).
         self._inline = config.concurrency_modifier is None
-        # The modifier asked for another concurrency: slots drain (nothing piggy-backed) until it applies.
-        self._resize_pending = False
         self._stopping = threading.Event()
         self._done = threading.Event()  # drained: background loops end, so in-process workers leak nothing
         self._took = threading.Event()  # the first take's jobs are served or started: pings may start
         self._signals = 0
-        self._progress: queue.SimpleQueue[tuple[JobRun, Any] | None] = queue.SimpleQueue()
-        self._on_first_job = on_first_job  # called once, when the first job is held (before it runs)
+        self._progress = ProgressSender(env, transport)
 
     # ---- public ---------------------------------------------------------------------------------
 
@@ -106,12 +77,22 @@ class Worker:
         """Serve until shut down; returns the process exit code (0 after a clean drain)."""
         if looks_async(self.config.handler):
             self.bridge.ensure_started()
-        self._spawn(self._ping_loop, "ember-ping")
-        self._spawn(self._progress_loop, "ember-progress")
+        spawn(
+            lambda: ping_loop(
+                self.env,
+                self.transport,
+                self.slots,
+                version=self.version,
+                first_take=self._took,
+                done=self._done,
+            ),
+            "ember-ping",
+        )
+        spawn(self._progress.run, "ember-progress")
         if urls.stop_url(self.env.take_template or "", self.env.worker_id) is None:
             log.warn("job_stop_disabled", reason="RUNPOD_WEBHOOK_GET_JOB has no /job-take/ segment")
         else:
-            self._spawn(self._stop_loop, "ember-stop")
+            spawn(lambda: stop_loop(self.env, self.transport, self.slots, self._done), "ember-stop")
         log.info("worker_started", worker_id=self.env.worker_id)
         while not self._stopping.is_set():
             try:
@@ -119,11 +100,9 @@ class Worker:
             except Exception as exc:  # a bug here must not kill a worker holding jobs
                 log.error("take_loop_crashed", error=repr(exc))
                 self._stopping.wait(BACKOFF_CAP_S)
-        with self._cond:
-            while self._held:
-                self._cond.wait(WAIT_SLICE_S)
+        self.slots.wait_until_empty()
         self._done.set()
-        self._progress.put(None)
+        self._progress.close()
         self.bridge.close()
         log.info("worker_stopped", worker_id=self.env.worker_id)
         return 0
@@ -136,10 +115,9 @@ class Worker:
         """
         if from_signal:
             self._signals += 1
-        log.info("shutdown_requested", reason=reason, held=len(self._held))
+        log.info("shutdown_requested", reason=reason, held=self.slots.count())
         self._stopping.set()
-        with self._cond:
-            self._cond.notify_all()
+        self.slots.wake()
         if from_signal:
             self.transport.abort_polls()
 
@@ -148,19 +126,17 @@ class Worker:
         self.request_shutdown(reason)
         self.transport.abort_polls()
 
-    def progress(self, job: dict[str, Any], value: Any) -> None:
+    def progress(self, job: Mapping[str, object], value: object) -> None:
         """Queue a progress update for a held job; updates for unknown or finished jobs are dropped."""
         job_id = job.get("id") if isinstance(job, dict) else None
-        with self._cond:
-            run = self._held.get(job_id) if isinstance(job_id, str) else None
+        run = self.slots.get(job_id) if isinstance(job_id, str) else None
         if run is None:
             log.warn("progress_for_unknown_job", job_id=job_id)
             return
-        self._progress.put((run, value))
+        self._progress.put(run, value)
 
     def held_job_ids(self) -> list[str]:
-        with self._cond:
-            return list(self._held)
+        return self.slots.ids()
 
     # ---- take loop ------------------------------------------------------------------------------
 
@@ -171,8 +147,7 @@ class Worker:
             free = self._free_slots()
             if free <= 0:
                 continue
-            with self._cond:
-                holding = bool(self._held)
+            holding = self.slots.holding()
             url = urls.take_url(
                 self.env.take_template or "", self.env.worker_id, free_slots=free, holding_jobs=holding
             )
@@ -192,7 +167,7 @@ class Worker:
             answer = wire.parse_take_response(resp.status, resp.content_type, resp.body)
             for problem in answer.problems:
                 log.warn("job_take_problem", problem=problem)
-            runs = self._hold(answer.jobs)
+            runs = self.slots.hold(answer.jobs)
             if self._inline:
                 self._serve(runs)
             else:
@@ -216,54 +191,16 @@ class Worker:
 
     def _free_slots(self) -> int:
         """Apply the concurrency modifier, then return free slots; waits (one slice) when none."""
-        desired = self._concurrency
+        desired = self.slots.concurrency
         if self.config.concurrency_modifier is not None:
             try:
-                desired = max(1, int(self.config.concurrency_modifier(self._concurrency)))
+                desired = self.config.wanted_concurrency(desired)
             except Exception as exc:
                 log.error("concurrency_modifier_failed", error=repr(exc))
-        with self._cond:
-            self._resize_pending = desired != self._concurrency
-            if self._resize_pending:
-                if self._held:
-                    self._cond.wait(WAIT_SLICE_S)
-                    return 0
-                log.info("concurrency_changed", old=self._concurrency, new=desired)
-                self._concurrency = desired
-                self._resize_pending = False
-            free = self._concurrency - len(self._held)
-            if free <= 0:
-                self._cond.wait(WAIT_SLICE_S)
-            return free
-
-    def _hold(self, jobs: list[dict[str, Any]], finished: JobRun | None = None) -> list[JobRun]:
-        """Count `jobs` as held (the ping reports them), releasing `finished` in the same step, so a
-        piggy-backed job takes over its slot without the take loop ever seeing it free."""
-        runs: list[JobRun] = []
-        with self._cond:
-            if finished is not None:
-                self._held.pop(finished.job_id, None)
-            for job in jobs:
-                run = JobRun(job)
-                if run.job_id in self._held:
-                    log.warn("job_already_held", job_id=run.job_id)
-                    continue
-                self._held[run.job_id] = run
-                runs.append(run)
-            if finished is not None and not runs:
-                self._cond.notify_all()  # a slot is free (or the last held job is done)
-            hook, self._on_first_job = (self._on_first_job, None) if runs else (None, self._on_first_job)
-        for run in runs:
-            log.debug("job_taken", job_id=run.job_id, piggy_backed=finished is not None or None)
-        if hook is not None:
-            try:
-                hook()
-            except Exception as exc:
-                log.warn("first_job_hook_failed", error=repr(exc))
-        return runs
+        return self.slots.free(desired)
 
     def _start_serving(self, run: JobRun) -> None:
-        self._spawn(lambda: self._serve([run]), f"ember-job-{run.job_id[:32]}")
+        spawn(lambda: self._serve([run]), f"ember-job-{run.job_id[:32]}")
 
     def _serve(self, runs: list[JobRun]) -> None:
         """Run held jobs on this thread, each followed by the jobs piggy-backed on its result.
@@ -288,9 +225,9 @@ class Worker:
             log.error("job_crashed", job_id=run.job_id, error=repr(exc))
             jobs = []
         run.finished = True
-        return self._hold(jobs, finished=run)
+        return self.slots.hold(jobs, finished=run)
 
-    def _finish(self, run: JobRun) -> list[dict[str, Any]]:
+    def _finish(self, run: JobRun) -> list[Job]:
         job_id = run.job_id
         try:
             result, is_stream = execute(
@@ -312,18 +249,17 @@ class Worker:
             return []
         return self._post_final(run, result, is_stream)
 
-    def _slots_to_take(self, result: dict[str, Any]) -> int:
+    def _slots_to_take(self, result: JobResult) -> int:
         """How many jobs to ask for with this result: 1 while its slot stays in use, else 0.
 
         0 while stopping, while a concurrency change waits for slots to drain, after a result that
         asks for this worker to be recycled, or while more jobs are held than there are slots.
         """
-        if self._stopping.is_set() or self._resize_pending or result.get("stopPod"):
+        if self._stopping.is_set() or result.get("stopPod") or not self.slots.keeps_slot():
             return 0
-        with self._cond:
-            return 1 if len(self._held) - 1 < self._concurrency else 0
+        return 1
 
-    def _post_final(self, run: JobRun, result: dict[str, Any], is_stream: bool) -> list[dict[str, Any]]:
+    def _post_final(self, run: JobRun, result: JobResult, is_stream: bool) -> list[Job]:
         """POST the final result; returns the jobs an Ember server piggy-backed on its answer."""
         if not self.env.done_template:
             log.error("job_done_url_missing", job_id=run.job_id)
@@ -354,7 +290,7 @@ class Worker:
             log.warn("job_done_take_problem", problem=problem)
         return piggy_backed.jobs
 
-    def _post_chunk(self, job_id: str, chunk: Any) -> None:
+    def _post_chunk(self, job_id: str, chunk: object) -> None:
         if not self.env.stream_template:
             log.warn("job_stream_url_missing", job_id=job_id)
             return
@@ -364,95 +300,3 @@ class Worker:
         )
         if not delivery.delivered:
             log.error("job_stream_not_delivered", job_id=job_id, detail=delivery.detail)
-
-    # ---- background loops -----------------------------------------------------------------------
-
-    def _progress_loop(self) -> None:
-        while True:
-            item = self._progress.get()
-            if item is None:
-                return
-            run, value = item
-            if not self.env.done_template:
-                continue
-            url = urls.result_url(self.env.done_template, self.env.worker_id, run.job_id, is_stream=False)
-            body = wire.encode_body({"status": "IN_PROGRESS", "output": value})
-            with run.post_lock:
-                if run.finished:
-                    continue
-                delivery = self.transport.post_result(url, body, retry_s=PROGRESS_RETRY_S)
-            if not delivery.delivered:
-                log.warn("progress_not_delivered", job_id=run.job_id, detail=delivery.detail)
-
-    def _ping_loop(self) -> None:
-        if not self.env.pings_enabled:
-            log.warn(
-                "pings_disabled", reason="needs RUNPOD_AI_API_KEY, RUNPOD_POD_ID and RUNPOD_WEBHOOK_PING"
-            )
-            return
-        self._took.wait(FIRST_PING_WAIT_S)
-        while True:
-            url = urls.ping_url(
-                self.env.ping_template or "", self.env.worker_id, self.held_job_ids(), version=self.version
-            )
-            try:
-                resp = self.transport.request("GET", url, timeout_s=max(2.0, 2 * self.env.ping_interval_s))
-                if resp.status >= 400:
-                    log.warn("ping_rejected", status=resp.status)
-            except TransportFailure as exc:
-                log.warn("ping_failed", error=exc)
-            if self._done.wait(self.env.ping_interval_s):
-                return
-
-    def _stop_loop(self) -> None:
-        stop = urls.stop_url(self.env.take_template or "", self.env.worker_id) or ""
-        while not self._done.is_set():
-            with self._cond:
-                while not self._held and not self._done.is_set():
-                    self._cond.wait(WAIT_SLICE_S)
-            if self._done.is_set():
-                return
-            began = time.monotonic()
-            pause_s = 0.0
-            try:
-                resp = self.transport.request("GET", stop, timeout_s=POLL_TIMEOUT_S, abortable=True)
-            except TransportFailure as exc:
-                log.debug("job_stop_failed", error=exc)
-                pause_s = 1.0
-            else:
-                if resp.status == 429:
-                    pause_s = 5.0
-                elif resp.status >= 400:
-                    log.debug("job_stop_rejected", status=resp.status)
-                    pause_s = 1.0
-                ids = wire.parse_stop_response(resp.status, resp.content_type, resp.body)
-                self._stop_jobs(ids)
-                if not ids and pause_s == 0.0:
-                    pause_s = max(0.0, 1.0 - (time.monotonic() - began))
-            if pause_s:
-                time.sleep(pause_s)
-
-    def _stop_jobs(self, job_ids: list[str]) -> None:
-        for job_id in job_ids:
-            with self._cond:
-                run = self._held.get(job_id)
-            if run is None:
-                log.debug("job_stop_unknown", job_id=job_id)
-                continue
-            interrupted = run.cancel()
-            log.info(
-                "job_stop_requested",
-                job_id=job_id,
-                interrupted=interrupted or None,
-                note=None if interrupted else "sync; result dropped",
-            )
-
-    @staticmethod
-    def _spawn(target: Callable[[], None], name: str) -> None:
-        def guarded() -> None:
-            try:
-                target()
-            except Exception as exc:
-                log.error("thread_crashed", thread=name, error=repr(exc))
-
-        threading.Thread(target=guarded, name=name, daemon=True).start()

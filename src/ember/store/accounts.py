@@ -10,6 +10,7 @@ from sqlalchemy import Integer, case, cast, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
 from ember.store.db import LOCK_BOOTSTRAP, Repository, serialize, transaction
+from ember.store.rows import AccountRow
 from ember.store.schema import accounts, api_keys, endpoints, ledger, volumes
 
 A = accounts.c
@@ -95,14 +96,14 @@ class AccountStore(Repository):
             self.add_key(key, account_id=account_id, kind="admin", now=now, conn=conn)
             return True
 
-    def get(self, account_id: str) -> RowMapping | None:
-        return self._one(select(accounts).where(A.id == account_id))
+    def get(self, account_id: str) -> AccountRow | None:
+        return self._first(AccountRow, select(accounts).where(A.id == account_id))
 
-    def admin(self) -> RowMapping | None:
-        return self._one(select(accounts).where(A.is_admin.is_(True)))
+    def admin(self) -> AccountRow | None:
+        return self._first(AccountRow, select(accounts).where(A.is_admin.is_(True)))
 
-    def all(self) -> Sequence[RowMapping]:
-        return self._all(select(accounts))
+    def all(self) -> Sequence[AccountRow]:
+        return self._rows(AccountRow, select(accounts))
 
     def add_key(
         self,

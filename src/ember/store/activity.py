@@ -9,11 +9,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import or_, select
-from sqlalchemy.engine import RowMapping
 
 from ember.core.timeline import Transition, WorkerNow
 from ember.core.workers import WorkerState
 from ember.store.db import Repository
+from ember.store.rows import ReleaseSummary
 from ember.store.schema import jobs, releases, worker_events, workers
 
 J = jobs.c
@@ -105,7 +105,7 @@ class ActivityStore(Repository):
         with self.reader.connect() as conn:
             return [JobLine(*r) for r in conn.execute(q).all()]
 
-    def releases(self, endpoint_id: str, limit: int = 20) -> Sequence[RowMapping]:
+    def releases(self, endpoint_id: str, limit: int = 20) -> Sequence[ReleaseSummary]:
         """The endpoint's newest releases (by number), without their build logs."""
         q = (
             select(R.number, R.status, R.image, R.commit, R.created_at, R.spec)
@@ -113,4 +113,4 @@ class ActivityStore(Repository):
             .order_by(R.number.desc())
             .limit(limit)
         )
-        return self._all(q)
+        return self._rows(ReleaseSummary, q)

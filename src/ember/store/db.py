@@ -12,24 +12,31 @@ from __future__ import annotations
 
 import functools
 import operator
+import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, cast, get_type_hints
 
 import anyio.to_thread
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Boolean, create_engine, event, literal_column, text
+from sqlalchemy import Boolean, Select, Table, create_engine, event, literal_column, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, RowMapping
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, StaticPool
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.expression import Executable, GenerativeSelect, ReturnsRows, SelectBase
 
 from ember.core.errors import StoreError
 
 T = TypeVar("T")
+R = TypeVar("R", bound=Mapping[str, object])
+S = TypeVar("S", bound=GenerativeSelect)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SAFETY_CHECKPOINT_PAGES = 10_000
@@ -49,7 +56,7 @@ def make_engine(url: str) -> Engine:
         )
 
         @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        def _pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
@@ -61,7 +68,7 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         @event.listens_for(engine, "begin")
-        def _begin(conn: Any) -> None:
+        def _begin(conn: Connection) -> None:
             # Writes take the write lock up front, so a claim never races another writer; plain reads
             # run in autocommit (WAL readers never block and need no transaction of their own).
             if conn.get_execution_options().get("ember_write"):
@@ -78,7 +85,7 @@ def writer(engine: Engine) -> Engine:
     return engine.execution_options(ember_write=True)
 
 
-def constant(value: str) -> Any:
+def constant(value: str) -> ColumnElement[str]:
     """A value written into the SQL text rather than bound: the planner then sees it, so a partial index
     on it is used (SQLite would otherwise re-prepare the statement on every binding)."""
     if not value.replace("_", "").isalnum():
@@ -86,7 +93,21 @@ def constant(value: str) -> Any:
     return literal_column(f"'{value}'")
 
 
-def _picker(positions: Sequence[str]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+Params = Mapping[str, object] | tuple[object, ...]
+
+
+class Cursor(Protocol):
+    """The DB-API cursor calls the job path makes (sqlite3's and psycopg's cursors both fit)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def execute(self, sql: str, params: Params, /) -> object: ...
+
+    def fetchall(self) -> Sequence[Sequence[object]]: ...
+
+
+def _picker(positions: Sequence[str]) -> Callable[[Mapping[str, object]], tuple[object, ...]]:
     """The parameter tuple of a positional driver (sqlite3's qmark) out of a dict, in one C call."""
     if not positions:
         return lambda merged: ()
@@ -97,40 +118,65 @@ def _picker(positions: Sequence[str]) -> Callable[[Mapping[str, Any]], tuple[Any
 
 
 class Prepared:
-    """One Core statement compiled once for `engine`'s dialect, run on a raw DB-API cursor.
+    """One Core statement compiled once for `engine`'s dialect, run on a raw DB-API cursor (`execute`).
+    `PreparedRows` is one whose rows the caller reads."""
 
-    Rows come back as dicts keyed by the statement's column names (booleans as bool), like Core's
-    mappings. Only for statements whose types need no conversion beyond that (strings, numbers, booleans).
-    """
-
-    def __init__(self, engine: Engine, statement: Any) -> None:
+    def __init__(self, engine: Engine, statement: ReturnsRows) -> None:
         compiled = statement.compile(dialect=engine.dialect)
+        if not isinstance(compiled, SQLCompiler):
+            raise TypeError(f"not a SQL statement: {statement!r}")
         self.sql = compiled.string
         self._positions = tuple(compiled.positiontup or ()) if compiled.positional else None
         self._pick = _picker(self._positions or ())
-        self._fixed = compiled.construct_params(_check=False)
-        columns = list(getattr(statement, "selected_columns", None) or statement.exported_columns)
-        self.keys = tuple(c.key for c in columns)
-        self._bools = tuple(i for i, c in enumerate(columns) if isinstance(c.type, Boolean))
+        self._fixed: dict[str, object] = dict(compiled.construct_params(_check=False))
+        self.columns = (
+            statement.selected_columns if isinstance(statement, SelectBase) else statement.exported_columns
+        )
 
-    def params(self, values: Mapping[str, Any]) -> Any:
+    def params(self, values: Mapping[str, object]) -> Params:
         merged = {**self._fixed, **values}
         if self._positions is None:
             return merged
         return self._pick(merged)
 
-    def execute(self, cur: Any, **values: Any) -> Any:
+    def execute(self, cur: Cursor, **values: object) -> Cursor:
         cur.execute(self.sql, self.params(values))
         return cur
 
-    def rows(self, cur: Any, **values: Any) -> list[dict[str, Any]]:
-        return [self._row(r) for r in self.execute(cur, **values).fetchall()]
 
-    def first(self, cur: Any, **values: Any) -> dict[str, Any] | None:
+@functools.cache
+def _row_keys(row: type[Mapping[str, object]]) -> frozenset[str]:
+    return frozenset(get_type_hints(row))
+
+
+def check_row(row: type[Mapping[str, object]], keys: Iterable[str], statement: object) -> None:
+    """Raise TypeError unless the TypedDict `row` names exactly the columns `keys` of `statement`."""
+    if frozenset(keys) != _row_keys(row):
+        raise TypeError(f"{row.__name__} does not name the columns {sorted(keys)} of {statement}")
+
+
+class PreparedRows(Prepared, Generic[R]):
+    """A `Prepared` statement that returns rows, each as an `R` (a TypedDict whose keys are the
+    statement's column names, checked once here): plain dicts, booleans as bool, like Core's mappings.
+    Only for statements whose types need no conversion beyond that (strings, numbers, booleans)."""
+
+    def __init__(self, engine: Engine, statement: ReturnsRows, row: type[R]) -> None:
+        super().__init__(engine, statement)
+        self.keys = tuple(self.columns.keys())
+        check_row(row, self.keys, self.sql)
+        self._bools = tuple(i for i, c in enumerate(self.columns) if isinstance(c.type, Boolean))
+        # The driver's rows are untyped: `row`'s keys are the statement's columns (checked above).
+        self._decode = cast("Callable[[Sequence[object]], R]", self._row)
+
+    def rows(self, cur: Cursor, **values: object) -> list[R]:
+        decode = self._decode
+        return [decode(r) for r in self.execute(cur, **values).fetchall()]
+
+    def first(self, cur: Cursor, **values: object) -> R | None:
         rows = self.execute(cur, **values).fetchall()  # fetch all: a pending statement blocks COMMIT
-        return self._row(rows[0]) if rows else None
+        return self._decode(rows[0]) if rows else None
 
-    def _row(self, raw: Sequence[Any]) -> dict[str, Any]:
+    def _row(self, raw: Sequence[object]) -> dict[str, object]:
         row = dict(zip(self.keys, raw, strict=True))
         for i in self._bools:
             value = raw[i]
@@ -152,17 +198,23 @@ class RawAccess:
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._errors = (SQLAlchemyError, engine.dialect.loaded_dbapi.Error)
         self._lock = threading.RLock()
-        self._conn: Any = None
+        self._conn: PoolProxiedConnection | None = None
+        self._driver: sqlite3.Connection | None = None
 
-    def _sqlite(self) -> Any:
-        if self._conn is None:
-            self._conn = self.engine.raw_connection()
+    def _sqlite(self) -> sqlite3.Connection:
+        if self._driver is None:
+            conn = self.engine.raw_connection()
+            driver = conn.driver_connection
+            if not isinstance(driver, sqlite3.Connection):
+                conn.close()
+                raise StoreError(f"not a sqlite3 connection: {driver!r}")
             # The job path's commits never checkpoint: that work is done off the event loop.
-            self._conn.driver_connection.execute("PRAGMA wal_autocheckpoint=0")
-        return self._conn.driver_connection
+            driver.execute("PRAGMA wal_autocheckpoint=0")
+            self._conn, self._driver = conn, driver
+        return self._driver
 
     @contextmanager
-    def write(self, cur: Any = None) -> Iterator[Any]:
+    def write(self, cur: Cursor | None = None) -> Iterator[Cursor]:
         """A write transaction (or the caller's `cur`, already inside one); commits on success."""
         if cur is not None:
             yield cur
@@ -171,19 +223,19 @@ class RawAccess:
             if self.is_sqlite:
                 with self._lock:
                     dbapi = self._sqlite()
-                    cur = dbapi.cursor()
-                    cur.execute("BEGIN IMMEDIATE")
+                    lite = dbapi.cursor()
+                    lite.execute("BEGIN IMMEDIATE")
                     try:
-                        yield cur
+                        yield lite
                     except BaseException:
                         dbapi.rollback()
                         raise
                     dbapi.commit()
                 return
             with self.engine.raw_connection() as pooled:
-                cur = pooled.cursor()
+                pg = pooled.cursor()
                 try:
-                    yield cur
+                    yield pg
                 except BaseException:
                     pooled.rollback()
                     raise
@@ -192,7 +244,7 @@ class RawAccess:
             raise StoreError(f"database error: {exc}") from exc
 
     @contextmanager
-    def read(self) -> Iterator[Any]:
+    def read(self) -> Iterator[Cursor]:
         try:
             if self.is_sqlite:
                 with self._lock:
@@ -210,25 +262,52 @@ class RawAccess:
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
-                self._conn = None
+                self._conn = self._driver = None
 
 
 class Repository:
     """Base of the store's repositories: writes go through `self.engine.begin()` (the writer), reads
-    through `_all` / `_one` on the plain engine; the hot statements through `self.raw`."""
+    through `_rows` / `_first` (typed rows) or `_all` / `_one` on the plain engine; the hot statements
+    through `self.raw`."""
 
     def __init__(self, engine: Engine, raw: RawAccess | None = None) -> None:
         self.engine = writer(engine)
         self.reader = engine
         self.raw = raw or RawAccess(engine)
+        self.pg = engine.dialect.name == "postgresql"
 
-    def _all(self, query: Any, params: dict[str, Any] | None = None) -> Sequence[RowMapping]:
+    def _all(self, query: Executable, params: Mapping[str, object] | None = None) -> Sequence[RowMapping]:
         with self.reader.connect() as conn:
             return conn.execute(query, params).mappings().all()
 
-    def _one(self, query: Any, params: dict[str, Any] | None = None) -> RowMapping | None:
+    def _one(self, query: Executable, params: Mapping[str, object] | None = None) -> RowMapping | None:
         with self.reader.connect() as conn:
             return conn.execute(query, params).mappings().first()
+
+    def _rows(
+        self, row: type[R], query: Select[*tuple[object, ...]], conn: Connection | None = None
+    ) -> list[R]:
+        """`query`'s rows as plain dicts typed `row` (a TypedDict naming exactly the query's columns:
+        checked here), read in the caller's transaction `conn` or on the plain engine."""
+        check_row(row, query.selected_columns.keys(), query)
+        # Core's rows are typed loosely: `row`'s keys are the query's columns (checked above).
+        decode = cast("Callable[[RowMapping], R]", dict)
+        if conn is not None:
+            return [decode(r) for r in conn.execute(query).mappings()]
+        with self.reader.connect() as reading:
+            return [decode(r) for r in reading.execute(query).mappings()]
+
+    def _first(
+        self, row: type[R], query: Select[*tuple[object, ...]], conn: Connection | None = None
+    ) -> R | None:
+        """The first of `_rows`, or None when the query finds none."""
+        found = self._rows(row, query, conn)
+        return found[0] if found else None
+
+    def _lock(self, query: S) -> S:
+        """`query` locking the rows it reads until the transaction ends (PostgreSQL; SQLite's write
+        transactions already run one at a time)."""
+        return query.with_for_update() if self.pg else query
 
 
 class Sealing(Protocol):
@@ -242,7 +321,7 @@ LOCK_MIGRATE = 0x454D4201
 LOCK_BOOTSTRAP = 0x454D4202
 
 
-def insert_unless_present(dialect: str, table: Any) -> Any:
+def insert_unless_present(dialect: str, table: Table) -> postgresql.Insert | sqlite.Insert:
     """An INSERT of `table` for `dialect` that can take `.on_conflict_do_nothing()` and
     `.on_conflict_do_update(...)` (both SQLite and PostgreSQL spell it ON CONFLICT)."""
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
@@ -285,7 +364,7 @@ class Database:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
 
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def run(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         if self.is_sqlite:
             return fn(*args, **kwargs)
         return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))

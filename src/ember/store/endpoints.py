@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import func, insert, or_, select, update
-from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.engine import Connection
 
+from ember.core.json_body import Json
 from ember.store.db import Repository, transaction
+from ember.store.rows import EndpointRow, ReleaseRow, ScaleEventRow, TemplateRow, VolumeRow
 from ember.store.schema import endpoints, releases, scale_events, templates, volumes
 
 E = endpoints.c
@@ -75,7 +76,7 @@ class EndpointStore(Repository):
         number of the release that was added, or the serving one."""
         with self.engine.begin() as conn:
             current = conn.execute(select(E.release).where(E.id == endpoint_id)).scalar_one()
-            values: dict[str, Any] = dict(name=name, spec=spec_json, updated_at=now)
+            values: dict[str, object] = dict(name=name, spec=spec_json, updated_at=now)
             number = current
             if new_release:
                 number = self.add_release(endpoint_id, spec_json, release_status, now, conn=conn)
@@ -107,7 +108,7 @@ class EndpointStore(Repository):
         spec_json: str | None = None,
     ) -> None:
         """Record a build's outcome; `spec_json` replaces the release's spec (a built image's name)."""
-        values: dict[str, Any] = dict(status=status, log=log, image=image, commit=commit)
+        values: dict[str, object] = dict(status=status, log=log, image=image, commit=commit)
         if spec_json is not None:
             values["spec"] = spec_json
         with self.engine.begin() as conn:
@@ -124,7 +125,7 @@ class EndpointStore(Repository):
                 .values(log=log)
             )
 
-    def building(self) -> Sequence[RowMapping]:
+    def building(self) -> Sequence[ReleaseRow]:
         """Releases waiting to be built (of endpoints not deleted), oldest first."""
         q = (
             select(releases)
@@ -132,20 +133,20 @@ class EndpointStore(Repository):
             .where(R.status == "BUILDING", E.deleted_at.is_(None))
             .order_by(R.created_at, R.number)
         )
-        return self._all(q)
+        return self._rows(ReleaseRow, q)
 
     def set_scaling(
         self,
         endpoint_id: str,
         desired: int,
         reason: str,
-        memory: dict[str, Any],
+        memory: Mapping[str, Json],
         status_message: str | None = None,
         decision: ScaleEvent | None = None,
     ) -> None:
         """Persist the scaler's target, reason and memory; `decision`, when the target or the reason
         changed, is kept in `scale_events` (the console's list of the scaler's decisions)."""
-        values: dict[str, Any] = dict(
+        values: dict[str, object] = dict(
             desired_workers=desired, scale_reason=reason, scale_memory=json.dumps(memory)
         )
         if status_message is not None:
@@ -164,11 +165,11 @@ class EndpointStore(Repository):
                     )
                 )
 
-    def scale_events(self, endpoint_id: str, since: float, limit: int = 200) -> Sequence[RowMapping]:
+    def scale_events(self, endpoint_id: str, since: float, limit: int = 200) -> Sequence[ScaleEventRow]:
         """The scaler's decisions for an endpoint since `since`, newest first."""
         S = scale_events.c
         query = select(scale_events).where(S.endpoint_id == endpoint_id, S.at >= since)
-        return self._all(query.order_by(S.at.desc(), S.id.desc()).limit(limit))
+        return self._rows(ScaleEventRow, query.order_by(S.at.desc(), S.id.desc()).limit(limit))
 
     def set_status(self, endpoint_id: str, message: str) -> None:
         with self.engine.begin() as conn:
@@ -176,7 +177,7 @@ class EndpointStore(Repository):
 
     def get(
         self, ref: str, account_id: str | None = None, include_deleted: bool = False
-    ) -> RowMapping | None:
+    ) -> EndpointRow | None:
         """By id, or by name within `account_id`."""
         q = select(endpoints)
         q = q.where(or_(E.id == ref, E.name == ref)) if account_id is not None else q.where(E.id == ref)
@@ -184,29 +185,30 @@ class EndpointStore(Repository):
             q = q.where(E.account_id == account_id)
         if not include_deleted:
             q = q.where(E.deleted_at.is_(None))
-        with self.reader.connect() as conn:
-            rows = conn.execute(q).mappings().all()
+        rows = self._rows(EndpointRow, q)
         for row in rows:  # an id match wins over a name match
             if row["id"] == ref:
                 return row
         return rows[0] if rows else None
 
-    def list(self, account_id: str | None = None) -> Sequence[RowMapping]:
+    def list(self, account_id: str | None = None) -> Sequence[EndpointRow]:
         q = select(endpoints).where(E.deleted_at.is_(None))
         if account_id is not None:
             q = q.where(E.account_id == account_id)
-        return self._all(q.order_by(E.created_at))
+        return self._rows(EndpointRow, q.order_by(E.created_at))
 
     def delete(self, endpoint_id: str, now: float) -> None:
         with self.engine.begin() as conn:
             conn.execute(update(endpoints).where(E.id == endpoint_id).values(deleted_at=now, updated_at=now))
 
     # ---- releases ----------------------------------------------------------------------------------
-    def releases(self, endpoint_id: str) -> Sequence[RowMapping]:
-        return self._all(select(releases).where(R.endpoint_id == endpoint_id).order_by(R.number))
+    def releases(self, endpoint_id: str) -> Sequence[ReleaseRow]:
+        return self._rows(ReleaseRow, select(releases).where(R.endpoint_id == endpoint_id).order_by(R.number))
 
-    def release(self, endpoint_id: str, number: int) -> RowMapping | None:
-        return self._one(select(releases).where(R.endpoint_id == endpoint_id, R.number == number))
+    def release(self, endpoint_id: str, number: int) -> ReleaseRow | None:
+        return self._first(
+            ReleaseRow, select(releases).where(R.endpoint_id == endpoint_id, R.number == number)
+        )
 
     def add_release(
         self, endpoint_id: str, spec_json: str, status: str, now: float, conn: Connection | None = None
@@ -226,7 +228,7 @@ class EndpointStore(Repository):
 
     # ---- templates ---------------------------------------------------------------------------------
     def create_template(
-        self, *, id: str, account_id: str, name: str, data: dict[str, Any], now: float
+        self, *, id: str, account_id: str, name: str, data: Mapping[str, Json], now: float
     ) -> None:
         with self.engine.begin() as conn:
             conn.execute(
@@ -235,13 +237,17 @@ class EndpointStore(Repository):
                 )
             )
 
-    def templates(self, account_id: str) -> Sequence[RowMapping]:
-        return self._all(select(templates).where(T.account_id == account_id).order_by(T.created_at))
+    def templates(self, account_id: str) -> Sequence[TemplateRow]:
+        return self._rows(
+            TemplateRow, select(templates).where(T.account_id == account_id).order_by(T.created_at)
+        )
 
-    def template(self, template_id: str, account_id: str) -> RowMapping | None:
-        return self._one(select(templates).where(T.id == template_id, T.account_id == account_id))
+    def template(self, template_id: str, account_id: str) -> TemplateRow | None:
+        return self._first(
+            TemplateRow, select(templates).where(T.id == template_id, T.account_id == account_id)
+        )
 
-    def update_template(self, template_id: str, name: str, data: dict[str, Any]) -> None:
+    def update_template(self, template_id: str, name: str, data: Mapping[str, Json]) -> None:
         with self.engine.begin() as conn:
             conn.execute(
                 update(templates).where(T.id == template_id).values(name=name, data=json.dumps(data))
@@ -260,14 +266,16 @@ class EndpointStore(Repository):
                 )
             )
 
-    def volumes(self, account_id: str) -> Sequence[RowMapping]:
-        return self._all(
-            select(volumes).where(V.account_id == account_id, V.deleted_at.is_(None)).order_by(V.created_at)
+    def volumes(self, account_id: str) -> Sequence[VolumeRow]:
+        return self._rows(
+            VolumeRow,
+            select(volumes).where(V.account_id == account_id, V.deleted_at.is_(None)).order_by(V.created_at),
         )
 
-    def volume(self, volume_id: str, account_id: str) -> RowMapping | None:
-        return self._one(
-            select(volumes).where(V.id == volume_id, V.account_id == account_id, V.deleted_at.is_(None))
+    def volume(self, volume_id: str, account_id: str) -> VolumeRow | None:
+        return self._first(
+            VolumeRow,
+            select(volumes).where(V.id == volume_id, V.account_id == account_id, V.deleted_at.is_(None)),
         )
 
     def resize_volume(self, volume_id: str, size_gb: int) -> None:

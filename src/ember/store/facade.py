@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio.to_thread
 from sqlalchemy.engine import Engine
@@ -19,7 +19,10 @@ from ember.store.endpoints import EndpointStore
 from ember.store.idempotency import IdempotencyStore
 from ember.store.insights import InsightStore
 from ember.store.jobs import Claimed, Finished, JobStore, NewJob
+from ember.store.metering import MeterStore
 from ember.store.sessions import SessionStore
+from ember.store.streams import StreamStore
+from ember.store.sweeps import SweepStore
 from ember.store.workers import WorkerStore
 
 T = TypeVar("T")
@@ -43,8 +46,11 @@ class Store:
         self.db = Database(engine)
         self.raw = RawAccess(engine)
         self.jobs = JobStore(engine, self.raw)
+        self.streams = StreamStore(engine, self.raw)
+        self.sweeps = SweepStore(engine, self.raw)
         self.idempotency = IdempotencyStore(engine, self.jobs, self.raw)
         self.workers = WorkerStore(engine, self.raw)
+        self.metering = MeterStore(engine, self.raw)
         self.accounts = AccountStore(engine)
         self.endpoints = EndpointStore(engine)
         self.sessions = SessionStore(engine)
@@ -149,11 +155,11 @@ class Store:
         one, and only this process writes the database."""
         return self.db.is_sqlite
 
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def run(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         """Call a blocking store method from async code (inline on SQLite, in a thread otherwise)."""
         return await self.db.run(fn, *args, **kwargs)
 
-    async def run_background(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def run_background(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         """Like `run`, but always in a thread: for long background work (billing) that must not hold up
         requests. SQLite serialises its writers with BEGIN IMMEDIATE and a busy timeout."""
         return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))

@@ -6,18 +6,25 @@ and then finds them: one job per key, whatever the timing."""
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.sql.dml import Insert
 
 from ember.core.errors import StoreError
-from ember.store.db import Prepared, RawAccess, Repository, insert_unless_present
+from ember.store.db import Prepared, PreparedRows, RawAccess, Repository, insert_unless_present
 from ember.store.jobs import JobStore, NewJob
 from ember.store.schema import idempotency_keys
 
 K = idempotency_keys.c
 
 
-def _claim_statement(dialect: str) -> object:
+class _KeyedJob(TypedDict):
+    job_id: str
+
+
+def _claim_statement(dialect: str) -> Insert:
     """Insert the key for a job; a row of the same key older than :p_cutoff is taken over, a newer one
     is left alone (no row changes: the key is another submit's)."""
     stmt = insert_unless_present(dialect, idempotency_keys).values(
@@ -39,13 +46,14 @@ class IdempotencyStore(Repository):
         super().__init__(engine, raw)
         self.jobs = jobs
         self._claim = Prepared(engine, _claim_statement(engine.dialect.name))
-        self._find = Prepared(
+        self._find = PreparedRows(
             engine,
             select(K.job_id).where(
                 K.account_id == bindparam("p_account"),
                 K.endpoint_id == bindparam("p_endpoint"),
                 K.key == bindparam("p_key"),
             ),
+            _KeyedJob,
         )
 
     def submit_once(self, job: NewJob, key: str, now: float, window_s: float) -> str | None:
@@ -65,7 +73,7 @@ class IdempotencyStore(Repository):
                 row = self._find.first(cur, p_account=job.account_id, p_endpoint=job.endpoint_id, p_key=key)
                 if row is None:  # cannot happen: a conflict is a row
                     raise StoreError(f"idempotency key {key!r} is taken and cannot be read")
-                return str(row["job_id"])
+                return row["job_id"]
             self.jobs.submit(job, now, cur=cur)
         return None
 

@@ -20,10 +20,9 @@ import hashlib
 import logging
 import os
 import threading
-from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 log = logging.getLogger("ember.leases")
@@ -41,7 +40,7 @@ class Lease:
         self.engine = engine
         self.name = name
         self._lock = threading.Lock()
-        self._conn: Any = None  # PostgreSQL: the connection that holds the advisory lock
+        self._conn: Connection | None = None  # PostgreSQL: the connection that holds the advisory lock
         self._fd: int | None = None  # SQLite: the locked file
         database = engine.url.database
         self._path = f"{database}.lease-{name}" if database and database != ":memory:" else None

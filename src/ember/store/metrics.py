@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
-from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.engine import Connection
 
 from ember.core.workers import TERMINAL
 from ember.store.db import Repository
+from ember.store.rows import LiveEndpoint
 from ember.store.schema import endpoints, ledger, workers
 
 E = endpoints.c
@@ -44,9 +45,10 @@ class UsageRead:
 
 
 class MetricsQueries(Repository):
-    def endpoints(self) -> Sequence[RowMapping]:
+    def endpoints(self) -> Sequence[LiveEndpoint]:
         """Live endpoints: id, name, account_id, desired_workers."""
-        return self._all(select(E.id, E.name, E.account_id, E.desired_workers).where(E.deleted_at.is_(None)))
+        live = select(E.id, E.name, E.account_id, E.desired_workers).where(E.deleted_at.is_(None))
+        return self._rows(LiveEndpoint, live)
 
     def workers(self) -> dict[tuple[str, str, str], int]:
         """(endpoint id, state, type) -> number of workers not yet STOPPED."""

@@ -10,10 +10,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, insert, or_, select, update
-from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 
 from ember.store.db import Repository
+from ember.store.rows import RegistryAuthRow, VolumeMeterCandidate
 from ember.store.schema import accounts, ledger, meter_cursors, registry_auths, volumes
 
 A = accounts.c
@@ -88,14 +88,15 @@ class ResourceStore(Repository):
             return False
         return True
 
-    def registry_auths(self, account_id: str) -> list[RowMapping]:
+    def registry_auths(self, account_id: str) -> list[RegistryAuthRow]:
         """The account's registry auths, by name."""
         q = select(registry_auths).where(R.account_id == account_id).order_by(R.name)
-        return list(self._all(q))
+        return self._rows(RegistryAuthRow, q)
 
-    def registry_auth(self, auth_id: str, account_id: str) -> RowMapping | None:
+    def registry_auth(self, auth_id: str, account_id: str) -> RegistryAuthRow | None:
         """One registry auth of the account (None for another account's: ids never leak)."""
-        return self._one(select(registry_auths).where(R.id == auth_id, R.account_id == account_id))
+        q = select(registry_auths).where(R.id == auth_id, R.account_id == account_id)
+        return self._first(RegistryAuthRow, q)
 
     def delete_registry_auth(self, auth_id: str, account_id: str) -> bool:
         """Remove it; False when the account has no such auth."""
@@ -104,7 +105,7 @@ class ResourceStore(Repository):
             return bool(res.rowcount)
 
     # ---- volume meter ----------------------------------------------------------------------------
-    def volume_meter_candidates(self) -> list[tuple[RowMapping, float | None, int]]:
+    def volume_meter_candidates(self) -> list[tuple[VolumeMeterCandidate, float | None, int]]:
         """Volumes with provisioned time not yet billed: live ones, and deleted ones billed short of
         their deletion. Each with its cursor (None: never billed) and carried remainder."""
         q = (
@@ -112,8 +113,7 @@ class ResourceStore(Repository):
             .select_from(volumes.outerjoin(meter_cursors, M.worker_id == V.id))
             .where(or_(V.deleted_at.is_(None), M.metered_until.is_(None), M.metered_until < V.deleted_at))
         )
-        with self.reader.connect() as conn:
-            rows = conn.execute(q).mappings().all()
+        rows = self._rows(VolumeMeterCandidate, q)
         return [(r, r["metered_until"], int(r["carry_ms"] or 0)) for r in rows]
 
     def save_volume_meter(

@@ -3,8 +3,6 @@ micro-dollars (`*_micros`); JSON payloads are stored as text exactly as they wil
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -19,6 +17,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.sql.elements import ColumnElement
 
 metadata = MetaData()
 
@@ -175,7 +174,7 @@ jobs = Table(
 )
 
 
-def _partial(name: str, *columns: Any, where: Any) -> Index:
+def _partial(name: str, *columns: Column[object], where: ColumnElement[bool]) -> Index:
     return Index(name, *columns, sqlite_where=where, postgresql_where=where)
 
 

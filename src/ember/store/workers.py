@@ -4,13 +4,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TypedDict
 
 from sqlalchemy import bindparam, func, insert, or_, select, update
-from sqlalchemy.engine import Connection, Engine, RowMapping
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql.dml import Insert, Update
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.expression import ReturnsRows
+from sqlalchemy.sql.selectable import ScalarSelect
 
 from ember.core.workers import TAKES_JOBS, WorkerState, sources
-from ember.store.db import Prepared, RawAccess, Repository, constant, insert_unless_present, transaction
+from ember.store.db import Cursor, Prepared, PreparedRows, RawAccess, Repository, constant, transaction
+from ember.store.rows import TakingWorker, WorkerEvent, WorkerOwner, WorkerPlace, WorkerRow
 from ember.store.schema import jobs, meter_cursors, worker_events, workers
 
 W = workers.c
@@ -19,7 +24,12 @@ W = workers.c
 SETTLED = "finished its jobs"
 
 
-def _settle_statement() -> Any:
+class _SettleFloor(TypedDict):
+    state_since: float
+    metered_until: float | None
+
+
+def _settle_statement() -> ReturnsRows:
     """RUNNING -> IDLE for worker :p_id at :p_now, only while it holds no IN_PROGRESS job."""
     held = (
         select(func.count())
@@ -40,7 +50,7 @@ def _settle_statement() -> Any:
     )
 
 
-def _event_statement() -> Any:
+def _event_statement() -> Insert:
     return insert(worker_events).values(
         worker_id=bindparam("p_worker"),
         endpoint_id=bindparam("p_endpoint"),
@@ -52,7 +62,7 @@ def _event_statement() -> Any:
     )
 
 
-def _run_statement() -> Any:
+def _run_statement() -> Update:
     """:p_from -> RUNNING for worker :p_id at :p_now (it took a job)."""
     return (
         update(workers)
@@ -71,7 +81,7 @@ TO_RUNNING = frozenset(s.value for s in sources(WorkerState.RUNNING))
 TAKING = frozenset(s.value for s in TAKES_JOBS)
 
 
-def takes_jobs(worker_id: Any) -> Any:
+def takes_jobs(worker_id: ColumnElement[str]) -> ScalarSelect[int]:
     """SQL for what `WorkerStore.taking` checks: 1 when worker `worker_id` may be handed new jobs (a state
     that takes jobs, not recycled), else 0. A statement about a job can ask it in passing (the result
     of a job and whether its worker may take the next are one statement)."""
@@ -89,24 +99,27 @@ class WorkerStore(Repository):
     def __init__(self, engine: Engine, raw: RawAccess | None = None) -> None:
         super().__init__(engine, raw)
         # Hot statements, compiled once and run on the raw connection (see `Prepared`).
-        self._get = Prepared(engine, select(workers).where(W.id == bindparam("p_id")))
+        self._get = PreparedRows(engine, select(workers).where(W.id == bindparam("p_id")), WorkerRow)
         self._current = select(W.state, W.endpoint_id, W.account_id).where(W.id == bindparam("p_id"))
-        self._current_raw = Prepared(engine, self._current)
+        self._current_raw = PreparedRows(engine, self._current, WorkerPlace)
         self._event = insert(worker_events)
         self._event_raw = Prepared(engine, _event_statement())
-        self._settle = Prepared(engine, _settle_statement())
+        self._settle = PreparedRows(engine, _settle_statement(), WorkerOwner)
         # Where a late settle may stamp its transition: not before the worker's last transition, nor
         # before what the meter has billed (the row stays locked to the transaction on PostgreSQL).
-        self._settle_floor = Prepared(
+        self._settle_floor = PreparedRows(
             engine,
             select(W.state_since, meter_cursors.c.metered_until)
             .select_from(workers.outerjoin(meter_cursors, meter_cursors.c.worker_id == W.id))
             .where(W.id == bindparam("p_id"))
             .with_for_update(of=workers),
+            _SettleFloor,
         )
         self._run = Prepared(engine, _run_statement())
-        self._taking = Prepared(
-            engine, select(W.state, W.recycle, W.endpoint_id, W.account_id).where(W.id == bindparam("p_id"))
+        self._taking = PreparedRows(
+            engine,
+            select(W.state, W.recycle, W.endpoint_id, W.account_id).where(W.id == bindparam("p_id")),
+            TakingWorker,
         )
         self._seen = Prepared(
             engine, update(workers).where(W.id == bindparam("p_id")).values(last_seen_at=bindparam("p_now"))
@@ -171,7 +184,7 @@ class WorkerStore(Repository):
         reason: str = "",
         only_from: Sequence[WorkerState] | None = None,
         conn: Connection | None = None,
-        **values: Any,
+        **values: object,
     ) -> str | None:
         """Move a worker to `to` if its current state allows it. Returns the previous state, or None
         when the transition was not legal (or the worker is unknown); nothing changes then."""
@@ -201,7 +214,7 @@ class WorkerStore(Repository):
             )
             return str(row.state)
 
-    def taking(self, worker_id: str, cur: Any = None) -> dict[str, Any] | None:
+    def taking(self, worker_id: str, cur: Cursor | None = None) -> TakingWorker | None:
         """The worker's state, endpoint and account when it may be handed new jobs now, else None
         (unknown, retiring, recycled)."""
         with self.raw.read() if cur is None else self.raw.write(cur) as tx:
@@ -211,7 +224,12 @@ class WorkerStore(Repository):
         return row
 
     def start_running(
-        self, worker_id: str, now: float, reason: str, cur: Any = None, current: Any = None
+        self,
+        worker_id: str,
+        now: float,
+        reason: str,
+        cur: Cursor | None = None,
+        current: WorkerPlace | None = None,
     ) -> bool:
         """IDLE (or another state that may take a job) -> RUNNING, with its event; False when the worker's
         state doesn't allow it (nothing changes then). `current`: its state, endpoint and account, when
@@ -226,7 +244,7 @@ class WorkerStore(Repository):
             self._log(tx, worker_id, row, row["state"], WorkerState.RUNNING, now, reason)
             return True
 
-    def settle_if_idle(self, worker_id: str, now: float, cur: Any = None) -> bool:
+    def settle_if_idle(self, worker_id: str, now: float, cur: Cursor | None = None) -> bool:
         """RUNNING -> IDLE when the worker holds no IN_PROGRESS job any more (one transaction)."""
         with self.raw.write(cur) as tx:
             row = self._settle.first(tx, p_id=worker_id, p_now=now)
@@ -248,7 +266,7 @@ class WorkerStore(Repository):
             return self.settle_if_idle(worker_id, at, cur=tx)
 
     def _log(
-        self, tx: Any, worker_id: str, row: Any, frm: str, to: WorkerState, now: float, reason: str
+        self, tx: Cursor, worker_id: str, row: WorkerOwner, frm: str, to: WorkerState, now: float, reason: str
     ) -> None:
         """The event row of a transition made on the raw connection (`row` has its endpoint and account)."""
         self._event_raw.execute(
@@ -262,7 +280,7 @@ class WorkerStore(Repository):
             p_reason=reason,
         )
 
-    def recycle(self, worker_id: str, cur: Any = None) -> None:
+    def recycle(self, worker_id: str, cur: Cursor | None = None) -> None:
         """Mark the worker for recycling (stopPod): it is handed no new job, and the lifecycle stops and
         replaces it once it holds none."""
         with self.raw.write(cur) as tx:
@@ -273,7 +291,7 @@ class WorkerStore(Repository):
         with self.raw.write() as tx:
             self._seen.execute(tx, p_id=worker_id, p_now=now)
 
-    def update(self, worker_id: str, **values: Any) -> None:
+    def update(self, worker_id: str, **values: object) -> None:
         with self.engine.begin() as conn:
             conn.execute(update(workers).where(W.id == worker_id).values(**values))
 
@@ -289,7 +307,7 @@ class WorkerStore(Repository):
             )
             return bool(res.rowcount)
 
-    def get(self, worker_id: str, account_id: str | None = None) -> dict[str, Any] | None:
+    def get(self, worker_id: str, account_id: str | None = None) -> WorkerRow | None:
         with self.raw.read() as cur:
             row = self._get.first(cur, p_id=worker_id)
         if row is None or (account_id is not None and row["account_id"] != account_id):
@@ -298,7 +316,7 @@ class WorkerStore(Repository):
 
     def list(
         self, *, endpoint_id: str | None = None, account_id: str | None = None, include_stopped: bool = False
-    ) -> Sequence[RowMapping]:
+    ) -> Sequence[WorkerRow]:
         q = select(workers)
         if endpoint_id is not None:
             q = q.where(W.endpoint_id == endpoint_id)
@@ -306,7 +324,7 @@ class WorkerStore(Repository):
             q = q.where(W.account_id == account_id)
         if not include_stopped:
             q = q.where(W.state != WorkerState.STOPPED.value)
-        return self._all(q.order_by(W.created_at))
+        return self._rows(WorkerRow, q.order_by(W.created_at))
 
     def count_live_by_account(self) -> dict[str, int]:
         with self.reader.connect() as conn:
@@ -317,85 +335,15 @@ class WorkerStore(Repository):
             ).all()
         return {r[0]: int(r[1]) for r in rows}
 
-    def meter_candidates(self) -> Sequence[tuple[RowMapping, float | None, int]]:
-        """Workers with time not yet billed: live ones, and stopped ones billed short of their stop."""
-        m = meter_cursors.c
-        q = (
-            select(workers, m.metered_until, m.carry_ms)
-            .select_from(workers.outerjoin(meter_cursors, m.worker_id == W.id))
-            .where(
-                or_(
-                    W.state != WorkerState.STOPPED.value,
-                    m.metered_until.is_(None),
-                    m.metered_until < W.state_since,
-                )
-            )
-        )
-        with self.reader.connect() as conn:
-            rows = conn.execute(q).mappings().all()
-        return [(r, r["metered_until"], int(r["carry_ms"] or 0)) for r in rows]
-
-    def save_meter(
-        self,
-        worker_id: str,
-        since: float | None,
-        until: float,
-        carry_ms: int,
-        charges: Sequence[Any],
-        now: float,
-        accounts: Any,
-        seen_event_id: int,
-    ) -> bool:
-        """Move the worker's cursor from `since` (None: it has none yet) to `until` and append the
-        charges for that span, in one transaction. Compare-and-set: when the cursor is no longer at
-        `since` (another meter, on another replica, billed the span first), or a transition stamped
-        inside the span was recorded after the meter read up to event `seen_event_id` (a late settle,
-        `settle_late`), nothing is written and this returns False, so a span is billed once however
-        many meters run, and from every transition in it."""
-        m = meter_cursors.c
-        ev = worker_events.c
-        with self.engine.begin() as conn:
-            # The worker's row is locked first, as `settle_late` does, so that the two take turns.
-            conn.execute(select(W.id).where(W.id == worker_id).with_for_update())
-            in_span = [ev.worker_id == worker_id, ev.id > seen_event_id, ev.at < until]
-            if since is not None:
-                in_span.append(ev.at >= since)
-            late = conn.execute(select(ev.id).where(*in_span).limit(1)).first()
-            if late is not None:
-                return False
-            if since is None:
-                # RETURNING says whether a row went in (a driver may give no rowcount for an INSERT).
-                moved = (
-                    conn.execute(
-                        insert_unless_present(conn.dialect.name, meter_cursors)
-                        .values(worker_id=worker_id, metered_until=until, carry_ms=carry_ms)
-                        .on_conflict_do_nothing(index_elements=[m.worker_id])
-                        .returning(m.worker_id)
-                    ).first()
-                    is not None
-                )
-            else:
-                moved = (
-                    conn.execute(
-                        update(meter_cursors)
-                        .where(m.worker_id == worker_id, m.metered_until == since)
-                        .values(metered_until=until, carry_ms=carry_ms)
-                    ).rowcount
-                    > 0
-                )
-            if not moved:
-                return False
-            accounts.record_charges(charges, now, conn=conn)
-            return True
-
-    def history(self, worker_id: str) -> Sequence[RowMapping]:
-        return self._all(
+    def history(self, worker_id: str) -> Sequence[WorkerEvent]:
+        return self._rows(
+            WorkerEvent,
             select(worker_events)
             .where(worker_events.c.worker_id == worker_id)
-            .order_by(worker_events.c.at, worker_events.c.id)
+            .order_by(worker_events.c.at, worker_events.c.id),
         )
 
-    def events_from(self, worker_id: str, since_at: float | None) -> Sequence[RowMapping]:
+    def events_from(self, worker_id: str, since_at: float | None) -> Sequence[WorkerEvent]:
         """The worker's transitions in order from the one in force at `since_at` (the last at or before
         it) on; its whole history when `since_at` is None. What billing from a cursor needs."""
         if since_at is None:
@@ -409,8 +357,9 @@ class WorkerStore(Repository):
             .subquery()
         )
         start = select(in_force.c.at).scalar_subquery()
-        return self._all(
+        return self._rows(
+            WorkerEvent,
             select(worker_events)
             .where(ev.worker_id == worker_id, ev.at >= func.coalesce(start, since_at))
-            .order_by(ev.at, ev.id)
+            .order_by(ev.at, ev.id),
         )

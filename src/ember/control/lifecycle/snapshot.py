@@ -1,0 +1,83 @@
+"""What one lifecycle tick looks at: the store's endpoints, workers, held jobs, queue counts and
+accounts, and what the backends observe running. Read only, but for one count it publishes: each
+endpoint's non-stopped workers (`Signals.live_workers`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from ember.backends.base import Backend, Observed
+from ember.control.signals import Signals
+from ember.core.errors import EmberError
+from ember.core.specs import EndpointSpec, spec_from_json
+from ember.store.facade import Store
+from ember.store.rows import AccountRow, EndpointRow, WorkerRow
+from ember.store.sweeps import QueueStats
+
+log = logging.getLogger("ember.lifecycle")
+
+
+@dataclass
+class Snapshot:
+    now: float
+    endpoints: Sequence[EndpointRow]
+    specs: dict[str, EndpointSpec]
+    workers: Sequence[WorkerRow]
+    held: dict[str, dict[str, float]]  # worker id -> {job id -> started_at} of its IN_PROGRESS jobs
+    stats: dict[str, QueueStats]  # endpoint id -> its queue's counts
+    accounts: dict[str, AccountRow]
+    observed: dict[str, Observed] = field(default_factory=dict)
+    # Workers with a launch or stop in flight when the snapshot began: what `observed` says of them may
+    # predate that operation's end, so health checks must not judge them from this snapshot.
+    ops_in_flight: frozenset[str] = frozenset()
+
+
+async def take(
+    store: Store,
+    backends: Mapping[str, Backend],
+    signals: Signals,
+    now: float,
+    ops_in_flight: frozenset[str],
+    keep: Snapshot | None = None,
+) -> Snapshot:
+    """The store's endpoints and workers, and what the backends observe. With `keep`, only the
+    endpoints and workers are read again (what placement and the warm sweep look at) and the rest is
+    `keep`'s: a cold start's placement follows its scaling without a second full look (jobs,
+    accounts, the backends)."""
+    s = store
+    endpoints = list(await s.run(s.endpoints.list))
+    workers = list(await s.run(lambda: s.workers.list()))
+    signals.live_workers = _count_by_endpoint(workers)
+    specs = {e["id"]: spec_from_json(e["spec"]) for e in endpoints}
+    if keep is not None:
+        return replace(keep, now=now, endpoints=endpoints, specs=specs, workers=workers)
+    snap = Snapshot(
+        now=now,
+        endpoints=endpoints,
+        specs=specs,
+        workers=workers,
+        held=await s.run(s.sweeps.held_by_worker),
+        stats=await s.run(s.sweeps.queue_stats),
+        accounts={a["id"]: a for a in await s.run(s.accounts.all)},
+        ops_in_flight=ops_in_flight,
+    )
+    for name, backend in backends.items():
+        try:
+            for o in await backend.observe():
+                snap.observed[o.worker_id] = o
+        except EmberError as exc:
+            log.warning("observe_failed backend=%s error=%s", name, exc)
+            # Without an observation we must not conclude that its workers died.
+            for w in workers:
+                if w["backend"] == name:
+                    snap.observed.setdefault(w["id"], Observed(w["id"], w["endpoint_id"], w["release"], True))
+    return snap
+
+
+def _count_by_endpoint(workers: Sequence[WorkerRow]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for w in workers:
+        counts[w["endpoint_id"]] = counts.get(w["endpoint_id"], 0) + 1
+    return counts
