@@ -40,7 +40,7 @@ def _run(scenario: Callable[[], Awaitable[None]]) -> None:
 def test_a_queued_job_wakes_a_take_held_by_another_process() -> None:
     async def scenario() -> None:
         async with two_processes() as (here, there):
-            there.live_workers["ep-1"] = 1
+            there.presence.counted({"ep-1": 1})
             waiting = asyncio.ensure_future(there.dispatch.handed_job("ep-1", "wk-1", 30.0))
             await asyncio.sleep(0.05)
             here.jobs_submitted("ep-1")
@@ -87,7 +87,7 @@ def test_a_retired_worker_takes_nothing_on_any_process() -> None:
 def test_a_process_does_not_act_on_its_own_events_twice() -> None:
     async def scenario() -> None:
         async with two_processes() as (here, _there):
-            here.live_workers["ep-1"] = 1
+            here.presence.counted({"ep-1": 1})
             here.jobs_submitted("ep-1")
             await asyncio.sleep(0.5)  # its own notification came back and was skipped
             assert here.dispatch.queued["ep-1"] == 1

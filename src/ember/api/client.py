@@ -4,7 +4,6 @@ run, runsync and status are on the fast path (`api.fastpath`)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
@@ -14,7 +13,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ember.api import bodies as B
-from ember.api.deps import EndpointInfo, Runtime, caller, hold_clock, query_param, read_json, runtime
+from ember.api.deps import EndpointInfo, Runtime, caller, query_param, read_json, runtime
 from ember.api.errors import json_response
 from ember.api.fastpath import FastRoutes
 from ember.core import jobs as J
@@ -24,7 +23,7 @@ from ember.core.ids import job_token, make_id
 from ember.core.jobs import JobState
 from ember.core.outbound import webhook_problems
 from ember.core.wire import record
-from ember.store.jobs import Claimed, NewJob
+from ember.store.jobs import NewJob
 
 router = APIRouter(prefix="/v2/{endpoint_id}", tags=["jobs"])
 
@@ -126,36 +125,6 @@ async def _submit(request: Request, limit_bytes: int, sync: bool) -> tuple[Runti
     return rt, job
 
 
-async def _enqueue(rt: Runtime, job: NewJob) -> None:
-    """Write the job (on disk when this returns): straight to a job-take waiting on its endpoint when
-    there is one, else into the queue."""
-    now = rt.clock.now()
-    dispatch = rt.signals.dispatch
-    taker = dispatch.next_taker(job.endpoint_id)
-    store = rt.store
-    if taker is not None and store.inline and store.workers.taking(taker.worker_id) is not None:
-        # Hand the job over first and commit it while the worker runs it: the take's answer leaves in
-        # the loop's next turn, this commit right after it, before anything else the loop does (no
-        # store call can come between: they run on this loop). A crash in between loses a job no one
-        # was told of; the worker's result for it is then refused as unknown.
-        taker.future.set_result(Claimed(job.id, job.input_json, job.extra_json))
-        await asyncio.sleep(0)
-        store.hand_over(job, taker.worker_id, now, delivered=True)
-        return
-    if taker is not None:
-        try:
-            handed = await rt.store.run(rt.store.hand_over, job, taker.worker_id, now)
-        except BaseException:
-            taker.future.set_result(None)
-            raise
-        taker.future.set_result(Claimed(job.id, job.input_json, job.extra_json) if handed else None)
-        if handed:
-            return
-    else:
-        await rt.store.run(rt.store.jobs.submit, job, now)
-    rt.signals.jobs_submitted(job.endpoint_id)
-
-
 IDEMPOTENCY_HEADER = "idempotency-key"
 
 
@@ -200,7 +169,7 @@ async def run(request: Request) -> Response:
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is not None:
         return await _enqueue_once(rt, job, key)
-    await _enqueue(rt, job)
+    await rt.handoff.submit(job)
     return json_response({"id": job.id, "status": JobState.IN_QUEUE.value})
 
 
@@ -221,26 +190,14 @@ async def runsync(request: Request) -> Response:
             )
         wait_ms = min(max(int(wait), J.RUNSYNC_WAIT_MIN_MS), J.RUNSYNC_WAIT_MAX_MS)
     rt, job = await _submit(request, J.RUNSYNC_BODY_LIMIT_BYTES, sync=True)
-    dispatch = rt.signals.dispatch
-    result = dispatch.expect_result(job.id)  # before the job exists, so its finish can't be missed
-    try:
-        await _enqueue(rt, job)
-        deadline = hold_clock() + wait_ms / 1000.0
-        while True:
-            final = await dispatch.result_within(result, max(0.0, min(deadline - hold_clock(), 1.0)))
-            if final is not None:
-                return Response(final, media_type="application/json")
-            # Woken without the record (or a slice passed): the store says how the job stands.
-            result = dispatch.expect_result(job.id)
-            row = await rt.store.run(rt.store.jobs.get, job.id)
-            if row is None:
-                raise NotFound(f"job {job.id!r} expired")
-            if row["state"] in _FINAL:
-                return json_response(record(row))
-            if hold_clock() >= deadline:
-                return json_response({"id": job.id, "status": row["state"]})
-    finally:
-        dispatch.forget_result(job.id)
+    got = await rt.handoff.run_sync(job, wait_ms / 1000.0)
+    if isinstance(got, str):
+        return Response(got, media_type="application/json")
+    if got is None:
+        raise NotFound(f"job {job.id!r} expired")
+    if got["state"] in _FINAL:
+        return json_response(record(got))
+    return json_response({"id": job.id, "status": got["state"]})
 
 
 _FINAL = {s.value for s in J.TERMINAL}

@@ -19,6 +19,7 @@ from starlette.requests import ClientDisconnect
 from ember.api.services import Services
 from ember.backends.base import Backend
 from ember.control.clock import Clock
+from ember.control.handoff import HandOff
 from ember.control.signals import Signals
 from ember.core import jobs as J
 from ember.core import json_body
@@ -129,6 +130,10 @@ class Runtime:
     _keys: dict[str, tuple[float, KeyInfo | None]] = field(default_factory=dict)
     _endpoints: dict[tuple[str, str], tuple[float, EndpointInfo | None]] = field(default_factory=dict)
     _sessions: dict[str, tuple[float, KeyInfo | None]] = field(default_factory=dict)
+    handoff: HandOff = field(init=False)  # the job path's hand-off (`control.handoff`)
+
+    def __post_init__(self) -> None:
+        self.handoff = HandOff(self.store, self.signals, self.clock, self.limits)
 
     def backend_for(self, name: str) -> Backend:
         try:

@@ -4,8 +4,8 @@ job-done (raw body, any content type), job-stream, ping, job-stop (long poll). W
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
-from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -18,18 +18,18 @@ from ember.core import jobs as J
 from ember.core import json_body
 from ember.core.errors import Conflict, InvalidInput, NotFound
 from ember.core.wire import record_text, worker_job
-from ember.core.workers import TAKES_JOBS, WorkerState
+from ember.core.workers import WorkerState
 from ember.store.jobs import Claimed
+from ember.store.rows import WorkerRow
 
 router = APIRouter(prefix="/v2/{endpoint_id}", tags=["worker protocol"])
 fast = FastRoutes("/v2/{endpoint_id}", "worker protocol")
 
 NO_CONTENT = Response(status_code=204)
-_TAKING = {s.value for s in TAKES_JOBS}
 RESULT_LIMIT_BYTES = 64 * 1024 * 1024
 
 
-async def _mark_seen(rt: Runtime, worker: Any, now: float, *, ready: bool = True) -> Any:
+async def _mark_seen(rt: Runtime, worker: WorkerRow, now: float, *, ready: bool = True) -> WorkerRow:
     """Refresh last_seen_at (at most once a second). With `ready`, first contact also makes an
     INITIALIZING worker IDLE (a take that gets a job at once makes it RUNNING instead)."""
     if ready and worker["state"] == WorkerState.INITIALIZING.value:
@@ -43,7 +43,8 @@ async def _mark_seen(rt: Runtime, worker: Any, now: float, *, ready: bool = True
             idle_since=now,
         )
         rt.signals.reconcile.set()
-        return await rt.store.run(rt.store.workers.get, worker["id"])
+        fresh = await rt.store.run(rt.store.workers.get, worker["id"])
+        return fresh if fresh is not None else worker
     if worker["last_seen_at"] is None or now - worker["last_seen_at"] >= 1.0:
         await rt.store.run(rt.store.workers.seen, worker["id"], now)
     return worker
@@ -56,7 +57,7 @@ async def _heard_from(rt: Runtime, worker_id: str, now: float) -> None:
         await rt.store.run(rt.store.workers.seen, worker_id, now)
 
 
-async def _worker(request: Request, endpoint_id: str, worker_id: str) -> tuple[Runtime, Any]:
+async def _worker(request: Request, endpoint_id: str, worker_id: str) -> tuple[Runtime, WorkerRow]:
     rt = runtime(request)
     worker_caller(request, endpoint_id, worker_id)
     worker = await rt.store.run(rt.store.workers.get, worker_id)
@@ -81,58 +82,27 @@ async def _take(request: Request, limit: int, as_list: bool) -> Response:
     endpoint_id, worker_id = request.path_params["endpoint_id"], request.path_params["worker_id"]
     rt, worker = await _worker(request, endpoint_id, worker_id)
     worker = await _mark_seen(rt, worker, rt.clock.now(), ready=False)
-    dispatch = rt.signals.dispatch
-    deadline = hold_clock() + rt.limits.take_hold_s
-    first = True
-    gone: asyncio.Future[None] | None = None
-    try:
-        while True:
-            if worker["state"] not in _TAKING or worker["recycle"]:
-                # Outdated, stopping or recycled workers take no new job: hold, then say "nothing".
-                await rt.signals.stops.wait("retire:" + worker_id, max(0.0, deadline - hold_clock()))
-                return NO_CONTENT
-            now = rt.clock.now()
-            queued_before = dispatch.queued.get(endpoint_id, 0)
-            was_running = worker["state"] == WorkerState.RUNNING.value
-            claimed = await rt.store.run(
-                rt.store.take, endpoint_id, worker_id, limit, now, mark_running=not was_running
-            )
-            if claimed:
-                return Response(_jobs_body(claimed, as_list), media_type="application/json")
-            if first:
-                first = False
-                if worker["state"] == WorkerState.INITIALIZING.value:
-                    worker = await _mark_seen(rt, worker, now)
-                in_progress = query_param(request, "job_in_progress") == "1"
-                if was_running and not in_progress:
-                    held = await rt.store.run(rt.store.jobs.held_by, worker_id)
-                    if not held:
-                        await rt.store.run(
-                            rt.store.workers.transition,
-                            worker_id,
-                            WorkerState.IDLE,
-                            now,
-                            "no job",
-                            idle_since=now,
-                        )
-            remaining = deadline - hold_clock()
-            if remaining <= 0:
-                return NO_CONTENT
-            if dispatch.queued.get(endpoint_id, 0) != queued_before:
-                continue  # a job was queued while this take looked: look again
-            if gone is None:
-                gone = asyncio.ensure_future(_client_gone(request))
-            handed: Claimed | None = await dispatch.handed_job(
-                endpoint_id, worker_id, min(remaining, 5.0), gone
-            )
-            if handed is not None:
-                return Response(_jobs_body([handed], as_list), media_type="application/json")
-            if gone.done():
-                return NO_CONTENT
-            worker = await rt.store.run(rt.store.workers.get, worker_id) or worker
-    finally:
-        if gone is not None:
-            gone.cancel()
+    in_progress = query_param(request, "job_in_progress") == "1"
+
+    async def first_empty(worker: WorkerRow, now: float) -> WorkerRow:
+        # Nothing was queued: the worker is ready (first contact), and idle unless it holds jobs.
+        was_running = worker["state"] == WorkerState.RUNNING.value
+        if worker["state"] == WorkerState.INITIALIZING.value:
+            worker = await _mark_seen(rt, worker, now)
+        if was_running and not in_progress:
+            held = await rt.store.run(rt.store.jobs.held_by, worker_id)
+            if not held:
+                await rt.store.run(
+                    rt.store.workers.transition, worker_id, WorkerState.IDLE, now, "no job", idle_since=now
+                )
+        return worker
+
+    claimed = await rt.handoff.take(
+        endpoint_id, worker, limit, functools.partial(_client_gone, request), first_empty
+    )
+    if not claimed:
+        return NO_CONTENT
+    return Response(_jobs_body(claimed, as_list), media_type="application/json")
 
 
 def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -241,51 +211,12 @@ async def job_done(request: Request) -> Response:
         rt.signals.reconcile.set()
     next_jobs = report.next_jobs
     if report.may_take and not next_jobs:
-        next_jobs = await _hold_for_jobs(request, rt, endpoint_id, worker_id, take, finished_at=now)
+        gone = functools.partial(_client_gone, request)
+        next_jobs = await rt.handoff.hold_for_jobs(endpoint_id, worker_id, take, now, gone)
     if next_jobs:
         jobs = _jobs_body(next_jobs, as_list=True)
         return Response('{"status":"ok","jobs":' + jobs + "}", media_type="application/json")
     return json_response({"status": "ok" if report.outcome == "done" else "ignored"})
-
-
-async def _hold_for_jobs(
-    request: Request, rt: Runtime, endpoint_id: str, worker_id: str, limit: int, finished_at: float
-) -> Sequence[Claimed]:
-    """A job-done that asked for its next jobs (take=N) and found none queued is held like a job-take:
-    the next job submitted may be handed to it. Ends empty when the hold ends, the client hangs up or
-    the worker may no longer take jobs. The worker was left RUNNING (`Store.report`): a job handed to
-    it within `Limits.settle_grace_s` keeps it so; otherwise it is settled IDLE as of `finished_at`."""
-    dispatch = rt.signals.dispatch
-    deadline = hold_clock() + rt.limits.take_hold_s
-    gone: asyncio.Future[None] | None = None  # watched once the grace has passed
-    unsettled = True  # RUNNING with no job
-    try:
-        while (remaining := deadline - hold_clock()) > 0 and not (gone is not None and gone.done()):
-            queued_before = dispatch.queued.get(endpoint_id, 0)
-            wait_s = min(remaining, rt.limits.settle_grace_s if unsettled else 5.0)
-            handed: Claimed | None = await dispatch.handed_job(endpoint_id, worker_id, wait_s, gone)
-            if handed is not None:
-                unsettled = False
-                return [handed]
-            if unsettled:
-                unsettled = False
-                await rt.store.run(rt.store.workers.settle_late, worker_id, finished_at)
-            if gone is None:
-                gone = asyncio.ensure_future(_client_gone(request))
-            if gone.done() or not await rt.store.run(rt.store.workers.taking, worker_id):
-                return []
-            if dispatch.queued.get(endpoint_id, 0) != queued_before:
-                claimed = await rt.store.run(
-                    rt.store.take, endpoint_id, worker_id, limit, rt.clock.now(), mark_running=True
-                )
-                if claimed:
-                    return claimed
-        return []
-    finally:
-        if gone is not None:
-            gone.cancel()
-        if unsettled:
-            await rt.store.run(rt.store.workers.settle_late, worker_id, finished_at)
 
 
 @router.post(
@@ -318,14 +249,13 @@ async def ping(endpoint_id: str, worker_id: str, request: Request) -> Response:
     q = request.query_params
     if q.get("status") == "unhealthy":
         # The worker exits right after this report; the lifecycle loop records the failure with this reason.
-        rt.signals.fitness[worker_id] = (
-            f"failed its start-up check {q.get('check', '?')}: {q.get('reason', '')}"[:500]
-        )
+        reason = f"failed its start-up check {q.get('check', '?')}: {q.get('reason', '')}"
+        rt.signals.presence.failed_check(worker_id, reason[:500])
         rt.signals.reconcile.set()
         return json_response({"status": "ok"})
     await _mark_seen(rt, worker, now)
     ids = frozenset(i for i in q.get("job_id", "").split(",") if i)
-    rt.signals.pings[worker_id] = (now, ids)
+    rt.signals.presence.pinged(worker_id, now, ids)
     if ids:
         flagged: int = await rt.store.run(rt.store.jobs.stop_again, worker_id, sorted(ids))
         if flagged:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from ember.control.dispatch import Dispatcher
 from ember.control.metrics import Instruments
+from ember.control.presence import Presence
 
 
 class _Waiters:
@@ -51,13 +52,7 @@ class Signals:
         self.webhooks = asyncio.Event()  # a webhook became due
         self.reconcile = asyncio.Event()  # the lifecycle loop should act now
         self.builds = asyncio.Event()  # a release waits to be built
-        # Latest ping per worker: (at, job ids the worker says it holds).
-        self.pings: dict[str, tuple[float, frozenset[str]]] = {}
-        # Non-stopped workers per endpoint, as the lifecycle loop last counted them (a job for an endpoint
-        # with none wakes the loop at once; otherwise its next tick handles the backlog).
-        self.live_workers: dict[str, int] = {}
-        # Fitness-check failures reported by workers (ping with status=unhealthy), by worker id.
-        self.fitness: dict[str, str] = {}
+        self.presence = Presence()  # workers' pings and failed checks, live workers per endpoint
         # Counters and histograms of this process (jobs finished, model downloads), served at /metrics.
         self.metrics = Instruments()
         # Sends an event (kind, id) to the other processes on the database (`control.broadcast`); None
@@ -75,7 +70,7 @@ class Signals:
         """A client queued a job: wake the takes waiting on its endpoint, and the scaler when the
         endpoint has no worker (the first job on an endpoint at zero starts one at once)."""
         self.jobs_queued(endpoint_id, tell_others=tell_others)
-        if not self.live_workers.get(endpoint_id):
+        if not self.presence.has_live(endpoint_id):
             self.poke_scaler()
 
     def job_finished(

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import TypedDict
 
+from ember.core.workers import Ping
+
 
 class JobState(StrEnum):
     IN_QUEUE = "IN_QUEUE"
@@ -115,7 +117,7 @@ def is_progress_update(body: Mapping[str, object]) -> bool:
 
 def dropped_jobs(
     held: Mapping[str, float],
-    ping: tuple[float, frozenset[str]] | None,
+    ping: Ping | None,
     missing_since: Mapping[str, float],
     grace_s: float,
 ) -> tuple[list[str], dict[str, float]]:

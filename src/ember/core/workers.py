@@ -7,6 +7,7 @@ transition the table forbids changes no row; `can_transition` answers the same q
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class WorkerState(StrEnum):
@@ -88,3 +89,10 @@ def is_lost(
     if now - last_seen_at > ping_timeout_s:
         return f"no ping for {int(now - last_seen_at)} s"
     return None
+
+
+class Ping(NamedTuple):
+    """A worker's latest heartbeat: when it came, and the ids of the jobs the worker said it holds."""
+
+    at: float
+    held: frozenset[str]

@@ -10,7 +10,7 @@ import logging
 from ember.control.lifecycle.ops import WorkerOps, ids
 from ember.control.lifecycle.snapshot import Snapshot
 from ember.core.jobs import dropped_jobs
-from ember.core.workers import LIVE, WorkerState, is_lost
+from ember.core.workers import LIVE, Ping, WorkerState, is_lost
 from ember.store.rows import WorkerRow
 
 log = logging.getLogger("ember.lifecycle")
@@ -50,12 +50,11 @@ class Health:
                 detail = (
                     f"exited unexpectedly (exit code {code})" if obs is not None else "is no longer running"
                 )
-                fitness = ops.signals.fitness.pop(wid, None)
+                fitness = ops.signals.presence.take_failed_check(wid)
                 await ops.fail(w, f"worker {wid} {fitness or detail}", snap.now)
                 continue
-            ping = ops.signals.pings.get(wid)
-            if ping is not None and ping[0] < (w["launched_at"] or 0.0):
-                ping = None  # from this worker id's previous run: it was restarted since
+            # A ping from before its launch is from this worker id's previous run: it was restarted since.
+            ping = ops.signals.presence.last_ping(wid, since=w["launched_at"] or 0.0)
             why = self._lost(w, ping, snap.now)
             if why:
                 await ops.fail(w, f"worker {wid} {why}", snap.now, kill=True)
@@ -88,11 +87,11 @@ class Health:
                         log.info("orphan_stop worker=%s backend=%s", wid, name, extra={"worker_id": wid})
                         ops.spawn(wid, backend.stop(wid, self.cfg.stop_grace_s))
 
-    def _lost(self, w: WorkerRow, ping: tuple[float, frozenset[str]] | None, now: float) -> str | None:
+    def _lost(self, w: WorkerRow, ping: Ping | None, now: float) -> str | None:
         """Why the running worker counts as lost (silent too long, or never ready), or None."""
         last_seen = w["last_seen_at"]
-        if ping is not None and (last_seen is None or ping[0] > last_seen):
-            last_seen = ping[0]
+        if ping is not None and (last_seen is None or ping.at > last_seen):
+            last_seen = ping.at
         if last_seen is not None and self.started_at is not None:
             last_seen = max(last_seen, self.started_at)
         return is_lost(
@@ -104,14 +103,14 @@ class Health:
             state=_S(w["state"]),
         )
 
-    async def _check_stuck(self, w: WorkerRow, ping: tuple[float, frozenset[str]] | None, now: float) -> None:
+    async def _check_stuck(self, w: WorkerRow, ping: Ping | None, now: float) -> None:
         """A worker still holding a job that was cancelled or timed out (a sync handler ignoring job-stop)
         is stopped after a grace period, so the platform enforces the execution timeout."""
-        if ping is None or not ping[1]:
+        if ping is None or not ping.held:
             self._stuck_since.pop(w["id"], None)
             return
         finals = 0
-        for job_id in ping[1]:
+        for job_id in ping.held:
             row = await self.store.run(self.store.jobs.get, job_id)
             if row is not None and row["worker_id"] == w["id"] and row["state"] in ("CANCELLED", "TIMED_OUT"):
                 finals += 1
@@ -124,9 +123,7 @@ class Health:
             log.info("stuck_worker_stop worker=%s", w["id"], extra=ids(w))
             await self.ops.stop(w, "stopped: it kept running a job that was cancelled or timed out")
 
-    async def _check_dropped(
-        self, w: WorkerRow, ping: tuple[float, frozenset[str]] | None, snap: Snapshot
-    ) -> None:
+    async def _check_dropped(self, w: WorkerRow, ping: Ping | None, snap: Snapshot) -> None:
         """Jobs recorded as held by a live worker that its pings keep leaving out were never received
         (say, a job handed over in an answer a crash cut off): re-queued, or failed after their re-queue."""
         ops = self.ops

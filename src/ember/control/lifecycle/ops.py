@@ -158,7 +158,7 @@ class WorkerOps:
             )
         await self.release_jobs(w["id"], f"worker {w['id']} stopped ({reason})", now)
         await s.run(s.accounts.drop_worker_keys, w["id"])
-        self.signals.pings.pop(w["id"], None)
+        self.signals.presence.forget(w["id"])
         self.missing_since.pop(w["id"], None)
         self.signals.reconcile.set()
 

@@ -1,6 +1,6 @@
 """What one lifecycle tick looks at: the store's endpoints, workers, held jobs, queue counts and
 accounts, and what the backends observe running. Read only, but for one count it publishes: each
-endpoint's non-stopped workers (`Signals.live_workers`)."""
+endpoint's non-stopped workers (`Presence.counted`)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ async def take(
     s = store
     endpoints = list(await s.run(s.endpoints.list))
     workers = list(await s.run(lambda: s.workers.list()))
-    signals.live_workers = _count_by_endpoint(workers)
+    signals.presence.counted(_count_by_endpoint(workers))
     specs = {e["id"]: spec_from_json(e["spec"]) for e in endpoints}
     if keep is not None:
         return replace(keep, now=now, endpoints=endpoints, specs=specs, workers=workers)

@@ -1,0 +1,198 @@
+"""The job hand-off, end to end, as the job path's routes use it:
+
+- `submit`: a new job goes straight to a job-take waiting on its endpoint (recorded as taken by that
+  worker) or into the queue, waking the takes and the scaler;
+- `run_sync`: submit, then wait for the job's final record (handed over by whoever finished it);
+- `take`: a worker's job-take claims queued jobs, or is held until a submit hands it one;
+- `hold_for_jobs`: a job-done that asked for more and found none is held like a take.
+
+The waiting lines are the `Dispatcher`'s (in memory); the store stays the truth. The routes only read
+HTTP in and write HTTP out around these calls."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+from ember.control.clock import Clock
+from ember.control.signals import Signals
+from ember.core.jobs import TERMINAL
+from ember.core.workers import TAKES_JOBS, WorkerState
+from ember.store.facade import Store
+from ember.store.jobs import Claimed, NewJob
+from ember.store.rows import JobRow, WorkerRow
+
+_TAKING = frozenset(s.value for s in TAKES_JOBS)
+_FINAL = frozenset(s.value for s in TERMINAL)
+# A long wait is cut into slices this long: a waiter then looks in the store (a wake-up may be lost
+# when a process dies; the store never is).
+_SLICE_S = 5.0
+_RESULT_SLICE_S = 1.0
+
+Gone = Callable[[], Awaitable[None]]  # returns when the client hangs up
+# Called once when a take's first look found nothing, before it waits: the worker's row after it.
+FirstEmpty = Callable[[WorkerRow, float], Awaitable[WorkerRow]]
+
+
+class HoldLimits(Protocol):
+    @property
+    def take_hold_s(self) -> float: ...  # how long a job-take (or a job-done asking for more) is held
+
+    @property
+    def settle_grace_s(self) -> float: ...  # see `hold_for_jobs`
+
+
+def _hold_clock() -> float:
+    """Monotonic time for how long a request is held. Holding is a transport matter measured in real
+    time; what is recorded (job and worker times) comes from the injected clock."""
+    return asyncio.get_running_loop().time()
+
+
+class HandOff:
+    def __init__(self, store: Store, signals: Signals, clock: Clock, limits: HoldLimits) -> None:
+        self.store = store
+        self.signals = signals
+        self.dispatch = signals.dispatch
+        self.clock = clock
+        self.limits = limits
+
+    # ---- clients ---------------------------------------------------------------------------------
+    async def submit(self, job: NewJob) -> None:
+        """Write the job (on disk when this returns): straight to a job-take waiting on its endpoint
+        when there is one, else into the queue."""
+        now = self.clock.now()
+        store = self.store
+        taker = self.dispatch.next_taker(job.endpoint_id)
+        if taker is not None and store.inline and store.workers.taking(taker.worker_id) is not None:
+            # Hand the job over first and commit it while the worker runs it: the take's answer leaves
+            # in the loop's next turn, this commit right after it, before anything else the loop does
+            # (no store call can come between: they run on this loop). A crash in between loses a job
+            # no one was told of; the worker's result for it is then refused as unknown.
+            taker.future.set_result(Claimed(job.id, job.input_json, job.extra_json))
+            await asyncio.sleep(0)
+            store.hand_over(job, taker.worker_id, now, delivered=True)
+            return
+        if taker is not None:
+            try:
+                handed = await store.run(store.hand_over, job, taker.worker_id, now)
+            except BaseException:
+                taker.future.set_result(None)
+                raise
+            taker.future.set_result(Claimed(job.id, job.input_json, job.extra_json) if handed else None)
+            if handed:
+                return
+        else:
+            await store.run(store.jobs.submit, job, now)
+        self.signals.jobs_submitted(job.endpoint_id)
+
+    async def run_sync(self, job: NewJob, wait_s: float) -> str | JobRow | None:
+        """Submit `job` and wait up to `wait_s` for it to end: its final record as JSON text when it was
+        handed over, else its row as the store has it when the wait ends (final or not), or None when
+        the record is gone (expired)."""
+        dispatch = self.dispatch
+        result = dispatch.expect_result(job.id)  # before the job exists, so its finish can't be missed
+        try:
+            await self.submit(job)
+            deadline = _hold_clock() + wait_s
+            while True:
+                slice_s = max(0.0, min(deadline - _hold_clock(), _RESULT_SLICE_S))
+                final = await dispatch.result_within(result, slice_s)
+                if final is not None:
+                    return final
+                # Woken without the record (or a slice passed): the store says how the job stands.
+                result = dispatch.expect_result(job.id)
+                row = await self.store.run(self.store.jobs.get, job.id)
+                if row is None or row["state"] in _FINAL or _hold_clock() >= deadline:
+                    return row
+        finally:
+            dispatch.forget_result(job.id)
+
+    # ---- workers ---------------------------------------------------------------------------------
+    async def take(
+        self, endpoint_id: str, worker: WorkerRow, limit: int, gone: Gone, first_empty: FirstEmpty
+    ) -> Sequence[Claimed]:
+        """Up to `limit` jobs for the worker: queued ones, or the first submitted while the take is
+        held (`HoldLimits.take_hold_s`). Empty when none came, the client hung up, or the worker may
+        not take jobs (then the take is still held, until it is retired or the hold ends)."""
+        store, dispatch = self.store, self.dispatch
+        worker_id = worker["id"]
+        deadline = _hold_clock() + self.limits.take_hold_s
+        first = True
+        watching: asyncio.Future[None] | None = None
+        try:
+            while True:
+                if worker["state"] not in _TAKING or worker["recycle"]:
+                    # Outdated, stopping or recycled workers take no new job: hold, then say "nothing".
+                    await self.signals.stops.wait("retire:" + worker_id, max(0.0, deadline - _hold_clock()))
+                    return []
+                now = self.clock.now()
+                queued_before = dispatch.queued.get(endpoint_id, 0)
+                was_running = worker["state"] == WorkerState.RUNNING.value
+                claimed = await store.run(
+                    store.take, endpoint_id, worker_id, limit, now, mark_running=not was_running
+                )
+                if claimed:
+                    return claimed
+                if first:
+                    first = False
+                    worker = await first_empty(worker, now)
+                remaining = deadline - _hold_clock()
+                if remaining <= 0:
+                    return []
+                if dispatch.queued.get(endpoint_id, 0) != queued_before:
+                    continue  # a job was queued while this take looked: look again
+                if watching is None:
+                    watching = asyncio.ensure_future(gone())
+                handed = await dispatch.handed_job(endpoint_id, worker_id, min(remaining, _SLICE_S), watching)
+                if handed is not None:
+                    return [handed]
+                if watching.done():
+                    return []
+                fresh = await store.run(store.workers.get, worker_id)
+                worker = fresh if fresh is not None else worker
+        finally:
+            if watching is not None:
+                watching.cancel()
+
+    async def hold_for_jobs(
+        self, endpoint_id: str, worker_id: str, limit: int, finished_at: float, gone: Gone
+    ) -> Sequence[Claimed]:
+        """A job-done that asked for its next jobs (take=N) and found none queued is held like a
+        job-take: the next job submitted may be handed to it. Ends empty when the hold ends, the client
+        hangs up or the worker may no longer take jobs. The worker was left RUNNING (`Store.report`): a
+        job handed to it within `HoldLimits.settle_grace_s` keeps it so; otherwise it is settled IDLE as
+        of `finished_at`."""
+        store, dispatch = self.store, self.dispatch
+        deadline = _hold_clock() + self.limits.take_hold_s
+        watching: asyncio.Future[None] | None = None  # watched once the grace has passed
+        unsettled = True  # RUNNING with no job
+        try:
+            while (remaining := deadline - _hold_clock()) > 0 and not (
+                watching is not None and watching.done()
+            ):
+                queued_before = dispatch.queued.get(endpoint_id, 0)
+                wait_s = min(remaining, self.limits.settle_grace_s if unsettled else _SLICE_S)
+                handed = await dispatch.handed_job(endpoint_id, worker_id, wait_s, watching)
+                if handed is not None:
+                    unsettled = False
+                    return [handed]
+                if unsettled:
+                    unsettled = False
+                    await store.run(store.workers.settle_late, worker_id, finished_at)
+                if watching is None:
+                    watching = asyncio.ensure_future(gone())
+                if watching.done() or not await store.run(store.workers.taking, worker_id):
+                    return []
+                if dispatch.queued.get(endpoint_id, 0) != queued_before:
+                    claimed = await store.run(
+                        store.take, endpoint_id, worker_id, limit, self.clock.now(), mark_running=True
+                    )
+                    if claimed:
+                        return claimed
+            return []
+        finally:
+            if watching is not None:
+                watching.cancel()
+            if unsettled:
+                await store.run(store.workers.settle_late, worker_id, finished_at)
