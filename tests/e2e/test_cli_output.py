@@ -118,7 +118,8 @@ class Following:
         )
         self._queue: queue.Queue[str] = queue.Queue()
         self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         for line in self.proc.stdout or ():
@@ -140,6 +141,10 @@ class Following:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        self._reader.join(10)  # it ends at the pipe's end, once the process has gone
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def test_jobs_follow_prints_new_jobs_and_their_changes_until_ctrl_c(
