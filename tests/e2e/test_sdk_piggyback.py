@@ -41,8 +41,12 @@ class CountingProxy:
         while True:
             try:
                 client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
                 upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
             except OSError:
+                client.close()
                 return
             self._sockets += [client, upstream]
             threading.Thread(target=self._requests, args=(client, upstream), daemon=True).start()

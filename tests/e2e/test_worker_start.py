@@ -118,7 +118,9 @@ class Output:
         if self.proc.poll() is None:
             self.proc.terminate()
         self.proc.wait(10)
-        self.reader.join(10)
+        self.reader.join(10)  # it ends at the pipe's end, once the process has gone
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 @pytest.fixture
