@@ -331,11 +331,5 @@ async def read_json(request: Request, limit_bytes: int) -> Json:
     return json_body.parse(body)
 
 
-def hold_clock() -> float:
-    """Monotonic time for how long a request is held (long polls, runsync waits). Holding is a transport
-    matter measured in real time; what is recorded (job and worker times) comes from the injected clock."""
-    return asyncio.get_running_loop().time()
-
-
 def new_token(nbytes: int = 16) -> str:
     return secrets.token_hex(nbytes)

@@ -11,9 +11,10 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ember.api import bodies as B
-from ember.api.deps import Runtime, hold_clock, query_param, read_json, runtime, worker_caller
+from ember.api.deps import Runtime, query_param, read_json, runtime, worker_caller
 from ember.api.errors import json_response
 from ember.api.fastpath import FastRoutes
+from ember.control.handoff import hold_clock
 from ember.core import jobs as J
 from ember.core import json_body
 from ember.core.errors import Conflict, InvalidInput, NotFound

@@ -18,12 +18,12 @@ from typing import Protocol
 from ember.control.clock import Clock
 from ember.control.signals import Signals
 from ember.core.jobs import TERMINAL
-from ember.core.workers import TAKES_JOBS, WorkerState
+from ember.core.workers import WorkerState
 from ember.store.facade import Store
 from ember.store.jobs import Claimed, NewJob
 from ember.store.rows import JobRow, WorkerRow
+from ember.store.workers import TAKING
 
-_TAKING = frozenset(s.value for s in TAKES_JOBS)
 _FINAL = frozenset(s.value for s in TERMINAL)
 # A long wait is cut into slices this long: a waiter then looks in the store (a wake-up may be lost
 # when a process dies; the store never is).
@@ -43,7 +43,7 @@ class HoldLimits(Protocol):
     def settle_grace_s(self) -> float: ...  # see `hold_for_jobs`
 
 
-def _hold_clock() -> float:
+def hold_clock() -> float:
     """Monotonic time for how long a request is held. Holding is a transport matter measured in real
     time; what is recorded (job and worker times) comes from the injected clock."""
     return asyncio.get_running_loop().time()
@@ -94,16 +94,16 @@ class HandOff:
         result = dispatch.expect_result(job.id)  # before the job exists, so its finish can't be missed
         try:
             await self.submit(job)
-            deadline = _hold_clock() + wait_s
+            deadline = hold_clock() + wait_s
             while True:
-                slice_s = max(0.0, min(deadline - _hold_clock(), _RESULT_SLICE_S))
+                slice_s = max(0.0, min(deadline - hold_clock(), _RESULT_SLICE_S))
                 final = await dispatch.result_within(result, slice_s)
                 if final is not None:
                     return final
                 # Woken without the record (or a slice passed): the store says how the job stands.
                 result = dispatch.expect_result(job.id)
                 row = await self.store.run(self.store.jobs.get, job.id)
-                if row is None or row["state"] in _FINAL or _hold_clock() >= deadline:
+                if row is None or row["state"] in _FINAL or hold_clock() >= deadline:
                     return row
         finally:
             dispatch.forget_result(job.id)
@@ -117,14 +117,14 @@ class HandOff:
         not take jobs (then the take is still held, until it is retired or the hold ends)."""
         store, dispatch = self.store, self.dispatch
         worker_id = worker["id"]
-        deadline = _hold_clock() + self.limits.take_hold_s
+        deadline = hold_clock() + self.limits.take_hold_s
         first = True
         watching: asyncio.Future[None] | None = None
         try:
             while True:
-                if worker["state"] not in _TAKING or worker["recycle"]:
+                if worker["state"] not in TAKING or worker["recycle"]:
                     # Outdated, stopping or recycled workers take no new job: hold, then say "nothing".
-                    await self.signals.stops.wait("retire:" + worker_id, max(0.0, deadline - _hold_clock()))
+                    await self.signals.stops.wait("retire:" + worker_id, max(0.0, deadline - hold_clock()))
                     return []
                 now = self.clock.now()
                 queued_before = dispatch.queued.get(endpoint_id, 0)
@@ -137,7 +137,7 @@ class HandOff:
                 if first:
                     first = False
                     worker = await first_empty(worker, now)
-                remaining = deadline - _hold_clock()
+                remaining = deadline - hold_clock()
                 if remaining <= 0:
                     return []
                 if dispatch.queued.get(endpoint_id, 0) != queued_before:
@@ -164,11 +164,11 @@ class HandOff:
         job handed to it within `HoldLimits.settle_grace_s` keeps it so; otherwise it is settled IDLE as
         of `finished_at`."""
         store, dispatch = self.store, self.dispatch
-        deadline = _hold_clock() + self.limits.take_hold_s
+        deadline = hold_clock() + self.limits.take_hold_s
         watching: asyncio.Future[None] | None = None  # watched once the grace has passed
         unsettled = True  # RUNNING with no job
         try:
-            while (remaining := deadline - _hold_clock()) > 0 and not (
+            while (remaining := deadline - hold_clock()) > 0 and not (
                 watching is not None and watching.done()
             ):
                 queued_before = dispatch.queued.get(endpoint_id, 0)
