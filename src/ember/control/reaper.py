@@ -11,7 +11,6 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 
@@ -27,7 +26,7 @@ from ember.store.facade import Store
 log = logging.getLogger("ember.reaper")
 
 
-def _ids(row: Mapping[Any, Any]) -> dict[str, Any]:
+def _ids(row: Mapping[str, object]) -> dict[str, object]:
     """A job row's ids, for a log line's `extra`."""
     return {"job_id": row["id"], "worker_id": row.get("worker_id"), "endpoint_id": row.get("endpoint_id")}
 
@@ -88,10 +87,13 @@ class Reaper:
         if self._http is None:
             self._http = self._http_factory()
         for row in due:
+            url = row["webhook"]
+            if url is None:  # not due: a job is PENDING only with a webhook (webhooks_due asks for one)
+                continue
             ok, final, error = False, False, None
             try:
                 resp = await self._http.post(
-                    row["webhook"],
+                    url,
                     content=json.dumps(job_record(row)),
                     headers={"Content-Type": "application/json"},
                 )
@@ -115,15 +117,14 @@ class Reaper:
                 error = f"webhook not delivered: {exc or type(exc).__name__}"
                 log.info("webhook_failed job=%s error=%s", row["id"], exc, extra=_ids(row))
             await s.run(
-                lambda row=row, ok=ok, final=final, error=error: s.sweeps.webhook_result(
-                    row["id"],
-                    ok,
-                    self.clock.now(),
-                    self.cfg.webhook_retry_s,
-                    self.cfg.webhook_attempts,
-                    error=error,
-                    final=final,
-                )
+                s.sweeps.webhook_result,
+                row["id"],
+                ok,
+                self.clock.now(),
+                self.cfg.webhook_retry_s,
+                self.cfg.webhook_attempts,
+                error=error,
+                final=final,
             )
         return len(due)
 

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Integer, case, cast, delete, func, insert, select, update
-from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.engine import Connection
 
 from ember.store.db import LOCK_BOOTSTRAP, Repository, serialize, transaction
-from ember.store.rows import AccountRow
+from ember.store.rows import AccountRow, UsageRow
 from ember.store.schema import accounts, api_keys, endpoints, ledger, volumes
 
 A = accounts.c
@@ -201,7 +201,7 @@ class AccountStore(Repository):
         worker_id: str | None = None,
         from_at: float | None = None,
         to_at: float | None = None,
-    ) -> Sequence[RowMapping]:
+    ) -> list[UsageRow]:
         q = select(
             L.worker_id,
             L.endpoint_id,
@@ -220,7 +220,7 @@ class AccountStore(Repository):
         if to_at is not None:
             q = q.where(L.from_at < to_at)
         q = q.group_by(L.worker_id, L.endpoint_id, L.state, L.worker_type, L.gpu_type).order_by(L.worker_id)
-        return self._all(q)
+        return self._rows(UsageRow, q)
 
     def usage_by_day(self, account_ids: Sequence[str] | None, since_at: float) -> list[DayUsage]:
         """Usage and volume charges of these accounts (every account for None) for intervals starting

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar, cast, get_type_hints
+from typing import Generic, ParamSpec, Protocol, TypeVar, cast, get_type_hints
 
 import anyio.to_thread
 from alembic import command
@@ -33,8 +33,10 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import Executable, GenerativeSelect, ReturnsRows, SelectBase
 
 from ember.core.errors import StoreError
+from ember.store.schema import EnumText
 
 T = TypeVar("T")
+P = ParamSpec("P")
 R = TypeVar("R", bound=Mapping[str, object])
 S = TypeVar("S", bound=GenerativeSelect)
 
@@ -128,7 +130,7 @@ class Prepared:
         self.sql = compiled.string
         self._positions = tuple(compiled.positiontup or ()) if compiled.positional else None
         self._pick = _picker(self._positions or ())
-        self._fixed: dict[str, object] = dict(compiled.construct_params(_check=False))
+        self._fixed: dict[str, object] = dict(compiled.params)
         self.columns = (
             statement.selected_columns if isinstance(statement, SelectBase) else statement.exported_columns
         )
@@ -158,13 +160,18 @@ def check_row(row: type[Mapping[str, object]], keys: Iterable[str], statement: o
 class PreparedRows(Prepared, Generic[R]):
     """A `Prepared` statement that returns rows, each as an `R` (a TypedDict whose keys are the
     statement's column names, checked once here): plain dicts, booleans as bool, like Core's mappings.
-    Only for statements whose types need no conversion beyond that (strings, numbers, booleans)."""
+    Only for statements whose types need no conversion beyond that (strings, numbers, booleans, and the
+    state columns' `EnumText`)."""
 
     def __init__(self, engine: Engine, statement: ReturnsRows, row: type[R]) -> None:
         super().__init__(engine, statement)
         self.keys = tuple(self.columns.keys())
         check_row(row, self.keys, self.sql)
         self._bools = tuple(i for i, c in enumerate(self.columns) if isinstance(c.type, Boolean))
+        # State columns come back as their enum members, as Core's own result processing gives them.
+        self._enums = tuple(
+            (self.keys[i], c.type.enum) for i, c in enumerate(self.columns) if isinstance(c.type, EnumText)
+        )
         # The driver's rows are untyped: `row`'s keys are the statement's columns (checked above).
         self._decode = cast("Callable[[Sequence[object]], R]", self._row)
 
@@ -182,6 +189,10 @@ class PreparedRows(Prepared, Generic[R]):
             value = raw[i]
             if value is not None:
                 row[self.keys[i]] = bool(value)
+        for key, enum in self._enums:
+            value = row[key]
+            if value is not None:
+                row[key] = enum(value)
         return row
 
 
@@ -364,7 +375,7 @@ class Database:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
 
-    async def run(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         if self.is_sqlite:
             return fn(*args, **kwargs)
         return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))

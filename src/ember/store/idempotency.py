@@ -6,11 +6,10 @@ and then finds them: one job per key, whatever the timing."""
 
 from __future__ import annotations
 
-from typing import TypedDict
-
 from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.dml import Insert
+from typing_extensions import ReadOnly, TypedDict
 
 from ember.core.errors import StoreError
 from ember.store.db import Prepared, PreparedRows, RawAccess, Repository, insert_unless_present
@@ -21,7 +20,7 @@ K = idempotency_keys.c
 
 
 class _KeyedJob(TypedDict):
-    job_id: str
+    job_id: ReadOnly[str]
 
 
 def _claim_statement(dialect: str) -> Insert:

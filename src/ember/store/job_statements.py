@@ -4,23 +4,29 @@ job path's hot statements (compiled once into `Prepared` ones) with the rows the
 
 from __future__ import annotations
 
-from typing import TypedDict
-
 from sqlalchemy import and_, bindparam, case, insert, select, update
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import ReturnsRows
+from typing_extensions import ReadOnly, TypedDict
 
-from ember.core.jobs import TERMINAL, JobState
+from ember.core.jobs import ALLOWED, TERMINAL, JobState
 from ember.store.db import constant
 from ember.store.schema import jobs
+from ember.store.transitions import guard
 from ember.store.workers import takes_jobs
 
 J = jobs.c
 FINAL_VALUES = [s.value for s in TERMINAL]
-# The states that partial indexes cover, as constants in the SQL (see `constant`).
+# The states that partial indexes cover, as constants in the SQL (see `constant`), for reads and for
+# changes within a state; a change of state is guarded by `moving`.
 QUEUED = J.state == constant(JobState.IN_QUEUE.value)
 RUNNING = J.state == constant(JobState.IN_PROGRESS.value)
+
+
+def moving(to: JobState | tuple[JobState, ...], *among: JobState) -> ColumnElement[bool]:
+    """The guard of a job UPDATE to `to`, derived from `core.jobs.ALLOWED` (see `db.guard`)."""
+    return guard(J.state, ALLOWED, to, among)
 
 
 def owned(job_id: str, account_id: str, endpoint_id: str) -> ColumnElement[bool]:
@@ -37,43 +43,43 @@ def ending(state: JobState, now: float, purge_at: float) -> dict[str, object]:
 class ClaimedRow(TypedDict):
     """What `claim_statement` returns of each job it hands out."""
 
-    id: str
-    input: str
-    extra: str | None
-    low_priority: bool
-    created_at: float
+    id: ReadOnly[str]
+    input: ReadOnly[str]
+    extra: ReadOnly[str | None]
+    low_priority: ReadOnly[bool]
+    created_at: ReadOnly[float]
 
 
 class FinishedRow(TypedDict):
     """What `finish_statement` returns of the job it finished (`worker_takes`: 1 or 0)."""
 
-    created_at: float
-    started_at: float | None
-    retried: int
-    webhook: str | None
-    worker_takes: int
+    created_at: ReadOnly[float]
+    started_at: ReadOnly[float | None]
+    retried: ReadOnly[int]
+    webhook: ReadOnly[str | None]
+    worker_takes: ReadOnly[int]
 
 
 class StateOf(TypedDict):
     """Where a job stands: its state, its worker and its endpoint."""
 
-    state: str
-    worker_id: str | None
-    endpoint_id: str
+    state: ReadOnly[JobState]
+    worker_id: ReadOnly[str | None]
+    endpoint_id: ReadOnly[str]
 
 
 class StopState(TypedDict):
     """What deciding whether to flag a job for job-stop again reads."""
 
-    state: str
-    worker_id: str | None
-    stop_requested: bool
+    state: ReadOnly[JobState]
+    worker_id: ReadOnly[str | None]
+    stop_requested: ReadOnly[bool]
 
 
 class JobId(TypedDict):
     """A job's id alone."""
 
-    id: str
+    id: ReadOnly[str]
 
 
 def claim_statement(pg: bool) -> ReturnsRows:
@@ -90,7 +96,7 @@ def claim_statement(pg: bool) -> ReturnsRows:
     picked = pick.cte("picked")
     return (
         update(jobs)
-        .where(J.id == picked.c.id, QUEUED)
+        .where(J.id == picked.c.id, moving(JobState.IN_PROGRESS, JobState.IN_QUEUE))
         .values(
             state=JobState.IN_PROGRESS.value,
             worker_id=bindparam("p_worker"),
@@ -137,7 +143,7 @@ def finish_statement() -> ReturnsRows:
         .where(
             J.id == bindparam("p_id"),
             J.worker_id == bindparam("p_worker"),
-            RUNNING,
+            moving((JobState.COMPLETED, JobState.FAILED), JobState.IN_PROGRESS),  # :p_state is one of them
         )
         .values(
             state=bindparam("p_state"),

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import bindparam, case, delete, func, literal, select, update
 from sqlalchemy.engine import Engine
 
-from ember.core.jobs import JobState, sources
+from ember.core.jobs import RETRYABLE, JobState, sources
 from ember.store.db import Cursor, Prepared, PreparedRows, RawAccess, Repository
 from ember.store.job_statements import (
     FINAL_VALUES,
@@ -27,14 +27,11 @@ from ember.store.job_statements import (
     ending,
     finish_statement,
     insert_statement,
+    moving,
     owned,
 )
 from ember.store.rows import CancelledJob, JobRow
 from ember.store.schema import job_stream, jobs
-
-
-def _src(to: JobState) -> list[str]:
-    return [s.value for s in sources(to)]
 
 
 @dataclass(frozen=True)
@@ -150,11 +147,11 @@ class JobStore(Repository):
             ).first()
             if row is None:
                 return None
-            cancelled_now = row.state in _src(JobState.CANCELLED)
+            cancelled_now = row.state in sources(JobState.CANCELLED)
             if cancelled_now:
                 conn.execute(
                     update(jobs)
-                    .where(J.id == job_id, J.state.in_(_src(JobState.CANCELLED)))
+                    .where(J.id == job_id, moving(JobState.CANCELLED))
                     .values(
                         **ending(JobState.CANCELLED, now, now + retention_s),
                         stop_requested=row.state == JobState.IN_PROGRESS.value,
@@ -173,7 +170,7 @@ class JobStore(Repository):
                 update(jobs)
                 .where(
                     owned(job_id, account_id, endpoint_id),
-                    J.state.in_([JobState.FAILED.value, JobState.TIMED_OUT.value]),
+                    moving(JobState.IN_QUEUE, *RETRYABLE),
                 )
                 .values(
                     state=JobState.IN_QUEUE.value,
@@ -207,7 +204,7 @@ class JobStore(Repository):
         with self.engine.begin() as conn:
             res = conn.execute(
                 update(jobs)
-                .where(J.endpoint_id == endpoint_id, QUEUED)
+                .where(J.endpoint_id == endpoint_id, moving(JobState.CANCELLED, JobState.IN_QUEUE))
                 .values(
                     **ending(JobState.CANCELLED, now, now + retention_s),
                     error="removed from the queue by purge-queue",

@@ -3,6 +3,9 @@ micro-dollars (`*_micros`); JSON payloads are stored as text exactly as they wil
 
 from __future__ import annotations
 
+from enum import StrEnum
+from typing import TypeVar
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -17,9 +20,37 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.types import TypeDecorator
+
+from ember.core.jobs import JobState
+from ember.core.workers import WorkerState, WorkerType
 
 metadata = MetaData()
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+class EnumText(TypeDecorator[E]):
+    """A state column: stored as its text (the SQL and the migrations see a plain VARCHAR), read back as
+    the `StrEnum` member, so the store's rows carry `JobState`/`WorkerState` values, not strings."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, enum: type[E], length: int = 16) -> None:
+        super().__init__(length)
+        self.enum = enum
+
+    def process_bind_param(self, value: E | str | None, dialect: Dialect) -> str | None:
+        # Any text may be compared with a state (a filter a client sent): it matches no row, no error.
+        return None if value is None else str(value)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> E | None:
+        return None if value is None else self.enum(value)
+
 
 accounts = Table(
     "accounts",
@@ -106,8 +137,8 @@ workers = Table(
     Column("endpoint_id", String(64), nullable=False, index=True),
     Column("account_id", String(64), nullable=False, index=True),
     Column("release", Integer, nullable=False),
-    Column("type", String(8), nullable=False),  # ACTIVE | FLEX
-    Column("state", String(16), nullable=False),
+    Column("type", EnumText(WorkerType, 8), nullable=False),
+    Column("state", EnumText(WorkerState), nullable=False),
     Column("state_since", Float, nullable=False),
     Column("reason", Text, nullable=False, default=""),
     Column("gpu_type", String(64)),
@@ -132,8 +163,8 @@ worker_events = Table(
     Column("worker_id", String(64), nullable=False),
     Column("endpoint_id", String(64), nullable=False),
     Column("account_id", String(64), nullable=False),
-    Column("from_state", String(16)),
-    Column("to_state", String(16), nullable=False),
+    Column("from_state", EnumText(WorkerState)),
+    Column("to_state", EnumText(WorkerState), nullable=False),
     Column("at", Float, nullable=False),
     Column("reason", Text, nullable=False, default=""),
 )
@@ -146,7 +177,7 @@ jobs = Table(
     Column("id", String(80), primary_key=True),
     Column("endpoint_id", String(64), nullable=False),
     Column("account_id", String(64), nullable=False),
-    Column("state", String(16), nullable=False),
+    Column("state", EnumText(JobState), nullable=False),
     Column("input", Text, nullable=False),  # JSON text of the `input` value
     Column("extra", Text),  # JSON text of other job fields passed to the worker (webhook, s3Config, policy)
     Column("webhook", Text),

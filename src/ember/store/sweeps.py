@@ -8,12 +8,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import and_, delete, func, select, update
-from sqlalchemy.engine import RowMapping
 
 from ember.core.jobs import JobState
 from ember.store.db import Repository, constant
-from ember.store.job_statements import FINAL_VALUES, QUEUED, RUNNING, J, ending
-from ember.store.rows import TimedOutJob
+from ember.store.job_statements import FINAL_VALUES, QUEUED, RUNNING, J, ending, moving
+from ember.store.rows import JobRow, TimedOutJob
 from ember.store.schema import job_stream, jobs
 
 # What a sweep that ends jobs TIMED_OUT reads of each (`TimedOutJob`).
@@ -74,7 +73,7 @@ class SweepStore(Repository):
             for row in due:
                 conn.execute(
                     update(jobs)
-                    .where(J.id == row["id"], RUNNING)
+                    .where(J.id == row["id"], moving(JobState.TIMED_OUT, JobState.IN_PROGRESS))
                     .values(
                         **ending(JobState.TIMED_OUT, now, now + retention_run_s),
                         stop_requested=True,
@@ -101,7 +100,7 @@ class SweepStore(Repository):
             for row in due:
                 conn.execute(
                     update(jobs)
-                    .where(J.id == row["id"], J.state == row["state"])
+                    .where(J.id == row["id"], moving(JobState.TIMED_OUT, row["state"]))
                     .values(
                         **ending(JobState.TIMED_OUT, now, now + grace_s),
                         stop_requested=row["state"] == JobState.IN_PROGRESS.value,
@@ -148,7 +147,7 @@ class SweepStore(Repository):
             if again:
                 conn.execute(
                     update(jobs)
-                    .where(J.id.in_(again), RUNNING)
+                    .where(J.id.in_(again), moving(JobState.IN_QUEUE, JobState.IN_PROGRESS))
                     .values(
                         state=JobState.IN_QUEUE.value,
                         worker_id=None,
@@ -161,7 +160,7 @@ class SweepStore(Repository):
             if fail:
                 conn.execute(
                     update(jobs)
-                    .where(J.id.in_(fail), RUNNING)
+                    .where(J.id.in_(fail), moving(JobState.FAILED, JobState.IN_PROGRESS))
                     .values(
                         **ending(JobState.FAILED, now, now + retention_run_s),
                         error=f"{reason}; the job was already re-queued {max_requeues} time(s)",
@@ -169,11 +168,15 @@ class SweepStore(Repository):
                 )
             return again, fail
 
-    def webhooks_due(self, now: float, limit: int = 100) -> Sequence[RowMapping]:
-        return self._all(
+    def webhooks_due(self, now: float, limit: int = 100) -> list[JobRow]:
+        return self._rows(
+            JobRow,
             select(jobs)
             .where(
-                J.webhook_state == constant("PENDING"), J.state.in_(FINAL_VALUES), J.webhook_next_at <= now
+                J.webhook_state == constant("PENDING"),
+                J.webhook.is_not(None),
+                J.state.in_(FINAL_VALUES),
+                J.webhook_next_at <= now,
             )
             .limit(limit),
         )

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TypedDict
 
 from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
@@ -12,11 +11,13 @@ from sqlalchemy.sql.dml import Insert, Update
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import ReturnsRows
 from sqlalchemy.sql.selectable import ScalarSelect
+from typing_extensions import ReadOnly, TypedDict
 
-from ember.core.workers import TAKES_JOBS, WorkerState, sources
+from ember.core.workers import ALLOWED, TAKES_JOBS, WorkerState, sources
 from ember.store.db import Cursor, Prepared, PreparedRows, RawAccess, Repository, constant, transaction
 from ember.store.rows import TakingWorker, WorkerEvent, WorkerOwner, WorkerPlace, WorkerRow
 from ember.store.schema import jobs, meter_cursors, worker_events, workers
+from ember.store.transitions import guard
 
 W = workers.c
 
@@ -25,8 +26,8 @@ SETTLED = "finished its jobs"
 
 
 class _SettleFloor(TypedDict):
-    state_since: float
-    metered_until: float | None
+    state_since: ReadOnly[float]
+    metered_until: ReadOnly[float | None]
 
 
 def _settle_statement() -> ReturnsRows:
@@ -39,7 +40,11 @@ def _settle_statement() -> ReturnsRows:
     )
     return (
         update(workers)
-        .where(W.id == bindparam("p_id"), W.state == WorkerState.RUNNING.value, held == 0)
+        .where(
+            W.id == bindparam("p_id"),
+            guard(W.state, ALLOWED, WorkerState.IDLE, [WorkerState.RUNNING]),
+            held == 0,
+        )
         .values(
             state=WorkerState.IDLE.value,
             state_since=bindparam("p_now"),

@@ -72,9 +72,11 @@ class Health:
                 and snap.now - (w["launched_at"] or snap.now) > HEALTHY_RESET_S
             ):
                 await self.store.run(
-                    lambda w=w: self.store.workers.update(
-                        w["id"], failures=0, first_failure_at=None, next_attempt_at=None
-                    )
+                    self.store.workers.update,
+                    w["id"],
+                    failures=0,
+                    first_failure_at=None,
+                    next_attempt_at=None,
                 )
         # Orphans: runtime workers with no live record (e.g. a stop interrupted by a crash).
         live_ids = {w["id"] for w in snap.workers if w["state"] in _LIVE_STATES}

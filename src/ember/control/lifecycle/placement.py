@@ -95,9 +95,11 @@ class Placement:
             w = rows[wid]
             if w["state"] == _S.UNHEALTHY.value:
                 await self.store.run(
-                    lambda w=w: self.store.workers.transition(
-                        w["id"], _S.THROTTLED, snap.now, "restart waits for a free GPU"
-                    )
+                    self.store.workers.transition,
+                    w["id"],
+                    _S.THROTTLED,
+                    snap.now,
+                    "restart waits for a free GPU",
                 )
 
     async def _launch(
