@@ -62,7 +62,6 @@ if TYPE_CHECKING:  # imported where they are built, so that importing the app st
     from ember.control.models import ModelPreparer
     from ember.control.secrets import AccountSecrets
     from ember.models.cache import ModelCache
-    from ember.store.resources import ResourceStore
     from ember.volumes.store import VolumeManager
 
 log = logging.getLogger("ember")
@@ -121,7 +120,7 @@ def create_app(
     from ember.control.registry_auths import RegistryAuths
 
     credentials = CredentialStore(settings.home)
-    registry_auths = RegistryAuths(store, hosted.resources, credentials.sealer)
+    registry_auths = RegistryAuths(store, credentials.sealer)
     uploads = _uploads(settings)
     launch = LaunchConfig(
         api_url=settings.api_url,
@@ -186,7 +185,6 @@ def create_app(
         services=Services(
             models=hosted.models,
             volumes=hosted.volumes,
-            resources=hosted.resources,
             preparer=hosted.preparer,
             secrets=hosted.secrets,
             sealer=hosted.sealer,
@@ -285,7 +283,6 @@ class _Hosted:
 
     models: ModelCache
     volumes: VolumeManager
-    resources: ResourceStore
     preparer: ModelPreparer
     secrets: AccountSecrets
     sealer: Sealer
@@ -297,7 +294,6 @@ def _models_and_volumes(settings: Settings, store: Store, clock: Clock, signals:
     from ember.control.models import ModelPreparer
     from ember.control.secrets import AccountSecrets
     from ember.models.cache import ModelCache
-    from ember.store.resources import ResourceStore
     from ember.volumes.store import VolumeManager
 
     budget = int(settings.model_cache_budget_gb * 1024**3) if settings.model_cache_budget_gb > 0 else None
@@ -310,12 +306,11 @@ def _models_and_volumes(settings: Settings, store: Store, clock: Clock, signals:
     volumes = VolumeManager(
         settings.home / "volumes", unit_bytes=settings.volume_unit_bytes, enforce=settings.volume_enforce
     )
-    resources = ResourceStore(store.db.engine)
     sealer = Sealer(settings.home)
-    secrets = AccountSecrets(store, resources, sealer)
+    secrets = AccountSecrets(store, sealer)
     access = cache.root / "ember" / "access.json"
-    preparer = ModelPreparer(cache, store, resources, clock, access_path=access, secrets=secrets)
-    return _Hosted(cache, volumes, resources, preparer, secrets, sealer)
+    preparer = ModelPreparer(cache, store, clock, access_path=access, secrets=secrets)
+    return _Hosted(cache, volumes, preparer, secrets, sealer)
 
 
 def _builder(

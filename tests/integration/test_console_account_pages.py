@@ -18,7 +18,7 @@ from ember.core.billing import DEFAULT_GPU_MICROS_PER_S
 from ember.core.money import format_dollars
 from ember.store.accounts import Charge, DayUsage
 from ember.store.facade import Store
-from ember.store.resources import ResourceStore, VolumeCharge
+from ember.store.volumes import VolumeCharge
 from tests.support.harness import ADMIN_KEY, Harness, build
 
 DAY = 86400
@@ -47,7 +47,7 @@ def test_usage_by_day_sums_per_endpoint_volume_and_utc_day(store: Store) -> None
         id="ep-b1", account_id="acct-b", name="bee", spec_json="{}", release_key="", now=day0
     )
     store.endpoints.delete("ep-a1", day0 + 5)  # its usage keeps its name
-    store.endpoints.create_volume(id="vol-a", account_id="acct-a", name="data", size_gb=1, now=day0)
+    store.volumes.create(id="vol-a", account_id="acct-a", name="data", size_gb=1, now=day0)
     store.accounts.record_charges(
         [
             charge("acct-a", "ep-a1", day0 - 10, 5, 50),  # the day before: outside the window
@@ -59,7 +59,7 @@ def test_usage_by_day_sums_per_endpoint_volume_and_utc_day(store: Store) -> None
         ],
         day0 + 2 * DAY,
     )
-    ResourceStore(store.db.engine).save_volume_meter(
+    store.volumes.save_meter(
         "vol-a", day0 + 60, 0, VolumeCharge("acct-a", "vol-a", 1, 60, 6, day0, day0 + 60)
     )
 

@@ -14,7 +14,6 @@ from ember.control.clock import ManualClock
 from ember.control.meter import MONTH_S, Meter, volume_charge
 from ember.core.billing import PriceTable
 from ember.store.facade import Store
-from ember.store.resources import ResourceStore
 
 PRICE_MICROS = 70_000  # $0.07 per GB-month
 
@@ -47,22 +46,21 @@ def test_meter_bills_provisioned_size_until_deletion_and_debits_the_balance(stor
     clock = ManualClock()
     t0 = clock.now()
     store.accounts.create(id="acct-1", name="a", is_admin=False, balance_micros=10_000_000, now=t0)
-    store.endpoints.create_volume(id="vol-1", account_id="acct-1", name="data", size_gb=100, now=t0)
+    store.volumes.create(id="vol-1", account_id="acct-1", name="data", size_gb=100, now=t0)
     # $25.92 per GB-month is 10 micro-dollars per GB-second: 100 GB cost 1000 micro-dollars a second.
     meter = Meter(store, clock, PriceTable(), volume_price_micros=25_920_000)
-    resources = ResourceStore(store.db.engine)
 
     clock.advance(10.5)
     asyncio.run(meter.tick())
-    assert resources.volume_billed(["vol-1"]) == {"vol-1": (10, 10_000)}
+    assert store.volumes.billed(["vol-1"]) == {"vol-1": (10, 10_000)}
     asyncio.run(meter.tick())  # idempotent: nothing new to bill
-    assert resources.volume_billed(["vol-1"]) == {"vol-1": (10, 10_000)}
+    assert store.volumes.billed(["vol-1"]) == {"vol-1": (10, 10_000)}
 
     clock.advance(5)  # 15.5 s in: deleted now, then metered later
-    store.endpoints.delete_volume("vol-1", clock.now())
+    store.volumes.delete("vol-1", clock.now())
     clock.advance(100)
     asyncio.run(meter.tick())
     asyncio.run(meter.tick())
-    assert resources.volume_billed(["vol-1"]) == {"vol-1": (15, 15_000)}
+    assert store.volumes.billed(["vol-1"]) == {"vol-1": (15, 15_000)}
     assert store.accounts.get("acct-1")["balance_micros"] == 10_000_000 - 15_000
-    assert not [r for r in resources.volume_meter_candidates() if r[0]["id"] == "vol-1"]
+    assert not [r for r in store.volumes.meter_candidates() if r[0]["id"] == "vol-1"]

@@ -23,7 +23,6 @@ from ember.control.models import ModelPreparer, volume_hook
 from ember.core.specs import EndpointSpec
 from ember.models.cache import ModelCache
 from ember.store.facade import Store
-from ember.store.resources import ResourceStore
 from ember.volumes.store import VolumeManager
 from tests.support.docker_env import base_image, docker_client
 from tests.support.fakehub import FakeHub
@@ -82,7 +81,7 @@ def test_container_reads_the_cache_read_only_and_writes_the_volume_up_to_its_siz
         cache.ensure("org/tiny")
     vol = volumes.create("vol-docker", 1)
     store = Store.open(f"sqlite:///{tmp_path / 'ember.db'}")
-    preparer = ModelPreparer(cache, store, ResourceStore(store.db.engine), ManualClock())
+    preparer = ModelPreparer(cache, store, ManualClock())
     ep = EndpointSpec(name="m", image_name=base_image, model_name="org/tiny", network_volume_id="vol-docker")
 
     async def scenario() -> str:

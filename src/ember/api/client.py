@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ember.api import bodies as B
-from ember.api.deps import EndpointInfo, Runtime, caller, query_param, read_json, runtime
+from ember.api.deps import EndpointInfo, Runtime, caller, found, query_param, read_json, runtime
 from ember.api.errors import json_response
 from ember.api.fastpath import FastRoutes
 from ember.core import jobs as J
@@ -23,13 +23,14 @@ from ember.core.ids import job_token, make_id
 from ember.core.jobs import JobState
 from ember.core.outbound import webhook_problems
 from ember.core.wire import record
+from ember.store.accounts import KeyInfo
 from ember.store.jobs import NewJob
 
 router = APIRouter(prefix="/v2/{endpoint_id}", tags=["jobs"])
 
 
-def _endpoint(rt: Runtime, account_id: str, ref: str) -> Any:
-    ep = rt.endpoint_cached(account_id, ref)
+async def _endpoint(rt: Runtime, account_id: str, ref: str) -> EndpointInfo:
+    ep = await rt.endpoint_cached(account_id, ref)
     if ep is None:
         raise NotFound(f"endpoint {ref!r} not found")
     return ep
@@ -119,8 +120,8 @@ def _new_job(ep: EndpointInfo, body: Any, sync: bool) -> NewJob:
 
 async def _submit(request: Request, limit_bytes: int, sync: bool) -> tuple[Runtime, NewJob]:
     rt = runtime(request)
-    who = caller(request)
-    ep = _endpoint(rt, who.account_id, request.path_params["endpoint_id"])
+    who = await caller(request)
+    ep = await _endpoint(rt, who.account_id, request.path_params["endpoint_id"])
     job = _new_job(ep, await read_json(request, limit_bytes), sync)
     return rt, job
 
@@ -206,22 +207,20 @@ _FINAL = {s.value for s in J.TERMINAL}
 @fast.route("/status/{job_id}", ["GET", "POST"], "A job's status and output")
 async def status(request: Request) -> Response:
     rt = runtime(request)
-    who = caller(request)
-    ep = _endpoint(rt, who.account_id, request.path_params["endpoint_id"])
+    who = await caller(request)
+    ep = await _endpoint(rt, who.account_id, request.path_params["endpoint_id"])
     job_id = request.path_params["job_id"]
-    row = await rt.store.run(rt.store.jobs.get, job_id, ep.account_id, ep.id)
-    if row is None:
-        raise NotFound(f"job {job_id!r} not found")
+    row = await found(rt, f"job {job_id!r}", rt.store.jobs.get, job_id, ep.account_id, ep.id)
     rec = record(row)
     if row["webhook_error"]:  # Ember's own field: why the job's webhook was not delivered (yet)
         rec["webhookError"] = row["webhook_error"]
     return json_response(rec)
 
 
-async def _job(request: Request, endpoint_id: str, job_id: str) -> tuple[Runtime, Any, Any]:
+async def _job(request: Request, endpoint_id: str, job_id: str) -> tuple[Runtime, KeyInfo, EndpointInfo]:
     rt = runtime(request)
-    who = caller(request)
-    ep = _endpoint(rt, who.account_id, endpoint_id)
+    who = await caller(request)
+    ep = await _endpoint(rt, who.account_id, endpoint_id)
     return rt, who, ep
 
 
@@ -229,10 +228,9 @@ async def _job(request: Request, endpoint_id: str, job_id: str) -> tuple[Runtime
 @router.post("/stream/{job_id}", summary="Stream chunks not yet read", operation_id="stream_post")
 async def stream(endpoint_id: str, job_id: str, request: Request) -> Response:
     rt, _, ep = await _job(request, endpoint_id, job_id)
-    got = await rt.store.run(rt.store.streams.read_stream, job_id, ep.account_id, ep.id)
-    if got is None:
-        raise NotFound(f"job {job_id!r} not found")
-    row, chunks = got
+    row, chunks = await found(
+        rt, f"job {job_id!r}", rt.store.streams.read_stream, job_id, ep.account_id, ep.id
+    )
     body = {"id": job_id, "status": row["state"], "stream": [{"output": json.loads(c)} for c in chunks]}
     if row["state"] in _FINAL and row["error"]:
         body["error"] = row["error"]
@@ -242,11 +240,16 @@ async def stream(endpoint_id: str, job_id: str, request: Request) -> Response:
 @router.post("/cancel/{job_id}", summary="Cancel a queued or running job", responses=B.error_responses(409))
 async def cancel(endpoint_id: str, job_id: str, request: Request) -> Response:
     rt, _, ep = await _job(request, endpoint_id, job_id)
-    row = await rt.store.run(
-        rt.store.jobs.cancel, job_id, ep.account_id, ep.id, rt.clock.now(), rt.limits.retention_run_s
+    row = await found(
+        rt,
+        f"job {job_id!r}",
+        rt.store.jobs.cancel,
+        job_id,
+        ep.account_id,
+        ep.id,
+        rt.clock.now(),
+        rt.limits.retention_run_s,
     )
-    if row is None:
-        raise NotFound(f"job {job_id!r} not found")
     if row["cancelled_now"]:
         rt.signals.metrics.job_finished(ep.id, JobState.CANCELLED.value)
     if row["worker_id"] and row["stop_requested"]:
@@ -260,9 +263,9 @@ async def cancel(endpoint_id: str, job_id: str, request: Request) -> Response:
 )
 async def retry(endpoint_id: str, job_id: str, request: Request) -> Response:
     rt, _, ep = await _job(request, endpoint_id, job_id)
-    state = await rt.store.run(rt.store.jobs.retry, job_id, ep.account_id, ep.id, rt.clock.now())
-    if state is None:
-        raise NotFound(f"job {job_id!r} not found")
+    state = await found(
+        rt, f"job {job_id!r}", rt.store.jobs.retry, job_id, ep.account_id, ep.id, rt.clock.now()
+    )
     if state != JobState.IN_QUEUE.value:
         raise Conflict(f"job {job_id!r} is {state}; only FAILED or TIMED_OUT jobs can be retried")
     rt.signals.jobs_queued(ep.id)
@@ -273,8 +276,8 @@ async def retry(endpoint_id: str, job_id: str, request: Request) -> Response:
 @router.post("/purge-queue", summary="Remove every queued job")
 async def purge_queue(endpoint_id: str, request: Request) -> Response:
     rt = runtime(request)
-    who = caller(request)
-    ep = _endpoint(rt, who.account_id, endpoint_id)
+    who = await caller(request)
+    ep = await _endpoint(rt, who.account_id, endpoint_id)
     removed = await rt.store.run(rt.store.jobs.purge_queue, ep.id, rt.clock.now(), rt.limits.retention_run_s)
     rt.signals.metrics.jobs_finished(ep.id, JobState.CANCELLED.value, removed)
     return json_response({"removed": removed, "status": "completed"})
@@ -283,8 +286,8 @@ async def purge_queue(endpoint_id: str, request: Request) -> Response:
 @router.get("/health", summary="Job and worker counts")
 async def health(endpoint_id: str, request: Request) -> Response:
     rt = runtime(request)
-    who = caller(request)
-    ep = _endpoint(rt, who.account_id, endpoint_id)
+    who = await caller(request)
+    ep = await _endpoint(rt, who.account_id, endpoint_id)
     counts = await rt.store.run(rt.store.jobs.counts, ep.id)
     workers = await rt.store.run(lambda: rt.store.workers.list(endpoint_id=ep.id))
     by_state: dict[str, int] = {}

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, ParamSpec, TypeVar
 
 from fastapi import Depends, Request
 from starlette.requests import ClientDisconnect
@@ -30,9 +31,13 @@ from ember.core.specs import spec_from_json
 from ember.core.workers import SETTLE_GRACE_S
 from ember.store.accounts import KeyInfo
 from ember.store.facade import Store
+from ember.store.rows import EndpointRow
 
 KEY_CACHE_S = 10.0
 ENDPOINT_CACHE_S = 2.0
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -147,13 +152,13 @@ class Runtime:
     def forget_endpoints(self) -> None:
         self._endpoints.clear()
 
-    def endpoint_cached(self, account_id: str, ref: str) -> EndpointInfo | None:
+    async def endpoint_cached(self, account_id: str, ref: str) -> EndpointInfo | None:
         """The caller's endpoint by id or name, cached for ENDPOINT_CACHE_S (updates here evict at once)."""
         now = self.clock.now()
         hit = self._endpoints.get((account_id, ref))
         if hit is not None and now - hit[0] < ENDPOINT_CACHE_S:
             return hit[1]
-        row = self.store.endpoints.get(ref, account_id)
+        row = await self.store.run(self.store.endpoints.get, ref, account_id)
         info = None
         if row is not None:
             spec = spec_from_json(row["spec"])
@@ -163,32 +168,33 @@ class Runtime:
         self._endpoints[(account_id, ref)] = (now, info)
         return info
 
-    def resolve_session(self, token: str) -> KeyInfo | None:
+    async def resolve_session(self, token: str) -> KeyInfo | None:
         """The account a console session cookie signs in (as its admin or user key would), cached like
         keys; `forget_session` evicts one at sign-out."""
         now = self.clock.now()
         hit = self._sessions.get(token)
         if hit is not None and now - hit[0] < KEY_CACHE_S:
             return hit[1]
-        info = None
-        account_id = self.store.sessions.account_of(token, now)
-        row = self.store.accounts.get(account_id) if account_id else None
-        if row is not None:
-            info = KeyInfo(row["id"], "admin" if row["is_admin"] else "user", None, None)
+        info = await self.store.run(self._signed_in, token, now)
         if len(self._sessions) > 10_000:
             self._sessions.clear()
         self._sessions[token] = (now, info)
         return info
 
+    def _signed_in(self, token: str, now: float) -> KeyInfo | None:
+        account_id = self.store.sessions.account_of(token, now)
+        row = self.store.accounts.get(account_id) if account_id else None
+        return None if row is None else KeyInfo(row["id"], "admin" if row["is_admin"] else "user", None, None)
+
     def forget_session(self, token: str) -> None:
         self._sessions.pop(token, None)
 
-    def resolve(self, plain: str) -> KeyInfo | None:
+    async def resolve(self, plain: str) -> KeyInfo | None:
         now = self.clock.now()
         hit = self._keys.get(plain)
         if hit is not None and now - hit[0] < KEY_CACHE_S:
             return hit[1]
-        info = self.store.accounts.resolve_key(plain)
+        info = await self.store.run(self.store.accounts.resolve_key, plain)
         if len(self._keys) > 10_000:
             self._keys.clear()
         self._keys[plain] = (now, info)
@@ -197,6 +203,21 @@ class Runtime:
 
 def runtime(request: Request) -> Runtime:
     return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+async def found(rt: Runtime, what: str, read: Callable[P, R | None], *args: P.args, **kwargs: P.kwargs) -> R:
+    """What the store's `read(*args, **kwargs)` finds, or NotFound ("`what` not found": a 404) when it
+    finds nothing. The one way a route looks up what its caller names: reads take the caller's account,
+    so another account's row is not found either."""
+    row = await rt.store.run(read, *args, **kwargs)
+    if row is None:
+        raise NotFound(f"{what} not found")
+    return row
+
+
+async def own_endpoint(rt: Runtime, account_id: str, ref: str) -> EndpointRow:
+    """The account's endpoint row by id or name; NotFound (404) when it has none."""
+    return await found(rt, f"endpoint {ref!r}", rt.store.endpoints.get, ref, account_id)
 
 
 def query_param(request: Request, name: str) -> str | None:
@@ -231,36 +252,36 @@ CONSOLE_COOKIE = "ember_console"
 CONSOLE_HEADER = "x-ember-console"
 
 
-def console_session(request: Request) -> KeyInfo | None:
+async def console_session(request: Request) -> KeyInfo | None:
     """The account signed in to the console by this request's cookie, None when there is none."""
     token = request.cookies.get(CONSOLE_COOKIE)
-    return runtime(request).resolve_session(token) if token else None
+    return await runtime(request).resolve_session(token) if token else None
 
 
-def caller(request: Request) -> KeyInfo:
+async def caller(request: Request) -> KeyInfo:
     """The account key of the caller (user or admin); worker keys are refused here. The console's
     scripts call with their session cookie and the console header instead of a key."""
     plain = key_from(request)
     if not plain:
-        if request.headers.get(CONSOLE_HEADER) and (info := console_session(request)) is not None:
+        if request.headers.get(CONSOLE_HEADER) and (info := await console_session(request)) is not None:
             return info
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    info = runtime(request).resolve(plain)
+    info = await runtime(request).resolve(plain)
     if info is None or info.kind == "worker":
         raise Unauthorized("invalid API key")
     return info
 
 
-def admin(request: Request) -> KeyInfo:
-    info = caller(request)
+async def admin(request: Request) -> KeyInfo:
+    info = await caller(request)
     if info.kind != "admin":
         raise NotFound("no such route for this key")
     return info
 
 
-def worker_caller(request: Request, endpoint_id: str, worker_id: str) -> KeyInfo:
+async def worker_caller(request: Request, endpoint_id: str, worker_id: str) -> KeyInfo:
     plain = key_from(request)
-    info = runtime(request).resolve(plain) if plain else None
+    info = await runtime(request).resolve(plain) if plain else None
     if info is None or info.kind != "worker":
         raise Unauthorized("invalid worker key")
     if info.endpoint_id != endpoint_id or info.worker_id != worker_id:
@@ -278,11 +299,11 @@ async def _runtime_dependency(request: Request) -> Runtime:
 
 
 async def _caller_dependency(request: Request) -> KeyInfo:
-    return caller(request)
+    return await caller(request)
 
 
 async def _admin_dependency(request: Request) -> KeyInfo:
-    return admin(request)
+    return await admin(request)
 
 
 RuntimeDep = Annotated[Runtime, Depends(_runtime_dependency)]

@@ -6,23 +6,24 @@ from __future__ import annotations
 import functools
 import uuid
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from ember.api import bodies as B
 from ember.api import sources, views
-from ember.api.deps import CallerDep, Runtime, RuntimeDep, caller
+from ember.api.deps import CallerDep, Runtime, RuntimeDep, caller, own_endpoint
 from ember.api.errors import json_response
 from ember.api.git import normalise_git, webhook_secret
 from ember.api.registry_auth import require_owned
 from ember.api.templates import TEMPLATE_FIELDS, own_template, stored_data
 from ember.build.source import snapshot
-from ember.core.errors import Conflict, Forbidden, InvalidInput, NotFound, Problem
+from ember.core.errors import Conflict, Forbidden, InvalidInput, Problem
 from ember.core.ids import make_id
 from ember.core.json_body import JsonObject
 from ember.core.specs import EndpointSpec, from_wire, release_key, spec_from_json, spec_to_json
+from ember.store.rows import EndpointRow
 
 router = APIRouter(prefix="/v1")
 BODY_LIMIT = 1024 * 1024
@@ -73,7 +74,7 @@ async def _resolve_spec(
         digest, _, handler = await _snapshot(rt, str(upload.tree), spec.handler, label=upload.id)
         spec = spec.with_changes(source_digest=digest, handler=handler)
     if spec.network_volume_id:
-        vol = await rt.store.run(rt.store.endpoints.volume, spec.network_volume_id, account_id)
+        vol = await rt.store.run(rt.store.volumes.get, spec.network_volume_id, account_id)
         if vol is None:
             raise InvalidInput(
                 f"network volume {spec.network_volume_id!r} not found",
@@ -128,7 +129,7 @@ def _needs_build(spec: EndpointSpec, base: EndpointSpec | None = None) -> bool:
     return any(spec.git.get(k) != base.git.get(k) for k in ("url", "branch", "dockerfile", "context"))
 
 
-async def endpoint_view(rt: Runtime, row: Any) -> dict[str, object]:
+async def endpoint_view(rt: Runtime, row: EndpointRow) -> dict[str, object]:
     """The endpoint's record (`views.endpoint`) with the counts of its workers by state."""
     workers = await rt.store.run(lambda: rt.store.workers.list(endpoint_id=row["id"]))
     return views.endpoint(row, owner=True, workers=list(workers))
@@ -180,26 +181,24 @@ async def create_endpoint(
             release_status=status,
         )
     )
+    view = await _changed(rt, who.account_id, endpoint_id, status)
+    return json_response(_shown_once(rt, view, spec, None), 201)
+
+
+async def _changed(rt: Runtime, account_id: str, endpoint_id: str, status: str) -> dict[str, object]:
+    """After an endpoint was created or changed: drop the cached copies, wake the scaler (and the builder
+    for a release that builds), and return its record as it is now."""
     rt.forget_endpoints()
     rt.signals.poke_scaler()
     if status == "BUILDING":
         rt.signals.builds.set()
-    row = await rt.store.run(rt.store.endpoints.get, endpoint_id, who.account_id)
-    return json_response(_shown_once(rt, await endpoint_view(rt, row), spec, None), 201)
+    return await endpoint_view(rt, await own_endpoint(rt, account_id, endpoint_id))
 
 
 @router.get("/endpoints", tags=["endpoints"], summary="List endpoints")
 async def list_endpoints(who: CallerDep, rt: RuntimeDep) -> Response:
     rows = await rt.store.run(rt.store.endpoints.list, who.account_id)
     return json_response([await endpoint_view(rt, r) for r in rows])
-
-
-async def own_endpoint(rt: Runtime, account_id: str, ref: str) -> Any:
-    """The account's endpoint row by id or name; NotFound (404) when it has none."""
-    row = await rt.store.run(rt.store.endpoints.get, ref, account_id)
-    if row is None:
-        raise NotFound(f"endpoint {ref!r} not found")
-    return row
 
 
 @router.get("/endpoints/{ref}", tags=["endpoints"], summary="One endpoint, with its scaling verdict")
@@ -238,11 +237,7 @@ async def update_endpoint(ref: str, request: Request, who: CallerDep, rt: Runtim
             release_status=status,
         )
     )
-    rt.forget_endpoints()
-    rt.signals.poke_scaler()
-    if status == "BUILDING":
-        rt.signals.builds.set()
-    view = await endpoint_view(rt, await own_endpoint(rt, who.account_id, row["id"]))
+    view = await _changed(rt, who.account_id, row["id"], status)
     return json_response(_shown_once(rt, view, spec, base))
 
 
@@ -265,7 +260,7 @@ async def endpoint_workers(
     rt: RuntimeDep,
     includeStopped: bool = False,  # noqa: N803
 ) -> Response:
-    who = caller(request)  # not a dependency: a bad `includeStopped` answers 400 before a bad key
+    who = await caller(request)  # not a dependency: a bad `includeStopped` answers 400 before a bad key
     row = await own_endpoint(rt, who.account_id, ref)
     rows = await rt.store.run(
         lambda: rt.store.workers.list(endpoint_id=row["id"], include_stopped=includeStopped)
@@ -276,10 +271,10 @@ async def endpoint_workers(
 
 async def endpoints_using(
     rt: Runtime, account_id: str | None, *, volume: str = "", model: str = ""
-) -> list[Any]:
+) -> list[EndpointRow]:
     """The account's endpoints (every account's for None) that mount `volume` or use `model`."""
     rows = await rt.store.run(rt.store.endpoints.list, account_id)
-    out = []
+    out: list[EndpointRow] = []
     for row in rows:
         spec = spec_from_json(row["spec"])
         if (volume and spec.network_volume_id == volume) or (model and spec.model_name == model):

@@ -14,10 +14,10 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ember.api import bodies as B
-from ember.api.deps import Runtime, RuntimeDep, caller, read_body
+from ember.api.deps import Runtime, RuntimeDep, caller, found, own_endpoint, read_body
 from ember.api.errors import json_response
 from ember.core import json_body
-from ember.core.errors import InvalidInput, NotFound, Problem, Unauthorized
+from ember.core.errors import InvalidInput, Problem, Unauthorized
 from ember.core.json_body import Json, JsonObject
 from ember.core.outbound import git_url_problems
 from ember.core.secrets import looks_sealed
@@ -186,13 +186,11 @@ async def webhook(request: Request, rt: RuntimeDep) -> Response:
     "/endpoints/{ref}/releases/{number}/log", tags=["endpoints"], summary="A release's build log (so far)"
 )
 async def release_log(ref: str, number: int, request: Request, rt: RuntimeDep) -> Response:
-    who = caller(request)  # not a dependency: a bad `number` answers 400 before a bad key
-    ep = await rt.store.run(rt.store.endpoints.get, ref, who.account_id)
-    if ep is None:
-        raise NotFound(f"endpoint {ref!r} not found")
-    row = await rt.store.run(rt.store.endpoints.release, ep["id"], number)
-    if row is None:
-        raise NotFound(f"release {number} of endpoint {ref!r} not found")
+    who = await caller(request)  # not a dependency: a bad `number` answers 400 before a bad key
+    ep = await own_endpoint(rt, who.account_id, ref)
+    row = await found(
+        rt, f"release {number} of endpoint {ref!r}", rt.store.endpoints.release, ep["id"], number
+    )
     return json_response(
         {"release": number, "status": row["status"], "commit": row["commit"], "log": row["log"] or ""}
     )

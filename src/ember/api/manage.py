@@ -14,7 +14,7 @@ from starlette.responses import Response, StreamingResponse
 
 from ember.api import bodies as B
 from ember.api import views
-from ember.api.deps import AdminDep, CallerDep, Runtime, RuntimeDep, caller, new_token
+from ember.api.deps import AdminDep, CallerDep, Runtime, RuntimeDep, caller, found, new_token, own_endpoint
 from ember.api.errors import json_response
 from ember.core.errors import BackendError, Conflict, InvalidInput, NotFound, Problem
 from ember.core.ids import make_id
@@ -98,9 +98,7 @@ async def add_credits(
     amount = parse_dollars(body.get("amount"), field="amount")
     if amount <= 0:
         raise InvalidInput("amount must be positive", [Problem("amount", "must be > 0", body.get("amount"))])
-    balance = await rt.store.run(rt.store.accounts.credit, account_id, amount, rt.clock.now())
-    if balance is None:
-        raise NotFound(f"account {account_id!r} not found")
+    await found(rt, f"account {account_id!r}", rt.store.accounts.credit, account_id, amount, rt.clock.now())
     rt.signals.poke_scaler()
     return json_response(await rt.store.run(account_view, rt, account_id))
 
@@ -174,10 +172,7 @@ def _time_param(value: str | None, name: str) -> float | None:
 
 # ---- workers -----------------------------------------------------------------------------------------
 async def _own_worker(rt: Runtime, who: KeyInfo, worker_id: str) -> WorkerRow:
-    row = await rt.store.run(rt.store.workers.get, worker_id, who.account_id)
-    if row is None:
-        raise NotFound(f"worker {worker_id!r} not found")
-    return row
+    return await found(rt, f"worker {worker_id!r}", rt.store.workers.get, worker_id, who.account_id)
 
 
 @router.get("/workers/{worker_id}", tags=["workers"], summary="One worker")
@@ -265,10 +260,8 @@ async def logs(
     follow: bool = False,
     tail: int | None = None,
 ) -> Response:
-    who = caller(request)  # not a dependency: a bad `follow` or `tail` answers 400 first
-    ep = await rt.store.run(rt.store.endpoints.get, ref, who.account_id)
-    if ep is None:
-        raise NotFound(f"endpoint {ref!r} not found")
+    who = await caller(request)  # not a dependency: a bad `follow` or `tail` answers 400 first
+    ep = await own_endpoint(rt, who.account_id, ref)
     rows = await rt.store.run(lambda: rt.store.workers.list(endpoint_id=ep["id"], include_stopped=True))
     if worker is not None:
         rows = [r for r in rows if r["id"] == worker]
@@ -340,13 +333,10 @@ async def list_jobs(
     state: str | None = None,  # noqa: N803
     limit: int = 100,
 ) -> Response:
-    who = caller(request)  # not a dependency: a bad `limit` answers 400 before a bad key
+    who = await caller(request)  # not a dependency: a bad `limit` answers 400 before a bad key
     endpoint_id = None
     if endpointId:
-        ep = await rt.store.run(rt.store.endpoints.get, endpointId, who.account_id)
-        if ep is None:
-            raise NotFound(f"endpoint {endpointId!r} not found")
-        endpoint_id = ep["id"]
+        endpoint_id = (await own_endpoint(rt, who.account_id, endpointId))["id"]
     rows = await rt.store.run(
         lambda: rt.store.jobs.list(who.account_id, endpoint_id, state, max(1, min(limit, 1000)))
     )

@@ -116,7 +116,7 @@ class HttpMetrics:
             self._observe(scope, status, time.perf_counter() - started)
 
 
-def authorize(request: Request, token: str | None) -> None:
+async def authorize(request: Request, token: str | None) -> None:
     """The metrics token or the admin's key may read the metrics: no key (or an unknown one) is a 401,
     another account's key a 403."""
     plain = key_from(request)
@@ -124,7 +124,7 @@ def authorize(request: Request, token: str | None) -> None:
         raise Unauthorized("missing token: send 'Authorization: Bearer <EMBER_METRICS_TOKEN or admin key>'")
     if token and secrets.compare_digest(plain.encode(), token.encode()):
         return
-    info = runtime(request).resolve(plain)
+    info = await runtime(request).resolve(plain)
     if info is None or info.kind == "worker":
         raise Unauthorized("invalid token: send EMBER_METRICS_TOKEN or the admin's API key")
     if info.kind != "admin":
@@ -141,7 +141,7 @@ def install(app: FastAPI, rt: Runtime, *, token: str | None) -> HttpInstruments:
     app.add_middleware(HttpMetrics, instruments=instruments)
 
     async def metrics(request: Request) -> Response:
-        authorize(request, token)
+        await authorize(request, token)
         # The gauges read the database (a few grouped queries; the first scrape sums the whole ledger):
         # in a thread, so that no request waits on them.
         body = await rt.store.run_background(generate_latest, registry)

@@ -8,8 +8,8 @@ from starlette.responses import Response
 
 from ember.api import bodies as B
 from ember.api import views
-from ember.api.deps import CallerDep, RuntimeDep
-from ember.api.endpoints import endpoint_view, own_endpoint
+from ember.api.deps import CallerDep, RuntimeDep, own_endpoint
+from ember.api.endpoints import endpoint_view
 from ember.api.errors import json_response
 from ember.core.errors import Conflict, NotFound
 from ember.core.specs import release_key, spec_from_json, spec_to_json

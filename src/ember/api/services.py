@@ -19,7 +19,6 @@ if TYPE_CHECKING:  # for annotations only: importing the API does not import the
     from ember.control.secrets import AccountSecrets
     from ember.core.billing import PriceTable
     from ember.models.cache import ModelCache
-    from ember.store.resources import ResourceStore
     from ember.volumes.store import VolumeManager
 
 T = TypeVar("T")
@@ -29,7 +28,6 @@ T = TypeVar("T")
 class Services:
     models: ModelCache | None = None  # the host's Hugging Face cache
     volumes: VolumeManager | None = None  # network volumes on this host
-    resources: ResourceStore | None = None  # volumes' billing, secrets and registry auths in the store
     preparer: ModelPreparer | None = None  # fetches endpoints' models; who may see which
     secrets: AccountSecrets | None = None
     sealer: Sealer | None = None  # seals and opens secrets kept in endpoint specs (git webhook secrets)

@@ -5,21 +5,22 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from ember.api import bodies as B
 from ember.api import views
-from ember.api.deps import CallerDep, Runtime, RuntimeDep
+from ember.api.deps import CallerDep, Runtime, RuntimeDep, found
 from ember.api.errors import json_response
 from ember.api.registry_auth import require_owned
-from ember.core.errors import InvalidInput, NotFound, Problem
+from ember.core.errors import InvalidInput, Problem
 from ember.core.ids import make_id
 from ember.core.json_body import Json, JsonObject
 from ember.core.names import name_problems
 from ember.core.specs import handler_problems, normalise_handler
+from ember.store.rows import TemplateRow
 
 router = APIRouter(prefix="/v1")
 BODY_LIMIT = 1024 * 1024
@@ -59,7 +60,7 @@ def template_data(body: JsonObject) -> tuple[str, JsonObject]:
     return name, {k: body[k] for k in ("name", *TEMPLATE_FIELDS) if k in body}
 
 
-def stored_data(row: Any) -> JsonObject:
+def stored_data(row: TemplateRow) -> JsonObject:
     """The record a template row keeps (`template_data`'s result, as stored)."""
     data: Json = json.loads(row["data"])
     if not isinstance(data, dict):
@@ -67,7 +68,7 @@ def stored_data(row: Any) -> JsonObject:
     return data
 
 
-def _template_view(row: Any) -> dict[str, object]:
+def _template_view(row: TemplateRow) -> dict[str, object]:
     return {"id": row["id"], **stored_data(row), "createdAt": views.iso(row["created_at"])}
 
 
@@ -87,26 +88,22 @@ async def create_template(
     await require_owned(rt, who.account_id, data.get("containerRegistryAuthId"))
     template_id = make_id("template", uuid.uuid4().hex[:16])
     await rt.store.run(
-        lambda: rt.store.endpoints.create_template(
+        lambda: rt.store.templates.create(
             id=template_id, account_id=who.account_id, name=name, data=data, now=rt.clock.now()
         )
     )
-    row = await rt.store.run(rt.store.endpoints.template, template_id, who.account_id)
-    return json_response(_template_view(row), 201)
+    return json_response(_template_view(await own_template(rt, who.account_id, template_id)), 201)
 
 
 @router.get("/templates", tags=["templates"], summary="List templates")
 async def list_templates(who: CallerDep, rt: RuntimeDep) -> Response:
-    rows = await rt.store.run(rt.store.endpoints.templates, who.account_id)
+    rows = await rt.store.run(rt.store.templates.list, who.account_id)
     return json_response([_template_view(r) for r in rows])
 
 
-async def own_template(rt: Runtime, account_id: str, template_id: str) -> Any:
+async def own_template(rt: Runtime, account_id: str, template_id: str) -> TemplateRow:
     """The account's template row; NotFound (404) when it is unknown or another account's."""
-    row = await rt.store.run(rt.store.endpoints.template, template_id, account_id)
-    if row is None:
-        raise NotFound(f"template {template_id!r} not found")
-    return row
+    return await found(rt, f"template {template_id!r}", rt.store.templates.get, template_id, account_id)
 
 
 @router.get("/templates/{template_id}", tags=["templates"], summary="One template")
@@ -126,12 +123,12 @@ async def update_template(template_id: str, request: Request, who: CallerDep, rt
     patch = await B.parse_body(request, B.TemplatePatch, BODY_LIMIT)
     name, data = template_data({**stored_data(row), **patch})
     await require_owned(rt, who.account_id, data.get("containerRegistryAuthId"))
-    await rt.store.run(rt.store.endpoints.update_template, template_id, name, data)
+    await rt.store.run(rt.store.templates.update, template_id, name, data)
     return json_response(_template_view(await own_template(rt, who.account_id, template_id)))
 
 
 @router.delete("/templates/{template_id}", tags=["templates"], summary="Delete a template")
 async def delete_template(template_id: str, who: CallerDep, rt: RuntimeDep) -> Response:
     await own_template(rt, who.account_id, template_id)
-    await rt.store.run(rt.store.endpoints.delete_template, template_id)
+    await rt.store.run(rt.store.templates.delete, template_id)
     return json_response({"id": template_id, "deleted": True})

@@ -7,8 +7,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from ember.api.deps import RuntimeDep, caller
-from ember.api.endpoints import own_endpoint
+from ember.api.deps import RuntimeDep, caller, own_endpoint
 from ember.api.errors import json_response
 from ember.api.views import iso
 from ember.core.billing import PriceTable
@@ -39,7 +38,7 @@ async def endpoint_traffic(
     median. `price`: what one second of its worker costs (flex, before the active discount), in
     micro-dollars, for the GPU type its newest worker ran on (else its first preference). `server`: the
     lifecycle's tick and how long a job-take is held, which the simulator mirrors."""
-    who = caller(request)  # not a dependency: a bad `seconds` or `limit` answers 400 before a bad key
+    who = await caller(request)  # not a dependency: a bad `seconds` or `limit` answers 400 before a bad key
     row = await own_endpoint(rt, who.account_id, ref)
     now = rt.clock.now()
     since = now - seconds

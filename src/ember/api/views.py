@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 from ember.core.money import format_dollars
 from ember.core.specs import spec_from_json, to_wire
+from ember.store.rows import AccountRow, EndpointRow, ReleaseRow, WorkerEvent, WorkerRow
 
 
 def iso(at: float | None) -> str | None:
@@ -18,7 +18,7 @@ def iso(at: float | None) -> str | None:
 
 
 def endpoint(
-    row: Mapping[Any, Any], *, owner: bool = True, workers: list[Mapping[Any, Any]] | None = None
+    row: EndpointRow, *, owner: bool = True, workers: Sequence[WorkerRow] | None = None
 ) -> dict[str, object]:
     spec = spec_from_json(row["spec"])
     out = to_wire(spec)
@@ -42,7 +42,7 @@ def endpoint(
     return out
 
 
-def worker(row: Mapping[Any, Any], now: float) -> dict[str, object]:
+def worker(row: WorkerRow, now: float) -> dict[str, object]:
     return {
         "id": row["id"],
         "endpointId": row["endpoint_id"],
@@ -62,7 +62,7 @@ def worker(row: Mapping[Any, Any], now: float) -> dict[str, object]:
     }
 
 
-def event(row: Mapping[Any, Any]) -> dict[str, object]:
+def event(row: WorkerEvent) -> dict[str, object]:
     return {
         "state": row["to_state"],
         "from": row["from_state"],
@@ -71,7 +71,7 @@ def event(row: Mapping[Any, Any]) -> dict[str, object]:
     }
 
 
-def release(row: Mapping[Any, Any], serving: int) -> dict[str, object]:
+def release(row: ReleaseRow, serving: int) -> dict[str, object]:
     spec = json.loads(row["spec"])
     log = row["log"] or ""
     return {
@@ -85,7 +85,7 @@ def release(row: Mapping[Any, Any], serving: int) -> dict[str, object]:
     }
 
 
-def account(row: Mapping[Any, Any], *, max_workers: int, workers: int) -> dict[str, object]:
+def account(row: AccountRow, *, max_workers: int, workers: int) -> dict[str, object]:
     return {
         "id": row["id"],
         "name": row["name"],

@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from ember.api import bodies as B
 from ember.api import views
-from ember.api.deps import CallerDep, Runtime, RuntimeDep
+from ember.api.deps import CallerDep, Runtime, RuntimeDep, found
 from ember.api.endpoints import endpoints_using
 from ember.api.errors import json_response
 from ember.api.services import required
@@ -20,6 +20,7 @@ from ember.core.errors import Conflict, InvalidInput, NotFound, Problem
 from ember.core.ids import make_id
 from ember.core.money import format_dollars
 from ember.core.names import name_problems
+from ember.store.rows import VolumeRow
 
 router = APIRouter(prefix="/v1")
 BODY_LIMIT = 64 * 1024
@@ -62,19 +63,14 @@ async def volume_view(rt: Runtime, row: Any) -> dict[str, object]:
     out.update(await anyio.to_thread.run_sync(host_facts))
     users = await endpoints_using(rt, row["account_id"], volume=row["id"])
     out["endpoints"] = [{"id": e["id"], "name": e["name"]} for e in users]
-    resources = rt.services.resources
-    if resources is not None:
-        seconds, micros = (await rt.store.run(resources.volume_billed, [row["id"]])).get(row["id"], (0, 0))
-        out["billedSeconds"] = seconds
-        out["billed"] = format_dollars(micros)
+    seconds, micros = (await rt.store.run(rt.store.volumes.billed, [row["id"]])).get(row["id"], (0, 0))
+    out["billedSeconds"] = seconds
+    out["billed"] = format_dollars(micros)
     return out
 
 
-async def _own_volume(rt: Runtime, account_id: str, volume_id: str) -> Any:
-    row = await rt.store.run(rt.store.endpoints.volume, volume_id, account_id)
-    if row is None:
-        raise NotFound(f"network volume {volume_id!r} not found")
-    return row
+async def _own_volume(rt: Runtime, account_id: str, volume_id: str) -> VolumeRow:
+    return await found(rt, f"network volume {volume_id!r}", rt.store.volumes.get, volume_id, account_id)
 
 
 @router.post(
@@ -97,7 +93,7 @@ async def create_volume(request: Request, who: CallerDep, rt: RuntimeDep) -> Res
     await anyio.to_thread.run_sync(manager.create, volume_id, size_gb)
     try:
         await rt.store.run(
-            lambda: rt.store.endpoints.create_volume(
+            lambda: rt.store.volumes.create(
                 id=volume_id,
                 account_id=who.account_id,
                 name=name.strip(),
@@ -119,7 +115,7 @@ async def list_volumes(who: CallerDep, rt: RuntimeDep) -> Response:
 
 async def volumes_of(rt: Runtime, account_id: str) -> list[dict[str, object]]:
     """The records of the account's live volumes, oldest first."""
-    rows = await rt.store.run(rt.store.endpoints.volumes, account_id)
+    rows = await rt.store.run(rt.store.volumes.list, account_id)
     return [await volume_view(rt, r) for r in rows]
 
 
@@ -149,7 +145,7 @@ async def update_volume(volume_id: str, request: Request, who: CallerDep, rt: Ru
                 [Problem("size", f"must be at least the current size, {row['size_gb']} GB", size_gb)],
             )
         await anyio.to_thread.run_sync(manager.resize, volume_id, size_gb)
-        await rt.store.run(rt.store.endpoints.resize_volume, volume_id, size_gb)
+        await rt.store.run(rt.store.volumes.resize, volume_id, size_gb)
     return json_response(await volume_view(rt, await _own_volume(rt, who.account_id, volume_id)))
 
 
@@ -178,5 +174,5 @@ async def delete_volume(volume_id: str, who: CallerDep, rt: RuntimeDep) -> Respo
             pass  # already gone from this host; the record goes too
 
     await anyio.to_thread.run_sync(remove)
-    await rt.store.run(rt.store.endpoints.delete_volume, volume_id, rt.clock.now())
+    await rt.store.run(rt.store.volumes.delete, volume_id, rt.clock.now())
     return json_response({"id": volume_id, "deleted": True})

@@ -60,7 +60,7 @@ async def _heard_from(rt: Runtime, worker_id: str, now: float) -> None:
 
 async def _worker(request: Request, endpoint_id: str, worker_id: str) -> tuple[Runtime, WorkerRow]:
     rt = runtime(request)
-    worker_caller(request, endpoint_id, worker_id)
+    await worker_caller(request, endpoint_id, worker_id)
     worker = await rt.store.run(rt.store.workers.get, worker_id)
     if worker is None or worker["endpoint_id"] != endpoint_id:
         raise NotFound(f"worker {worker_id!r} is not known on endpoint {endpoint_id!r}")
@@ -136,7 +136,9 @@ async def job_take(request: Request) -> Response:
 )
 async def job_take_batch(request: Request) -> Response:
     p = request.path_params
-    worker_caller(request, p["endpoint_id"], p["worker_id"])  # a stranger gets 401, not a 400 for batch_size
+    await worker_caller(
+        request, p["endpoint_id"], p["worker_id"]
+    )  # a stranger gets 401, not a 400 for batch_size
     return await _take(request, _int_param(request, "batch_size", 1, 1, 1000), as_list=True)
 
 
@@ -154,7 +156,7 @@ async def job_done(request: Request) -> Response:
     p = request.path_params
     endpoint_id, worker_id, job_id = p["endpoint_id"], p["worker_id"], p["job_id"]
     rt = runtime(request)
-    worker_caller(request, endpoint_id, worker_id)
+    await worker_caller(request, endpoint_id, worker_id)
     body = await read_json(request, RESULT_LIMIT_BYTES)
     if body is None:
         body = {}

@@ -103,7 +103,7 @@ def limit_rows(table: Sequence[LimitRow] | None, balance_micros: int) -> list[di
 
 @router.get("/console/billing")
 async def billing_page(request: Request, days: str = "14", account: str = "") -> Response:
-    viewer = viewer_of(request)
+    viewer = await viewer_of(request)
     window = _window(days)
     rt = runtime(request)
     shown = await accounts_in_view(rt, viewer, account)
@@ -147,7 +147,7 @@ async def billing_page(request: Request, days: str = "14", account: str = "") ->
 # ---- models, volumes, registry logins ------------------------------------------------------------
 @router.get("/console/models")
 async def models_page(request: Request) -> Response:
-    viewer = viewer_of(request)
+    viewer = await viewer_of(request)
     rt = runtime(request)
     models = await models_for(rt, key_of(viewer))
     return render(request, "models.html", viewer, models=models)
@@ -155,7 +155,7 @@ async def models_page(request: Request) -> Response:
 
 @router.get("/console/volumes")
 async def volumes_page(request: Request) -> Response:
-    viewer = viewer_of(request)
+    viewer = await viewer_of(request)
     rt = runtime(request)
     items = []
     for a in await accounts_in_view(rt, viewer):
@@ -166,7 +166,7 @@ async def volumes_page(request: Request) -> Response:
 
 @router.get("/console/registry")
 async def registry_page(request: Request) -> Response:
-    viewer = viewer_of(request)
+    viewer = await viewer_of(request)
     rt = runtime(request)
     service = registry_auths(rt)
     items = []

@@ -6,8 +6,6 @@ only, each bounded; the page's script edits through the JSON API and tails logs 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
@@ -23,6 +21,7 @@ from ember.core.timeline import lanes
 from ember.core.workers import WorkerState
 from ember.store.activity import JobLine
 from ember.store.insights import percentile
+from ember.store.rows import EndpointRow, ReleaseSummary
 
 router = APIRouter(include_in_schema=False)
 
@@ -50,7 +49,7 @@ def _not_found(request: Request, viewer: Viewer, what: str) -> Response:
     return _problem(request, viewer, 404, "Not found", f"{what} was not found.")
 
 
-async def _endpoint(rt: Runtime, viewer: Viewer, endpoint_id: str) -> Mapping[Any, Any] | None:
+async def _endpoint(rt: Runtime, viewer: Viewer, endpoint_id: str) -> EndpointRow | None:
     """The endpoint by id when the viewer may see it (its own account's; any for the admin)."""
     row = await rt.store.run(rt.store.endpoints.get, endpoint_id, viewer.scope)
     return row if row is not None and row["id"] == endpoint_id else None
@@ -92,7 +91,7 @@ def _settings(spec_json: str) -> dict[str, object]:
     }
 
 
-def _release(row: Mapping[Any, Any], serving: int) -> dict[str, object]:
+def _release(row: ReleaseSummary, serving: int) -> dict[str, object]:
     image = row["image"]
     if not image:
         image = json.loads(row["spec"]).get("image_name")
@@ -110,7 +109,7 @@ def _release(row: Mapping[Any, Any], serving: int) -> dict[str, object]:
 async def endpoint_page(
     request: Request, endpoint_id: str, status: str = "", worker: str = "", span: str = DEFAULT_SPAN
 ) -> Response:
-    viewer = viewer_of(request)
+    viewer = await viewer_of(request)
     rt = runtime(request)
     store = rt.store
     row = await _endpoint(rt, viewer, endpoint_id)
@@ -188,7 +187,7 @@ def _shown(text: str | None) -> str:
 
 @router.get("/console/endpoints/{endpoint_id}/jobs/{job_id}")
 async def job_page(request: Request, endpoint_id: str, job_id: str) -> Response:
-    viewer = viewer_of(request)
+    viewer = await viewer_of(request)
     rt = runtime(request)
     row = await _endpoint(rt, viewer, endpoint_id)
     job = None

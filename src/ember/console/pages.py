@@ -29,7 +29,7 @@ async def home(request: Request) -> Response:
 
 @router.get("/console/")
 async def endpoints_page(request: Request) -> Response:
-    viewer = viewer_of(request)
+    viewer = await viewer_of(request)
     rt = runtime(request)
     store = rt.store
     now = rt.clock.now()

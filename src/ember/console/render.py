@@ -33,8 +33,8 @@ class SignInNeeded(Exception):
     """Raised by `viewer_of` when no live session signs this browser in; answered with the sign-in page."""
 
 
-def viewer_of(request: Request) -> Viewer:
-    info = console_session(request)
+async def viewer_of(request: Request) -> Viewer:
+    info = await console_session(request)
     if info is None:
         raise SignInNeeded()
     return Viewer(info.account_id, info.kind == "admin")

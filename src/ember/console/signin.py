@@ -70,7 +70,7 @@ async def sign_in(request: Request) -> Response:
     key = (form.get("key") or [""])[0].strip()
     if key[:7].lower() == "bearer ":
         key = key[7:].strip()
-    info = runtime(request).resolve(key) if key else None
+    info = await runtime(request).resolve(key) if key else None
     if info is None or info.kind == "worker":
         return _sign_in_form(request, "that API key is not valid here", 401)
     return await _signed_in(request, info.account_id)
@@ -92,7 +92,7 @@ async def sign_out(request: Request) -> Response:
 @router.post("/v1/console/links", include_in_schema=True, tags=["console"])
 async def create_link(request: Request) -> Response:
     """A one-time sign-in link to the console for the caller's account, valid for five minutes."""
-    who = caller(request)
+    who = await caller(request)
     rt = runtime(request)
     token = secrets.token_urlsafe(32)
     await rt.store.run(rt.store.sessions.create, token, who.account_id, LINK, rt.clock.now(), LINK_TTL_S)

@@ -13,8 +13,8 @@ from ember.core.billing import Interval, PriceTable, bill
 from ember.core.workers import WorkerState, WorkerType
 from ember.store.accounts import Charge
 from ember.store.facade import Store
-from ember.store.resources import ResourceStore, VolumeCharge
 from ember.store.rows import WorkerEvent, WorkerRow
+from ember.store.volumes import VolumeCharge
 
 log = logging.getLogger("ember.meter")
 MONTH_S = 30 * 24 * 3600
@@ -69,7 +69,6 @@ class Meter:
         self.clock = clock
         self.prices = prices
         self.volume_price_micros = volume_price_micros
-        self.resources = ResourceStore(store.db.engine)
 
     async def tick(self) -> int:
         """Bill everything up to now; returns the number of ledger rows written."""
@@ -80,20 +79,20 @@ class Meter:
 
     def _bill_volumes(self, now: float) -> int:
         written = 0
-        for vol, cursor, carry in self.resources.volume_meter_candidates():
+        for vol, cursor, carry in self.store.volumes.meter_candidates():
             since = cursor if cursor is not None else vol["created_at"]
             until = now if vol["deleted_at"] is None else min(now, vol["deleted_at"])
             seconds = int(until - since)
             if seconds <= 0:
                 if vol["deleted_at"] is not None and until > since:
-                    self.resources.save_volume_meter(vol["id"], until, carry, None)  # close it out
+                    self.store.volumes.save_meter(vol["id"], until, carry, None)  # close it out
                 continue
             amount, carry = volume_charge(int(vol["size_gb"]), self.volume_price_micros, seconds, carry)
             to_at = since + seconds
             charge = VolumeCharge(
                 vol["account_id"], vol["id"], int(vol["size_gb"]), seconds, amount, since, to_at
             )
-            self.resources.save_volume_meter(vol["id"], to_at, carry, charge)
+            self.store.volumes.save_meter(vol["id"], to_at, carry, charge)
             written += 1
         return written
 

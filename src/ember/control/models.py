@@ -25,7 +25,6 @@ from ember.models.cache import ModelCache
 from ember.models.env import repo_cache_dir
 from ember.models.state import READY, check_repo_id
 from ember.store.facade import Store
-from ember.store.resources import ResourceStore
 from ember.volumes.store import CONTAINER_PATH, VolumeManager
 
 log = logging.getLogger("ember.models")
@@ -73,7 +72,6 @@ class ModelPreparer:
 
     cache: ModelCache
     store: Store
-    resources: ResourceStore
     clock: Clock
     retry_s: float = 30.0
     access_path: Path | None = None
@@ -183,7 +181,7 @@ class ModelPreparer:
     async def _token(self, account_id: str) -> str | None:
         if self.secrets is not None:
             return await self.secrets.value(account_id, TOKEN_SECRET) or None
-        return (await self.store.run(self.resources.secrets, account_id)).get(TOKEN_SECRET) or None
+        return (await self.store.run(self.store.secrets.get, account_id)).get(TOKEN_SECRET) or None
 
     def _check_access(self, repo_id: str, revision: str, token: str | None) -> None:
         """May this account (its token, or none) download the model? The hub serves a gated model's info

@@ -13,7 +13,6 @@ from ember.core.errors import Conflict, InvalidInput, NotFound, Problem
 from ember.core.ids import make_id
 from ember.core.specs import spec_from_json
 from ember.store.facade import Store
-from ember.store.resources import ResourceStore
 from ember.store.rows import RegistryAuthRow
 
 FIELD = "containerRegistryAuthId"
@@ -39,9 +38,8 @@ class RegistryAuths:
     Every method is scoped to one account: another account's auth is NotFound, never a hint that it
     exists. Store calls go through `store.run` (a thread on PostgreSQL)."""
 
-    def __init__(self, store: Store, resources: ResourceStore, sealer: Sealer) -> None:
+    def __init__(self, store: Store, sealer: Sealer) -> None:
         self.store = store
-        self.resources = resources
         self.sealer = sealer
 
     async def create(
@@ -51,7 +49,7 @@ class RegistryAuths:
         auth_id = make_id("registry_auth", uuid.uuid4().hex[:16])
         sealed = self.sealer.seal(password)
         created = await self.store.run(
-            lambda: self.resources.create_registry_auth(
+            lambda: self.store.registry_auths.create(
                 id=auth_id,
                 account_id=account_id,
                 name=name,
@@ -67,11 +65,11 @@ class RegistryAuths:
         return await self.get(account_id, auth_id)
 
     async def of_account(self, account_id: str) -> list[RegistryAuth]:
-        rows = await self.store.run(self.resources.registry_auths, account_id)
+        rows = await self.store.run(self.store.registry_auths.list, account_id)
         return [RegistryAuth.from_row(r) for r in rows]
 
     async def get(self, account_id: str, auth_id: str) -> RegistryAuth:
-        row = await self.store.run(self.resources.registry_auth, auth_id, account_id)
+        row = await self.store.run(self.store.registry_auths.get, auth_id, account_id)
         if row is None:
             raise NotFound(f"registry auth {auth_id!r} not found")
         return RegistryAuth.from_row(row)
@@ -82,7 +80,7 @@ class RegistryAuths:
             raise InvalidInput(
                 f"invalid {FIELD}", [Problem(FIELD, "must be the id of a registry auth, or null", auth_id)]
             )
-        row = await self.store.run(self.resources.registry_auth, auth_id, account_id)
+        row = await self.store.run(self.store.registry_auths.get, auth_id, account_id)
         if row is None:
             raise InvalidInput(
                 f"registry auth {auth_id!r} not found",
@@ -92,7 +90,7 @@ class RegistryAuths:
     async def users(self, account_id: str, auth_id: str) -> list[str]:
         """The account's templates and endpoints that name this auth, as `template NAME (ID)`."""
         out = []
-        for tpl in await self.store.run(self.store.endpoints.templates, account_id):
+        for tpl in await self.store.run(self.store.templates.list, account_id):
             if json.loads(tpl["data"]).get(FIELD) == auth_id:
                 out.append(f"template {tpl['name']} ({tpl['id']})")
         for ep in await self.store.run(self.store.endpoints.list, account_id):
@@ -109,13 +107,13 @@ class RegistryAuths:
                 f"registry auth {auth_id} is used by {', '.join(users)}: set their {FIELD} to another "
                 "auth (or null), or delete them first"
             )
-        if not await self.store.run(self.resources.delete_registry_auth, auth_id, account_id):
+        if not await self.store.run(self.store.registry_auths.delete, auth_id, account_id):
             raise NotFound(f"registry auth {auth_id!r} not found")
 
     async def auth_config(self, account_id: str, auth_id: str, image_ref: str) -> dict[str, str]:
         """The Docker engine's `auth_config` for pulling `image_ref` with the account's auth.
         NotFound when it is gone; InvalidInput when this server's key cannot open its password."""
-        row = await self.store.run(self.resources.registry_auth, auth_id, account_id)
+        row = await self.store.run(self.store.registry_auths.get, auth_id, account_id)
         if row is None:
             raise NotFound(f"registry auth {auth_id} (the endpoint's {FIELD}) not found")
         try:

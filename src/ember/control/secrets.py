@@ -11,7 +11,6 @@ from ember.build.registry import Sealer
 from ember.core.errors import InvalidInput, Problem
 from ember.core.secrets import looks_sealed, resolve_env
 from ember.store.facade import Store
-from ember.store.resources import ResourceStore
 
 log = logging.getLogger("ember.secrets")
 
@@ -19,24 +18,23 @@ log = logging.getLogger("ember.secrets")
 class AccountSecrets:
     """Seal, list and open one account's secrets. Store calls go through `store.run`."""
 
-    def __init__(self, store: Store, resources: ResourceStore, sealer: Sealer) -> None:
+    def __init__(self, store: Store, sealer: Sealer) -> None:
         self.store = store
-        self.resources = resources
         self.sealer = sealer
 
     async def update(self, account_id: str, changes: Mapping[str, str | None]) -> list[str] | None:
         """Set (sealed) or, with None, delete secrets; the sorted names now set, None if no account."""
         sealed = {k: None if v is None else self.sealer.seal(v) for k, v in changes.items()}
-        return await self.store.run(self.resources.update_secrets, account_id, sealed)
+        return await self.store.run(self.store.secrets.update, account_id, sealed)
 
     async def names(self, account_id: str) -> list[str]:
-        return sorted(await self.store.run(self.resources.secrets, account_id))
+        return sorted(await self.store.run(self.store.secrets.get, account_id))
 
     async def values(self, account_id: str) -> dict[str, str]:
         """The account's secrets in the clear. One this server's key cannot open is left out (and its
         name logged), as if unset: the account sets it again."""
         out = {}
-        for name, stored in (await self.store.run(self.resources.secrets, account_id)).items():
+        for name, stored in (await self.store.run(self.store.secrets.get, account_id)).items():
             if not looks_sealed(stored):
                 log.warning("secret.unsealed account=%s name=%s: set it again", account_id, name)
                 continue

@@ -1,4 +1,5 @@
-"""Endpoints (with their scaling verdict), releases, templates and network-volume records."""
+"""Endpoints (spec, status message, scaling verdict), the scaler's decisions (`scale_events`) and
+releases."""
 
 from __future__ import annotations
 
@@ -11,13 +12,11 @@ from sqlalchemy.engine import Connection
 
 from ember.core.json_body import Json
 from ember.store.db import Repository, transaction
-from ember.store.rows import EndpointRow, ReleaseRow, ScaleEventRow, TemplateRow, VolumeRow
-from ember.store.schema import endpoints, releases, scale_events, templates, volumes
+from ember.store.rows import EndpointRow, ReleaseRow, ScaleEventRow
+from ember.store.schema import endpoints, releases, scale_events
 
 E = endpoints.c
 R = releases.c
-T = templates.c
-V = volumes.c
 
 
 @dataclass(frozen=True)
@@ -225,63 +224,3 @@ class EndpointStore(Repository):
                 )
             )
             return number
-
-    # ---- templates ---------------------------------------------------------------------------------
-    def create_template(
-        self, *, id: str, account_id: str, name: str, data: Mapping[str, Json], now: float
-    ) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                insert(templates).values(
-                    id=id, account_id=account_id, name=name, data=json.dumps(data), created_at=now
-                )
-            )
-
-    def templates(self, account_id: str) -> Sequence[TemplateRow]:
-        return self._rows(
-            TemplateRow, select(templates).where(T.account_id == account_id).order_by(T.created_at)
-        )
-
-    def template(self, template_id: str, account_id: str) -> TemplateRow | None:
-        return self._first(
-            TemplateRow, select(templates).where(T.id == template_id, T.account_id == account_id)
-        )
-
-    def update_template(self, template_id: str, name: str, data: Mapping[str, Json]) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(templates).where(T.id == template_id).values(name=name, data=json.dumps(data))
-            )
-
-    def delete_template(self, template_id: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(templates.delete().where(T.id == template_id))
-
-    # ---- volumes -----------------------------------------------------------------------------------
-    def create_volume(self, *, id: str, account_id: str, name: str, size_gb: int, now: float) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                insert(volumes).values(
-                    id=id, account_id=account_id, name=name, size_gb=size_gb, created_at=now
-                )
-            )
-
-    def volumes(self, account_id: str) -> Sequence[VolumeRow]:
-        return self._rows(
-            VolumeRow,
-            select(volumes).where(V.account_id == account_id, V.deleted_at.is_(None)).order_by(V.created_at),
-        )
-
-    def volume(self, volume_id: str, account_id: str) -> VolumeRow | None:
-        return self._first(
-            VolumeRow,
-            select(volumes).where(V.id == volume_id, V.account_id == account_id, V.deleted_at.is_(None)),
-        )
-
-    def resize_volume(self, volume_id: str, size_gb: int) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(update(volumes).where(V.id == volume_id).values(size_gb=size_gb))
-
-    def delete_volume(self, volume_id: str, now: float) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(update(volumes).where(V.id == volume_id).values(deleted_at=now))

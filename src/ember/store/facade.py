@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import ParamSpec, TypeVar
 
 import anyio.to_thread
 from sqlalchemy.engine import Engine
@@ -20,12 +20,17 @@ from ember.store.idempotency import IdempotencyStore
 from ember.store.insights import InsightStore
 from ember.store.jobs import Claimed, Finished, JobStore, NewJob
 from ember.store.metering import MeterStore
+from ember.store.registry_auths import RegistryAuthStore
+from ember.store.secrets import SecretStore
 from ember.store.sessions import SessionStore
 from ember.store.streams import StreamStore
 from ember.store.sweeps import SweepStore
+from ember.store.templates import TemplateStore
+from ember.store.volumes import VolumeStore
 from ember.store.workers import WorkerStore
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 TOOK_A_JOB = "took a job"
 
@@ -53,6 +58,10 @@ class Store:
         self.metering = MeterStore(engine, self.raw)
         self.accounts = AccountStore(engine)
         self.endpoints = EndpointStore(engine)
+        self.templates = TemplateStore(engine)
+        self.volumes = VolumeStore(engine)
+        self.secrets = SecretStore(engine)
+        self.registry_auths = RegistryAuthStore(engine)
         self.sessions = SessionStore(engine)
         self.insights = InsightStore(engine)
         self.activity = ActivityStore(engine)
@@ -155,11 +164,11 @@ class Store:
         one, and only this process writes the database."""
         return self.db.is_sqlite
 
-    async def run(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Call a blocking store method from async code (inline on SQLite, in a thread otherwise)."""
         return await self.db.run(fn, *args, **kwargs)
 
-    async def run_background(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+    async def run_background(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Like `run`, but always in a thread: for long background work (billing) that must not hold up
         requests. SQLite serialises its writers with BEGIN IMMEDIATE and a busy timeout."""
         return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
