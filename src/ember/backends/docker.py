@@ -29,6 +29,7 @@ from docker.types import DeviceRequest, Mount
 
 from ember.backends.base import ExecResult, LaunchSpec, Observed
 from ember.backends.docker_api import Container, DockerClient, Hardening, LogStream
+from ember.backends.docker_errors import close_left_sockets, docker_failure
 from ember.backends.docker_images import ProgressCallback, ensure_image
 from ember.backends.docker_labels import (
     LABEL_ACCOUNT,
@@ -55,11 +56,6 @@ HARDENED_CAPS = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL")
 DEFAULT_PIDS_LIMIT = 4096
 # Host paths a worker never gets, whatever a spec says: the engine's socket is root on the host.
 _NEVER_MOUNTED = ("/var/run/docker.sock", "/run/docker.sock", "/var/run/docker", "/run/docker")
-
-
-def _docker_failure(action: str, exc: Exception) -> BackendError:
-    explanation = getattr(exc, "explanation", None) or str(exc)
-    return BackendError(f"docker: {action} failed: {explanation}")
 
 
 class DockerBackend(ContainerLogs):
@@ -105,7 +101,8 @@ class DockerBackend(ContainerLogs):
                 try:
                     self._client = await asyncio.to_thread(self._client_factory)
                 except docker.errors.DockerException as exc:
-                    raise BackendError(f"docker: the engine is not reachable: {exc}")
+                    close_left_sockets(exc)
+                    raise BackendError(f"docker: the engine is not reachable: {exc}") from None
             return self._client
 
     def _label_filters(self) -> list[str]:
@@ -129,7 +126,7 @@ class DockerBackend(ContainerLogs):
         try:
             container = await asyncio.to_thread(self._find, client, worker_id)
         except docker.errors.DockerException as exc:
-            raise _docker_failure(f"looking up worker {worker_id}", exc)
+            raise docker_failure(f"looking up worker {worker_id}", exc)
         if container is None:
             raise NotFound(f"worker {worker_id} has no container")
         return container
@@ -266,7 +263,7 @@ class DockerBackend(ContainerLogs):
         try:
             await asyncio.to_thread(self._run, client, spec)
         except (docker.errors.DockerException, OSError) as exc:
-            raise _docker_failure(f"starting worker {spec.worker_id} from {spec.image}", exc)
+            raise docker_failure(f"starting worker {spec.worker_id} from {spec.image}", exc)
 
     # -- stop / observe -----------------------------------------------------------------------------
 
@@ -298,7 +295,7 @@ class DockerBackend(ContainerLogs):
         try:
             await asyncio.to_thread(self._stop, client, worker_id, grace_s)
         except docker.errors.DockerException as exc:
-            raise _docker_failure(f"stopping worker {worker_id}", exc)
+            raise docker_failure(f"stopping worker {worker_id}", exc)
 
     def _park(self, client: DockerClient, worker_id: str, grace_s: float) -> bool:
         container = self._find(client, worker_id)
@@ -324,7 +321,7 @@ class DockerBackend(ContainerLogs):
         try:
             return await asyncio.to_thread(self._park, client, worker_id, grace_s)
         except docker.errors.DockerException as exc:
-            raise _docker_failure(f"stopping worker {worker_id}", exc)
+            raise docker_failure(f"stopping worker {worker_id}", exc)
 
     async def sweep_warm(self, releases: Mapping[str, int]) -> None:
         """Remove parked containers whose time is up, or whose endpoint (a key of `releases`, the
@@ -338,7 +335,7 @@ class DockerBackend(ContainerLogs):
         try:
             await asyncio.to_thread(self._pool.sweep, client, releases)
         except docker.errors.DockerException as exc:
-            raise _docker_failure("removing parked containers", exc)
+            raise docker_failure("removing parked containers", exc)
 
     def _list(self, client: DockerClient, endpoint_id: str | None) -> list[Observed]:
         filters = self._label_filters()
@@ -359,7 +356,7 @@ class DockerBackend(ContainerLogs):
         try:
             return await asyncio.to_thread(self._list, client, endpoint_id)
         except docker.errors.DockerException as exc:
-            raise _docker_failure("listing workers", exc)
+            raise docker_failure("listing workers", exc)
 
     # -- exec / shell ------------------------------------------------------------------------------
 
@@ -373,7 +370,7 @@ class DockerBackend(ContainerLogs):
         except TimeoutError:
             raise BackendError(f"docker: exec in worker {worker_id} took longer than {timeout_s:g}s")
         except docker.errors.DockerException as exc:
-            raise _docker_failure(f"exec in worker {worker_id}", exc)
+            raise docker_failure(f"exec in worker {worker_id}", exc)
         return ExecResult(exit_code=int(exit_code if exit_code is not None else -1), output=output or b"")
 
     def shell_command(self, worker_id: str) -> list[str]:
