@@ -12,7 +12,7 @@ import os
 import threading
 import traceback
 import types
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, TypeAlias, TypeGuard, TypeVar
 
@@ -211,18 +211,24 @@ def _is_awaitable(value: object) -> TypeGuard[Awaitable[object]]:
     return hasattr(value, "__await__")
 
 
-def _drain_sync(
-    gen: Generator[object, None, object], run: JobRun, emit_chunk: Callable[[object], None], aggregate: bool
+def _drain(
+    chunks: Iterator[object],
+    close: Callable[[], object],
+    run: JobRun,
+    emit_chunk: Callable[[object], None],
+    aggregate: bool,
 ) -> JobResult:
+    """Send a generator handler's chunks as they come; `close` ends the generator early (a cancel, an
+    error chunk). The result: the chunks (when `aggregate`), an error chunk's error, or the handler's."""
     collected: list[object] = []
     try:
-        for chunk in gen:
+        for chunk in chunks:
             if run.cancel_requested:
-                gen.close()
+                close()
                 raise JobCancelled()
             error = wire.stream_chunk_error(chunk)
             if error is not None:
-                gen.close()
+                close()
                 return {"error": error}
             emit_chunk(chunk)
             if aggregate:
@@ -234,6 +240,12 @@ def _drain_sync(
     if run.cancel_requested:
         raise JobCancelled()
     return {"output": collected}
+
+
+def _drain_sync(
+    gen: Generator[object, None, object], run: JobRun, emit_chunk: Callable[[object], None], aggregate: bool
+) -> JobResult:
+    return _drain(gen, gen.close, run, emit_chunk, aggregate)
 
 
 def _drain_async(
@@ -243,24 +255,12 @@ def _drain_async(
     emit_chunk: Callable[[object], None],
     aggregate: bool,
 ) -> JobResult:
-    collected: list[object] = []
-    try:
+    def chunks() -> Iterator[object]:
         while True:
             try:
-                chunk = bridge.run(agen.__anext__(), run)
+                yield bridge.run(agen.__anext__(), run)
             except StopAsyncIteration:
-                break
-            error = wire.stream_chunk_error(chunk)
-            if error is not None:
-                bridge.run(agen.aclose(), JobRun(run.job))
-                return {"error": error}
-            emit_chunk(chunk)
-            if aggregate:
-                collected.append(chunk)
-    except JobCancelled:
-        raise
-    except (Exception, SystemExit) as exc:
-        return wire.generator_exception_error(exc, format_user_traceback(exc))
-    if run.cancel_requested:
-        raise JobCancelled()
-    return {"output": collected}
+                return
+
+    # The close runs outside the job's cancel scope: a cancelled job's generator still gets to clean up.
+    return _drain(chunks(), lambda: bridge.run(agen.aclose(), JobRun(run.job)), run, emit_chunk, aggregate)
