@@ -262,6 +262,10 @@ ledger = Table(
     Column("to_at", Float),
     Column("created_at", Float, nullable=False),
 )
+# One charge per worker (or volume) and interval start: a span billed twice, by two meters or a retried
+# one, fails instead of charging again (the meter's cursor compare-and-set already keeps it from
+# happening; this is the database saying so too). Credits have no worker: NULLs never collide.
+Index("ux_ledger_interval", ledger.c.kind, ledger.c.worker_id, ledger.c.from_at, unique=True)
 
 meter_cursors = Table(
     "meter_cursors",
