@@ -27,16 +27,16 @@ QUIET = {"EMBER_LOG_LEVEL": "WARNING", "EMBER_TAKE_HOLD_S": "20", "EMBER_TICK_S"
 
 
 def replicas(count: int) -> list[LiveServer]:
-    """`count` servers on PostgreSQL sharing one EMBER_HOME; the first runs the loops."""
+    """`count` servers on PostgreSQL, each with a home of its own and one shared directory; the first
+    runs the loops."""
     reset_pg(PG_URL)
-    home = Path(tempfile.mkdtemp(prefix="ember-bench-replicas-"))
-    env = {**QUIET, "EMBER_DATABASE_URL": PG_URL}
-    first = LiveServer(home, env=env).start()
+    root = Path(tempfile.mkdtemp(prefix="ember-bench-replicas-"))
+    env = {**QUIET, "EMBER_DATABASE_URL": PG_URL, "EMBER_SHARED_DIR": str(root / "shared")}
+    first = LiveServer(root / "server0", env=env).start()
     out = [first]
     for i in range(1, count):
-        s = LiveServer(home, env=env)
+        s = LiveServer(root / f"server{i}", env=env)
         s.admin_key = first.admin_key
-        s.log_path = home / f"server{i}.log"
         out.append(s.start())
     return out
 
@@ -94,7 +94,7 @@ def main() -> None:
         finally:
             for s in servers:
                 s.stop()
-            servers[0].kill_workers()
+                s.kill_workers()
     print_table("control-plane replicas: runsync latency and throughput", rows)
 
 

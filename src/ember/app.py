@@ -98,7 +98,8 @@ def create_app(
 
     clock = clock or SystemClock()
     make_private(settings.home)  # 0700, and what an older version left readable made private
-    store = store or Store.open(settings.db_url, sealer=Sealer(settings.home))
+    make_private(settings.shared)  # the sealing key is there (the home itself by default)
+    store = store or Store.open(settings.db_url, sealer=Sealer(settings.shared))
     if store.db.is_sqlite:
         make_private(settings.home)  # the database file and its -wal/-shm, just made
     if backends is None:
@@ -119,12 +120,12 @@ def create_app(
     from ember.control.models import volume_hook
     from ember.control.registry_auths import RegistryAuths
 
-    credentials = CredentialStore(settings.home)
+    credentials = CredentialStore(settings.shared)
     registry_auths = RegistryAuths(store, credentials.sealer)
     uploads = _uploads(settings)
     launch = LaunchConfig(
         api_url=settings.api_url,
-        home=settings.home,
+        shared=settings.shared,
         ping_interval_ms=settings.ping_interval_ms,
         prepare_python=compute.venv_builder(settings.home),
         worker_log=compute.worker_log(backends),
@@ -179,7 +180,7 @@ def create_app(
         signals=signals,
         limits=limits,
         api_url=settings.api_url,
-        home=settings.home,
+        shared=settings.shared,
         backends=dict(backends),
         limit_table=DEFAULT_TABLE,
         services=Services(
@@ -274,7 +275,7 @@ def _uploads(settings: Settings) -> Uploads:
         unpacked_bytes=settings.source_unpacked_max_bytes,
         members=settings.source_max_files,
     )
-    return Uploads(settings.home / "uploads", limits)
+    return Uploads(settings.shared / "uploads", limits)
 
 
 @dataclass(frozen=True)
@@ -306,7 +307,7 @@ def _models_and_volumes(settings: Settings, store: Store, clock: Clock, signals:
     volumes = VolumeManager(
         settings.home / "volumes", unit_bytes=settings.volume_unit_bytes, enforce=settings.volume_enforce
     )
-    sealer = Sealer(settings.home)
+    sealer = Sealer(settings.shared)
     secrets = AccountSecrets(store, sealer)
     access = cache.root / "ember" / "access.json"
     preparer = ModelPreparer(cache, store, clock, access_path=access, secrets=secrets)

@@ -56,7 +56,7 @@ def default_backends(
         control = home / "runtime" / "containers"
         warm = WarmConfig(settings.warm_container_s, settings.warm_containers_max, control)
         backends["docker"] = DockerBackend(
-            instance=instance_id(settings.home), logs_dir=kept, warm=warm, clock=clock.now
+            instance=instance_id(settings.shared), logs_dir=kept, warm=warm, clock=clock.now
         )
     return backends
 
@@ -75,8 +75,9 @@ def _docker_reachable(timeout_s: float = 2.0) -> bool:
 
 
 def instance_id(home: Path) -> str:
-    """This installation's id (kept in EMBER_HOME/instance_id): labels its containers, so a restart
-    adopts them and another Ember on the same engine leaves them alone."""
+    """This installation's id (kept in `home`/instance_id, the shared directory: one for all replicas):
+    labels its containers, so a restart adopts them and another Ember on the same engine leaves them
+    alone."""
     path = home / "instance_id"
     try:
         value = path.read_text().strip()

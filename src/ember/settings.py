@@ -21,6 +21,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EMBER_", extra="ignore")
 
     home: Path = Field(default_factory=default_home)
+    # Storage every control-plane replica reads and writes (a shared filesystem when there are several;
+    # default: home): source snapshots and uploads, the key that seals secrets and registry passwords,
+    # and the installation's id that labels its containers. The rest of home is this process's own.
+    shared_dir: Path | None = None
     host: str = "127.0.0.1"
     port: int = 8000
     # The address workers use to reach the control plane; defaults to http://host:port.
@@ -108,6 +112,10 @@ class Settings(BaseSettings):
     @property
     def api_url(self) -> str:
         return self.public_url or f"http://{self.host}:{self.port}"
+
+    @property
+    def shared(self) -> Path:
+        return self.shared_dir or self.home
 
     @property
     def db_url(self) -> str:

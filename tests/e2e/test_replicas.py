@@ -2,7 +2,8 @@
 meter, builds) run in one of them, so a workersMin 1 endpoint gets one worker, not one per process;
 both serve the API, and a job submitted to the process its worker does not poll reaches the worker at
 once (LISTEN/NOTIFY), not when the worker's 60 s job-take hold ends; when the process that runs the loops
-is SIGKILLed, the other takes them over and jobs run again."""
+is SIGKILLed, the other takes them over and jobs run again. Each process has a home of its own; what both
+read (source snapshots, the sealing key, the installation id) is in the one EMBER_SHARED_DIR."""
 
 from __future__ import annotations
 
@@ -18,17 +19,22 @@ def test_one_process_runs_the_loops_and_the_other_takes_over_when_it_dies(tmp_pa
     ok, why = pg_available()
     need("postgres", ok, why)
     reset_pg()
-    home = tmp_path / "home"  # shared: source snapshots and worker records are found by either
-    env = {"EMBER_DATABASE_URL": PG_URL, "EMBER_TAKE_HOLD_S": "60"}
-    a = LiveServer(home, env=env).start()
-    b = LiveServer(home, env=env)
+    shared = tmp_path / "shared"
+    env = {"EMBER_DATABASE_URL": PG_URL, "EMBER_TAKE_HOLD_S": "60", "EMBER_SHARED_DIR": str(shared)}
+    a = LiveServer(tmp_path / "a", env=env).start()
+    b = LiveServer(tmp_path / "b", env=env)
     b.admin_key = a.admin_key  # the first process made the admin; the second finds it
-    b.log_path = tmp_path / "b.log"
     b.start()
     try:
         wait_for(lambda: "standby" in b.log(), 10, what="the second process to stand by")
-        ep = b.deploy("replicated", handler_dir(tmp_path, "echo"), workersMin=1, workersMax=2)
+        # A secret sealed by b, opened by a when it starts the worker: one key, in the shared directory.
+        resp = b.api("PUT", "/v1/accounts/me/secrets", json={"TOKEN": "s3cret"})
+        assert resp.status_code == 200, resp.text
+        secret_env = {"FROM_SECRET": "{{ RUNPOD_SECRET_TOKEN }}"}
+        ep = b.deploy("replicated", handler_dir(tmp_path, "echo"), workersMin=1, workersMax=2, env=secret_env)
         wait_for(lambda: any(w["state"] == "IDLE" for w in a.workers(ep["id"])), 60, what="a worker")
+        first = a.workers(ep["id"])[0]["id"]
+        assert a.worker_env(first)["FROM_SECRET"] == "s3cret"
         # The worker polls the process that started it (a); jobs sent to b reach it at once, and the
         # result reaches the runsync waiting on b.
         for n in range(3):
@@ -42,7 +48,12 @@ def test_one_process_runs_the_loops_and_the_other_takes_over_when_it_dies(tmp_pa
         wait_for(lambda: "lease_taken" in b.log(), 15, what="the survivor to take the loops over")
         # The dead process's worker reported to it; the survivor replaces it and jobs run again.
         assert b.run_job(ep["id"], {"x": 2}, timeout_s=120)["echo"] == {"x": 2}
+        # The deploy went through b, the workers were started by a and then b: one snapshot, shared.
+        assert len(list((shared / "sources").iterdir())) == 1
+        for own in (tmp_path / "a", tmp_path / "b"):
+            assert not (own / "sources").exists() and not (own / "secret.key").exists()
     finally:
         a.stop()
         b.stop()
         a.kill_workers()
+        b.kill_workers()

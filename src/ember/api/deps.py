@@ -126,7 +126,7 @@ class Runtime:
     signals: Signals
     limits: Limits
     api_url: str
-    home: Path
+    shared: Path  # storage every replica reads (EMBER_SHARED_DIR): source snapshots, uploads
     backends: dict[str, Backend] = field(default_factory=dict)  # by name: local, docker, kubernetes
     limit_table: LimitTable | None = None  # None = the default (`core.limits.DEFAULT_TABLE`)
     services: Services = field(default_factory=Services)  # optional: model cache, volumes, builder …

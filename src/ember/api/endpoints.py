@@ -115,7 +115,7 @@ async def _snapshot(
     import anyio.to_thread
 
     return await anyio.to_thread.run_sync(
-        functools.partial(snapshot, source_dir, rt.home / "sources", handler, label=label)
+        functools.partial(snapshot, source_dir, rt.shared / "sources", handler, label=label)
     )
 
 

@@ -59,7 +59,7 @@ UPLOAD_DOC: dict[str, object] = {
 def uploads(rt: Runtime) -> Uploads:
     """The server's uploads; a runtime built without them (a test's) uses the defaults under its home."""
     found = rt.services.uploads
-    return found if found is not None else Uploads(rt.home / "uploads", ArchiveLimits())
+    return found if found is not None else Uploads(rt.shared / "uploads", ArchiveLimits())
 
 
 def _view(upload: Upload) -> dict[str, object]:

@@ -37,7 +37,7 @@ def _errors_as_exit() -> Iterator[None]:
 
 
 def _credentials() -> CredentialStore:
-    return CredentialStore(Settings().home)
+    return CredentialStore(Settings().shared)
 
 
 def init(

@@ -43,7 +43,7 @@ class PreparePython(Protocol):
 @dataclass
 class LaunchConfig:
     api_url: str
-    home: Path
+    shared: Path  # storage every replica reads: the source snapshots (`sources/<digest>`)
     ping_interval_ms: int = 2000
     hooks: list[MountHook] = field(default_factory=list)
     prepare_python: PreparePython | None = None  # venv builder for local sources
@@ -152,7 +152,7 @@ async def launch_spec(
         if registry_auth is None:
             registry_auth = await pull_auth(cfg, worker["account_id"], spec)
         return replace(base, image=spec.image_name, command=command, registry_auth=registry_auth)
-    source = cfg.home / "sources" / (spec.source_digest or "")
+    source = cfg.shared / "sources" / (spec.source_digest or "")
     if known_python(cfg, spec):
         python = cfg.pythons[spec.source_digest or ""]
     else:
