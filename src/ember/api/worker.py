@@ -259,6 +259,8 @@ async def ping(endpoint_id: str, worker_id: str, request: Request) -> Response:
     await _mark_seen(rt, worker, now)
     ids = frozenset(i for i in q.get("job_id", "").split(",") if i)
     rt.signals.presence.pinged(worker_id, now, ids)
+    if not rt.store.inline:  # other processes may run the lifecycle: they read it from the database
+        await rt.store.run(rt.store.pings.record, worker_id, now, ids)
     if ids:
         flagged: int = await rt.store.run(rt.store.jobs.stop_again, worker_id, sorted(ids))
         if flagged:

@@ -2,7 +2,10 @@
 each worker's latest ping (`core.workers.Ping`), a failed start-up check a worker reported before it
 exits, and how many live workers each endpoint had. The worker API writes it, the lifecycle reads it;
 all of it is in this process's memory (a lost ping only delays a judgement: workers ping every few
-seconds, and the store's `last_seen_at` stands in until one comes)."""
+seconds, and the store's `last_seen_at` stands in until one comes). Where several processes share a
+PostgreSQL database, pings are also recorded in it (`store.pings`) and the process that runs the
+lifecycle merges them in (`merge`): a worker pings whichever process its address reaches. A failed
+start-up check stays with the process it was reported to (elsewhere the failure reads "exited")."""
 
 from __future__ import annotations
 
@@ -25,6 +28,13 @@ class Presence:
         """The worker's latest ping, unless it came before `since` (from an earlier run of the worker)."""
         ping = self._pings.get(worker_id)
         return None if ping is None or ping.at < since else ping
+
+    def merge(self, pings: Mapping[str, Ping]) -> None:
+        """Pings that other processes recorded: each replaces this process's own when it is newer."""
+        for worker_id, ping in pings.items():
+            mine = self._pings.get(worker_id)
+            if mine is None or mine.at < ping.at:
+                self._pings[worker_id] = ping
 
     def forget(self, worker_id: str) -> None:
         """The worker stopped: drop what it said."""

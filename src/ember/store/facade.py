@@ -20,6 +20,7 @@ from ember.store.idempotency import IdempotencyStore
 from ember.store.insights import InsightStore
 from ember.store.jobs import Claimed, Finished, JobStore, NewJob
 from ember.store.metering import MeterStore
+from ember.store.pings import PingStore
 from ember.store.registry_auths import RegistryAuthStore
 from ember.store.secrets import SecretStore
 from ember.store.sessions import SessionStore
@@ -63,6 +64,7 @@ class Store:
         self.secrets = SecretStore(engine)
         self.registry_auths = RegistryAuthStore(engine)
         self.sessions = SessionStore(engine)
+        self.pings = PingStore(engine)
         self.insights = InsightStore(engine)
         self.activity = ActivityStore(engine)
 

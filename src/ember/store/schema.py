@@ -156,6 +156,18 @@ workers = Table(
     Column("created_at", Float, nullable=False),
 )
 
+# Each worker's latest heartbeat, where several control-plane processes share the database: a worker
+# pings whichever process the public address sends it to, and the one that runs the lifecycle reads them
+# all here. `held`: the ids of the jobs it said it holds, comma-separated. (One process keeps them in
+# memory: `control.presence`.)
+worker_pings = Table(
+    "worker_pings",
+    metadata,
+    Column("worker_id", String(64), primary_key=True),
+    Column("at", Float, nullable=False),
+    Column("held", Text, nullable=False, default=""),
+)
+
 worker_events = Table(
     "worker_events",
     metadata,

@@ -159,6 +159,8 @@ class WorkerOps:
         await self.release_jobs(w["id"], f"worker {w['id']} stopped ({reason})", now)
         await s.run(s.accounts.drop_worker_keys, w["id"])
         self.signals.presence.forget(w["id"])
+        if not s.inline:
+            await s.run(s.pings.forget, w["id"])
         self.missing_since.pop(w["id"], None)
         self.signals.reconcile.set()
 

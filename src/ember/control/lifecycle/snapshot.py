@@ -12,6 +12,7 @@ from ember.backends.base import Backend, Observed
 from ember.control.signals import Signals
 from ember.core.errors import EmberError
 from ember.core.specs import EndpointSpec, spec_from_json
+from ember.core.workers import WorkerState
 from ember.store.facade import Store
 from ember.store.rows import AccountRow, EndpointRow, WorkerRow
 from ember.store.sweeps import QueueStats
@@ -63,6 +64,9 @@ async def take(
         accounts={a["id"]: a for a in await s.run(s.accounts.all)},
         ops_in_flight=ops_in_flight,
     )
+    if not s.inline:  # workers may ping other processes on the database (`Presence.merge`)
+        live = [w["id"] for w in workers if w["state"] != WorkerState.STOPPED]
+        signals.presence.merge(await s.run(s.pings.latest, live))
     for name, backend in backends.items():
         try:
             for o in await backend.observe():

@@ -1,0 +1,44 @@
+"""Workers' heartbeats where several processes share one database: the process a worker pings records
+the ping, and the process that runs the lifecycle sees it in its snapshot (the jobs the worker holds
+included), so it judges a worker by its pings whichever process they reached."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ember.control.lifecycle import snapshot
+from ember.control.signals import Signals
+from ember.core.workers import Ping, WorkerState
+from ember.store.facade import Store
+from tests.integration.store_fixtures import add_worker
+
+
+def test_the_latest_ping_wins_whatever_order_they_are_recorded_in(store: Store) -> None:
+    store.pings.record("wk-1", 5.0, frozenset({"job-b", "job-a"}))
+    store.pings.record("wk-1", 4.0, frozenset())  # an older ping, recorded late by another process
+    store.pings.record("wk-2", 3.0, frozenset())
+    assert store.pings.latest(["wk-1", "wk-2", "wk-3"]) == {
+        "wk-1": Ping(5.0, frozenset({"job-a", "job-b"})),
+        "wk-2": Ping(3.0, frozenset()),
+    }
+    store.pings.record("wk-1", 6.0, frozenset({"job-c"}))
+    store.pings.forget("wk-2")
+    assert store.pings.latest(["wk-1", "wk-2"]) == {"wk-1": Ping(6.0, frozenset({"job-c"}))}
+    assert store.pings.latest([]) == {}
+
+
+def test_the_lifecycle_s_snapshot_merges_pings_that_reached_another_process(store: Store) -> None:
+    add_worker(store, WorkerState.RUNNING)
+    store.pings.record("wk-1", 7.0, frozenset({"job-1"}))  # what the process the worker pinged wrote
+
+    async def look() -> Ping | None:
+        signals = Signals()  # the process that runs the lifecycle: no ping reached it
+        signals.presence.pinged("wk-1", 6.0, frozenset())  # an older one did
+        await snapshot.take(store, {}, signals, 8.0, frozenset())
+        return signals.presence.last_ping("wk-1")
+
+    seen = asyncio.run(look())
+    if store.inline:  # one process (SQLite): every ping reaches it, nothing is read back
+        assert seen == Ping(6.0, frozenset())
+    else:
+        assert seen == Ping(7.0, frozenset({"job-1"}))
