@@ -155,41 +155,56 @@ class HandOff:
             if watching is not None:
                 watching.cancel()
 
+    def queued_count(self, endpoint_id: str) -> int:
+        """How many times jobs were queued on the endpoint in this process (or told of by another):
+        read before a look at the store, a change after it means jobs came since (`hold_for_jobs`)."""
+        return self.dispatch.queued.get(endpoint_id, 0)
+
     async def hold_for_jobs(
-        self, endpoint_id: str, worker_id: str, limit: int, finished_at: float, gone: Gone
+        self, endpoint_id: str, worker_id: str, limit: int, finished_at: float, gone: Gone, seen: int
     ) -> Sequence[Claimed]:
         """A job-done that asked for its next jobs (take=N) and found none queued is held like a
         job-take: the next job submitted may be handed to it. Ends empty when the hold ends, the client
         hangs up or the worker may no longer take jobs. The worker was left RUNNING (`Store.report`): a
         job handed to it within `HoldLimits.settle_grace_s` keeps it so; otherwise it is settled IDLE as
-        of `finished_at`."""
+        of `finished_at`. `seen`: `queued_count` as it was before the job-done's own claim."""
         store, dispatch = self.store, self.dispatch
-        deadline = hold_clock() + self.limits.take_hold_s
+        start = hold_clock()
+        deadline, grace_end = start + self.limits.take_hold_s, start + self.limits.settle_grace_s
         watching: asyncio.Future[None] | None = None  # watched once the grace has passed
         unsettled = True  # RUNNING with no job
+        # `seen` is the endpoint's queued count when the store was last asked: a change means jobs were
+        # queued since (through this process or another, `control.broadcast`). It is read again before
+        # each claim, so a job queued during one is claimed by the next instead of waiting out the hold.
         try:
             while (remaining := deadline - hold_clock()) > 0 and not (
                 watching is not None and watching.done()
             ):
-                queued_before = dispatch.queued.get(endpoint_id, 0)
-                wait_s = min(remaining, self.limits.settle_grace_s if unsettled else _SLICE_S)
-                handed = await dispatch.handed_job(endpoint_id, worker_id, wait_s, watching)
-                if handed is not None:
-                    unsettled = False
-                    return [handed]
-                if unsettled:
+                if dispatch.queued.get(endpoint_id, 0) == seen:
+                    wait_s = min(remaining, max(0.0, grace_end - hold_clock()) if unsettled else _SLICE_S)
+                    handed = await dispatch.handed_job(endpoint_id, worker_id, wait_s, watching)
+                    if handed is not None:
+                        unsettled = False
+                        return [handed]
+                if unsettled and hold_clock() >= grace_end:
                     unsettled = False
                     await store.run(store.workers.settle_late, worker_id, finished_at)
-                if watching is None:
-                    watching = asyncio.ensure_future(gone())
-                if watching.done() or not await store.run(store.workers.taking, worker_id):
-                    return []
-                if dispatch.queued.get(endpoint_id, 0) != queued_before:
+                if (count := dispatch.queued.get(endpoint_id, 0)) != seen:
+                    # Claim at once (`take` checks that the worker may still take jobs); one claimed
+                    # within the grace keeps the worker RUNNING, as a job handed over does.
+                    seen = count
                     claimed = await store.run(
                         store.take, endpoint_id, worker_id, limit, self.clock.now(), mark_running=True
                     )
                     if claimed:
+                        unsettled = False
                         return claimed
+                if unsettled:
+                    continue  # wait out the grace, then settle
+                if watching is None:
+                    watching = asyncio.ensure_future(gone())
+                if watching.done() or not await store.run(store.workers.taking, worker_id):
+                    return []
             return []
         finally:
             if watching is not None:
