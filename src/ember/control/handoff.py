@@ -194,7 +194,13 @@ class HandOff:
                     # within the grace keeps the worker RUNNING, as a job handed over does.
                     seen = count
                     claimed = await store.run(
-                        store.take, endpoint_id, worker_id, limit, self.clock.now(), mark_running=True
+                        store.take,
+                        endpoint_id,
+                        worker_id,
+                        limit,
+                        self.clock.now(),
+                        mark_running=True,
+                        queued=True,
                     )
                     if claimed:
                         unsettled = False

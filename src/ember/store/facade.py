@@ -69,11 +69,19 @@ class Store:
         self.activity = ActivityStore(engine)
 
     def take(
-        self, endpoint_id: str, worker_id: str, limit: int, now: float, *, mark_running: bool
+        self,
+        endpoint_id: str,
+        worker_id: str,
+        limit: int,
+        now: float,
+        *,
+        mark_running: bool,
+        queued: bool = False,
     ) -> Sequence[Claimed]:
         """Claim up to `limit` jobs for a worker and, when it got some, make it RUNNING: one transaction.
-        An endpoint with nothing queued costs one read and no write lock."""
-        if not self.jobs.any_queued(endpoint_id):
+        An endpoint with nothing queued costs one read and no write lock, unless the caller knows that
+        jobs were just `queued` (it was told so): then the claim goes first."""
+        if not queued and not self.jobs.any_queued(endpoint_id):
             return []
         with self.raw.write() as cur:
             if self.workers.taking(worker_id, cur) is None:
