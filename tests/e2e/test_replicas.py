@@ -7,8 +7,12 @@ read (source snapshots, the sealing key, the installation id) is in the one EMBE
 
 from __future__ import annotations
 
+import functools
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import httpx
 
 from tests.conftest import need
 from tests.integration.store_fixtures import PG_URL, pg_available, reset_pg
@@ -57,3 +61,42 @@ def test_one_process_runs_the_loops_and_the_other_takes_over_when_it_dies(tmp_pa
         b.stop()
         a.kill_workers()
         b.kill_workers()
+
+
+TRIALS = 20
+
+
+def test_three_processes_never_start_a_second_worker_for_a_workers_max_1_cold_start(tmp_path: Path) -> None:
+    """20 cold starts of a workersMax 1 endpoint, each sent through all three processes at once: the
+    scaler and placement run in one process only (the lease), so each endpoint ever has one worker."""
+    ok, why = pg_available()
+    need("postgres", ok, why)
+    reset_pg()
+    env = {"EMBER_DATABASE_URL": PG_URL, "EMBER_SHARED_DIR": str(tmp_path / "shared")}
+    first = LiveServer(tmp_path / "s0", env=env).start()
+    servers = [first]
+    try:
+        for i in (1, 2):
+            s = LiveServer(tmp_path / f"s{i}", env=env)
+            s.admin_key = first.admin_key
+            servers.append(s.start())
+        source = handler_dir(tmp_path, "echo")
+        for trial in range(TRIALS):
+            ep = servers[trial % 3].deploy(f"cold-{trial}", source, workersMin=0, workersMax=1)
+            path = f"/v2/{ep['id']}/runsync?wait=60000"
+            body = {"input": {"t": trial}}
+            with ThreadPoolExecutor(3) as pool:  # the cold start's first jobs reach every process at once
+                answers = list(pool.map(functools.partial(_runsync, path=path, body=body), servers))
+            for resp in answers:
+                assert resp.status_code == 200 and resp.json()["status"] == "COMPLETED", resp.text
+            made = first.workers(ep["id"], include_stopped=True)
+            assert len(made) == 1, (trial, made)
+            assert first.api("DELETE", f"/v1/endpoints/{ep['id']}").status_code in (200, 204)
+    finally:
+        for s in servers:
+            s.stop()
+            s.kill_workers()
+
+
+def _runsync(server: LiveServer, path: str, body: dict[str, object]) -> httpx.Response:
+    return server.api("POST", path, json=body)
