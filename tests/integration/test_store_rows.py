@@ -75,3 +75,12 @@ def test_a_guard_names_only_moves_the_transition_tables_allow() -> None:
         guard(jobs.c.state, core_jobs.ALLOWED, JobState.COMPLETED, [JobState.IN_QUEUE])
     with pytest.raises(ValueError, match="not in the transition table"):
         guard(workers.c.state, core_workers.ALLOWED, WorkerState.RUNNING, [WorkerState.STOPPED])
+
+
+def test_a_worker_s_state_changes_only_by_a_transition(store: Store) -> None:
+    add_worker(store, WorkerState.IDLE)
+    with pytest.raises(ValueError, match="transition"):
+        store.workers.update("wk-1", state=WorkerState.RUNNING)
+    store.workers.update("wk-1", failures=2)
+    row = store.workers.get("wk-1")
+    assert row is not None and row["state"] is WorkerState.IDLE and row["failures"] == 2

@@ -297,6 +297,10 @@ class WorkerStore(Repository):
             self._seen.execute(tx, p_id=worker_id, p_now=now)
 
     def update(self, worker_id: str, **values: object) -> None:
+        """Set columns of the worker's record other than its state (a state changes by `transition`,
+        guarded by `core.workers.ALLOWED` and recorded as an event)."""
+        if {"state", "state_since"} & values.keys():
+            raise ValueError("a worker's state changes by transition(), not update()")
         with self.engine.begin() as conn:
             conn.execute(update(workers).where(W.id == worker_id).values(**values))
 
