@@ -135,6 +135,9 @@ class Runtime:
     _keys: dict[str, tuple[float, KeyInfo | None]] = field(default_factory=dict)
     _endpoints: dict[tuple[str, str], tuple[float, EndpointInfo | None]] = field(default_factory=dict)
     _sessions: dict[str, tuple[float, KeyInfo | None]] = field(default_factory=dict)
+    # Bumped by each `forget_*`: a look-up still reading the store when its cache was cleared (on
+    # PostgreSQL the read runs in a thread) does not put what it read back into the cache.
+    _generation: int = 0
     handoff: HandOff = field(init=False)  # the job path's hand-off (`control.handoff`)
 
     def __post_init__(self) -> None:
@@ -147,9 +150,11 @@ class Runtime:
             raise BackendError(f"the {name!r} backend is not enabled on this server")
 
     def forget_keys(self) -> None:
+        self._generation += 1
         self._keys.clear()
 
     def forget_endpoints(self) -> None:
+        self._generation += 1
         self._endpoints.clear()
 
     async def endpoint_cached(self, account_id: str, ref: str) -> EndpointInfo | None:
@@ -158,11 +163,14 @@ class Runtime:
         hit = self._endpoints.get((account_id, ref))
         if hit is not None and now - hit[0] < ENDPOINT_CACHE_S:
             return hit[1]
+        generation = self._generation
         row = await self.store.run(self.store.endpoints.get, ref, account_id)
         info = None
         if row is not None:
             spec = spec_from_json(row["spec"])
             info = EndpointInfo(row["id"], row["account_id"], row["name"], spec.execution_timeout_ms)
+        if generation != self._generation:
+            return info
         if len(self._endpoints) > 10_000:
             self._endpoints.clear()
         self._endpoints[(account_id, ref)] = (now, info)
@@ -175,7 +183,10 @@ class Runtime:
         hit = self._sessions.get(token)
         if hit is not None and now - hit[0] < KEY_CACHE_S:
             return hit[1]
+        generation = self._generation
         info = await self.store.run(self._signed_in, token, now)
+        if generation != self._generation:
+            return info
         if len(self._sessions) > 10_000:
             self._sessions.clear()
         self._sessions[token] = (now, info)
@@ -187,6 +198,7 @@ class Runtime:
         return None if row is None else KeyInfo(row["id"], "admin" if row["is_admin"] else "user", None, None)
 
     def forget_session(self, token: str) -> None:
+        self._generation += 1
         self._sessions.pop(token, None)
 
     async def resolve(self, plain: str) -> KeyInfo | None:
@@ -194,7 +206,10 @@ class Runtime:
         hit = self._keys.get(plain)
         if hit is not None and now - hit[0] < KEY_CACHE_S:
             return hit[1]
+        generation = self._generation
         info = await self.store.run(self.store.accounts.resolve_key, plain)
+        if generation != self._generation:
+            return info
         if len(self._keys) > 10_000:
             self._keys.clear()
         self._keys[plain] = (now, info)
