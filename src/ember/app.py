@@ -59,7 +59,7 @@ if TYPE_CHECKING:  # imported where they are built, so that importing the app st
     from ember.build.registry import CredentialStore, Sealer
     from ember.build.uploads import Uploads
     from ember.control.builder import Builder
-    from ember.control.models import ModelPreparer
+    from ember.control.model_preparer import ModelPreparer
     from ember.control.secrets import AccountSecrets
     from ember.models.cache import ModelCache
     from ember.volumes.store import VolumeManager
@@ -117,8 +117,8 @@ def create_app(
     )
     hosted = _models_and_volumes(settings, store, clock, signals)
     from ember.build.registry import CredentialStore
-    from ember.control.models import volume_hook
     from ember.control.registry_auths import RegistryAuths
+    from ember.control.volume_mounts import volume_hook
 
     credentials = CredentialStore(settings.shared)
     registry_auths = RegistryAuths(store, credentials.sealer)
@@ -292,7 +292,7 @@ class _Hosted:
 def _models_and_volumes(settings: Settings, store: Store, clock: Clock, signals: Signals) -> _Hosted:
     """The host model cache, network volumes and account secrets."""
     from ember.build.registry import Sealer
-    from ember.control.models import ModelPreparer
+    from ember.control.model_preparer import ModelPreparer
     from ember.control.secrets import AccountSecrets
     from ember.models.cache import ModelCache
     from ember.volumes.store import VolumeManager

@@ -19,7 +19,8 @@ import pytest
 from ember.backends.base import LaunchSpec
 from ember.backends.docker import LABEL_ENDPOINT, DockerBackend
 from ember.control.clock import ManualClock
-from ember.control.models import ModelPreparer, volume_hook
+from ember.control.model_preparer import ModelPreparer
+from ember.control.volume_mounts import volume_hook
 from ember.core.specs import EndpointSpec
 from ember.models.cache import ModelCache
 from ember.store.facade import Store

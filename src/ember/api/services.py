@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # for annotations only: importing the API does not import the
     from ember.build.registry import Sealer
     from ember.build.uploads import Uploads
     from ember.control.builder import Builder
-    from ember.control.models import ModelPreparer
+    from ember.control.model_preparer import ModelPreparer
     from ember.control.registry_auths import RegistryAuths
     from ember.control.secrets import AccountSecrets
     from ember.core.billing import PriceTable

@@ -15,7 +15,7 @@ from ember.control.launcher import backend_for_spec
 from ember.control.lifecycle.ops import WorkerOps
 from ember.control.lifecycle.placement import model_ready
 from ember.control.lifecycle.snapshot import Snapshot
-from ember.control.models import ModelPreparer
+from ember.control.model_preparer import ModelPreparer
 from ember.core.ids import make_id
 from ember.core.limits import account_room, max_workers
 from ember.core.reconcile import STOP_MAKE_ROOM, STOP_SCALE_DOWN, Plan, WorkerView, plan

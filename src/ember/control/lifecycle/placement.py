@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from ember.control.launcher import STARTING_HANDLER, LaunchConfig, known_python, launch_spec
 from ember.control.lifecycle.ops import WorkerOps, ids
 from ember.control.lifecycle.snapshot import Snapshot
-from ember.control.models import ModelPreparer
+from ember.control.model_preparer import ModelPreparer
 from ember.core import backoff
 from ember.core.errors import EmberError
 from ember.core.placement import Pending, place

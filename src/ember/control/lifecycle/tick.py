@@ -17,7 +17,7 @@ from ember.control.lifecycle.health import Health
 from ember.control.lifecycle.ops import WorkerOps
 from ember.control.lifecycle.placement import Placement
 from ember.control.lifecycle.snapshot import Snapshot
-from ember.control.models import ModelPreparer
+from ember.control.model_preparer import ModelPreparer
 from ember.control.signals import Signals
 from ember.core.errors import EmberError
 from ember.store.facade import Store

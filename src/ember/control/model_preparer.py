@@ -1,6 +1,7 @@
-"""Models and volumes for workers: the lifecycle asks `ModelPreparer.ready()` before it creates or
-starts workers of an endpoint that names a Hugging Face model (the download runs in a background thread,
-before any worker exists, so nobody is billed for it); launch hooks add the cache and volume mounts."""
+"""Models for workers: the lifecycle asks `ModelPreparer.ready()` before it creates or starts workers of
+an endpoint that names a Hugging Face model (the download runs in a background thread, before any worker
+exists, so nobody is billed for it); its launch hook adds the model cache's mount. (The volume's mount is
+`control.volume_mounts`; the cache itself is the `models` package.)"""
 
 from __future__ import annotations
 
@@ -17,15 +18,13 @@ import anyio.to_thread
 
 from ember.backends.base import Mount
 from ember.control.clock import Clock
-from ember.control.launcher import MountHook
 from ember.control.secrets import AccountSecrets
-from ember.core.errors import BackendError, EmberError, InvalidInput, ModelError, NotFound, Problem
+from ember.core.errors import EmberError, InvalidInput, ModelError, NotFound, Problem
 from ember.core.specs import EndpointSpec, spec_from_json
 from ember.models.cache import ModelCache
 from ember.models.env import repo_cache_dir
 from ember.models.state import READY, check_repo_id
 from ember.store.facade import Store
-from ember.volumes.store import CONTAINER_PATH, VolumeManager
 
 log = logging.getLogger("ember.models")
 STATUS_PREFIX = "preparing model "
@@ -309,19 +308,3 @@ class ModelPreparer:
         if st.state != READY or not st.snapshot_path:
             raise ModelError(f"model {repo_id} is not ready on this host ({st.state})")
         return Path(st.snapshot_path)
-
-
-def volume_hook(volumes: VolumeManager) -> MountHook:
-    """A launch hook mounting the endpoint's network volume read-write at /runpod-volume."""
-
-    async def hook(backend: str, spec: EndpointSpec) -> tuple[list[Mount], dict[str, str]]:
-        if not spec.network_volume_id:
-            return [], {}
-        volume_id = spec.network_volume_id
-        try:
-            info = await anyio.to_thread.run_sync(volumes.ensure_mounted, volume_id)
-        except NotFound:
-            raise BackendError(f"network volume {volume_id} does not exist on this host") from None
-        return [Mount(info.path, CONTAINER_PATH, read_only=False)], {}
-
-    return hook
