@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ember.control.clock import ManualClock
-from ember.control.meter import MONTH_S, Meter, volume_charge
-from ember.core.billing import PriceTable
+from ember.control.meter import Meter
+from ember.core.billing import MONTH_S, PriceTable, volume_charge
 from ember.store.facade import Store
 
 PRICE_MICROS = 70_000  # $0.07 per GB-month

@@ -8,11 +8,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ember.core.billing import (
+    Billed,
     Interval,
     PriceTable,
     bill,
     charge,
     cost_micros,
+    intervals_for,
     is_billable,
     micros_per_s_from_hourly,
 )
@@ -237,3 +239,16 @@ def test_splitting_the_meter_runs_bills_the_same_seconds(intervals: list[Interva
     first = bill(intervals[:cut], PRICES)
     rest = bill(intervals[cut:], PRICES, first.carry_ms)
     assert sum(c.seconds for c in first.charges + rest.charges) == whole
+
+
+def test_a_worker_s_transitions_become_its_intervals_clipped_to_the_span_billed() -> None:
+    worker = Billed("wk-1", "ep-1", WorkerType.FLEX, None, 0)
+    transitions = [(1.0, WorkerState.INITIALIZING), (3.0, WorkerState.IDLE), (5.0, WorkerState.OUTDATED)]
+    got = intervals_for(worker, transitions, since_at=2.0, until_at=6.0)
+    assert [(i.state, i.start_at, i.end_at, i.processing) for i in got] == [
+        (WorkerState.INITIALIZING, 2.0, 3.0, False),
+        (WorkerState.IDLE, 3.0, 5.0, False),
+        (WorkerState.OUTDATED, 5.0, 6.0, True),  # kept only while it finishes a job
+    ]
+    assert {i.gpu_count for i in got} == {1}  # a CPU worker bills as one unit
+    assert intervals_for(worker, transitions, since_at=6.0, until_at=6.0) == []

@@ -6,55 +6,16 @@ billed per GB-month of provisioned size, per whole second, with their own cursor
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
 from ember.control.clock import Clock
-from ember.core.billing import Interval, PriceTable, bill
-from ember.core.workers import WorkerState, WorkerType
+from ember.core.billing import Billed, PriceTable, bill, intervals_for, volume_charge
+from ember.core.workers import WorkerState
 from ember.store.accounts import Charge
 from ember.store.facade import Store
-from ember.store.rows import WorkerEvent, WorkerRow
 from ember.store.volumes import VolumeCharge
 
 log = logging.getLogger("ember.meter")
-MONTH_S = 30 * 24 * 3600
 DEFAULT_VOLUME_PRICE_MICROS = 70_000  # $0.07 per GB and month of provisioned size
-
-
-def volume_charge(size_gb: int, price_micros_per_gb_month: int, seconds: int, carry: int) -> tuple[int, int]:
-    """(micro-dollars, new carry) for `seconds` of a `size_gb` volume. Exact in integers: the carry is
-    the remainder in micro-dollar-seconds-per-month units (always < MONTH_S), so nothing is lost."""
-    return divmod(size_gb * price_micros_per_gb_month * seconds + carry, MONTH_S)
-
-
-def intervals_for(
-    worker: WorkerRow, events: Sequence[WorkerEvent], since_at: float, until_at: float
-) -> list[Interval]:
-    """The worker's state intervals clipped to [since_at, until_at). `events` are its transitions in
-    order; each state lasts until the next transition (the current one until `until_at`)."""
-    out: list[Interval] = []
-    for i, ev in enumerate(events):
-        start = ev["at"]
-        end = events[i + 1]["at"] if i + 1 < len(events) else until_at
-        start, end = max(start, since_at), min(end, until_at)
-        if end <= start:
-            continue
-        state = WorkerState(ev["to_state"])
-        out.append(
-            Interval(
-                worker_id=worker["id"],
-                endpoint_id=worker["endpoint_id"],
-                state=state,
-                worker_type=WorkerType(worker["type"]),
-                gpu_type=worker["gpu_type"],
-                gpu_count=max(1, worker["gpu_count"] or 1),
-                start_at=start,
-                end_at=end,
-                # Outdated workers are kept only while they finish a job (idle ones stop at once).
-                processing=state == WorkerState.OUTDATED,
-            )
-        )
-    return out
 
 
 class Meter:
@@ -107,7 +68,13 @@ class Meter:
             until = now if worker["state"] != WorkerState.STOPPED.value else min(now, worker["state_since"])
             if until <= since:
                 continue
-            result = bill(intervals_for(worker, events, since, until), self.prices, {worker["id"]: carry})
+            billed = Billed(
+                worker["id"], worker["endpoint_id"], worker["type"], worker["gpu_type"], worker["gpu_count"]
+            )
+            transitions = [(e["at"], e["to_state"]) for e in events]
+            result = bill(
+                intervals_for(billed, transitions, since, until), self.prices, {worker["id"]: carry}
+            )
             charges = [
                 Charge(
                     account_id=worker["account_id"],

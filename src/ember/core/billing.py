@@ -9,7 +9,7 @@ charge's cost is seconds x rate x gpu_count, less the active discount, rounded h
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ember.core.money import parse_dollars
@@ -99,6 +99,55 @@ class Interval:
     start_at: float
     end_at: float
     processing: bool = False
+
+
+@dataclass(frozen=True)
+class Billed:
+    """What billing needs of a worker besides its transitions."""
+
+    worker_id: str
+    endpoint_id: str
+    worker_type: WorkerType
+    gpu_type: str | None
+    gpu_count: int
+
+
+def intervals_for(
+    worker: Billed, transitions: Sequence[tuple[float, WorkerState]], since_at: float, until_at: float
+) -> list[Interval]:
+    """The worker's state intervals clipped to [since_at, until_at). `transitions` are (when, to-state)
+    in order; each state lasts until the next transition (the current one until `until_at`)."""
+    out: list[Interval] = []
+    for i, (at, state) in enumerate(transitions):
+        end = transitions[i + 1][0] if i + 1 < len(transitions) else until_at
+        start, end = max(at, since_at), min(end, until_at)
+        if end <= start:
+            continue
+        out.append(
+            Interval(
+                worker_id=worker.worker_id,
+                endpoint_id=worker.endpoint_id,
+                state=state,
+                worker_type=worker.worker_type,
+                gpu_type=worker.gpu_type,
+                gpu_count=max(1, worker.gpu_count or 1),
+                start_at=start,
+                end_at=end,
+                # Outdated workers are kept only while they finish a job (idle ones stop at once).
+                processing=state == WorkerState.OUTDATED,
+            )
+        )
+    return out
+
+
+# A network volume is priced per GB and month of provisioned size; its month, in seconds.
+MONTH_S = 30 * 24 * 3600
+
+
+def volume_charge(size_gb: int, price_micros_per_gb_month: int, seconds: int, carry: int) -> tuple[int, int]:
+    """(micro-dollars, new carry) for `seconds` of a `size_gb` volume. Exact in integers: the carry is
+    the remainder in micro-dollar-seconds-per-month units (always < MONTH_S), so nothing is lost."""
+    return divmod(size_gb * price_micros_per_gb_month * seconds + carry, MONTH_S)
 
 
 @dataclass(frozen=True)
