@@ -4,7 +4,6 @@ directory on this host that endpoints mount; create, list, get, grow, delete."""
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Request
@@ -35,7 +34,7 @@ def _size(value: object) -> int:
     return value
 
 
-async def volume_view(rt: Runtime, row: Any) -> dict[str, object]:
+async def volume_view(rt: Runtime, row: VolumeRow) -> dict[str, object]:
     """A volume's record: its size, what it uses on this host, the endpoints of its account that mount
     it and what it has been billed. The console's volumes page shows the same record."""
     manager = required(rt.services.volumes, "volumes")

@@ -136,9 +136,8 @@ async def job_take(request: Request) -> Response:
 )
 async def job_take_batch(request: Request) -> Response:
     p = request.path_params
-    await worker_caller(
-        request, p["endpoint_id"], p["worker_id"]
-    )  # a stranger gets 401, not a 400 for batch_size
+    # A stranger gets 401, not a 400 for batch_size.
+    await worker_caller(request, p["endpoint_id"], p["worker_id"])
     return await _take(request, _int_param(request, "batch_size", 1, 1, 1000), as_list=True)
 
 

@@ -127,7 +127,7 @@ class HandOff:
                     await self.signals.stops.wait("retire:" + worker_id, max(0.0, deadline - hold_clock()))
                     return []
                 now = self.clock.now()
-                queued_before = dispatch.queued.get(endpoint_id, 0)
+                queued_before = self.queued_count(endpoint_id)
                 was_running = worker["state"] == WorkerState.RUNNING.value
                 claimed = await store.run(
                     store.take, endpoint_id, worker_id, limit, now, mark_running=not was_running
@@ -140,7 +140,7 @@ class HandOff:
                 remaining = deadline - hold_clock()
                 if remaining <= 0:
                     return []
-                if dispatch.queued.get(endpoint_id, 0) != queued_before:
+                if self.queued_count(endpoint_id) != queued_before:
                     continue  # a job was queued while this take looked: look again
                 if watching is None:
                     watching = asyncio.ensure_future(gone())
@@ -180,7 +180,7 @@ class HandOff:
             while (remaining := deadline - hold_clock()) > 0 and not (
                 watching is not None and watching.done()
             ):
-                if dispatch.queued.get(endpoint_id, 0) == seen:
+                if self.queued_count(endpoint_id) == seen:
                     wait_s = min(remaining, max(0.0, grace_end - hold_clock()) if unsettled else _SLICE_S)
                     handed = await dispatch.handed_job(endpoint_id, worker_id, wait_s, watching)
                     if handed is not None:
@@ -189,7 +189,7 @@ class HandOff:
                 if unsettled and hold_clock() >= grace_end:
                     unsettled = False
                     await store.run(store.workers.settle_late, worker_id, finished_at)
-                if (count := dispatch.queued.get(endpoint_id, 0)) != seen:
+                if (count := self.queued_count(endpoint_id)) != seen:
                     # Claim at once (`take` checks that the worker may still take jobs); one claimed
                     # within the grace keeps the worker RUNNING, as a job handed over does.
                     seen = count

@@ -25,7 +25,7 @@ RUNNING = J.state == constant(JobState.IN_PROGRESS.value)
 
 
 def moving(to: JobState | tuple[JobState, ...], *among: JobState) -> ColumnElement[bool]:
-    """The guard of a job UPDATE to `to`, derived from `core.jobs.ALLOWED` (see `db.guard`)."""
+    """The guard of a job UPDATE to `to`, derived from `core.jobs.ALLOWED` (see `transitions.guard`)."""
     return guard(J.state, ALLOWED, to, among)
 
 
