@@ -14,29 +14,28 @@ from ember.store.schema import accounts
 A = accounts.c
 
 
+def _parsed(column: str | None) -> dict[str, str]:
+    """The `secrets` column's names and values; {} when it is empty or unreadable."""
+    try:
+        data = json.loads(column or "{}")
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
 class SecretStore(Repository):
     def get(self, account_id: str) -> dict[str, str]:
         """The account's secrets (name -> value); {} for an unknown account or an unreadable column."""
         with self.reader.connect() as conn:
-            raw = conn.execute(select(A.secrets).where(A.id == account_id)).scalar_one_or_none()
-        try:
-            data = json.loads(raw or "{}")
-        except ValueError:
-            return {}
-        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+            return _parsed(conn.execute(select(A.secrets).where(A.id == account_id)).scalar_one_or_none())
 
     def update(self, account_id: str, changes: Mapping[str, str | None]) -> list[str] | None:
         """Set (or, with None, delete) secrets; returns the sorted names now set, None if no account."""
         with self.engine.begin() as conn:
-            raw = conn.execute(select(A.secrets).where(A.id == account_id)).first()
-            if raw is None:
+            row = conn.execute(select(A.secrets).where(A.id == account_id)).first()
+            if row is None:
                 return None
-            try:
-                data = json.loads(raw[0] or "{}")
-            except ValueError:
-                data = {}
-            if not isinstance(data, dict):
-                data = {}
+            data = _parsed(row[0])
             for name, value in changes.items():
                 if value is None:
                     data.pop(name, None)
