@@ -24,6 +24,7 @@ from ember.api import endpoints as endpoint_routes
 from ember.api import errors as api_errors
 from ember.api import fastpath
 from ember.api import git as git_routes
+from ember.api import hosts as host_routes
 from ember.api import manage as manage_routes
 from ember.api import metrics as metrics_routes
 from ember.api import models as model_routes
@@ -40,6 +41,7 @@ from ember.api.services import Services
 from ember.backends.base import Backend
 from ember.control.broadcast import Broadcast
 from ember.control.clock import Clock, SystemClock
+from ember.control.fleet import Fleet
 from ember.control.launcher import LaunchConfig
 from ember.control.lifecycle import Lifecycle, LifecycleConfig
 from ember.control.meter import Meter
@@ -137,9 +139,17 @@ def create_app(
         secret_env=hosted.secrets.worker_env,
     )
     default_backend = settings.backend if settings.backend in backends else next(iter(backends), "local")
+    fleet = Fleet(
+        backends,
+        store,
+        signals,
+        clock,
+        local_host=compute.local_host(settings),
+        timeout_s=settings.host_timeout_s,
+    )
     lifecycle = Lifecycle(
         store,
-        backends,
+        fleet,
         clock,
         signals,
         LifecycleConfig(
@@ -151,7 +161,6 @@ def create_app(
             backoff_base_s=settings.backoff_base_s,
             retention_run_s=limits.retention_run_s,
             default_backend=default_backend,
-            hosts=compute.hosts_from(settings),
             limit_table=DEFAULT_TABLE,
         ),
         launch,
@@ -181,7 +190,7 @@ def create_app(
         limits=limits,
         api_url=settings.api_url,
         shared=settings.shared,
-        backends=dict(backends),
+        fleet=fleet,
         limit_table=DEFAULT_TABLE,
         services=Services(
             models=hosted.models,
@@ -258,6 +267,7 @@ def create_app(
     app.include_router(git_routes.router)
     app.include_router(source_routes.router)
     app.include_router(traffic_routes.router)
+    app.include_router(host_routes.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:

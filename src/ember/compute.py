@@ -16,6 +16,7 @@ from pathlib import Path
 from ember.backends.base import Backend
 from ember.control.clock import Clock
 from ember.control.launcher import PreparePython
+from ember.core.hosts import LOCAL
 from ember.core.placement import Host
 from ember.settings import Settings
 
@@ -91,14 +92,22 @@ def instance_id(home: Path) -> str:
     return value
 
 
-def hosts_from(settings: Settings) -> list[Host]:
+def gpu_slots(declared: str) -> dict[str, list[str]]:
+    """This machine's GPUs by type: what `nvidia-smi` finds, and the virtual slots `declared` (e.g.
+    "TEST_GPU:4")."""
     from ember.backends.gpus import detect_gpus, parse_gpu_decl
 
     slots: dict[str, list[str]] = dict(detect_gpus())
-    if settings.gpus:
-        for gpu_type, devices in parse_gpu_decl(settings.gpus).items():
+    if declared:
+        for gpu_type, devices in parse_gpu_decl(declared).items():
             slots[gpu_type] = list(devices)
-    return [Host("local", slots)]
+    return slots
+
+
+def local_host(settings: Settings) -> Host | None:
+    """This machine as a host the control plane places workers on (its embedded agent), unless it
+    runs no workers itself."""
+    return Host(LOCAL, gpu_slots(settings.gpus)) if settings.local_workers else None
 
 
 def venv_builder(home: Path) -> PreparePython:

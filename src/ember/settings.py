@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     database_url: str | None = None  # default: sqlite file under home
     backend: str = "local"  # local | docker | memory
     gpus: str = ""  # virtual capacity, e.g. "TEST_GPU:4"
+    # Whether this process runs workers on its own machine (the embedded agent, host "local"); false
+    # for a control plane whose workers all run on hosts (`ember agent`).
+    local_workers: bool = True
+    # A host whose agent has not reported for this long is lost: its workers are replaced elsewhere.
+    host_timeout_s: float = Field(default=30.0, gt=0)
     admin_key: str | None = None
     registry: str | None = None
     # Money: initial balances (dollars, decimal strings) and the active-worker discount.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+from ember.control.fleet import Fleet
 from ember.control.lifecycle import snapshot
 from ember.control.signals import Signals
 from ember.core.workers import Ping, WorkerState
@@ -34,7 +35,7 @@ def test_the_lifecycle_s_snapshot_merges_pings_that_reached_another_process(stor
     async def look() -> Ping | None:
         signals = Signals()  # the process that runs the lifecycle: no ping reached it
         signals.presence.pinged("wk-1", 6.0, frozenset())  # an older one did
-        await snapshot.take(store, {}, signals, 8.0, frozenset())
+        await snapshot.take(store, Fleet({}), signals, 8.0, frozenset())
         return signals.presence.last_ping("wk-1")
 
     seen = asyncio.run(look())

@@ -51,9 +51,41 @@ def test_no_hosts_throttles_every_gpu_worker() -> None:
     assert place([want("w1")], []).throttled == ["w1"]
 
 
-def test_a_cpu_worker_is_always_placed() -> None:
-    result = place([want("w1", types=())], [])
-    assert result.assigned == [Assignment("w1", None, None, ())]
+def test_a_cpu_worker_goes_to_any_host_and_waits_when_there_is_none() -> None:
+    result = place([want("w1", types=())], [Host("h1")])
+    assert result.assigned == [Assignment("w1", "h1", None, ())]
+    assert place([want("w1", types=())], []).throttled == ["w1"]
+
+
+def test_an_endpoint_spreads_over_hosts() -> None:
+    hosts = [Host("a", {TEST: ["0", "1"]}), Host("b", {TEST: ["0", "1"]})]
+    result = place([want(f"w{i}", since=i) for i in range(4)], hosts)
+    by_host = sorted((a.host_id, a.worker_id) for a in result.assigned)
+    assert by_host == [("a", "w0"), ("a", "w2"), ("b", "w1"), ("b", "w3")]
+
+
+def test_spreading_counts_the_workers_already_placed() -> None:
+    hosts = [Host("a", {TEST: ["0", "1", "2"]}), Host("b", {TEST: ["0", "1", "2"]})]
+    result = place([want("w1"), want("w2", since=1)], hosts, load={("ep-a", "a"): 2, ("ep-a", "b"): 1})
+    # b has fewer of the endpoint's workers; then a tie, broken by best fit (b has fewer free devices)
+    assert [a.host_id for a in result.assigned] == ["b", "b"]
+    other = place([want("w1", endpoint="ep-b")], hosts, load={("ep-a", "a"): 2})
+    assert other.assigned[0].host_id == "a"  # another endpoint's workers do not count
+
+
+def test_cpu_workers_spread_too() -> None:
+    hosts = [Host("a"), Host("b")]
+    result = place([want(f"w{i}", types=(), since=i) for i in range(4)], hosts)
+    assert [a.host_id for a in result.assigned] == ["a", "b", "a", "b"]
+
+
+def test_a_worker_goes_only_to_a_host_that_runs_its_runtime() -> None:
+    hosts = [Host("a", {TEST: ["0"]}, frozenset({"local"})), Host("b", {TEST: ["0"]}, frozenset({"docker"}))]
+    docker = Pending("w1", "ep-a", (TEST,), 1, 0.0, "docker")
+    assert place([docker], hosts).assigned == [Assignment("w1", "b", TEST, ("0",))]
+    cpu = Pending("w2", "ep-a", (), 0, 0.0, "docker")
+    assert place([cpu], hosts).assigned == [Assignment("w2", "b", None, ())]
+    assert place([Pending("w3", "ep-a", (), 0, 0.0, "kubernetes")], hosts).throttled == ["w3"]
 
 
 def test_best_fit_keeps_the_bigger_host_free() -> None:
@@ -130,7 +162,8 @@ def test_never_over_assigns_and_uses_each_device_once(
     for a in result.assigned:
         p = by_worker[a.worker_id]
         if not p.gpu_type_ids:
-            assert a.device_ids == () and a.host_id is None
+            assert a.device_ids == () and a.gpu_type is None
+            assert any(h.id == a.host_id for h in hosts)
             continue
         assert a.gpu_type in p.gpu_type_ids
         assert len(a.device_ids) == p.gpu_count
@@ -141,7 +174,7 @@ def test_never_over_assigns_and_uses_each_device_once(
     assert len(taken) == len(set(taken))
     assert not set(taken) & used
     for wid in result.throttled:
-        assert by_worker[wid].gpu_type_ids  # CPU workers are never throttled
+        assert by_worker[wid].gpu_type_ids or not hosts  # a CPU worker waits only for a host
 
 
 @given(pendings, capacity())

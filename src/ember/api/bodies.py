@@ -54,6 +54,10 @@ class AccountCreate(_Open):
     name: Name
 
 
+class HostCreate(_Open):
+    name: str = Field(description="1-63 letters, digits, '.', '_' or '-'", min_length=1, max_length=63)
+
+
 class Credits(_Open):
     amount: str | int | float = Field(
         description='dollars: a number or a string of ASCII digits, e.g. "12.50"'

@@ -20,6 +20,7 @@ from starlette.requests import ClientDisconnect
 from ember.api.services import Services
 from ember.backends.base import Backend
 from ember.control.clock import Clock
+from ember.control.fleet import Fleet
 from ember.control.handoff import HandOff
 from ember.control.signals import Signals
 from ember.core import jobs as J
@@ -31,7 +32,7 @@ from ember.core.specs import spec_from_json
 from ember.core.workers import SETTLE_GRACE_S
 from ember.store.accounts import KeyInfo
 from ember.store.facade import Store
-from ember.store.rows import EndpointRow
+from ember.store.rows import EndpointRow, WorkerRow
 
 KEY_CACHE_S = 10.0
 ENDPOINT_CACHE_S = 2.0
@@ -127,7 +128,7 @@ class Runtime:
     limits: Limits
     api_url: str
     shared: Path  # storage every replica reads (EMBER_SHARED_DIR): source snapshots, uploads
-    backends: dict[str, Backend] = field(default_factory=dict)  # by name: local, docker, kubernetes
+    fleet: Fleet = field(default_factory=lambda: Fleet({}))  # where workers run: this machine, hosts
     limit_table: LimitTable | None = None  # None = the default (`core.limits.DEFAULT_TABLE`)
     services: Services = field(default_factory=Services)  # optional: model cache, volumes, builder …
     heard: dict[str, float] = field(default_factory=dict)  # worker id -> when its last_seen_at was written
@@ -143,11 +144,12 @@ class Runtime:
     def __post_init__(self) -> None:
         self.handoff = HandOff(self.store, self.signals, self.clock, self.limits)
 
-    def backend_for(self, name: str) -> Backend:
-        try:
-            return self.backends[name]
-        except KeyError:
-            raise BackendError(f"the {name!r} backend is not enabled on this server")
+    def backend_for(self, row: WorkerRow) -> Backend:
+        """The backend that runs the worker: one of this machine's, or its host's agent."""
+        backend = self.fleet.for_worker(row)
+        if backend is None:
+            raise BackendError(f"the {row['backend']!r} backend is not enabled on this server")
+        return backend
 
     def forget_keys(self) -> None:
         self._generation += 1

@@ -227,7 +227,7 @@ async def worker_exec(worker_id: str, request: Request, who: CallerDep, rt: Runt
     command, timeout_s = _exec_request(await B.parse_body(request, B.Exec, BODY_LIMIT))
     if row["state"] == WorkerState.STOPPED.value:
         raise Conflict(f"worker {worker_id} is stopped")
-    backend = rt.backend_for(row["backend"])
+    backend = rt.backend_for(row)
     result = await backend.exec(worker_id, command, timeout_s=timeout_s)
     return json_response({"exitCode": result.exit_code, "output": result.output.decode("utf-8", "replace")})
 
@@ -240,7 +240,7 @@ async def worker_exec(worker_id: str, request: Request, who: CallerDep, rt: Runt
 )
 async def worker_shell(worker_id: str, who: CallerDep, rt: RuntimeDep) -> Response:
     row = await _own_worker(rt, who, worker_id)
-    backend = rt.backend_for(row["backend"])
+    backend = rt.backend_for(row)
     shell = getattr(backend, "shell_command", None)
     if shell is None:
         raise BackendError(f"the {row['backend']} backend has no interactive shell")
@@ -287,7 +287,7 @@ async def _log_lines(
 
     async def pump(row: WorkerRow, lines: int | None) -> None:
         try:
-            backend = rt.backend_for(row["backend"])
+            backend = rt.backend_for(row)
             live = follow and row["state"] != WorkerState.STOPPED.value
             wid = row["id"]
             async for line in backend.logs(

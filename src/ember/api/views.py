@@ -52,6 +52,7 @@ def worker(row: WorkerRow, now: float) -> dict[str, object]:
         "gpuTypeId": row["gpu_type"],
         "gpuCount": row["gpu_count"],
         "gpuDevices": [d for d in (row["gpu_devices"] or "").split(",") if d],
+        "hostId": row["host"],
         "stateSince": iso(row["state_since"]),
         "secondsInState": round(max(0.0, now - row["state_since"]), 3),
         "reason": row["reason"],

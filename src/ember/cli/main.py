@@ -7,6 +7,7 @@ import typer
 from ember.cli import account_cmds as acct
 from ember.cli import console_cmds, dev_cmds, simulate_cmd
 from ember.cli import endpoint_cmds as ep
+from ember.cli import host_cmds as hosts
 from ember.cli import resource_cmds as res
 from ember.cli import server_cmds as srv
 
@@ -40,6 +41,8 @@ accounts.command("credit")(acct.credit)
 app.add_typer(accounts, name="accounts")
 app.add_typer(res.models_app, name="models")
 app.add_typer(res.volumes_app, name="volumes")
+app.add_typer(hosts.hosts_app, name="hosts")
+app.command()(hosts.agent)
 registry = typer.Typer(help="Container registry logins", no_args_is_help=True)
 registry.command("add")(res.registry_add)
 registry.command("ls")(res.registry_ls)

@@ -9,7 +9,8 @@ A lost event only delays work, never loses it (the store is the truth; every wai
 again within its poll slice): a process that dies between a commit and its NOTIFY costs the others one
 slice. Events: `q <endpoint>` jobs were queued; `f <job> [record]` a job reached a final state (with its
 final record when it fits in a notification, so a runsync waiting elsewhere answers without reading the
-store); `r <worker>` a worker takes no new job; `s <worker>` a job the worker holds should stop.
+store); `r <worker>` a worker takes no new job; `s <worker>` a job the worker holds should stop; `h <host>` an
+order was queued for a host's agent; `o <order>` an agent answered an order.
 SQLite has one process, and no broadcast."""
 
 from __future__ import annotations
@@ -114,3 +115,7 @@ class Broadcast:
             s.retire(ident, tell_others=False)
         elif kind == "s":
             s.stop_wanted(ident, tell_others=False)
+        elif kind == "h":
+            s.host_ordered(ident, tell_others=False)
+        elif kind == "o" and ident.isdigit():
+            s.order_answered(int(ident), tell_others=False)

@@ -120,7 +120,10 @@ async def launch_spec(
     key: str,
     backend: str,
     registry_auth: dict[str, str] | None = None,
+    on_host: bool = False,
 ) -> LaunchSpec:
+    """The worker's LaunchSpec. `on_host`: it starts on another host, whose agent fetches the source
+    snapshot (`source_dir` is then the snapshot's digest) and prepares its python itself."""
     env = worker_env(
         api_url=cfg.api_url,
         endpoint_id=worker["endpoint_id"],
@@ -153,13 +156,17 @@ async def launch_spec(
             registry_auth = await pull_auth(cfg, worker["account_id"], spec)
         return replace(base, image=spec.image_name, command=command, registry_auth=registry_auth)
     source = cfg.shared / "sources" / (spec.source_digest or "")
+    admin = await _is_admin(cfg, worker["account_id"])
+    if on_host:
+        handler = spec.handler or DEFAULT_HANDLER
+        digest = spec.source_digest or ""
+        return replace(base, source_dir=digest, handler=handler, command=command, admin=admin)
     if known_python(cfg, spec):
         python = cfg.pythons[spec.source_digest or ""]
     else:
         python = await prepare_python(cfg, worker["id"], source)
         if spec.source_digest:
             cfg.pythons[spec.source_digest] = python
-    admin = await _is_admin(cfg, worker["account_id"])
     return replace(
         base,
         source_dir=str(source),

@@ -48,6 +48,8 @@ class Signals:
     def __init__(self) -> None:
         self.dispatch = Dispatcher()  # open job-takes and runsync waiters
         self.stops = _Waiters()  # key: worker id: a job-stop is pending
+        # Hosts' agents: key "host:<id>": an order for that host was queued; "order:<id>": answered.
+        self.orders = _Waiters()
         self.scale = asyncio.Event()  # the autoscaler should decide now
         self.webhooks = asyncio.Event()  # a webhook became due
         self.reconcile = asyncio.Event()  # the lifecycle loop should act now
@@ -102,6 +104,18 @@ class Signals:
         self.dispatch.release(worker_id)
         if tell_others and self.publish is not None:
             self.publish("r", worker_id)
+
+    def host_ordered(self, host_id: str, *, tell_others: bool = True) -> None:
+        """An order for the host was queued: end its agent's held order poll, wherever it is held."""
+        self.orders.wake("host:" + host_id)
+        if tell_others and self.publish is not None:
+            self.publish("h", host_id)
+
+    def order_answered(self, order_id: int, *, tell_others: bool = True) -> None:
+        """A host's agent answered an order: wake whoever waits for it, in whichever process."""
+        self.orders.wake(f"order:{order_id}")
+        if tell_others and self.publish is not None:
+            self.publish("o", str(order_id))
 
     def poke_scaler(self) -> None:
         self.scale.set()

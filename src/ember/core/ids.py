@@ -19,6 +19,7 @@ PREFIXES = {
     "key": "key",
     "registry_auth": "cra",
     "source": "src",
+    "host": "host",
 }
 
 _SAFE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")

@@ -16,6 +16,7 @@ from ember.store.accounts import AccountStore
 from ember.store.activity import ActivityStore
 from ember.store.db import Database, RawAccess, Sealing, make_engine, migrate
 from ember.store.endpoints import EndpointStore
+from ember.store.hosts import HostStore
 from ember.store.idempotency import IdempotencyStore
 from ember.store.insights import InsightStore
 from ember.store.jobs import Claimed, Finished, JobStore, NewJob
@@ -65,6 +66,7 @@ class Store:
         self.registry_auths = RegistryAuthStore(engine)
         self.sessions = SessionStore(engine)
         self.pings = PingStore(engine)
+        self.hosts = HostStore(engine)
         self.insights = InsightStore(engine)
         self.activity = ActivityStore(engine)
 

@@ -250,3 +250,30 @@ class WorkerEvent(TypedDict):
     to_state: ReadOnly[WorkerState]
     at: ReadOnly[float]
     reason: ReadOnly[str]
+
+
+class HostRow(TypedDict):
+    """A whole `hosts` row."""
+
+    id: ReadOnly[str]
+    name: ReadOnly[str]
+    token_hash: ReadOnly[str]
+    state: ReadOnly[str]
+    slots: ReadOnly[str]
+    backends: ReadOnly[str]
+    observed: ReadOnly[str]
+    hostname: ReadOnly[str]
+    last_seen_at: ReadOnly[float | None]
+    created_at: ReadOnly[float]
+
+
+class HostOrderRow(TypedDict):
+    """A whole `host_orders` row."""
+
+    id: ReadOnly[int]
+    host_id: ReadOnly[str]
+    kind: ReadOnly[str]
+    body: ReadOnly[str]
+    state: ReadOnly[str]
+    result: ReadOnly[str | None]
+    created_at: ReadOnly[float]

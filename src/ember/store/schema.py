@@ -329,3 +329,38 @@ scale_events = Table(
     Column("workers", Integer, nullable=False),
 )
 Index("ix_scale_events_endpoint", scale_events.c.endpoint_id, scale_events.c.at)
+
+# GPU machines whose agents (`ember agent`) connect in. `token_hash`: the sha256 of the host's token
+# (shown once, when the host is added). `slots`: its GPUs by type (JSON: {type: [device ids]}),
+# `backends`: the worker runtimes it offers (comma-separated), `observed`: the workers it said it runs,
+# all as of its latest report (`last_seen_at`). `state`: NEW (never reported), READY or LOST.
+hosts = Table(
+    "hosts",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("state", String(16), nullable=False),
+    Column("slots", Text, nullable=False),
+    Column("backends", String(200), nullable=False),
+    Column("observed", Text, nullable=False),
+    Column("hostname", String(200), nullable=False),
+    Column("last_seen_at", Float),
+    Column("created_at", Float, nullable=False),
+)
+
+# What the control plane asks of a host's agent (launch, stop, exec, logs), in order; an agent takes
+# its QUEUED orders (SENT), and answers each with its `result` (DONE). In the database so that any
+# replica may hand them to the agent and read the answer.
+host_orders = Table(
+    "host_orders",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("host_id", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("state", String(8), nullable=False),
+    Column("result", Text),
+    Column("created_at", Float, nullable=False),
+)
+Index("ix_host_orders_host", host_orders.c.host_id, host_orders.c.state, host_orders.c.id)

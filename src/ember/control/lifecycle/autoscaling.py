@@ -191,7 +191,7 @@ class Autoscaling:
         self.ops.acted += 1
         s = self.store
         wid = make_id("worker", uuid.uuid4().hex[:12])
-        backend = backend_for_spec(spec, self.ops.backends, self.cfg.default_backend)
+        backend = backend_for_spec(spec, self.ops.fleet.kinds(), self.cfg.default_backend)
         await s.run(
             lambda: s.workers.create(
                 id=wid,

@@ -1,15 +1,13 @@
-"""The lifecycle loop's settings (timeouts, grace periods, retry rules, hosts, limit table), built once
+"""The lifecycle loop's settings (timeouts, grace periods, retry rules, limit table), built once
 by `ember.app` from Settings and shared read-only by every part of the loop."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ember.core import backoff
 from ember.core.jobs import LOST_WORKER_REQUEUES, RETENTION_RUN_S
 from ember.core.limits import DEFAULT_TABLE, LimitTable
-from ember.core.placement import Host
 
 
 @dataclass
@@ -23,6 +21,5 @@ class LifecycleConfig:
     lost_worker_requeues: int = LOST_WORKER_REQUEUES
     retention_run_s: float = RETENTION_RUN_S
     default_backend: str = "local"
-    hosts: Sequence[Host] = ()
     limit_table: LimitTable = DEFAULT_TABLE
     backoff_base_s: float = backoff.BASE_DELAY_S

@@ -34,12 +34,15 @@ class Health:
     async def check(self, snap: Snapshot) -> None:
         """Judge every live worker of the snapshot, then stop the orphans."""
         ops = self.ops
-        known = {w["id"] for w in snap.workers}
         for w in snap.workers:
             wid = w["id"]
             if ops.busy(wid) or wid in snap.ops_in_flight:
                 continue
             if w["state"] not in _LIVE_STATES:
+                continue
+            lost_host = snap.lost_hosts.get(w["host"])
+            if lost_host is not None:
+                await ops.fail(w, f"worker {wid} was on host {lost_host}, which stopped answering", snap.now)
                 continue
             obs = snap.observed.get(wid)
             if obs is None or not obs.running:
@@ -78,16 +81,14 @@ class Health:
                     first_failure_at=None,
                     next_attempt_at=None,
                 )
-        # Orphans: runtime workers with no live record (e.g. a stop interrupted by a crash).
+        # Orphans: runtime workers with no live record (e.g. a stop interrupted by a crash, or workers a
+        # lost host still ran when it came back), and runtimes found where their record does not put them.
         live_ids = {w["id"] for w in snap.workers if w["state"] in _LIVE_STATES}
-        for wid in snap.observed:
-            if wid not in live_ids and not ops.busy(wid):
-                row = None if wid in known else await self.store.run(self.store.workers.get, wid)
-                backend_name = row["backend"] if row else None
-                for name, backend in ops.backends.items():
-                    if backend_name in (None, name):
-                        log.info("orphan_stop worker=%s backend=%s", wid, name, extra={"worker_id": wid})
-                        ops.spawn(wid, backend.stop(wid, self.cfg.stop_grace_s))
+        orphans = [(wid, b) for wid, b in snap.places.items() if wid not in live_ids] + snap.strays
+        for wid, backend in orphans:
+            if not ops.busy(wid):
+                log.info("orphan_stop worker=%s backend=%s", wid, backend.name, extra={"worker_id": wid})
+                ops.spawn(wid, backend.stop(wid, self.cfg.stop_grace_s))
 
     def _lost(self, w: WorkerRow, ping: Ping | None, now: float) -> str | None:
         """Why the running worker counts as lost (silent too long, or never ready), or None."""

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Sequence
 
-from ember.backends.base import Backend, WarmParking
+from ember.backends.base import WarmParking
 from ember.control.clock import Clock
+from ember.control.fleet import Fleet
 from ember.control.lifecycle.config import LifecycleConfig
 from ember.control.signals import Signals
 from ember.core import backoff
@@ -36,13 +37,13 @@ class WorkerOps:
     def __init__(
         self,
         store: Store,
-        backends: Mapping[str, Backend],
+        fleet: Fleet,
         clock: Clock,
         signals: Signals,
         cfg: LifecycleConfig,
     ) -> None:
         self.store = store
-        self.backends = backends
+        self.fleet = fleet
         self.clock = clock
         self.signals = signals
         self.cfg = cfg
@@ -87,7 +88,7 @@ class WorkerOps:
             "worker_transition worker=%s from=%s to=UNHEALTHY reason=%r", w["id"], prev, reason, extra=ids(w)
         )
         await self.release_jobs(w["id"], reason, now)
-        backend = self.backends.get(w["backend"])
+        backend = self.fleet.for_worker(w)
         if backend is not None:
             self.spawn(w["id"], backend.stop(w["id"], 0.0 if not kill else 1.0))
 
@@ -127,7 +128,7 @@ class WorkerOps:
         s = self.store
         await s.run(lambda: s.workers.update(w["id"], recycle=True))
         self.signals.retire(w["id"])
-        backend = self.backends.get(w["backend"])
+        backend = self.fleet.for_worker(w)
 
         async def go() -> None:
             if backend is not None and w["state"] not in (_S.THROTTLED.value, _S.UNHEALTHY.value):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Sequence
 
 from ember.control.launcher import STARTING_HANDLER, LaunchConfig, known_python, launch_spec
 from ember.control.lifecycle.ops import WorkerOps, ids
@@ -14,7 +13,8 @@ from ember.control.lifecycle.snapshot import Snapshot
 from ember.control.model_preparer import ModelPreparer
 from ember.core import backoff
 from ember.core.errors import EmberError
-from ember.core.placement import Pending, place
+from ember.core.hosts import LOCAL
+from ember.core.placement import Assignment, Pending, place
 from ember.core.specs import EndpointSpec
 from ember.core.workers import LIVE, WorkerState
 from ember.store.facade import Store
@@ -55,13 +55,17 @@ class Placement:
         pending: list[Pending] = []
         rows: dict[str, WorkerRow] = {}
         used: set[tuple[str, str, str]] = set()
+        load: dict[tuple[str, str], int] = {}
         live_endpoints = {e["id"] for e in snap.endpoints}
         for w in snap.workers:
             state = w["state"]
             holds = ops.busy(w["id"]) or state in _LIVE_STATES
             gpu_type = w["gpu_type"]  # set whenever devices are (placement gives both)
             if holds and w["gpu_devices"] and gpu_type is not None:
-                used.update(("local", gpu_type, d) for d in w["gpu_devices"].split(","))
+                used.update((w["host"], gpu_type, d) for d in w["gpu_devices"].split(","))
+            if holds:
+                key = (w["endpoint_id"], w["host"])
+                load[key] = load.get(key, 0) + 1
             if ops.busy(w["id"]):
                 continue
             if w["endpoint_id"] not in live_endpoints:
@@ -82,15 +86,20 @@ class Placement:
                 rows[w["id"]] = w
                 pending.append(
                     Pending(
-                        w["id"], w["endpoint_id"], tuple(spec.gpu_type_ids), spec.gpu_count, w["state_since"]
+                        w["id"],
+                        w["endpoint_id"],
+                        tuple(spec.gpu_type_ids),
+                        spec.gpu_count,
+                        w["state_since"],
+                        w["backend"],
                     )
                 )
         if not pending:
             return
-        result = place(pending, ops.cfg.hosts, used)
+        result = place(pending, ops.fleet.hosts(), used, load)
         for a in result.assigned:
             w = rows[a.worker_id]
-            await self._launch(w, snap.specs[w["endpoint_id"]], a.gpu_type, a.device_ids, snap.now)
+            await self._launch(w, snap.specs[w["endpoint_id"]], a, snap.now)
         for wid in result.throttled:
             w = rows[wid]
             if w["state"] == _S.UNHEALTHY.value:
@@ -106,18 +115,19 @@ class Placement:
         self,
         w: WorkerRow,
         spec: EndpointSpec,
-        gpu_type: str | None,
-        devices: Sequence[str],
+        where: Assignment,
         now: float,
     ) -> None:
-        """INITIALIZING on these devices with a fresh worker key, then the backend's launch in the
-        background (a launch that fails fails the worker)."""
+        """INITIALIZING on its host and devices with a fresh worker key, then the launch in the
+        background, by this machine's backend or the host's agent (a launch that fails fails the
+        worker)."""
         ops = self.ops
         ops.acted += 1
         s = self.store
         key = "wk_" + secrets.token_hex(20)
+        gpu_type, devices, on_host = where.gpu_type, where.device_ids, where.host_id != LOCAL
         # A local start whose python is known prepares nothing: it is starting its handler already.
-        local = w["backend"] != "docker" and known_python(self.launch_cfg, spec)
+        local = w["backend"] != "docker" and not on_host and known_python(self.launch_cfg, spec)
         prev = await s.run(
             lambda: s.workers.transition(
                 w["id"],
@@ -126,6 +136,7 @@ class Placement:
                 STARTING_HANDLER if local else "starting",
                 gpu_type=gpu_type,
                 gpu_devices=",".join(devices),
+                host=where.host_id,
                 launched_at=now,
                 last_seen_at=None,
                 idle_since=None,
@@ -135,9 +146,10 @@ class Placement:
         if prev is None:
             return
         log.info(
-            "worker_transition worker=%s from=%s to=INITIALIZING gpu=%s devices=%s",
+            "worker_transition worker=%s from=%s to=INITIALIZING host=%s gpu=%s devices=%s",
             w["id"],
             prev,
+            where.host_id,
             gpu_type,
             ",".join(devices),
             extra=ids(w),
@@ -154,14 +166,18 @@ class Placement:
             )
         )
         row = await s.run(s.workers.get, w["id"]) or w
-        backend = ops.backends.get(w["backend"])
+        backend = ops.fleet.for_worker(row)
 
         async def go() -> None:
             try:
                 if backend is None:
                     raise EmberError(f"the {w['backend']} backend is not enabled on this server")
-                ls = await launch_spec(self.launch_cfg, worker=row, spec=spec, key=key, backend=w["backend"])
+                ls = await launch_spec(
+                    self.launch_cfg, worker=row, spec=spec, key=key, backend=w["backend"], on_host=on_host
+                )
                 await backend.launch(ls)
+                if on_host:
+                    ops.fleet.launched(w["id"])
             except EmberError as exc:
                 await ops.fail(row, f"worker {w['id']} could not start: {exc.message}", ops.clock.now())
                 ops.signals.reconcile.set()

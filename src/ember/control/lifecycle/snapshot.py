@@ -1,16 +1,17 @@
 """What one lifecycle tick looks at: the store's endpoints, workers, held jobs, queue counts and
-accounts, and what the backends observe running. Read only, but for one count it publishes: each
-endpoint's non-stopped workers (`Presence.counted`)."""
+accounts, and what runs where (`control.fleet`: this machine's backends, the hosts' reports). Read
+only, but for a count it publishes (each endpoint's non-stopped workers, `Presence.counted`) and the
+hosts it finds silent past their timeout, which it marks LOST."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from ember.backends.base import Backend, Observed
+from ember.control.fleet import Fleet
 from ember.control.signals import Signals
-from ember.core.errors import EmberError
 from ember.core.specs import EndpointSpec, spec_from_json
 from ember.core.workers import WorkerState
 from ember.store.facade import Store
@@ -30,6 +31,11 @@ class Snapshot:
     stats: dict[str, QueueStats]  # endpoint id -> its queue's counts
     accounts: dict[str, AccountRow]
     observed: dict[str, Observed] = field(default_factory=dict)
+    # Where each observed runtime is (its backend), runtimes found where their record does not put them,
+    # and the LOST hosts by id (with their names): see `control.fleet.Observation`.
+    places: dict[str, Backend] = field(default_factory=dict)
+    strays: list[tuple[str, Backend]] = field(default_factory=list)
+    lost_hosts: dict[str, str] = field(default_factory=dict)
     # Workers with a launch or stop in flight when the snapshot began: what `observed` says of them may
     # predate that operation's end, so health checks must not judge them from this snapshot.
     ops_in_flight: frozenset[str] = frozenset()
@@ -37,7 +43,7 @@ class Snapshot:
 
 async def take(
     store: Store,
-    backends: Mapping[str, Backend],
+    fleet: Fleet,
     signals: Signals,
     now: float,
     ops_in_flight: frozenset[str],
@@ -67,16 +73,14 @@ async def take(
     if not s.inline:  # workers may ping other processes on the database (`Presence.merge`)
         live = [w["id"] for w in workers if w["state"] != WorkerState.STOPPED]
         signals.presence.merge(await s.run(s.pings.latest, live))
-    for name, backend in backends.items():
-        try:
-            for o in await backend.observe():
-                snap.observed[o.worker_id] = o
-        except EmberError as exc:
-            log.warning("observe_failed backend=%s error=%s", name, exc)
-            # Without an observation we must not conclude that its workers died.
-            for w in workers:
-                if w["backend"] == name:
-                    snap.observed.setdefault(w["id"], Observed(w["id"], w["endpoint_id"], w["release"], True))
+    await fleet.refresh(now)
+    seen = await fleet.observe(workers, now)
+    snap.observed, snap.places, snap.strays, snap.lost_hosts = (
+        seen.observed,
+        seen.places,
+        seen.strays,
+        seen.lost,
+    )
     return snap
 
 

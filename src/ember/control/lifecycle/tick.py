@@ -4,10 +4,10 @@ order (each sees what the one before changed) and sweeps the backends' warm runt
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 
-from ember.backends.base import Backend, WarmParking
+from ember.backends.base import WarmParking
 from ember.control.clock import Clock
+from ember.control.fleet import Fleet
 from ember.control.forecast import ForecastInputs
 from ember.control.launcher import LaunchConfig
 from ember.control.lifecycle import snapshot
@@ -29,7 +29,7 @@ class Lifecycle:
     def __init__(
         self,
         store: Store,
-        backends: Mapping[str, Backend],
+        fleet: Fleet,
         clock: Clock,
         signals: Signals,
         cfg: LifecycleConfig,
@@ -37,12 +37,12 @@ class Lifecycle:
         preparer: ModelPreparer | None = None,  # gates launches on the endpoint's model
     ) -> None:
         self.store = store
-        self.backends = backends
+        self.fleet = fleet
         self.clock = clock
         self.signals = signals
         self.cfg = cfg
         self.launch_cfg = launch
-        self.ops = WorkerOps(store, backends, clock, signals, cfg)
+        self.ops = WorkerOps(store, fleet, clock, signals, cfg)
         self.health = Health(self.ops)
         self.autoscaling = Autoscaling(self.ops, ForecastInputs(store), preparer)
         self.placement = Placement(self.ops, launch, preparer)
@@ -68,12 +68,12 @@ class Lifecycle:
 
     async def _snapshot(self, keep: Snapshot | None = None) -> Snapshot:
         now = self.clock.now()
-        return await snapshot.take(self.store, self.backends, self.signals, now, self.ops.in_flight(), keep)
+        return await snapshot.take(self.store, self.fleet, self.signals, now, self.ops.in_flight(), keep)
 
     async def _sweep_warm(self, snap: Snapshot) -> None:
         """Warm runtimes past their time, of a deleted endpoint or of a release no longer served go."""
         releases = {e["id"]: int(e["release"]) for e in snap.endpoints}
-        for name, backend in self.backends.items():
+        for name, backend in self.fleet.local.items():
             if isinstance(backend, WarmParking):
                 try:
                     await backend.sweep_warm(releases)

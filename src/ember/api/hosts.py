@@ -1,0 +1,212 @@
+"""Hosts: the admin adds a GPU machine (`POST /v1/hosts`, which answers the token its agent joins
+with, once) and lists them with capacity, use and last contact; the machine's agent (`ember agent`)
+connects out to `/agent/v1/…` with that token: it reports its GPUs and workers, long-polls its orders
+(launch, stop, exec, logs), answers them, and fetches the source snapshots it launches."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from ember.api import bodies as B
+from ember.api.deps import AdminDep, Runtime, RuntimeDep, found, key_from, new_token, read_json, runtime
+from ember.api.errors import json_response
+from ember.build.archive import pack
+from ember.core import hosts as H
+from ember.core.errors import Conflict, InvalidInput, NotFound, Problem, Unauthorized
+from ember.core.ids import make_id
+from ember.core.json_body import JsonObject
+from ember.core.workers import LIVE
+from ember.store.rows import HostRow, WorkerRow
+
+router = APIRouter()
+BODY_LIMIT = 1024 * 1024
+REPORT_LIMIT = 8 * 1024 * 1024  # a report lists every worker the host runs
+ORDERS_WAIT_MAX_S = 30.0
+_LIVE = frozenset(s.value for s in LIVE)
+
+
+# ---- the admin's view --------------------------------------------------------------------------------
+def host_view(rt: Runtime, row: HostRow, workers: list[WorkerRow]) -> dict[str, object]:
+    slots: dict[str, list[str]] = json.loads(row["slots"] or "{}")
+    mine = [w for w in workers if w["host"] == row["id"] and w["state"] in _LIVE]
+    last = row["last_seen_at"]
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "state": row["state"],
+        "hostname": row["hostname"],
+        "backends": [b for b in row["backends"].split(",") if b],
+        "gpus": {t: len(d) for t, d in slots.items()},
+        "gpusUsed": _gpus_used(mine),
+        "workers": len(mine),
+        "lastSeenAt": last,
+        "lastContactS": None if last is None else round(max(0.0, rt.clock.now() - last), 1),
+    }
+
+
+def _local_view(rt: Runtime, workers: list[WorkerRow]) -> dict[str, object] | None:
+    host = rt.fleet.local_host
+    if host is None:
+        return None
+    mine = [w for w in workers if w["host"] == H.LOCAL and w["state"] in _LIVE]
+    return {
+        "id": H.LOCAL,
+        "name": H.LOCAL,
+        "state": H.HostState.READY.value,
+        "hostname": "",
+        "backends": sorted(rt.fleet.local),
+        "gpus": {t: len(d) for t, d in host.slots.items()},
+        "gpusUsed": _gpus_used(mine),
+        "workers": len(mine),
+        "lastSeenAt": None,
+        "lastContactS": 0.0,
+    }
+
+
+def _gpus_used(workers: list[WorkerRow]) -> dict[str, int]:
+    used: dict[str, int] = {}
+    for w in workers:
+        if w["gpu_type"] and w["gpu_devices"]:
+            used[w["gpu_type"]] = used.get(w["gpu_type"], 0) + len(w["gpu_devices"].split(","))
+    return used
+
+
+@router.get("/v1/hosts", tags=["hosts"], summary="GPU machines: capacity, use, last contact (admin only)")
+async def list_hosts(_: AdminDep, rt: RuntimeDep) -> Response:
+    rows = await rt.store.run(rt.store.hosts.list)
+    workers = list(await rt.store.run(lambda: rt.store.workers.list()))
+    local = _local_view(rt, workers)
+    views = ([local] if local is not None else []) + [host_view(rt, r, workers) for r in rows]
+    return json_response({"hosts": views})
+
+
+@router.post(
+    "/v1/hosts",
+    tags=["hosts"],
+    summary="Add a host; answers the token its agent joins with, once (admin only)",
+    status_code=201,
+    openapi_extra=B.body_doc(B.HostCreate),
+    responses=B.error_responses(409),
+)
+async def create_host(
+    _: AdminDep,
+    rt: RuntimeDep,
+    body: Annotated[JsonObject, Depends(B.ObjectBody(BODY_LIMIT, B.HostCreate))],
+) -> Response:
+    name = H.check_name(body.get("name"))
+    host_id = make_id("host", uuid.uuid4().hex[:12])
+    token = "eh_" + new_token(24)
+    if not await rt.store.run(
+        lambda: rt.store.hosts.create(id=host_id, name=name, token=token, now=rt.clock.now())
+    ):
+        raise Conflict(f"a host named {name!r} exists already")
+    join = f"ember agent --server {rt.api_url} --token {token}"
+    return json_response({"id": host_id, "name": name, "token": token, "join": join}, 201)
+
+
+@router.delete(
+    "/v1/hosts/{ref}",
+    tags=["hosts"],
+    summary="Remove a host: its agent is refused from now on, its workers are replaced (admin only)",
+    status_code=204,
+    responses=B.error_responses(404),
+)
+async def delete_host(ref: str, _: AdminDep, rt: RuntimeDep) -> Response:
+    row = await found(rt, f"host {ref!r}", rt.store.hosts.get, ref)
+    await rt.store.run(rt.store.hosts.delete, row["id"])
+    rt.signals.reconcile.set()
+    return Response(status_code=204)
+
+
+# ---- the agent's side ----------------------------------------------------------------------------------
+async def agent_host(request: Request) -> HostRow:
+    """The host whose token the request carries (401 otherwise)."""
+    token = key_from(request)
+    row = await runtime(request).store.run(runtime(request).store.hosts.by_token, token) if token else None
+    if row is None:
+        raise Unauthorized("missing or unknown host token (POST /v1/hosts gives one)")
+    return row
+
+
+AgentDep = Annotated[HostRow, Depends(agent_host)]
+
+
+@router.post("/agent/v1/report", include_in_schema=False)
+async def report(host: AgentDep, request: Request, rt: RuntimeDep) -> Response:
+    """The agent's GPUs, runtimes and workers, now; `fresh` on its first report after it started (the
+    orders it had taken and not answered are lost with its old process)."""
+    body = await read_json(request, REPORT_LIMIT)
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object", [Problem("body", "must be a JSON object")])
+    slots = H.parse_slots(body.get("gpus", {}))
+    backends = H.parse_backends(body.get("backends", []))
+    workers = body.get("workers", [])
+    if not isinstance(workers, list) or not all(isinstance(w, dict) for w in workers):
+        raise InvalidInput("workers: a list of objects", [Problem("workers", "a list of objects")])
+    hostname = body.get("hostname")
+    s = rt.store
+    before = await s.run(
+        lambda: s.hosts.report(
+            host["id"],
+            slots=slots,
+            backends=backends,
+            observed=workers,  # type: ignore[arg-type]  # objects, checked above
+            hostname=hostname if isinstance(hostname, str) else "",
+            now=rt.clock.now(),
+        )
+    )
+    if before is None:
+        raise NotFound(f"host {host['id']} was removed")
+    if body.get("fresh") is True and await s.run(s.hosts.requeue_sent, host["id"]) > 0:
+        rt.signals.host_ordered(host["id"])
+    if before != H.HostState.READY:
+        rt.signals.reconcile.set()  # a host joined or came back: placement may use it now
+    return json_response({"id": host["id"], "name": host["name"], "timeoutS": rt.fleet.timeout_s})
+
+
+@router.post("/agent/v1/orders", include_in_schema=False)
+async def orders(host: AgentDep, rt: RuntimeDep, wait: float = 20.0) -> Response:
+    """The host's queued orders; with none, held up to `wait` seconds for one."""
+    s = rt.store
+    wait = min(max(0.0, wait), ORDERS_WAIT_MAX_S)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        taken = await s.run(s.hosts.take_orders, host["id"])
+        left = deadline - loop.time()
+        if taken or left <= 0:
+            break
+        # A wake-up ends the wait at once; a lost one costs a second.
+        await rt.signals.orders.wait("host:" + host["id"], min(left, 1.0))
+    out = [{"id": o["id"], "kind": o["kind"], "body": json.loads(o["body"])} for o in taken]
+    return json_response({"orders": out})
+
+
+@router.post("/agent/v1/orders/{order_id}", include_in_schema=False)
+async def answer(order_id: int, host: AgentDep, request: Request, rt: RuntimeDep) -> Response:
+    """The agent's answer to one of its orders: `{"error": …}` when it failed, else what it asked for."""
+    body = await read_json(request, REPORT_LIMIT)
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object", [Problem("body", "must be a JSON object")])
+    if not await rt.store.run(rt.store.hosts.answer, host["id"], order_id, body):
+        raise NotFound(f"order {order_id} is not waiting for this host's answer")
+    rt.signals.order_answered(order_id)
+    return Response(status_code=204)
+
+
+@router.get("/agent/v1/sources/{digest}", include_in_schema=False)
+async def source(digest: str, host: AgentDep, rt: RuntimeDep) -> Response:
+    """A source snapshot, as a gzip'd tar, for a worker the agent launches."""
+    if not re.fullmatch(r"[0-9a-f]{8,64}", digest):
+        raise NotFound(f"no source snapshot {digest!r}")
+    path = rt.shared / "sources" / digest
+    if not path.is_dir():
+        raise NotFound(f"no source snapshot {digest!r}")
+    data = await asyncio.to_thread(pack, path)
+    return Response(data, media_type="application/gzip")
