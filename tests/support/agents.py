@@ -15,12 +15,16 @@ from tests.support.live import LiveServer
 
 
 class LiveAgent:
-    def __init__(self, server: LiveServer, name: str, home: Path, gpus: str = "") -> None:
+    def __init__(
+        self, server: LiveServer, name: str, home: Path, gpus: str = "", server_url: str | None = None
+    ) -> None:
+        """Added to `server` as host `name`; its agent connects to `server_url` (default: the server's)."""
         resp = server.api("POST", "/v1/hosts", json={"name": name})
         assert resp.status_code == 201, resp.text
         self.host_id = str(resp.json()["id"])
         self.token = str(resp.json()["token"])
         self.server = server
+        self.server_url = server_url or server.url
         self.name = name
         self.home = home
         self.gpus = gpus
@@ -37,7 +41,7 @@ class LiveAgent:
                 "PYTHONUNBUFFERED": "1",
             }
         )
-        args = ["--server", self.server.url, "--token", self.token, "--home", str(self.home)]
+        args = ["--server", self.server_url, "--token", self.token, "--home", str(self.home)]
         if self.gpus:
             args += ["--gpus", self.gpus]
         with open(self.log_path, "ab") as log:

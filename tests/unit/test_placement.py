@@ -189,3 +189,10 @@ def test_a_throttled_worker_really_did_not_fit(pending: list[Pending], hosts: li
     for wid in result.throttled:
         p = by_worker[wid]
         assert all(n < p.gpu_count for (_, t), n in left.items() if t in p.gpu_type_ids)
+
+
+def test_a_worker_bound_to_a_host_goes_only_there() -> None:
+    hosts = [Host("a", {TEST: ["0"]}), Host("local", {TEST: ["0"]})]
+    bound = Pending("w1", "ep-a", (TEST,), 1, 0.0, only_host="local")
+    assert place([bound], hosts).assigned == [Assignment("w1", "local", TEST, ("0",))]
+    assert place([bound], hosts, used={("local", TEST, "0")}).throttled == ["w1"]

@@ -220,19 +220,20 @@ def workers(
     all_: bool = typer.Option(False, "--all", help="Include stopped workers"),
     as_json: bool = typer.Option(False, "--json", help="Print the workers as JSON instead of a table"),
 ) -> None:
-    """List an endpoint's workers with state, type, release, GPU and time in state."""
+    """List an endpoint's workers with state, type, release, host, GPU and time in state."""
     rows = call("GET", f"/v1/endpoints/{endpoint}/workers", params={"includeStopped": str(all_).lower()})
     if as_json:
         print_json(rows)
         return
     print_table(
-        ("ID", "STATE", "TYPE", "RELEASE", "GPU", "IN STATE", Col("REASON", 60)),
+        ("ID", "STATE", "TYPE", "RELEASE", "HOST", "GPU", "IN STATE", Col("REASON", 60)),
         (
             (
                 w["id"],
                 w["state"],
                 w["type"],
                 w["release"],
+                w.get("hostId"),
                 f"{w['gpuTypeId']} [{','.join(w['gpuDevices'])}]" if w["gpuTypeId"] else None,
                 f"{w['secondsInState']:.0f}s",
                 w["reason"],

@@ -56,6 +56,7 @@ class Fleet:
         self.local_host = local_host  # None: this process runs no workers itself
         self.timeout_s = timeout_s
         self.rows: dict[str, HostRow] = {}
+        self._read = False  # whether `rows` were read (the process that runs the lifecycle reads them)
         self._remote: dict[str, RemoteBackend] = {}
         # Worker id -> when its launch on a host was answered: until a report made after that, the
         # host's reports may not list it yet.
@@ -87,7 +88,10 @@ class Fleet:
 
     def _state(self, host_id: str) -> str:
         row = self.rows.get(host_id)
-        return row["state"] if row is not None else ""  # not read here yet (a replica's API)
+        if row is not None:
+            return row["state"]
+        # Not among the hosts read: removed (where they are read), else not known here (an API replica).
+        return H.HostState.LOST.value if self._read else ""
 
     def kinds(self) -> set[str]:
         """The worker runtimes some machine offers: this one's backends and the READY hosts'."""
@@ -127,6 +131,7 @@ class Fleet:
                     )
                     rows[host_id] = {**row, "state": H.HostState.LOST.value, "observed": "[]"}
         self.rows = rows
+        self._read = True
         for gone in set(self._remote) - set(rows):
             del self._remote[gone]
 
@@ -163,6 +168,10 @@ class Fleet:
                     answered = self._launched.get(w["id"])
                     if answered is not None and reported <= answered + H.REPORT_EVERY_S:
                         seen.observed[w["id"]] = Observed(w["id"], w["endpoint_id"], w["release"], True)
+        if self._read:  # workers of a host that was removed: lost with it
+            for w in workers:
+                if w["host"] != H.LOCAL and w["host"] not in self.rows:
+                    seen.lost[w["host"]] = f"{w['host']} (removed)"
         live = {w["id"] for w in workers if w["state"] != WorkerState.STOPPED}
         for wid in list(self._launched):
             if wid not in live:

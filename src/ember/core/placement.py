@@ -32,6 +32,7 @@ class Pending:
     gpu_count: int
     waiting_since: float
     backend: str = ""  # the runtime it needs (local, docker); empty: any
+    only_host: str | None = None  # the one host it may run on (what it mounts is there), or any
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def place(
     assigned: list[Assignment] = []
     throttled: list[str] = []
     for want in _fair_order(pending):
-        able = {h.id for h in hosts if h.runs(want.backend)}
+        able = {h.id for h in hosts if h.runs(want.backend) and want.only_host in (None, h.id)}
 
         def rank(host_id: str, want: Pending = want) -> tuple[int, int]:
             return counts.get((want.endpoint_id, host_id), 0), order[host_id]

@@ -92,6 +92,8 @@ class Placement:
                         spec.gpu_count,
                         w["state_since"],
                         w["backend"],
+                        # A network volume and the model cache are this machine's directories.
+                        LOCAL if spec.network_volume_id or spec.model_name else None,
                     )
                 )
         if not pending:
