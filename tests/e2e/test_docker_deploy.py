@@ -20,6 +20,7 @@ import pytest
 from ember.backends.docker import LABEL_ENDPOINT, LABEL_INSTANCE, worker_of
 from ember.build.image import build_image
 from ember.build.scaffold import vendor_sdk
+from tests.support.agents import LiveAgent
 from tests.support.docker_env import AuthRegistry
 from tests.support.live import HANDLERS, LiveServer, wait_for
 
@@ -179,6 +180,48 @@ def test_init_build_push_deploy_image_then_runsync_logs_and_exec(
     assert f"[{worker['id']}]" in logs and "worker_started" in logs, logs
     os_release = ok(ember(server, "exec", worker["id"], "--", "cat", "/etc/os-release"))
     assert "VERSION_CODENAME=bookworm" in os_release, os_release
+
+
+def test_a_host_s_agent_runs_an_image_worker_on_its_own_engine(
+    tmp_path: Path, fixture_image: str, docker_client: Any
+) -> None:
+    """A control plane with no engine and no workers of its own; a host whose agent has one: the
+    image's worker is the agent's container (labelled with the agent's installation id), and runsync,
+    exec and logs reach it through the agent."""
+    server = LiveServer(tmp_path / "cp", env={"EMBER_LOCAL_WORKERS": "false", "EMBER_DOCKER": "0"}).start()
+    agent = LiveAgent(server, "docker-host", tmp_path / "agent", docker=True)
+    agent_instance = ""
+    try:
+        agent.start()
+        ep = create(
+            server,
+            name="on-a-host",
+            imageName=fixture_image,
+            dockerStartCmd="python3 -u echo.py",
+            workersMax=1,
+            idleTimeout=120,
+        )
+        result = runsync(server, ep["id"], {"via": "host"})
+        assert result["status"] == "COMPLETED" and result["output"]["echo"] == {"via": "host"}, result
+        (worker,) = ready_workers(server, ep["id"], 1)
+        assert worker["hostId"] == agent.host_id
+        agent_instance = (agent.home / "instance_id").read_text().strip()
+        mine = docker_client.containers.list(filters={"label": [f"{LABEL_INSTANCE}={agent_instance}"]})
+        assert [worker_of(c.name, c.labels) for c in mine] == [worker["id"]]
+        resp = server.api(
+            "POST", f"/v1/workers/{worker['id']}/exec", json={"command": ["cat", "/etc/os-release"]}
+        )
+        assert resp.status_code == 200 and "VERSION_CODENAME=bookworm" in resp.json()["output"], resp.text
+        logs = ok(ember(server, "logs", "on-a-host"))
+        assert f"[{worker['id']}]" in logs and "worker_started" in logs, logs
+    finally:
+        agent.kill()
+        server.stop()
+        if agent_instance:
+            for c in docker_client.containers.list(
+                all=True, filters={"label": [f"{LABEL_INSTANCE}={agent_instance}"]}
+            ):
+                c.remove(force=True)
 
 
 def test_an_image_with_the_unmodified_runpod_sdk_runs_as_a_worker(

@@ -43,3 +43,28 @@ def test_the_lifecycle_s_snapshot_merges_pings_that_reached_another_process(stor
         assert seen == Ping(6.0, frozenset())
     else:
         assert seen == Ping(7.0, frozenset({"job-1"}))
+
+
+def test_a_failed_start_up_check_reported_to_another_process_reaches_the_lifecycle(store: Store) -> None:
+    """The worker said why it fails (a start-up check) to one process and exited; the process that runs
+    the lifecycle records that reason, not "exited"; a report from an earlier run of the worker id is
+    not taken for this run's."""
+    store.pings.failed_check("wk-1", "failed its start-up check cuda: no device", 0.5)  # an earlier run
+    assert store.pings.failed_checks({"wk-1": 1.0}) == {}
+    store.pings.record("wk-1", 1.5, frozenset())
+    store.pings.failed_check("wk-1", "failed its start-up check cuda: no device", 2.0)
+    assert store.pings.failed_checks({"wk-1": 1.0, "wk-2": 0.0}) == {
+        "wk-1": "failed its start-up check cuda: no device"
+    }
+    if store.inline:
+        return  # one process: the check stays in its memory (`Presence`), as before
+    add_worker(store, WorkerState.INITIALIZING)
+
+    async def look() -> str | None:
+        signals = Signals()
+        await snapshot.take(store, Fleet({}), signals, 3.0, frozenset())
+        return signals.presence.take_failed_check("wk-1")
+
+    assert asyncio.run(look()) == "failed its start-up check cuda: no device"
+    store.pings.forget("wk-1")
+    assert store.pings.failed_checks({"wk-1": 0.0}) == {}

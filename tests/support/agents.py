@@ -16,9 +16,16 @@ from tests.support.live import LiveServer
 
 class LiveAgent:
     def __init__(
-        self, server: LiveServer, name: str, home: Path, gpus: str = "", server_url: str | None = None
+        self,
+        server: LiveServer,
+        name: str,
+        home: Path,
+        gpus: str = "",
+        server_url: str | None = None,
+        docker: bool = False,
     ) -> None:
-        """Added to `server` as host `name`; its agent connects to `server_url` (default: the server's)."""
+        """Added to `server` as host `name`; its agent connects to `server_url` (default: the server's)
+        and runs workers as local processes, and with `docker` as containers on the local engine too."""
         resp = server.api("POST", "/v1/hosts", json={"name": name})
         assert resp.status_code == 201, resp.text
         self.host_id = str(resp.json()["id"])
@@ -28,6 +35,7 @@ class LiveAgent:
         self.name = name
         self.home = home
         self.gpus = gpus
+        self.docker = docker
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = home / "agent.log"
 
@@ -36,7 +44,7 @@ class LiveAgent:
         env = dict(os.environ)
         env.update(
             {
-                "EMBER_DOCKER": "0",
+                "EMBER_DOCKER": "1" if self.docker else "0",
                 "EMBER_SANDBOX": os.environ.get("EMBER_TEST_SANDBOX", "off"),
                 "PYTHONUNBUFFERED": "1",
             }

@@ -254,6 +254,8 @@ async def ping(endpoint_id: str, worker_id: str, request: Request) -> Response:
         # The worker exits right after this report; the lifecycle loop records the failure with this reason.
         reason = f"failed its start-up check {q.get('check', '?')}: {q.get('reason', '')}"
         rt.signals.presence.failed_check(worker_id, reason[:500])
+        if not rt.store.inline:  # for the process that runs the lifecycle, if it is another
+            await rt.store.run(rt.store.pings.failed_check, worker_id, reason[:500], now)
         rt.signals.reconcile.set()
         return json_response({"status": "ok"})
     await _mark_seen(rt, worker, now)

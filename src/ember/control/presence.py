@@ -4,8 +4,8 @@ exits, and how many live workers each endpoint had. The worker API writes it, th
 all of it is in this process's memory (a lost ping only delays a judgement: workers ping every few
 seconds, and the store's `last_seen_at` stands in until one comes). Where several processes share a
 PostgreSQL database, pings are also recorded in it (`store.pings`) and the process that runs the
-lifecycle merges them in (`merge`): a worker pings whichever process its address reaches. A failed
-start-up check stays with the process it was reported to (elsewhere the failure reads "exited")."""
+lifecycle merges them in (`merge`): a worker pings whichever process its address reaches. So are failed
+start-up checks (`merge_failed_checks`)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,11 @@ class Presence:
     def failed_check(self, worker_id: str, reason: str) -> None:
         """The worker reported a failed start-up (fitness) check; it exits next."""
         self._failed_checks[worker_id] = reason
+
+    def merge_failed_checks(self, checks: Mapping[str, str]) -> None:
+        """Failed start-up checks that other processes recorded (this process's own stay)."""
+        for worker_id, reason in checks.items():
+            self._failed_checks.setdefault(worker_id, reason)
 
     def take_failed_check(self, worker_id: str) -> str | None:
         """The failed check the worker reported, once (the lifecycle records it as the failure's reason)."""

@@ -166,6 +166,9 @@ worker_pings = Table(
     Column("worker_id", String(64), primary_key=True),
     Column("at", Float, nullable=False),
     Column("held", Text, nullable=False, default=""),
+    # A failed start-up check the worker reported (it exits next), and when: read by the lifecycle.
+    Column("failed_check", Text),
+    Column("failed_at", Float),
 )
 
 worker_events = Table(

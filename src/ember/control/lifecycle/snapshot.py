@@ -19,6 +19,8 @@ from ember.store.rows import AccountRow, EndpointRow, WorkerRow
 from ember.store.sweeps import QueueStats
 
 log = logging.getLogger("ember.lifecycle")
+# A worker that fails a start-up check reports it while it starts (then exits).
+_STARTING = frozenset({WorkerState.INITIALIZING, WorkerState.IDLE, WorkerState.RUNNING})
 
 
 @dataclass
@@ -73,6 +75,8 @@ async def take(
     if not s.inline:  # workers may ping other processes on the database (`Presence.merge`)
         live = [w["id"] for w in workers if w["state"] != WorkerState.STOPPED]
         signals.presence.merge(await s.run(s.pings.latest, live))
+        launched = {w["id"]: w["launched_at"] or 0.0 for w in workers if w["state"] in _STARTING}
+        signals.presence.merge_failed_checks(await s.run(s.pings.failed_checks, launched))
     await fleet.refresh(now)
     seen = await fleet.observe(workers, now)
     snap.observed, snap.places, snap.strays, snap.lost_hosts = (
