@@ -50,9 +50,9 @@ def test_orders_are_taken_once_answered_once_and_read_once(store: Store) -> None
     first = store.hosts.order("host-1", "launch", {"spec": {"worker_id": "wk-1"}}, 2.0)
     second = store.hosts.order("host-1", "exec", {"worker_id": "wk-1"}, 3.0)
     store.hosts.order("host-2", "stop", {"worker_id": "wk-9"}, 3.0)
-    taken = store.hosts.take_orders("host-1")
+    taken = store.hosts.take_orders("host-1", 5.0)
     assert [o["id"] for o in taken] == [first, second] and taken[0]["kind"] == "launch"
-    assert store.hosts.take_orders("host-1") == []  # each is handed out once
+    assert store.hosts.take_orders("host-1", 5.0) == []  # each is handed out once
     assert store.hosts.result(first) is None  # not answered yet
     assert not store.hosts.answer("host-2", first, {})  # another host cannot answer it
     assert store.hosts.answer("host-1", first, {"ok": True})
@@ -61,8 +61,15 @@ def test_orders_are_taken_once_answered_once_and_read_once(store: Store) -> None
     assert store.hosts.result(first) is None  # read once: the order is gone
     # The agent restarts before answering the exec: it is answered as failed, not run again.
     launch = store.hosts.order("host-1", "launch", {}, 4.0)
-    assert [o["id"] for o in store.hosts.take_orders("host-1")] == [launch]
+    assert [o["id"] for o in store.hosts.take_orders("host-1", 5.0)] == [launch]
     assert store.hosts.requeue_sent("host-1") == 1
-    assert [o["id"] for o in store.hosts.take_orders("host-1")] == [launch]
+    assert [o["id"] for o in store.hosts.take_orders("host-1", 5.0)] == [launch]
     assert store.hosts.result(second) == {"error": "the host's agent restarted before answering"}
-    assert store.hosts.delete("host-1") and store.hosts.take_orders("host-1") == []
+    # An order whose poll answer never reached the agent (it is not in its report) goes out again,
+    # once it has been out longer than an answer takes; one the agent lists as in hand does not.
+    lost, in_hand = store.hosts.order("host-1", "stop", {}, 6.0), store.hosts.order("host-1", "exec", {}, 6.0)
+    assert [o["id"] for o in store.hosts.take_orders("host-1", 7.0)] == [lost, in_hand]
+    assert store.hosts.requeue_unheard("host-1", [launch, in_hand], sent_before=6.5) == 0  # too recent
+    assert store.hosts.requeue_unheard("host-1", [launch, in_hand], sent_before=17.0) == 1
+    assert [o["id"] for o in store.hosts.take_orders("host-1", 18.0)] == [lost]
+    assert store.hosts.delete("host-1") and store.hosts.take_orders("host-1", 20.0) == []

@@ -58,6 +58,7 @@ class Agent:
         self._report_now = asyncio.Event()
         self._fresh = True
         self._tasks: set[asyncio.Task[None]] = set()
+        self._working: set[int] = set()  # the orders taken and not yet answered
         self._sources = asyncio.Lock()
         self.host_id: str | None = None
         self.timeout_s = H.DEFAULT_TIMEOUT_S
@@ -148,6 +149,7 @@ class Agent:
             "workers": workers,
             "hostname": socket.gethostname(),
             "fresh": self._fresh,
+            "orders": sorted(self._working),
         }
         resp = await self._client.post("/agent/v1/report", json=body)
         self._check(resp)
@@ -159,7 +161,16 @@ class Agent:
     # Orders --------------------------------------------------------------------------------------
 
     async def _carry_out(self, order: dict[str, object]) -> None:
-        kind, body = order.get("kind"), order.get("body")
+        kind, body, order_id = order.get("kind"), order.get("body"), order.get("id")
+        if isinstance(order_id, int):
+            self._working.add(order_id)
+        try:
+            await self._carry_out_and_answer(kind, body, order_id)
+        finally:
+            if isinstance(order_id, int):
+                self._working.discard(order_id)
+
+    async def _carry_out_and_answer(self, kind: object, body: object, order_id: object) -> None:
         try:
             if not isinstance(body, dict):
                 raise ValueError("the order has no body")
@@ -168,7 +179,7 @@ class Agent:
             message = exc.message if isinstance(exc, EmberError) else f"{type(exc).__name__}: {exc}"
             log.warning("order_failed kind=%s error=%s", kind, message)
             result = {"error": message}
-        await self._retrying(lambda: self._answer(order.get("id"), result))
+        await self._retrying(lambda: self._answer(order_id, result))
         if kind in ("launch", "stop"):
             self._report_now.set()
 

@@ -136,7 +136,8 @@ async def _enqueue_once(rt: Runtime, job: NewJob, key: str) -> Response:
     if problem is not None:
         raise InvalidInput(f"Idempotency-Key {problem}", [Problem("Idempotency-Key", problem, key[:300])])
     window_s = J.IDEMPOTENCY_WINDOW_S
-    first = await rt.store.run(rt.store.idempotency.submit_once, job, key, rt.clock.now(), window_s)
+    with rt.signals.in_txn():  # "q" when it queues the job
+        first = await rt.store.run(rt.store.idempotency.submit_once, job, key, rt.clock.now(), window_s)
     if first is None:
         rt.signals.jobs_submitted(job.endpoint_id)
         return json_response({"id": job.id, "status": JobState.IN_QUEUE.value})
@@ -240,16 +241,17 @@ async def stream(endpoint_id: str, job_id: str, request: Request) -> Response:
 @router.post("/cancel/{job_id}", summary="Cancel a queued or running job", responses=B.error_responses(409))
 async def cancel(endpoint_id: str, job_id: str, request: Request) -> Response:
     rt, _, ep = await _job(request, endpoint_id, job_id)
-    row = await found(
-        rt,
-        f"job {job_id!r}",
-        rt.store.jobs.cancel,
-        job_id,
-        ep.account_id,
-        ep.id,
-        rt.clock.now(),
-        rt.limits.retention_run_s,
-    )
+    with rt.signals.in_txn():  # "f" and, for a running job, "s" its worker
+        row = await found(
+            rt,
+            f"job {job_id!r}",
+            rt.store.jobs.cancel,
+            job_id,
+            ep.account_id,
+            ep.id,
+            rt.clock.now(),
+            rt.limits.retention_run_s,
+        )
     if row["cancelled_now"]:
         rt.signals.metrics.job_finished(ep.id, JobState.CANCELLED.value)
     if row["worker_id"] and row["stop_requested"]:
@@ -263,9 +265,10 @@ async def cancel(endpoint_id: str, job_id: str, request: Request) -> Response:
 )
 async def retry(endpoint_id: str, job_id: str, request: Request) -> Response:
     rt, _, ep = await _job(request, endpoint_id, job_id)
-    state = await found(
-        rt, f"job {job_id!r}", rt.store.jobs.retry, job_id, ep.account_id, ep.id, rt.clock.now()
-    )
+    with rt.signals.in_txn(("q", ep.id)):
+        state = await found(
+            rt, f"job {job_id!r}", rt.store.jobs.retry, job_id, ep.account_id, ep.id, rt.clock.now()
+        )
     if state != JobState.IN_QUEUE.value:
         raise Conflict(f"job {job_id!r} is {state}; only FAILED or TIMED_OUT jobs can be retried")
     rt.signals.jobs_queued(ep.id)

@@ -163,7 +163,17 @@ async def report(host: AgentDep, request: Request, rt: RuntimeDep) -> Response:
     )
     if before is None:
         raise NotFound(f"host {host['id']} was removed")
-    if body.get("fresh") is True and await s.run(s.hosts.requeue_sent, host["id"]) > 0:
+    listed = body.get("orders", [])
+    working = [i for i in listed if isinstance(i, int)] if isinstance(listed, list) else []
+    if not isinstance(listed, list) or len(working) != len(listed):
+        raise InvalidInput("orders: a list of order ids", [Problem("orders", "a list of order ids")])
+    with rt.signals.in_txn(("h", host["id"])):
+        if body.get("fresh") is True:  # what its earlier process took is lost with it
+            requeued = await s.run(s.hosts.requeue_sent, host["id"])
+        else:
+            sent_before = rt.clock.now() - H.ORDER_IN_FLIGHT_S
+            requeued = await s.run(s.hosts.requeue_unheard, host["id"], working, sent_before)
+    if requeued:
         rt.signals.host_ordered(host["id"])
     if before != H.HostState.READY:
         rt.signals.reconcile.set()  # a host joined or came back: placement may use it now
@@ -171,14 +181,16 @@ async def report(host: AgentDep, request: Request, rt: RuntimeDep) -> Response:
 
 
 @router.post("/agent/v1/orders", include_in_schema=False)
-async def orders(host: AgentDep, rt: RuntimeDep, wait: float = 20.0) -> Response:
+async def orders(host: AgentDep, request: Request, rt: RuntimeDep, wait: float = 20.0) -> Response:
     """The host's queued orders; with none, held up to `wait` seconds for one."""
     s = rt.store
     wait = min(max(0.0, wait), ORDERS_WAIT_MAX_S)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while True:
-        taken = await s.run(s.hosts.take_orders, host["id"])
+        if await request.is_disconnected():  # its orders are not taken for a poll nobody reads
+            return Response(status_code=204)
+        taken = await s.run(s.hosts.take_orders, host["id"], rt.clock.now())
         left = deadline - loop.time()
         if taken or left <= 0:
             break
@@ -194,7 +206,9 @@ async def answer(order_id: int, host: AgentDep, request: Request, rt: RuntimeDep
     body = await read_json(request, REPORT_LIMIT)
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object", [Problem("body", "must be a JSON object")])
-    if not await rt.store.run(rt.store.hosts.answer, host["id"], order_id, body):
+    with rt.signals.in_txn(("o", str(order_id))):
+        answered = await rt.store.run(rt.store.hosts.answer, host["id"], order_id, body)
+    if not answered:
         raise NotFound(f"order {order_id} is not waiting for this host's answer")
     rt.signals.order_answered(order_id)
     return Response(status_code=204)

@@ -18,7 +18,7 @@ from ember.control.handoff import hold_clock
 from ember.core import jobs as J
 from ember.core import json_body
 from ember.core.errors import Conflict, InvalidInput, NotFound
-from ember.core.wire import record_text, worker_job
+from ember.core.wire import worker_job
 from ember.core.workers import WorkerState
 from ember.store.jobs import Claimed
 from ember.store.rows import WorkerRow
@@ -171,38 +171,28 @@ async def job_done(request: Request) -> Response:
     stop_pod = bool(body.get("stopPod"))
     take = 0 if stop_pod else _int_param(request, "take", 0, 0, 1000)
     seen = rt.handoff.queued_count(endpoint_id)  # before the claim: jobs queued during it are seen
-    report = await rt.store.run(
-        rt.store.report,
-        job_id,
-        worker_id,
-        state,
-        output,
-        fields.get("error"),
-        now,
-        rt.limits.retention_run_s,
-        rt.limits.retention_sync_s,
-        take_endpoint=endpoint_id,
-        take=take,
-        recycle=stop_pod,
-    )
+    with rt.signals.in_txn(*((("r", worker_id),) if stop_pod else ())):  # and "f", with the record
+        report = await rt.store.run(
+            rt.store.report,
+            job_id,
+            worker_id,
+            state,
+            output,
+            fields.get("error"),
+            now,
+            rt.limits.retention_run_s,
+            rt.limits.retention_sync_s,
+            take_endpoint=endpoint_id,
+            take=take,
+            recycle=stop_pod,
+        )
     if report.outcome == "unknown":
         raise NotFound(f"job {job_id!r} not found")
     if report.outcome == "not_held":
         raise Conflict(f"job {job_id!r} is not held by worker {worker_id!r}")
     if report.finished is not None:
         f = report.finished
-        final = {
-            "id": job_id,
-            "state": state.value,
-            "created_at": f.created_at,
-            "started_at": f.started_at,
-            "completed_at": now,
-            "worker_id": worker_id,
-            "output": output,
-            "error": fields.get("error"),
-            "retried": f.retried,
-        }
-        rt.signals.job_finished(job_id, record_text(final), webhook=f.has_webhook)
+        rt.signals.job_finished(job_id, report.record, webhook=f.has_webhook)
         delay_s = f.started_at - f.created_at if f.started_at is not None else None
         execution_s = now - f.started_at if f.started_at is not None else None
         rt.signals.metrics.job_finished(endpoint_id, state.value, delay_s, execution_s)
@@ -264,7 +254,8 @@ async def ping(endpoint_id: str, worker_id: str, request: Request) -> Response:
     if not rt.store.inline:  # other processes may run the lifecycle: they read it from the database
         await rt.store.run(rt.store.pings.record, worker_id, now, ids)
     if ids:
-        flagged: int = await rt.store.run(rt.store.jobs.stop_again, worker_id, sorted(ids))
+        with rt.signals.in_txn(("s", worker_id)):
+            flagged: int = await rt.store.run(rt.store.jobs.stop_again, worker_id, sorted(ids))
         if flagged:
             rt.signals.stop_wanted(worker_id)
     return json_response({"status": "ok"})

@@ -75,7 +75,8 @@ class HandOff:
             return
         if taker is not None:
             try:
-                handed = await store.run(store.hand_over, job, taker.worker_id, now)
+                with self.signals.in_txn():  # queued instead (the worker no longer takes): "q"
+                    handed = await store.run(store.hand_over, job, taker.worker_id, now)
             except BaseException:
                 taker.future.set_result(None)
                 raise
@@ -83,7 +84,8 @@ class HandOff:
             if handed:
                 return
         else:
-            await store.run(store.jobs.submit, job, now)
+            with self.signals.in_txn(("q", job.endpoint_id)):
+                await store.run(store.jobs.submit, job, now)
         self.signals.jobs_submitted(job.endpoint_id)
 
     async def run_sync(self, job: NewJob, wait_s: float) -> str | JobRow | None:

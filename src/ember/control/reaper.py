@@ -22,6 +22,7 @@ from ember.core.jobs import IDEMPOTENCY_WINDOW_S, RETENTION_RUN_S, JobState
 from ember.core.outbound import Network
 from ember.core.wire import record as job_record
 from ember.store.facade import Store
+from ember.store.rows import TimedOutJob
 
 log = logging.getLogger("ember.reaper")
 
@@ -57,21 +58,26 @@ class Reaper:
         self._http_factory = http or (lambda: guarded_client(cfg.outbound_allow, cfg.webhook_timeout_s))
         self._http: httpx.AsyncClient | None = None
 
+    def _ended(self, row: TimedOutJob) -> None:
+        """A sweep ended the job TIMED_OUT: its waiters here, and its worker told to stop it."""
+        if row["worker_id"]:
+            self.signals.stop_wanted(row["worker_id"])
+        self.signals.job_finished(row["id"])
+        self.signals.metrics.job_finished(row["endpoint_id"], JobState.TIMED_OUT.value)
+
     async def tick(self) -> None:
         s = self.store
         now = self.clock.now()
-        for row in await s.run(s.sweeps.time_out_running, now, self.cfg.retention_run_s):
+        with self.signals.in_txn():  # each ended job's "f", and "s" for its worker
+            timed_out = await s.run(s.sweeps.time_out_running, now, self.cfg.retention_run_s)
+        for row in timed_out:
             log.info("job_timed_out job=%s worker=%s", row["id"], row["worker_id"], extra=_ids(row))
-            if row["worker_id"]:
-                self.signals.stop_wanted(row["worker_id"])
-            self.signals.job_finished(row["id"])
-            self.signals.metrics.job_finished(row["endpoint_id"], JobState.TIMED_OUT.value)
-        for row in await s.run(s.sweeps.expire, now, self.cfg.ttl_grace_s):
+            self._ended(row)
+        with self.signals.in_txn():
+            expired = await s.run(s.sweeps.expire, now, self.cfg.ttl_grace_s)
+        for row in expired:
             log.info("job_expired job=%s state=%s", row["id"], row["state"], extra=_ids(row))
-            if row["worker_id"]:
-                self.signals.stop_wanted(row["worker_id"])
-            self.signals.job_finished(row["id"])
-            self.signals.metrics.job_finished(row["endpoint_id"], JobState.TIMED_OUT.value)
+            self._ended(row)
         await s.run(s.sweeps.purge_expired, now)
         await s.run(s.idempotency.forget_before, now - IDEMPOTENCY_WINDOW_S)
         # Copy the write-ahead log back into the database off the event loop, so that no request's

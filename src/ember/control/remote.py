@@ -51,7 +51,8 @@ class RemoteBackend:
         s = self.store
         if self._state() == HostState.LOST:
             raise BackendError(f"host {self.host_id} is lost (its agent stopped answering)")
-        order_id = await s.run(s.hosts.order, self.host_id, kind, body, self.clock.now())
+        with self.signals.in_txn(("h", self.host_id)):
+            order_id = await s.run(s.hosts.order, self.host_id, kind, body, self.clock.now())
         self.signals.host_ordered(self.host_id)
         deadline = time.monotonic() + timeout_s
         while True:

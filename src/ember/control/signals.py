@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 from ember.control.dispatch import Dispatcher
 from ember.control.metrics import Instruments
 from ember.control.presence import Presence
+from ember.store import outbox
 
 
 class _Waiters:
@@ -57,21 +58,26 @@ class Signals:
         self.presence = Presence()  # workers' pings and failed checks, live workers per endpoint
         # Counters and histograms of this process (jobs finished, model downloads), served at /metrics.
         self.metrics = Instruments()
-        # Sends an event (kind, id) to the other processes on the database (`control.broadcast`); None
-        # when there are none to tell (SQLite).
-        self.publish: Callable[[str, str], None] | None = None
+        # This process's name in the events it sends the other processes on its PostgreSQL database
+        # (`in_txn`, `control.broadcast`); None when there are none to tell (SQLite).
+        self.origin: str | None = None
 
-    # Each event below also goes to the other processes (`publish`), unless `tell_others` is False: the
-    # broadcast applies the others' events here with it so.
-    def jobs_queued(self, endpoint_id: str, count: int = 1, *, tell_others: bool = True) -> None:
+    def in_txn(self, *events: tuple[str, str]) -> AbstractContextManager[None]:
+        """Around store calls whose change the other processes must hear of: `events` ((kind, id)
+        pairs), and those the store adds as it finds them (a job finished, jobs re-queued), are sent
+        in the transaction that makes the change (`store.outbox`), never before it and never lost
+        after it. The event method called after the store call then tells only this process."""
+        return outbox.sending(self.origin, events) if self.origin is not None else nullcontext()
+
+    # Each event below wakes this process's waiters; the other processes hear of it from the store's
+    # transaction (`in_txn`), and the broadcast applies their events here through these same methods.
+    def jobs_queued(self, endpoint_id: str, count: int = 1) -> None:
         self.dispatch.wake_takers(endpoint_id, count)
-        if tell_others and self.publish is not None:
-            self.publish("q", endpoint_id)
 
-    def jobs_submitted(self, endpoint_id: str, *, tell_others: bool = True) -> None:
+    def jobs_submitted(self, endpoint_id: str) -> None:
         """A client queued a job: wake the takes waiting on its endpoint, and the scaler when the
         endpoint has no worker (the first job on an endpoint at zero starts one at once)."""
-        self.jobs_queued(endpoint_id, tell_others=tell_others)
+        self.jobs_queued(endpoint_id)
         if not self.presence.has_live(endpoint_id):
             self.poke_scaler()
 
@@ -81,41 +87,30 @@ class Signals:
         record: str | None = None,
         *,
         webhook: bool = True,
-        tell_others: bool = True,
     ) -> None:
         """A job reached a final state: hand `record` (its final record's JSON text, when known) to its
         runsync waiter, and let the webhook loop look (unless the job is known to have no webhook)."""
         self.dispatch.finished(job_id, record)
         if webhook:
             self.webhooks.set()
-        if tell_others and self.publish is not None:
-            self.publish("f", job_id if record is None else f"{job_id} {record}")
 
-    def stop_wanted(self, worker_id: str, *, tell_others: bool = True) -> None:
+    def stop_wanted(self, worker_id: str) -> None:
         """A job held by `worker_id` should stop (cancelled, timed out, expired): end its job-stop poll
-        now, wherever the worker holds it open."""
+        now, if the worker holds it open here."""
         self.stops.wake(worker_id)
-        if tell_others and self.publish is not None:
-            self.publish("s", worker_id)
 
-    def retire(self, worker_id: str, *, tell_others: bool = True) -> None:
+    def retire(self, worker_id: str) -> None:
         """A worker takes no new job: end its held job-take now."""
         self.stops.wake("retire:" + worker_id)
         self.dispatch.release(worker_id)
-        if tell_others and self.publish is not None:
-            self.publish("r", worker_id)
 
-    def host_ordered(self, host_id: str, *, tell_others: bool = True) -> None:
-        """An order for the host was queued: end its agent's held order poll, wherever it is held."""
+    def host_ordered(self, host_id: str) -> None:
+        """An order for the host was queued: end its agent's held order poll, if it is held here."""
         self.orders.wake("host:" + host_id)
-        if tell_others and self.publish is not None:
-            self.publish("h", host_id)
 
-    def order_answered(self, order_id: int, *, tell_others: bool = True) -> None:
-        """A host's agent answered an order: wake whoever waits for it, in whichever process."""
+    def order_answered(self, order_id: int) -> None:
+        """A host's agent answered an order: wake whoever waits for it here."""
         self.orders.wake(f"order:{order_id}")
-        if tell_others and self.publish is not None:
-            self.publish("o", str(order_id))
 
     def poke_scaler(self) -> None:
         self.scale.set()

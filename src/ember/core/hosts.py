@@ -15,6 +15,9 @@ LOCAL = "local"
 DEFAULT_TIMEOUT_S = 30.0
 # How often an agent reports (its GPUs and the workers it runs) while nothing else happens.
 REPORT_EVERY_S = 2.0
+# An order handed to an agent's poll this long ago that its report neither answers nor lists as being
+# carried out never reached it (the poll's answer was lost): it is handed out again.
+ORDER_IN_FLIGHT_S = 10.0
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 ORDER_KINDS = ("launch", "stop", "exec", "logs")

@@ -33,6 +33,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import Executable, GenerativeSelect, ReturnsRows, SelectBase
 
 from ember.core.errors import StoreError
+from ember.store import outbox
 from ember.store.schema import EnumText
 
 T = TypeVar("T")
@@ -247,6 +248,7 @@ class RawAccess:
                 pg = pooled.cursor()
                 try:
                     yield pg
+                    outbox.flush(pg)  # the other processes hear of it at this commit
                 except BaseException:
                     pooled.rollback()
                     raise
@@ -374,6 +376,8 @@ class Database:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
+        if not self.is_sqlite and not event.contains(engine, "commit", _notify_at_commit):
+            event.listen(engine, "commit", _notify_at_commit)
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         if self.is_sqlite:
@@ -382,3 +386,14 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _notify_at_commit(conn: Connection) -> None:
+    """Every transaction committed through SQLAlchemy also sends the caller's pending events
+    (`store.outbox`), in that transaction."""
+    if outbox.active():
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            outbox.flush(cursor)
+        finally:
+            cursor.close()

@@ -11,7 +11,9 @@ import anyio.to_thread
 from sqlalchemy.engine import Engine
 
 from ember.core.jobs import JobState
+from ember.core.wire import record_text
 from ember.core.workers import WorkerState
+from ember.store import outbox
 from ember.store.accounts import AccountStore
 from ember.store.activity import ActivityStore
 from ember.store.db import Database, RawAccess, Sealing, make_engine, migrate
@@ -40,12 +42,14 @@ TOOK_A_JOB = "took a job"
 @dataclass(frozen=True)
 class Report:
     """What recording a job's result did: `outcome` ("done", "final", "not_held", "unknown"), the
-    finished job's facts when done, and the next jobs the worker was handed in the same transaction."""
+    finished job's facts and final record (JSON text) when done, and the next jobs the worker was handed
+    in the same transaction."""
 
     outcome: str
     finished: Finished | None = None
     next_jobs: Sequence[Claimed] = ()
     may_take: bool = False  # a take was asked for and the worker may be handed jobs (left RUNNING)
+    record: str | None = None
 
 
 class Store:
@@ -101,6 +105,8 @@ class Store:
         with self.raw.write() as cur:
             worker = self.workers.taking(worker_id, cur)
             self.jobs.submit(job, now, worker_id=worker_id if worker or delivered else None, cur=cur)
+            if worker is None and not delivered:
+                outbox.add("q", job.endpoint_id)
             if worker is not None and worker["state"] != WorkerState.RUNNING.value:
                 self.workers.start_running(worker_id, now, TOOK_A_JOB, cur=cur, current=worker)
         return worker is not None
@@ -143,6 +149,21 @@ class Store:
                 self.workers.recycle(worker_id, cur)
             if outcome != "done":
                 return Report(outcome)
+            record = None
+            if finished is not None:
+                final = {
+                    "id": job_id,
+                    "state": state.value,
+                    "created_at": finished.created_at,
+                    "started_at": finished.started_at,
+                    "completed_at": now,
+                    "worker_id": worker_id,
+                    "output": output_json,
+                    "error": error,
+                    "retried": finished.retried,
+                }
+                record = record_text(final)
+                outbox.add("f", f"{job_id} {record}")  # a runsync waiting elsewhere answers with it
             claimed: Sequence[Claimed] = ()
             may_take = (
                 not recycle
@@ -155,7 +176,7 @@ class Store:
                 claimed = self.jobs.claim(take_endpoint, worker_id, take, now, cur=cur)
             if not claimed and not may_take:
                 self.workers.settle_if_idle(worker_id, now, cur=cur)
-        return Report(outcome, finished, claimed, may_take)
+        return Report(outcome, finished, claimed, may_take, record)
 
     def checkpoint(self) -> None:
         """SQLite: copy the write-ahead log into the database file (PASSIVE: never waits on writers)."""

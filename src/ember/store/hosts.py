@@ -119,7 +119,7 @@ class HostStore(Repository):
             assert key is not None
             return int(key[0])
 
-    def take_orders(self, host_id: str, limit: int = 50) -> builtins.list[HostOrderRow]:
+    def take_orders(self, host_id: str, now: float, limit: int = 50) -> builtins.list[HostOrderRow]:
         """The host's queued orders, oldest first, now SENT (each is handed to one poll only)."""
         with self.engine.begin() as conn:
             pick = (
@@ -135,7 +135,7 @@ class HostStore(Repository):
                 conn.execute(
                     update(host_orders)
                     .where(O.id.in_([r["id"] for r in rows]))
-                    .values(state=OrderState.SENT.value)
+                    .values(state=OrderState.SENT.value, sent_at=now)
                 )
             return rows
 
@@ -165,6 +165,23 @@ class HostStore(Repository):
         """An order nobody waits for any more (its waiter gave up)."""
         with self.engine.begin() as conn:
             conn.execute(delete(host_orders).where(O.id == order_id))
+
+    def requeue_unheard(self, host_id: str, working: Sequence[int], sent_before: float) -> int:
+        """Orders handed to a poll before `sent_before` that the agent, in its latest report, neither
+        answered nor says it is carrying out (`working`) never reached it (its poll's answer was lost):
+        they go to it again. How many."""
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(host_orders)
+                .where(
+                    O.host_id == host_id,
+                    O.state == OrderState.SENT.value,
+                    O.sent_at < sent_before,
+                    O.id.not_in(list(working)),
+                )
+                .values(state=OrderState.QUEUED.value)
+            )
+            return int(res.rowcount)
 
     def requeue_sent(self, host_id: str) -> int:
         """An agent that restarted lost the orders it had taken: launches and stops (idempotent) go to

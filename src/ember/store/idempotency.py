@@ -12,6 +12,7 @@ from sqlalchemy.sql.dml import Insert
 from typing_extensions import ReadOnly, TypedDict
 
 from ember.core.errors import StoreError
+from ember.store import outbox
 from ember.store.db import Prepared, PreparedRows, RawAccess, Repository, insert_unless_present
 from ember.store.jobs import JobStore, NewJob
 from ember.store.schema import idempotency_keys
@@ -74,6 +75,7 @@ class IdempotencyStore(Repository):
                     raise StoreError(f"idempotency key {key!r} is taken and cannot be read")
                 return row["job_id"]
             self.jobs.submit(job, now, cur=cur)
+            outbox.add("q", job.endpoint_id)
         return None
 
     def forget_before(self, cutoff: float) -> int:

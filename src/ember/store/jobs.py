@@ -12,6 +12,7 @@ from sqlalchemy import bindparam, case, delete, func, literal, select, update
 from sqlalchemy.engine import Engine
 
 from ember.core.jobs import RETRYABLE, JobState, sources
+from ember.store import outbox
 from ember.store.db import Cursor, Prepared, PreparedRows, RawAccess, Repository
 from ember.store.job_statements import (
     FINAL_VALUES,
@@ -157,6 +158,9 @@ class JobStore(Repository):
                         stop_requested=row.state == JobState.IN_PROGRESS.value,
                     )
                 )
+                outbox.add("f", job_id)
+                if row.state == JobState.IN_PROGRESS.value and row.worker_id:
+                    outbox.add("s", row.worker_id)
             now_flag = literal(cancelled_now).label("cancelled_now")
             found = self._rows(CancelledJob, select(jobs, now_flag).where(J.id == job_id), conn)
             return found[0] if found else None

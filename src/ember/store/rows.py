@@ -277,3 +277,4 @@ class HostOrderRow(TypedDict):
     state: ReadOnly[str]
     result: ReadOnly[str | None]
     created_at: ReadOnly[float]
+    sent_at: ReadOnly[float | None]

@@ -365,5 +365,6 @@ host_orders = Table(
     Column("state", String(8), nullable=False),
     Column("result", Text),
     Column("created_at", Float, nullable=False),
+    Column("sent_at", Float),
 )
 Index("ix_host_orders_host", host_orders.c.host_id, host_orders.c.state, host_orders.c.id)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import and_, delete, func, select, update
 
 from ember.core.jobs import JobState
+from ember.store import outbox
 from ember.store.db import Repository, constant
 from ember.store.job_statements import FINAL_VALUES, QUEUED, RUNNING, J, ending, moving
 from ember.store.rows import JobRow, TimedOutJob
@@ -81,6 +82,7 @@ class SweepStore(Repository):
                         "the worker was told to stop the job",
                     )
                 )
+            _ended(due)
             return due
 
     def expire(self, now: float, grace_s: float) -> list[TimedOutJob]:
@@ -109,6 +111,7 @@ class SweepStore(Repository):
                         else "ttl expired before the job was picked up",
                     )
                 )
+            _ended(due)
             return due
 
     def purge_expired(self, now: float) -> int:
@@ -138,7 +141,7 @@ class SweepStore(Repository):
         """A worker is gone (or dropped the jobs `only`): its IN_PROGRESS jobs are re-queued (up to
         `max_requeues` times each), the rest failed with `reason`. Returns (requeued ids, failed ids)."""
         with self.engine.begin() as conn:
-            q = select(J.id, J.requeues).where(J.worker_id == worker_id, RUNNING)
+            q = select(J.id, J.requeues, J.endpoint_id).where(J.worker_id == worker_id, RUNNING)
             if only is not None:
                 q = q.where(J.id.in_(list(only)))
             held = conn.execute(self._lock(q)).all()
@@ -166,6 +169,10 @@ class SweepStore(Repository):
                         error=f"{reason}; the job was already re-queued {max_requeues} time(s)",
                     )
                 )
+            for endpoint_id in sorted({r.endpoint_id for r in held if r.id in again}):
+                outbox.add("q", endpoint_id)
+            for job_id in fail:
+                outbox.add("f", job_id)
             return again, fail
 
     def webhooks_due(self, now: float, limit: int = 100) -> list[JobRow]:
@@ -211,3 +218,12 @@ class SweepStore(Repository):
                     webhook_error=None if delivered else (error or "not delivered")[:1000],
                 )
             )
+
+
+def _ended(due: Sequence[TimedOutJob]) -> None:
+    """Jobs the transaction ended: their runsync waiters, and the workers that still run them (told to
+    stop), wherever they are held (`store.outbox`)."""
+    for row in due:
+        outbox.add("f", row["id"])
+        if row["worker_id"] and row["state"] == JobState.IN_PROGRESS.value:
+            outbox.add("s", row["worker_id"])

@@ -165,7 +165,8 @@ class Autoscaling:
         for wid in steps.outdate:
             if ops.busy(wid):
                 continue
-            prev = await s.run(s.workers.transition, wid, _S.OUTDATED, now, "a new release is serving")
+            with ops.signals.in_txn(("r", wid)):
+                prev = await s.run(s.workers.transition, wid, _S.OUTDATED, now, "a new release is serving")
             if prev:
                 ids = {"worker_id": wid, "endpoint_id": ep["id"]}
                 log.info("worker_transition worker=%s from=%s to=OUTDATED", wid, prev, extra=ids)

@@ -98,11 +98,12 @@ class WorkerOps:
         """The worker's IN_PROGRESS jobs (or `only` these) go back to the queue, or fail once they used
         up their re-queues."""
         s = self.store
-        again, failed = await s.run(
-            lambda: s.sweeps.release_worker_jobs(
-                worker_id, reason, self.cfg.lost_worker_requeues, now, self.cfg.retention_run_s, only
+        with self.signals.in_txn():  # "q" for the re-queued jobs' endpoint, "f" for each failed one
+            again, failed = await s.run(
+                lambda: s.sweeps.release_worker_jobs(
+                    worker_id, reason, self.cfg.lost_worker_requeues, now, self.cfg.retention_run_s, only
+                )
             )
-        )
         for job_id in failed:
             self.signals.job_finished(job_id)
         if not (again or failed):
@@ -126,7 +127,8 @@ class WorkerOps:
         backend that keeps warm runtimes (Docker) may keep the worker's container paused for reuse."""
         self.acted += 1
         s = self.store
-        await s.run(lambda: s.workers.update(w["id"], recycle=True))
+        with self.signals.in_txn(("r", w["id"])):
+            await s.run(lambda: s.workers.update(w["id"], recycle=True))
         self.signals.retire(w["id"])
         backend = self.fleet.for_worker(w)
 

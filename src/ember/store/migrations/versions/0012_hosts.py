@@ -36,6 +36,7 @@ def upgrade() -> None:
         sa.Column("state", sa.String(8), nullable=False),
         sa.Column("result", sa.Text()),
         sa.Column("created_at", sa.Float(), nullable=False),
+        sa.Column("sent_at", sa.Float()),
     )
     op.create_index("ix_host_orders_host", "host_orders", ["host_id", "state", "id"])
 
