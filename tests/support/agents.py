@@ -71,16 +71,6 @@ class LiveAgent:
         if with_workers:
             self.kill_workers()
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-            self.proc = None
-
     def worker_pids(self) -> dict[str, int]:
         """The agent's local-process workers that still run, by id."""
         out: dict[str, int] = {}

@@ -20,6 +20,7 @@ app = typer.Typer(
 
 app.command()(srv.up)
 app.command()(srv.server)
+app.command()(srv.migrate)
 app.command()(dev_cmds.dev)
 app.command()(ep.deploy)
 app.command()(ep.endpoints)

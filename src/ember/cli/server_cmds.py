@@ -221,3 +221,30 @@ def up(
 ) -> None:
     """Run the control plane with embedded defaults and the example endpoint."""
     _serve(_settings(host, port, gpus, backend, registry), example=not no_example)
+
+
+def migrate() -> None:
+    """Bring the database (EMBER_DATABASE_URL, else SQLite in EMBER_HOME) to this version's schema and
+    exit: a separate step for operators who want one before starting servers (which migrate too, safely
+    from several processes at once)."""
+    from sqlalchemy import text
+
+    from ember.build.registry import Sealer
+    from ember.core.errors import StoreError
+    from ember.fsmodes import make_private
+    from ember.store.facade import Store
+
+    settings = _settings(None, None, None, None, None)
+    make_private(settings.home)
+    make_private(settings.shared)
+    try:
+        store = Store.open(settings.db_url, sealer=Sealer(settings.shared))
+    except StoreError as exc:
+        console.print(f"[red]error:[/] {exc.message}", markup=True, highlight=False)
+        raise typer.Exit(1)
+    try:
+        with store.db.engine.connect() as conn:
+            revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+    finally:
+        store.close()
+    console.print(f"Database migrated: schema revision {revision}", highlight=False)
