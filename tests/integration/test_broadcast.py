@@ -138,3 +138,20 @@ def test_a_process_does_not_act_on_its_own_events_twice() -> None:
             assert here.dispatch.queued["ep-1"] == 1
 
     _run(scenario)
+
+
+def test_a_dropped_worker_key_is_forgotten_by_every_process_s_cache() -> None:
+    async def scenario() -> None:
+        async with two_processes() as (store, here, there):
+            forgotten: asyncio.Queue[str] = asyncio.Queue()
+            there.on_caches_changed(forgotten.put_nowait)
+            store.accounts.create(id="acct-1", name="a", is_admin=False, balance_micros=0, now=1.0)
+            store.accounts.add_key(
+                "wk_secret", account_id="acct-1", kind="worker", endpoint_id="ep-1", worker_id="wk-1", now=1.0
+            )
+            with here.in_txn(("c", "keys")):
+                await store.run(store.accounts.drop_worker_keys, "wk-1")
+            assert await _within(5, forgotten.get()) == "keys"
+            assert store.accounts.resolve_key("wk_secret") is None
+
+    _run(scenario)

@@ -1,8 +1,9 @@
 """What every route needs: the runtime (store, clock, signals, limits) and authentication.
 
 Authentication accepts `Authorization: Bearer <key>` or the bare key. Keys are resolved through a small
-cache (keys rarely change; a dropped worker key is evicted at once in this process and within
-`KEY_CACHE_S` elsewhere)."""
+cache (keys rarely change); a dropped worker key, a changed endpoint or an ended console session is
+evicted at once, in every process (`Signals.caches_changed`, sent to the others by the store's
+transaction)."""
 
 from __future__ import annotations
 
@@ -143,6 +144,16 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.handoff = HandOff(self.store, self.signals, self.clock, self.limits)
+        self.signals.on_caches_changed(self._forget)
+
+    def _forget(self, what: str) -> None:
+        if what == "keys":
+            self.forget_keys()
+        elif what == "endpoints":
+            self.forget_endpoints()
+        elif what == "sessions":
+            self._generation += 1
+            self._sessions.clear()
 
     def backend_for(self, row: WorkerRow) -> Backend:
         """The backend that runs the worker: one of this machine's, or its host's agent."""

@@ -25,6 +25,8 @@ from ember.core.json_body import JsonObject
 from ember.core.specs import EndpointSpec, from_wire, release_key, spec_from_json, spec_to_json
 from ember.store.rows import EndpointRow
 
+# The event that tells every process to drop its cached endpoints (`Signals.caches_changed`).
+ENDPOINTS_CHANGED = ("c", "endpoints")
 router = APIRouter(prefix="/v1")
 BODY_LIMIT = 1024 * 1024
 
@@ -170,17 +172,18 @@ async def create_endpoint(
         )
     endpoint_id = make_id("endpoint", uuid.uuid4().hex[:12])
     status = "BUILDING" if _needs_build(spec) else "READY"
-    await rt.store.run(
-        lambda: rt.store.endpoints.create(
-            id=endpoint_id,
-            account_id=who.account_id,
-            name=spec.name,
-            spec_json=spec_to_json(spec),
-            release_key=release_key(spec),
-            now=rt.clock.now(),
-            release_status=status,
+    with rt.signals.in_txn(ENDPOINTS_CHANGED):  # a "not found" cached elsewhere is stale now
+        await rt.store.run(
+            lambda: rt.store.endpoints.create(
+                id=endpoint_id,
+                account_id=who.account_id,
+                name=spec.name,
+                spec_json=spec_to_json(spec),
+                release_key=release_key(spec),
+                now=rt.clock.now(),
+                release_status=status,
+            )
         )
-    )
     view = await _changed(rt, who.account_id, endpoint_id, status)
     return json_response(_shown_once(rt, view, spec, None), 201)
 
@@ -188,7 +191,7 @@ async def create_endpoint(
 async def _changed(rt: Runtime, account_id: str, endpoint_id: str, status: str) -> dict[str, object]:
     """After an endpoint was created or changed: drop the cached copies, wake the scaler (and the builder
     for a release that builds), and return its record as it is now."""
-    rt.forget_endpoints()
+    rt.signals.caches_changed(ENDPOINTS_CHANGED[1])
     rt.signals.poke_scaler()
     if status == "BUILDING":
         rt.signals.builds.set()
@@ -226,17 +229,18 @@ async def update_endpoint(ref: str, request: Request, who: CallerDep, rt: Runtim
     key = release_key(spec)
     new_release = key != row["release_key"]
     status = "BUILDING" if new_release and _needs_build(spec, base) else "READY"
-    await rt.store.run(
-        lambda: rt.store.endpoints.update_spec(
-            row["id"],
-            name=spec.name,
-            spec_json=spec_to_json(spec),
-            release_key=key,
-            new_release=new_release,
-            now=rt.clock.now(),
-            release_status=status,
+    with rt.signals.in_txn(ENDPOINTS_CHANGED):
+        await rt.store.run(
+            lambda: rt.store.endpoints.update_spec(
+                row["id"],
+                name=spec.name,
+                spec_json=spec_to_json(spec),
+                release_key=key,
+                new_release=new_release,
+                now=rt.clock.now(),
+                release_status=status,
+            )
         )
-    )
     view = await _changed(rt, who.account_id, row["id"], status)
     return json_response(_shown_once(rt, view, spec, base))
 
@@ -247,8 +251,9 @@ async def delete_endpoint(ref: str, who: CallerDep, rt: RuntimeDep) -> Response:
     now = rt.clock.now()
     removed = await rt.store.run(rt.store.jobs.purge_queue, row["id"], now, rt.limits.retention_run_s)
     rt.signals.metrics.jobs_finished(row["id"], "CANCELLED", removed)
-    await rt.store.run(rt.store.endpoints.delete, row["id"], now)
-    rt.forget_endpoints()
+    with rt.signals.in_txn(ENDPOINTS_CHANGED):
+        await rt.store.run(rt.store.endpoints.delete, row["id"], now)
+    rt.signals.caches_changed(ENDPOINTS_CHANGED[1])
     rt.signals.poke_scaler()
     return json_response({"id": row["id"], "deleted": True})
 

@@ -54,11 +54,12 @@ async def rollback(ref: str, request: Request, who: CallerDep, rt: RuntimeDep) -
     current = spec_from_json(row["spec"])
     # Scaling settings stay as they are now; what runs returns to the chosen release.
     spec = spec.with_changes(scaling=current.scaling, name=current.name)
-    await rt.store.run(
-        lambda: rt.store.endpoints.set_release(
-            row["id"], target["number"], spec_to_json(spec), release_key(spec), rt.clock.now()
+    with rt.signals.in_txn(("c", "endpoints")):
+        await rt.store.run(
+            lambda: rt.store.endpoints.set_release(
+                row["id"], target["number"], spec_to_json(spec), release_key(spec), rt.clock.now()
+            )
         )
-    )
-    rt.forget_endpoints()
+    rt.signals.caches_changed("endpoints")
     rt.signals.poke_scaler()
     return json_response(await endpoint_view(rt, await own_endpoint(rt, who.account_id, row["id"])))

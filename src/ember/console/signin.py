@@ -82,7 +82,8 @@ async def sign_out(request: Request) -> Response:
     token = request.cookies.get(CONSOLE_COOKIE)
     if token:
         rt = runtime(request)
-        await rt.store.run(rt.store.sessions.delete, token)
+        with rt.signals.in_txn(("c", "sessions")):
+            await rt.store.run(rt.store.sessions.delete, token)
         rt.forget_session(token)
     response = RedirectResponse("/console/login", status_code=303)
     response.delete_cookie(CONSOLE_COOKIE, path="/")

@@ -11,7 +11,7 @@ and every waiter looks at it again within its poll slice. Events: `q <endpoint>`
 `f <job> [record]` a job reached a final state (with its final record when it fits in a notification,
 so a runsync waiting elsewhere answers without reading the store); `r <worker>` a worker takes no new
 job; `s <worker>` a job the worker holds should stop; `h <host>` an order was queued for a host's
-agent; `o <order>` an agent answered an order. SQLite has one process, and no broadcast."""
+agent; `o <order>` an agent answered an order; `c <what>` cached keys, endpoints or sessions changed. SQLite has one process, and no broadcast."""
 
 from __future__ import annotations
 
@@ -95,6 +95,8 @@ class Broadcast:
             s.retire(ident)
         elif kind == "s":
             s.stop_wanted(ident)
+        elif kind == "c":
+            s.caches_changed(ident)
         elif kind == "h":
             s.host_ordered(ident)
         elif kind == "o" and ident.isdigit():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
 from ember.control.dispatch import Dispatcher
@@ -61,6 +62,7 @@ class Signals:
         # This process's name in the events it sends the other processes on its PostgreSQL database
         # (`in_txn`, `control.broadcast`); None when there are none to tell (SQLite).
         self.origin: str | None = None
+        self._forgetting: list[Callable[[str], None]] = []
 
     def in_txn(self, *events: tuple[str, str]) -> AbstractContextManager[None]:
         """Around store calls whose change the other processes must hear of: `events` ((kind, id)
@@ -111,6 +113,15 @@ class Signals:
     def order_answered(self, order_id: int) -> None:
         """A host's agent answered an order: wake whoever waits for it here."""
         self.orders.wake(f"order:{order_id}")
+
+    def on_caches_changed(self, forget: Callable[[str], None]) -> None:
+        """`forget(what)` is called when cached `what` may be stale (the API's key and endpoint caches)."""
+        self._forgetting.append(forget)
+
+    def caches_changed(self, what: str) -> None:
+        """Cached `what` ("keys", "endpoints", "sessions") may be stale: every cache here forgets it."""
+        for forget in self._forgetting:
+            forget(what)
 
     def poke_scaler(self) -> None:
         self.scale.set()

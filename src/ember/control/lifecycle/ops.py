@@ -160,7 +160,9 @@ class WorkerOps:
                 extra=ids(w),
             )
         await self.release_jobs(w["id"], f"worker {w['id']} stopped ({reason})", now)
-        await s.run(s.accounts.drop_worker_keys, w["id"])
+        with self.signals.in_txn(("c", "keys")):
+            await s.run(s.accounts.drop_worker_keys, w["id"])
+        self.signals.caches_changed("keys")
         self.signals.presence.forget(w["id"])
         if not s.inline:
             await s.run(s.pings.forget, w["id"])

@@ -156,7 +156,9 @@ class Placement:
             ",".join(devices),
             extra=ids(w),
         )
-        await s.run(lambda: s.accounts.drop_worker_keys(w["id"]))
+        with ops.signals.in_txn(("c", "keys")):  # the worker's earlier key, wherever it is cached
+            await s.run(lambda: s.accounts.drop_worker_keys(w["id"]))
+        ops.signals.caches_changed("keys")
         await s.run(
             lambda: s.accounts.add_key(
                 key,
