@@ -11,7 +11,8 @@ and every waiter looks at it again within its poll slice. Events: `q <endpoint>`
 `f <job> [record]` a job reached a final state (with its final record when it fits in a notification,
 so a runsync waiting elsewhere answers without reading the store); `r <worker>` a worker takes no new
 job; `s <worker>` a job the worker holds should stop; `h <host>` an order was queued for a host's
-agent; `o <order>` an agent answered an order; `c <what>` cached keys, endpoints or sessions changed. SQLite has one process, and no broadcast."""
+agent; `o <order>` an agent answered an order; `c <what>` cached keys, endpoints or sessions changed.
+SQLite has one process, and no broadcast."""
 
 from __future__ import annotations
 
