@@ -25,7 +25,7 @@ W = workers.c
 SETTLED = "finished its jobs"
 
 
-class _SettleFloor(TypedDict):
+class _Floor(TypedDict):
     state_since: ReadOnly[float]
     metered_until: ReadOnly[float | None]
 
@@ -100,6 +100,14 @@ def takes_jobs(worker_id: ColumnElement[str]) -> ScalarSelect[int]:
     )
 
 
+def _stamp(now: float, state_since: float | None, metered_until: float | None) -> float:
+    """When a transition happening `now` is recorded: never before the worker's last transition, nor
+    inside a span the meter has billed. Processes take `now` before their transaction and commit in any
+    order (a replica's job-take, the lifecycle on another); so each worker's transitions stay in order,
+    and billing from them, recomputed at any time, is what the meter charged."""
+    return max(now, state_since or 0.0, metered_until or 0.0)
+
+
 class WorkerStore(Repository):
     def __init__(self, engine: Engine, raw: RawAccess | None = None) -> None:
         super().__init__(engine, raw)
@@ -110,16 +118,15 @@ class WorkerStore(Repository):
         self._event = insert(worker_events)
         self._event_raw = Prepared(engine, _event_statement())
         self._settle = PreparedRows(engine, _settle_statement(), WorkerOwner)
-        # Where a late settle may stamp its transition: not before the worker's last transition, nor
-        # before what the meter has billed (the row stays locked to the transaction on PostgreSQL).
-        self._settle_floor = PreparedRows(
-            engine,
+        # Where a transition may be stamped: not before the worker's last transition, nor before what
+        # the meter has billed (`_stamp`; the row stays locked to the transaction on PostgreSQL).
+        self._floor_select = (
             select(W.state_since, meter_cursors.c.metered_until)
             .select_from(workers.outerjoin(meter_cursors, meter_cursors.c.worker_id == W.id))
             .where(W.id == bindparam("p_id"))
-            .with_for_update(of=workers),
-            _SettleFloor,
+            .with_for_update(of=workers)
         )
+        self._floor = PreparedRows(engine, self._floor_select, _Floor)
         self._run = Prepared(engine, _run_statement())
         self._taking = PreparedRows(
             engine,
@@ -195,9 +202,11 @@ class WorkerStore(Repository):
         when the transition was not legal (or the worker is unknown); nothing changes then."""
         allowed = [s.value for s in (only_from if only_from is not None else sources(to)) if s in sources(to)]
         with transaction(self.engine, conn) as tx:
+            floor = tx.execute(self._floor_select, {"p_id": worker_id}).first()  # locks the row first
             row = tx.execute(self._current, {"p_id": worker_id}).first()
-            if row is None or row.state not in allowed:
+            if floor is None or row is None or row.state not in allowed:
                 return None
+            now = _stamp(now, floor.state_since, floor.metered_until)
             res = tx.execute(
                 update(workers)
                 .where(W.id == worker_id, W.state == row.state)
@@ -240,9 +249,11 @@ class WorkerStore(Repository):
         state doesn't allow it (nothing changes then). `current`: its state, endpoint and account, when
         the caller has just read them in this transaction."""
         with self.raw.write(cur) as tx:
+            floor = self._floor.first(tx, p_id=worker_id)  # locks the row first
             row = current or self._current_raw.first(tx, p_id=worker_id)
-            if row is None or row["state"] not in TO_RUNNING:
+            if floor is None or row is None or row["state"] not in TO_RUNNING:
                 return False
+            now = _stamp(now, floor["state_since"], floor["metered_until"])
             self._run.execute(tx, p_id=worker_id, p_from=row["state"], p_now=now, p_reason=reason)
             if not tx.rowcount:
                 return False
@@ -252,6 +263,10 @@ class WorkerStore(Repository):
     def settle_if_idle(self, worker_id: str, now: float, cur: Cursor | None = None) -> bool:
         """RUNNING -> IDLE when the worker holds no IN_PROGRESS job any more (one transaction)."""
         with self.raw.write(cur) as tx:
+            floor = self._floor.first(tx, p_id=worker_id)  # locks the row first
+            if floor is None:
+                return False
+            now = _stamp(now, floor["state_since"], floor["metered_until"])
             row = self._settle.first(tx, p_id=worker_id, p_now=now)
             if row is None:
                 return False
@@ -263,12 +278,7 @@ class WorkerStore(Repository):
         RUNNING in case a job came at once): stamped at `finished_at`, or where its last transition or
         its billing already is when later, so that its transitions stay in order and no billed span
         changes (the meter's save checks for a transition stamped inside the span it billed)."""
-        with self.raw.write() as tx:
-            floor = self._settle_floor.first(tx, p_id=worker_id)
-            if floor is None:
-                return False
-            at = max(finished_at, floor["state_since"] or 0.0, floor["metered_until"] or 0.0)
-            return self.settle_if_idle(worker_id, at, cur=tx)
+        return self.settle_if_idle(worker_id, finished_at)
 
     def _log(
         self, tx: Cursor, worker_id: str, row: WorkerOwner, frm: str, to: WorkerState, now: float, reason: str
