@@ -11,18 +11,18 @@ import base64
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
 import httpx
 
 from ember.backends.base import Backend, LaunchSpec, Observed
-from ember.backends.wire import observed_to_json, spec_from_json
+from ember.backends.wire import observed_to_json, spec_from_json, whole
 from ember.build.archive import ArchiveLimits, unpack
 from ember.control.launcher import PreparePython
 from ember.core import hosts as H
-from ember.core.errors import EmberError
+from ember.core.errors import BackendError, EmberError
 
 log = logging.getLogger("ember.agent")
 RETRY_S = (0.5, 1.0, 2.0, 5.0)
@@ -61,7 +61,6 @@ class Agent:
         self._working: set[int] = set()  # the orders taken and not yet answered
         self._sources = asyncio.Lock()
         self.host_id: str | None = None
-        self.timeout_s = H.DEFAULT_TIMEOUT_S
 
     # The loops ----------------------------------------------------------------------------------
 
@@ -84,13 +83,11 @@ class Agent:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def _retrying(self, call: Callable[[], object]) -> None:
+    async def _retrying(self, call: Callable[[], Awaitable[None]]) -> None:
         failures = 0
         while True:
             try:
-                result = call()
-                if asyncio.iscoroutine(result):
-                    await result
+                await call()
                 return
             except (httpx.HTTPError, OSError) as exc:
                 delay = RETRY_S[min(failures, len(RETRY_S) - 1)]
@@ -156,7 +153,6 @@ class Agent:
         answer = resp.json()
         self._fresh = False
         self.host_id = str(answer.get("id") or "")
-        self.timeout_s = float(answer.get("timeoutS") or H.DEFAULT_TIMEOUT_S)
 
     # Orders --------------------------------------------------------------------------------------
 
@@ -227,7 +223,7 @@ class Agent:
         after = body.get("after")
         tail = body.get("tail")
         lines = [
-            line async for line in backend.logs(wid, tail=None if isinstance(after, int) else _int(tail))
+            line async for line in backend.logs(wid, tail=None if isinstance(after, int) else whole(tail))
         ]
         total = len(lines)
         if isinstance(after, int):
@@ -252,6 +248,8 @@ class Agent:
         async with self._sources:
             if not source.is_dir():
                 resp = await self._client.get(f"/agent/v1/sources/{digest}", timeout=300.0)
+                if resp.status_code == 404:  # the order fails, not the agent
+                    raise BackendError(f"the control plane has no source snapshot {digest}")
                 self._check(resp)
                 part = source.with_name(digest + ".part")
                 await asyncio.to_thread(_unpack_fresh, resp.content, part)
@@ -267,7 +265,3 @@ def _unpack_fresh(data: bytes, dest: Path) -> None:
 
     shutil.rmtree(dest, ignore_errors=True)
     unpack(data, dest, ArchiveLimits())
-
-
-def _int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -9,12 +9,13 @@ import asyncio
 import json
 import re
 import uuid
+from collections.abc import Mapping, Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
 from ember.api import bodies as B
-from ember.api.deps import AdminDep, Runtime, RuntimeDep, found, key_from, new_token, read_json, runtime
+from ember.api.deps import AdminDep, RuntimeDep, found, key_from, new_token, runtime
 from ember.api.errors import json_response
 from ember.build.archive import pack
 from ember.core import hosts as H
@@ -32,57 +33,72 @@ _LIVE = frozenset(s.value for s in LIVE)
 
 
 # ---- the admin's view --------------------------------------------------------------------------------
-def host_view(rt: Runtime, row: HostRow, workers: list[WorkerRow]) -> dict[str, object]:
-    slots: dict[str, list[str]] = json.loads(row["slots"] or "{}")
-    mine = [w for w in workers if w["host"] == row["id"] and w["state"] in _LIVE]
-    last = row["last_seen_at"]
-    return {
-        "id": row["id"],
-        "name": row["name"],
-        "state": row["state"],
-        "hostname": row["hostname"],
-        "backends": [b for b in row["backends"].split(",") if b],
-        "gpus": {t: len(d) for t, d in slots.items()},
-        "gpusUsed": _gpus_used(mine),
-        "workers": len(mine),
-        "lastSeenAt": last,
-        "lastContactS": None if last is None else round(max(0.0, rt.clock.now() - last), 1),
-    }
-
-
-def _local_view(rt: Runtime, workers: list[WorkerRow]) -> dict[str, object] | None:
-    host = rt.fleet.local_host
-    if host is None:
-        return None
-    mine = [w for w in workers if w["host"] == H.LOCAL and w["state"] in _LIVE]
-    return {
-        "id": H.LOCAL,
-        "name": H.LOCAL,
-        "state": H.HostState.READY.value,
-        "hostname": "",
-        "backends": sorted(rt.fleet.local),
-        "gpus": {t: len(d) for t, d in host.slots.items()},
-        "gpusUsed": _gpus_used(mine),
-        "workers": len(mine),
-        "lastSeenAt": None,
-        "lastContactS": 0.0,
-    }
-
-
-def _gpus_used(workers: list[WorkerRow]) -> dict[str, int]:
+def host_view(
+    workers: list[WorkerRow],
+    *,
+    id: str,
+    name: str,
+    state: str,
+    hostname: str,
+    backends: list[str],
+    slots: Mapping[str, Sequence[str]],
+    last_seen_at: float | None,
+    contact_s: float | None,
+) -> dict[str, object]:
+    """A host as `ember hosts` shows it: its GPUs in all and in use by its live workers, last contact
+    (`contact_s` seconds ago; None: never)."""
+    mine = [w for w in workers if w["host"] == id and w["state"] in _LIVE]
     used: dict[str, int] = {}
-    for w in workers:
+    for w in mine:
         if w["gpu_type"] and w["gpu_devices"]:
             used[w["gpu_type"]] = used.get(w["gpu_type"], 0) + len(w["gpu_devices"].split(","))
-    return used
+    return {
+        "id": id,
+        "name": name,
+        "state": state,
+        "hostname": hostname,
+        "backends": backends,
+        "gpus": {t: len(d) for t, d in slots.items()},
+        "gpusUsed": used,
+        "workers": len(mine),
+        "lastSeenAt": last_seen_at,
+        "lastContactS": contact_s,
+    }
 
 
 @router.get("/v1/hosts", tags=["hosts"], summary="GPU machines: capacity, use, last contact (admin only)")
 async def list_hosts(_: AdminDep, rt: RuntimeDep) -> Response:
     rows = await rt.store.run(rt.store.hosts.list)
     workers = list(await rt.store.run(lambda: rt.store.workers.list()))
-    local = _local_view(rt, workers)
-    views = ([local] if local is not None else []) + [host_view(rt, r, workers) for r in rows]
+    views = []
+    if (local := rt.fleet.local_host) is not None:  # the embedded agent: this machine, in contact now
+        views.append(
+            host_view(
+                workers,
+                id=H.LOCAL,
+                name=H.LOCAL,
+                state=H.HostState.READY.value,
+                hostname="",
+                backends=sorted(rt.fleet.local),
+                slots=local.slots,
+                last_seen_at=None,
+                contact_s=0.0,
+            )
+        )
+    for r in rows:
+        views.append(
+            host_view(
+                workers,
+                id=r["id"],
+                name=r["name"],
+                state=r["state"],
+                hostname=r["hostname"],
+                backends=H.backends_of(r["backends"]),
+                slots=json.loads(r["slots"] or "{}"),
+                last_seen_at=(last := r["last_seen_at"]),
+                contact_s=None if last is None else round(max(0.0, rt.clock.now() - last), 1),
+            )
+        )
     return json_response({"hosts": views})
 
 
@@ -141,14 +157,16 @@ AgentDep = Annotated[HostRow, Depends(agent_host)]
 async def report(host: AgentDep, request: Request, rt: RuntimeDep) -> Response:
     """The agent's GPUs, runtimes and workers, now; `fresh` on its first report after it started (the
     orders it had taken and not answered are lost with its old process)."""
-    body = await read_json(request, REPORT_LIMIT)
-    if not isinstance(body, dict):
-        raise InvalidInput("the body must be a JSON object", [Problem("body", "must be a JSON object")])
+    body = await B.json_object(request, REPORT_LIMIT)
     slots = H.parse_slots(body.get("gpus", {}))
     backends = H.parse_backends(body.get("backends", []))
     workers = body.get("workers", [])
     if not isinstance(workers, list) or not all(isinstance(w, dict) for w in workers):
         raise InvalidInput("workers: a list of objects", [Problem("workers", "a list of objects")])
+    listed = body.get("orders", [])
+    working = [i for i in listed if isinstance(i, int)] if isinstance(listed, list) else []
+    if not isinstance(listed, list) or len(working) != len(listed):
+        raise InvalidInput("orders: a list of order ids", [Problem("orders", "a list of order ids")])
     hostname = body.get("hostname")
     s = rt.store
     before = await s.run(
@@ -163,11 +181,7 @@ async def report(host: AgentDep, request: Request, rt: RuntimeDep) -> Response:
     )
     if before is None:
         raise NotFound(f"host {host['id']} was removed")
-    listed = body.get("orders", [])
-    working = [i for i in listed if isinstance(i, int)] if isinstance(listed, list) else []
-    if not isinstance(listed, list) or len(working) != len(listed):
-        raise InvalidInput("orders: a list of order ids", [Problem("orders", "a list of order ids")])
-    with rt.signals.in_txn(("h", host["id"])):
+    with rt.signals.in_txn():  # "h" when orders go to the agent again
         if body.get("fresh") is True:  # what its earlier process took is lost with it
             requeued = await s.run(s.hosts.requeue_sent, host["id"])
         else:
@@ -177,7 +191,7 @@ async def report(host: AgentDep, request: Request, rt: RuntimeDep) -> Response:
         rt.signals.host_ordered(host["id"])
     if before != H.HostState.READY:
         rt.signals.reconcile.set()  # a host joined or came back: placement may use it now
-    return json_response({"id": host["id"], "name": host["name"], "timeoutS": rt.fleet.timeout_s})
+    return json_response({"id": host["id"], "name": host["name"]})
 
 
 @router.post("/agent/v1/orders", include_in_schema=False)
@@ -203,10 +217,8 @@ async def orders(host: AgentDep, request: Request, rt: RuntimeDep, wait: float =
 @router.post("/agent/v1/orders/{order_id}", include_in_schema=False)
 async def answer(order_id: int, host: AgentDep, request: Request, rt: RuntimeDep) -> Response:
     """The agent's answer to one of its orders: `{"error": …}` when it failed, else what it asked for."""
-    body = await read_json(request, REPORT_LIMIT)
-    if not isinstance(body, dict):
-        raise InvalidInput("the body must be a JSON object", [Problem("body", "must be a JSON object")])
-    with rt.signals.in_txn(("o", str(order_id))):
+    body = await B.json_object(request, REPORT_LIMIT)
+    with rt.signals.in_txn():  # "o": the waiter, wherever it waits
         answered = await rt.store.run(rt.store.hosts.answer, host["id"], order_id, body)
     if not answered:
         raise NotFound(f"order {order_id} is not waiting for this host's answer")

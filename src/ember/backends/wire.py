@@ -31,6 +31,11 @@ def spec_from_json(value: Mapping[str, object]) -> LaunchSpec:
     )
 
 
+def whole(value: object) -> int | None:
+    """An integer field of an order or an answer (JSON's true and false are not numbers here)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def observed_to_json(o: Observed) -> dict[str, object]:
     return dataclasses.asdict(o)
 

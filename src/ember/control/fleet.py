@@ -98,7 +98,7 @@ class Fleet:
         kinds = set(self.local)
         for row in self.rows.values():
             if row["state"] == H.HostState.READY:
-                kinds.update(b for b in row["backends"].split(",") if b)
+                kinds.update(H.backends_of(row["backends"]))
         return kinds
 
     def hosts(self) -> list[Host]:
@@ -108,7 +108,7 @@ class Fleet:
         for row in self.rows.values():
             if row["state"] == H.HostState.READY:
                 slots = json.loads(row["slots"] or "{}")
-                backends = frozenset(b for b in row["backends"].split(",") if b)
+                backends = frozenset(H.backends_of(row["backends"]))
                 out.append(Host(row["id"], slots, backends or frozenset({"none"})))
         return out
 
@@ -135,7 +135,7 @@ class Fleet:
         for gone in set(self._remote) - set(rows):
             del self._remote[gone]
 
-    async def observe(self, workers: Sequence[WorkerRow], now: float) -> Observation:
+    async def observe(self, workers: Sequence[WorkerRow]) -> Observation:
         """What runs where (see `Observation`). A local backend that cannot say leaves its workers
         counted as running (without an observation we must not conclude that they died)."""
         seen = Observation()

@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
 from ember.backends.base import Alive, ExecResult, LaunchSpec, Observed, throttled
-from ember.backends.wire import spec_to_json
+from ember.backends.wire import spec_to_json, whole
 from ember.control.clock import Clock
 from ember.control.signals import Signals
 from ember.core.errors import BackendError
 from ember.core.hosts import HostState
 from ember.store.facade import Store
-
-log = logging.getLogger("ember.hosts")
 
 # How long an order may wait for its answer: a launch may pull an image or build a virtualenv there.
 LAUNCH_ANSWER_S = 900.0
@@ -51,7 +48,7 @@ class RemoteBackend:
         s = self.store
         if self._state() == HostState.LOST:
             raise BackendError(f"host {self.host_id} is lost (its agent stopped answering)")
-        with self.signals.in_txn(("h", self.host_id)):
+        with self.signals.in_txn():  # "h": the agent's poll, wherever it is held
             order_id = await s.run(s.hosts.order, self.host_id, kind, body, self.clock.now())
         self.signals.host_ordered(self.host_id)
         deadline = time.monotonic() + timeout_s
@@ -96,7 +93,7 @@ class RemoteBackend:
     ) -> AsyncIterator[str]:
         answer = await self.ask("logs", {"worker_id": worker_id, "tail": tail}, 30.0)
         lines = _lines(answer)
-        seen = _int(answer.get("total"), len(lines))
+        seen = _total(answer, len(lines))
         for line in lines:
             yield line
         still = throttled(alive)
@@ -105,7 +102,7 @@ class RemoteBackend:
             answer = await self.ask("logs", {"worker_id": worker_id, "after": seen}, 30.0)
             for line in _lines(answer):
                 yield line
-            seen = _int(answer.get("total"), seen)
+            seen = _total(answer, seen)
             if not answer.get("running") and not await still():
                 return
 
@@ -114,8 +111,9 @@ class RemoteBackend:
             "exec", {"worker_id": worker_id, "command": command, "timeout_s": timeout_s}, timeout_s + 30.0
         )
         output = answer.get("output")
+        code = whole(answer.get("exit_code"))
         return ExecResult(
-            _int(answer.get("exit_code"), 1), base64.b64decode(output) if isinstance(output, str) else b""
+            1 if code is None else code, base64.b64decode(output) if isinstance(output, str) else b""
         )
 
     async def aclose(self) -> None:
@@ -127,5 +125,7 @@ def _lines(answer: dict[str, object]) -> list[str]:
     return [str(line) for line in lines] if isinstance(lines, list) else []
 
 
-def _int(value: object, default: int) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
+def _total(answer: dict[str, object], default: int) -> int:
+    """How many lines the worker's log has, as the agent counted them."""
+    total = whole(answer.get("total"))
+    return default if total is None else total

@@ -66,6 +66,11 @@ def parse_slots(value: object) -> dict[str, list[str]]:
     return slots
 
 
+def backends_of(stored: str) -> list[str]:
+    """A host's runtimes as the store keeps them (comma-separated)."""
+    return [b for b in stored.split(",") if b]
+
+
 def parse_backends(value: object) -> list[str]:
     """A report's `backends`: the worker runtimes the host offers (local, docker)."""
     if (

@@ -108,7 +108,7 @@ class Store:
             if worker is None and not delivered:
                 outbox.add("q", job.endpoint_id)
             if worker is not None and worker["state"] != WorkerState.RUNNING.value:
-                self.workers.start_running(worker_id, now, TOOK_A_JOB, cur=cur, current=worker)
+                self.workers.start_running(worker_id, now, TOOK_A_JOB, cur=cur)
         return worker is not None
 
     def report(
@@ -163,7 +163,8 @@ class Store:
                     "retried": finished.retried,
                 }
                 record = record_text(final)
-                outbox.add("f", f"{job_id} {record}")  # a runsync waiting elsewhere answers with it
+                if outbox.active():  # a runsync waiting elsewhere answers with it
+                    outbox.add("f", f"{job_id} {record}")
             claimed: Sequence[Claimed] = ()
             may_take = (
                 not recycle

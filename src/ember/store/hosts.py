@@ -12,6 +12,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ember.core.hosts import HostState, OrderState
+from ember.store import outbox
 from ember.store.accounts import hash_key
 from ember.store.db import Repository
 from ember.store.rows import HostOrderRow, HostRow
@@ -117,6 +118,7 @@ class HostStore(Repository):
             )
             key = res.inserted_primary_key
             assert key is not None
+            outbox.add("h", host_id)
             return int(key[0])
 
     def take_orders(self, host_id: str, now: float, limit: int = 50) -> builtins.list[HostOrderRow]:
@@ -147,6 +149,8 @@ class HostStore(Repository):
                 .where(O.id == order_id, O.host_id == host_id, O.state != OrderState.DONE.value)
                 .values(state=OrderState.DONE.value, result=json.dumps(result))
             )
+            if res.rowcount:
+                outbox.add("o", str(order_id))
             return bool(res.rowcount)
 
     def result(self, order_id: int) -> dict[str, object] | None:
@@ -181,6 +185,8 @@ class HostStore(Repository):
                 )
                 .values(state=OrderState.QUEUED.value)
             )
+            if res.rowcount:
+                outbox.add("h", host_id)
             return int(res.rowcount)
 
     def requeue_sent(self, host_id: str) -> int:
@@ -195,4 +201,6 @@ class HostStore(Repository):
                 .values(state=OrderState.QUEUED.value)
             )
             conn.execute(update(host_orders).where(sent).values(state=OrderState.DONE.value, result=lost))
+            if res.rowcount:
+                outbox.add("h", host_id)
             return int(res.rowcount)

@@ -11,7 +11,7 @@ from sqlalchemy.sql.dml import Insert, Update
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import ReturnsRows
 from sqlalchemy.sql.selectable import ScalarSelect
-from typing_extensions import ReadOnly, TypedDict
+from typing_extensions import ReadOnly
 
 from ember.core.workers import ALLOWED, TAKES_JOBS, WorkerState, sources
 from ember.store.db import Cursor, Prepared, PreparedRows, RawAccess, Repository, constant, transaction
@@ -25,7 +25,10 @@ W = workers.c
 SETTLED = "finished its jobs"
 
 
-class _Floor(TypedDict):
+class _Current(WorkerPlace):
+    """What a transition reads first (locking the worker's row): its state, whose it is, and where it
+    may be stamped (`_stamp`)."""
+
     state_since: ReadOnly[float]
     metered_until: ReadOnly[float | None]
 
@@ -113,20 +116,19 @@ class WorkerStore(Repository):
         super().__init__(engine, raw)
         # Hot statements, compiled once and run on the raw connection (see `Prepared`).
         self._get = PreparedRows(engine, select(workers).where(W.id == bindparam("p_id")), WorkerRow)
-        self._current = select(W.state, W.endpoint_id, W.account_id).where(W.id == bindparam("p_id"))
-        self._current_raw = PreparedRows(engine, self._current, WorkerPlace)
         self._event = insert(worker_events)
         self._event_raw = Prepared(engine, _event_statement())
         self._settle = PreparedRows(engine, _settle_statement(), WorkerOwner)
-        # Where a transition may be stamped: not before the worker's last transition, nor before what
-        # the meter has billed (`_stamp`; the row stays locked to the transaction on PostgreSQL).
-        self._floor_select = (
-            select(W.state_since, meter_cursors.c.metered_until)
+        # What a transition reads first: the worker's state and owner, and where the transition may be
+        # stamped, not before its last one nor before what the meter has billed (`_stamp`; the row stays
+        # locked to the transaction on PostgreSQL).
+        self._current = (
+            select(W.state, W.endpoint_id, W.account_id, W.state_since, meter_cursors.c.metered_until)
             .select_from(workers.outerjoin(meter_cursors, meter_cursors.c.worker_id == W.id))
             .where(W.id == bindparam("p_id"))
             .with_for_update(of=workers)
         )
-        self._floor = PreparedRows(engine, self._floor_select, _Floor)
+        self._current_raw = PreparedRows(engine, self._current, _Current)
         self._run = Prepared(engine, _run_statement())
         self._taking = PreparedRows(
             engine,
@@ -202,11 +204,10 @@ class WorkerStore(Repository):
         when the transition was not legal (or the worker is unknown); nothing changes then."""
         allowed = [s.value for s in (only_from if only_from is not None else sources(to)) if s in sources(to)]
         with transaction(self.engine, conn) as tx:
-            floor = tx.execute(self._floor_select, {"p_id": worker_id}).first()  # locks the row first
-            row = tx.execute(self._current, {"p_id": worker_id}).first()
-            if floor is None or row is None or row.state not in allowed:
+            row = tx.execute(self._current, {"p_id": worker_id}).first()  # locks the row first
+            if row is None or row.state not in allowed:
                 return None
-            now = _stamp(now, floor.state_since, floor.metered_until)
+            now = _stamp(now, row.state_since, row.metered_until)
             res = tx.execute(
                 update(workers)
                 .where(W.id == worker_id, W.state == row.state)
@@ -243,17 +244,14 @@ class WorkerStore(Repository):
         now: float,
         reason: str,
         cur: Cursor | None = None,
-        current: WorkerPlace | None = None,
     ) -> bool:
         """IDLE (or another state that may take a job) -> RUNNING, with its event; False when the worker's
-        state doesn't allow it (nothing changes then). `current`: its state, endpoint and account, when
-        the caller has just read them in this transaction."""
+        state doesn't allow it (nothing changes then)."""
         with self.raw.write(cur) as tx:
-            floor = self._floor.first(tx, p_id=worker_id)  # locks the row first
-            row = current or self._current_raw.first(tx, p_id=worker_id)
-            if floor is None or row is None or row["state"] not in TO_RUNNING:
+            row = self._current_raw.first(tx, p_id=worker_id)  # locks the row first
+            if row is None or row["state"] not in TO_RUNNING:
                 return False
-            now = _stamp(now, floor["state_since"], floor["metered_until"])
+            now = _stamp(now, row["state_since"], row["metered_until"])
             self._run.execute(tx, p_id=worker_id, p_from=row["state"], p_now=now, p_reason=reason)
             if not tx.rowcount:
                 return False
@@ -263,7 +261,7 @@ class WorkerStore(Repository):
     def settle_if_idle(self, worker_id: str, now: float, cur: Cursor | None = None) -> bool:
         """RUNNING -> IDLE when the worker holds no IN_PROGRESS job any more (one transaction)."""
         with self.raw.write(cur) as tx:
-            floor = self._floor.first(tx, p_id=worker_id)  # locks the row first
+            floor = self._current_raw.first(tx, p_id=worker_id)  # locks the row first
             if floor is None:
                 return False
             now = _stamp(now, floor["state_since"], floor["metered_until"])

@@ -40,11 +40,11 @@ class Health:
                 continue
             if w["state"] not in _LIVE_STATES:
                 continue
-            lost_host = snap.lost_hosts.get(w["host"])
+            lost_host = snap.seen.lost.get(w["host"])
             if lost_host is not None:
                 await ops.fail(w, f"worker {wid} was on host {lost_host}, which stopped answering", snap.now)
                 continue
-            obs = snap.observed.get(wid)
+            obs = snap.seen.observed.get(wid)
             if obs is None or not obs.running:
                 code = None if obs is None else obs.exit_code
                 if w["recycle"] and (code == 0 or code is None):
@@ -84,7 +84,7 @@ class Health:
         # Orphans: runtime workers with no live record (e.g. a stop interrupted by a crash, or workers a
         # lost host still ran when it came back), and runtimes found where their record does not put them.
         live_ids = {w["id"] for w in snap.workers if w["state"] in _LIVE_STATES}
-        orphans = [(wid, b) for wid, b in snap.places.items() if wid not in live_ids] + snap.strays
+        orphans = [(wid, b) for wid, b in snap.seen.places.items() if wid not in live_ids] + snap.seen.strays
         for wid, backend in orphans:
             if not ops.busy(wid):
                 log.info("orphan_stop worker=%s backend=%s", wid, backend.name, extra={"worker_id": wid})

@@ -160,14 +160,19 @@ class WorkerOps:
                 extra=ids(w),
             )
         await self.release_jobs(w["id"], f"worker {w['id']} stopped ({reason})", now)
-        with self.signals.in_txn(("c", "keys")):
-            await s.run(s.accounts.drop_worker_keys, w["id"])
-        self.signals.caches_changed("keys")
+        await self.drop_keys(w["id"])
         self.signals.presence.forget(w["id"])
         if not s.inline:
             await s.run(s.pings.forget, w["id"])
         self.missing_since.pop(w["id"], None)
         self.signals.reconcile.set()
+
+    async def drop_keys(self, worker_id: str) -> None:
+        """The worker's keys stop working, in every process's key cache too."""
+        s = self.store
+        with self.signals.in_txn(("c", "keys")):
+            await s.run(s.accounts.drop_worker_keys, worker_id)
+        self.signals.caches_changed("keys")
 
     def spawn(self, worker_id: str, coro: Coroutine[object, object, None], quiet: bool = False) -> None:
         """Run a launch or stop of the worker in the background (one at a time per worker); the loop

@@ -156,9 +156,7 @@ class Placement:
             ",".join(devices),
             extra=ids(w),
         )
-        with ops.signals.in_txn(("c", "keys")):  # the worker's earlier key, wherever it is cached
-            await s.run(lambda: s.accounts.drop_worker_keys(w["id"]))
-        ops.signals.caches_changed("keys")
+        await ops.drop_keys(w["id"])  # the worker's earlier key
         await s.run(
             lambda: s.accounts.add_key(
                 key,

@@ -9,8 +9,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from ember.backends.base import Backend, Observed
-from ember.control.fleet import Fleet
+from ember.control.fleet import Fleet, Observation
 from ember.control.signals import Signals
 from ember.core.specs import EndpointSpec, spec_from_json
 from ember.core.workers import WorkerState
@@ -32,12 +31,7 @@ class Snapshot:
     held: dict[str, dict[str, float]]  # worker id -> {job id -> started_at} of its IN_PROGRESS jobs
     stats: dict[str, QueueStats]  # endpoint id -> its queue's counts
     accounts: dict[str, AccountRow]
-    observed: dict[str, Observed] = field(default_factory=dict)
-    # Where each observed runtime is (its backend), runtimes found where their record does not put them,
-    # and the LOST hosts by id (with their names): see `control.fleet.Observation`.
-    places: dict[str, Backend] = field(default_factory=dict)
-    strays: list[tuple[str, Backend]] = field(default_factory=list)
-    lost_hosts: dict[str, str] = field(default_factory=dict)
+    seen: Observation = field(default_factory=Observation)  # what runs where (`control.fleet`)
     # Workers with a launch or stop in flight when the snapshot began: what `observed` says of them may
     # predate that operation's end, so health checks must not judge them from this snapshot.
     ops_in_flight: frozenset[str] = frozenset()
@@ -78,13 +72,7 @@ async def take(
         launched = {w["id"]: w["launched_at"] or 0.0 for w in workers if w["state"] in _STARTING}
         signals.presence.merge_failed_checks(await s.run(s.pings.failed_checks, launched))
     await fleet.refresh(now)
-    seen = await fleet.observe(workers, now)
-    snap.observed, snap.places, snap.strays, snap.lost_hosts = (
-        seen.observed,
-        seen.places,
-        seen.strays,
-        seen.lost,
-    )
+    snap.seen = await fleet.observe(workers)
     return snap
 
 
