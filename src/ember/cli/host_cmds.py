@@ -85,6 +85,7 @@ def agent(
     from ember import compute
     from ember.agent.loop import Agent, Refused
     from ember.control.clock import SystemClock
+    from ember.fsmodes import make_private
     from ember.settings import Settings
 
     overrides: dict[str, object] = {}
@@ -94,8 +95,7 @@ def agent(
         overrides["gpus"] = gpus
     settings = Settings(**overrides)  # type: ignore[arg-type]
     logging.config.dictConfig(logging_config(settings.log_format))
-    settings.home.mkdir(parents=True, exist_ok=True)
-    settings.home.chmod(0o700)
+    make_private(settings.home)  # as the server's home: the agent's runtime and sources are there
     backends = compute.default_backends(settings, SystemClock())
     slots = compute.gpu_slots(settings.gpus)
 
