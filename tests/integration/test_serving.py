@@ -1,5 +1,6 @@
 """The control plane's HTTP protocol (`ember.api.serving`): a response's head and body leave in one
-write; a head whose body comes later (a stream) still leaves at once; uvicorn serves through it."""
+write; a head whose body comes later (a stream) still leaves at once; uvicorn serves through it; fast
+routes are answered from the connection as the ASGI stack answers them, in order with the others."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
+from ember.api.fastpath import App, FastRoutes, install
 from ember.api.serving import CoalescingTransport, HttpProtocol
+from ember.core.errors import InvalidInput
 
 
 class Recorder(asyncio.Transport):
@@ -143,5 +147,181 @@ def test_uvicorn_serves_through_it() -> None:
         finally:
             server.should_exit = True
             await serving
+
+    asyncio.run(scenario())
+
+
+# ---- fast routes served by the protocol itself ------------------------------------------------------
+
+fast = FastRoutes("/v2/{name}", "test")
+held: dict[str, asyncio.Event] = {}  # a route's "client gone" seen, by name
+
+
+@fast.route("/echo", ["POST"], "Echo the body")
+async def _fast_echo(request: Request) -> Response:
+    body = await request.body()
+    if body == b"boom":
+        raise RuntimeError("boom")
+    if body == b"bad":
+        raise InvalidInput("bad body")
+    name = request.path_params["name"]
+    return Response(name.encode() + b":" + body, media_type="text/plain")
+
+
+@fast.route("/hold", ["GET"], "Wait until the client hangs up")
+async def _fast_hold(request: Request) -> Response:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    held.setdefault(request.path_params["name"], asyncio.Event()).set()
+    return Response(status_code=204)
+
+
+class CountingApp(App):
+    """An `App` that counts the requests that reach it through ASGI, by path."""
+
+    asgi_paths: list[str]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self.asgi_paths.append(scope["path"])
+        await super().__call__(scope, receive, send)
+
+
+def _app() -> CountingApp:
+    app = CountingApp()
+    app.asgi_paths = []
+    app.add_api_route("/slow/{name}", _slow, methods=["GET"])
+    install(app, fast)
+    return app
+
+
+async def _slow(name: str) -> dict[str, str]:
+    return {"slow": name}
+
+
+class Served:
+    """A uvicorn server on `_app()` with `HttpProtocol`, and raw connections to it."""
+
+    def __init__(self, server: uvicorn.Server, port: int, app: CountingApp) -> None:
+        self.server = server
+        self.port = port
+        self.app = app
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", self.port)
+
+
+async def _serving() -> tuple[Served, asyncio.Task[None]]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    app = _app()
+    config = uvicorn.Config(app, http=HttpProtocol, log_level="warning", lifespan="off", access_log=False)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    return Served(server, sock.getsockname()[1], app), task
+
+
+async def _answer(reader: asyncio.StreamReader) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    status, *lines = head[:-4].split(b"\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(b":") for line in lines)}
+    body = await reader.readexactly(int(headers.get(b"content-length", b"0")))
+    return status, headers, body
+
+
+def _post(path: str, body: bytes, extra: bytes = b"") -> bytes:
+    return b"POST %s HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n%s\r\n%s" % (
+        path.encode(),
+        len(body),
+        extra,
+        body,
+    )
+
+
+def test_a_fast_route_is_answered_from_the_connection_as_the_asgi_stack_answers_it() -> None:
+    async def scenario() -> None:
+        served, task = await _serving()
+        try:
+            reader, writer = await served.connect()
+            for i in range(3):  # keep-alive
+                writer.write(_post("/v2/ada/echo", b"hi%d" % i))
+                status, headers, body = await _answer(reader)
+                assert status == b"HTTP/1.1 200 OK" and body == b"ada:hi%d" % i
+                assert headers[b"content-type"].startswith(b"text/plain") and b"date" in headers
+            # The same route through the ASGI stack (an in-process client) answers alike.
+            transport = httpx.ASGITransport(app=_app())
+            async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
+                assert (await client.post("/v2/ada/echo", content=b"hi0")).content == b"ada:hi0"
+            # A route's errors: a bad request's 4xx, a bug's bare 500; the connection stays usable.
+            writer.write(_post("/v2/ada/echo", b"bad"))
+            status, _, body = await _answer(reader)
+            assert status.startswith(b"HTTP/1.1 400") and b"bad body" in body
+            writer.write(_post("/v2/ada/echo", b"boom"))
+            status, _, body = await _answer(reader)
+            assert status.startswith(b"HTTP/1.1 500") and b"internal" in body
+            writer.write(b"GET /slow/bob HTTP/1.1\r\nhost: x\r\n\r\n")  # the full stack, same connection
+            status, _, body = await _answer(reader)
+            assert status == b"HTTP/1.1 200 OK" and body == b'{"slow":"bob"}'
+            assert served.app.asgi_paths == ["/slow/bob"]  # the fast route's requests never took ASGI
+            writer.close()
+        finally:
+            served.server.should_exit = True
+            await task
+
+    asyncio.run(scenario())
+
+
+def test_a_body_that_comes_after_its_head_and_pipelined_requests_are_answered_in_order() -> None:
+    async def scenario() -> None:
+        served, task = await _serving()
+        try:
+            reader, writer = await served.connect()
+            request = _post("/v2/ada/echo", b"x" * 1000)
+            writer.write(request[:-400])  # the head and part of the body
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            writer.write(request[-400:])
+            _, _, body = await _answer(reader)
+            assert body == b"ada:" + b"x" * 1000
+            # Three at once, a slow route among them: answered in the order they were sent.
+            writer.write(
+                _post("/v2/a/echo", b"1")
+                + b"GET /slow/b HTTP/1.1\r\nhost: x\r\n\r\n"
+                + _post("/v2/c/echo", b"3")
+            )
+            answers = [(await _answer(reader))[2] for _ in range(3)]
+            assert answers == [b"a:1", b'{"slow":"b"}', b"c:3"]
+            # Connection: close is honoured (uvicorn serves such a request).
+            writer.write(_post("/v2/d/echo", b"4", b"connection: close\r\n"))
+            _, headers, body = await _answer(reader)
+            assert body == b"d:4" and headers[b"connection"] == b"close"
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+            writer.close()
+            # uvicorn served the body that came late, the request sent behind another, and the close.
+            assert served.app.asgi_paths == ["/v2/ada/echo", "/slow/b", "/v2/c/echo", "/v2/d/echo"]
+        finally:
+            served.server.should_exit = True
+            await task
+
+    asyncio.run(scenario())
+
+
+def test_a_held_fast_route_hears_its_client_hang_up() -> None:
+    async def scenario() -> None:
+        served, task = await _serving()
+        try:
+            held["carl"] = asyncio.Event()
+            reader, writer = await served.connect()
+            writer.write(b"GET /v2/carl/hold HTTP/1.1\r\nhost: x\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            assert not held["carl"].is_set()
+            writer.close()
+            await asyncio.wait_for(held["carl"].wait(), 10)
+        finally:
+            served.server.should_exit = True
+            await task
 
     asyncio.run(scenario())

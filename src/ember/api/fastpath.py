@@ -102,7 +102,7 @@ class FastRoutes:
 
 
 @dataclass(frozen=True)
-class _Lane:
+class Lane:
     pattern: re.Pattern[str]
     methods: frozenset[str]
     endpoint: Endpoint
@@ -110,42 +110,53 @@ class _Lane:
 
 
 class App(FastAPI):
-    """FastAPI, with the fast routes served before its middleware stack (`install`)."""
+    """FastAPI, with the fast routes served before its middleware stack (`install`). uvicorn's protocol
+    (`api.serving`) serves them straight from the connection when it can (`lane_for`, `respond`,
+    `observed`); `__call__` serves them to every other ASGI caller."""
 
-    _lanes: tuple[_Lane, ...] = ()
+    _lanes: tuple[Lane, ...] = ()
     _observe: Observe | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not scope.get("root_path"):
-            path = scope["path"]
-            for lane in self._lanes:
-                found = lane.pattern.match(path)
-                if found is not None and scope["method"] in lane.methods:
-                    await self._serve(lane, found.groupdict(), scope, receive, send)
-                    return
+            found = self.lane_for(scope["method"], scope["path"])
+            if found is not None:
+                started = time.perf_counter()
+                response = await self.respond(found[0], found[1], scope, receive)
+                try:
+                    await response(scope, receive, send)
+                finally:
+                    self.observed(scope["method"], found[0], response.status_code, started)
+                return
         await super().__call__(scope, receive, send)
 
-    async def _serve(
-        self, lane: _Lane, params: dict[str, str], scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        started = time.perf_counter()
+    def lane_for(self, method: str, path: str) -> tuple[Lane, dict[str, str]] | None:
+        """The fast route that serves `method path`, with its path parameters; None for any other."""
+        for lane in self._lanes:
+            found = lane.pattern.match(path)
+            if found is not None and method in lane.methods:
+                return lane, found.groupdict()
+        return None
+
+    async def respond(self, lane: Lane, params: dict[str, str], scope: Scope, receive: Receive) -> Response:
+        """The fast route's answer to the request, with what the full stack's layers do for it: an
+        `EmberError` is answered as `api.errors` does, anything else is logged and answered a bare 500."""
         scope["app"] = self
         scope["path_params"] = params
         scope["endpoint"] = lane.endpoint
         try:
-            response = await lane.endpoint(Request(scope, receive))
+            return await lane.endpoint(Request(scope, receive))
         except EmberError as exc:
-            response = json_response(error_body(exc), status_for(exc))
+            return json_response(error_body(exc), status_for(exc))
         except Exception:
             # What Starlette's error layer does for the other routes: log it, answer a bare 500.
             log.exception("error while serving %s %s", scope["method"], scope["path"])
-            response = json_response({"error": "internal server error", "code": "internal"}, 500)
-        try:
-            await response(scope, receive, send)
-        finally:
-            if self._observe is not None:
-                elapsed_s = time.perf_counter() - started
-                self._observe(scope["method"], lane.template, response.status_code, elapsed_s)
+            return json_response({"error": "internal server error", "code": "internal"}, 500)
+
+    def observed(self, method: str, lane: Lane, status: int, started: float) -> None:
+        """Count a fast route's answer, sent `started` (`time.perf_counter`) after its request came."""
+        if self._observe is not None:
+            self._observe(method, lane.template, status, time.perf_counter() - started)
 
 
 def install(app: App, *groups: FastRoutes, observe: Observe | None = None) -> None:
@@ -155,7 +166,7 @@ def install(app: App, *groups: FastRoutes, observe: Observe | None = None) -> No
     lanes = []
     for route in (r for g in groups for r in g.routes):
         pattern, _, _ = compile_path(route.path)
-        lanes.append(_Lane(pattern, frozenset(route.methods or ()), route.endpoint, route.path))
+        lanes.append(Lane(pattern, frozenset(route.methods or ()), route.endpoint, route.path))
     app._lanes = tuple(lanes)
     app._observe = observe
     build = app.openapi

@@ -1,21 +1,44 @@
-"""The HTTP protocol the control plane serves with: uvicorn's httptools protocol, with a response's
-head and body sent in one write.
+"""The HTTP protocol the control plane serves with: uvicorn's httptools protocol, with the job path's
+requests served straight from the connection, and every response's head and body sent in one write.
+
+uvicorn turns each request into an ASGI exchange: a request-response cycle with its event, a task that
+runs the app through its middleware, and `send` messages it checks header by header. On the job path
+that is most of a request's cost. `HttpProtocol` serves a fast route's request (`api.fastpath`) itself
+when the whole request is in hand: it runs the route with a `Request` on uvicorn's own scope and writes
+the route's `Response` in one write. Anything else is uvicorn's as before: other routes, a request whose
+body has not all arrived with its head (it is handed to uvicorn with what came), one sent while another
+is still being answered (uvicorn queues it), HTTP/1.0, `Connection: close`, `Expect: 100-continue`, an
+upgrade, a `root_path`, a concurrency limit, an access log. uvicorn's keep-alive, pipelining and
+shutdown handling see a served request as one of their own cycles (`_Served`).
 
 uvicorn writes a response's status line and headers when the app sends `http.response.start`, and the
 body when it sends `http.response.body`: two `send()` calls, two TCP segments, and a client that wakes
-for the head only to wait again for the body. On the job path that is half the socket writes of a job
-(each one a system call and a wake-up of the process on the other end). `CoalescingTransport` holds a
-head back until the next write of the same turn of the event loop and sends both as one; a head with no
-body in that turn (a streamed response) goes out at the next turn, so nothing waits on it longer.
+for the head only to wait again for the body. `CoalescingTransport` holds a head back until the next
+write of the same turn of the event loop and sends both as one; a head with no body in that turn (a
+streamed response) goes out at the next turn, so nothing waits on it longer.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import logging
+import time
+from typing import TYPE_CHECKING, Any, cast
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import httptools
+from starlette.responses import Response
+from starlette.types import Message
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    HttpToolsProtocol,
+)
 
+if TYPE_CHECKING:
+    from ember.api.fastpath import App, Lane
+
+log = logging.getLogger("ember.api")
 _HEAD_START = b"HTTP/1.1 "
 _HEAD_END = b"\r\n\r\n"
 
@@ -68,8 +91,188 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
+class _Served:
+    """A request `HttpProtocol` serves itself, as uvicorn's connection handling sees it (the attributes
+    its `connection_lost`, `shutdown` and pipelining read and set), and its ASGI `receive`."""
+
+    __slots__ = ("body", "response_complete", "disconnected", "keep_alive", "message_event", "_waiters")
+
+    def __init__(self, body: bytes) -> None:
+        self.body: bytes | None = body
+        self.response_complete = False
+        self.disconnected = False
+        self.keep_alive = True  # uvicorn's shutdown clears it: the connection closes after the answer
+        self.message_event = self  # uvicorn calls `cycle.message_event.set()` when the connection ends
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def set(self) -> None:
+        """The connection ended or the answer was sent: a `receive` waiting now says "disconnect"."""
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def receive(self) -> Message:
+        """The body, once; then "disconnect" when the client hangs up or the answer has been sent (as
+        uvicorn's `receive` does)."""
+        body = self.body
+        if body is not None:
+            self.body = None
+            return {"type": "http.request", "body": body, "more_body": False}
+        if not (self.disconnected or self.response_complete):
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                self._waiters.remove(waiter)
+        return {"type": "http.disconnect"}
+
+
+class _Pending:
+    """A fast route's request whose head has been read: served once its body is complete."""
+
+    __slots__ = ("lane", "params", "body")
+
+    def __init__(self, lane: Lane, params: dict[str, str]) -> None:
+        self.lane = lane
+        self.params = params
+        self.body = bytearray()
+
+
+def _lane_server(app: Any) -> App | None:
+    """The `fastpath.App` inside uvicorn's wrappers of it (proxy headers, message logger), if any."""
+    from ember.api.fastpath import App
+
+    for _ in range(8):
+        if isinstance(app, App):
+            return app
+        app = getattr(app, "app", None)
+    return None
+
+
 class HttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol over a `CoalescingTransport`: `uvicorn.Config(http=HttpProtocol)`."""
+    """uvicorn's httptools protocol over a `CoalescingTransport`, serving fast routes itself (see the
+    module): `uvicorn.Config(http=HttpProtocol)`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lanes = _lane_server(self.app)
+        self._pending: _Pending | None = None
+        self._served: _Served | None = None  # being answered
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        served = self._served
+        # A request queued behind it (uvicorn's) is `self.cycle` now: tell this one too.
+        if served is not None and served is not cast(object, self.cycle):
+            served.disconnected = not served.response_complete
+            served.set()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        pending = self._pending
+        if pending is not None:
+            # Its body did not all come with its head: uvicorn serves it, reading the rest as it comes
+            # (and timing it out as for any other request).
+            self._pending = None
+            if not self.transport.is_closing():
+                super().on_headers_complete()
+                if pending.body:
+                    super().on_body(bytes(pending.body))
+
+    def on_headers_complete(self) -> None:
+        if not self._take_over():
+            super().on_headers_complete()
+
+    def _take_over(self) -> bool:
+        """Whether this request is a fast route's that this protocol serves (then `_pending`)."""
+        app = self._lanes
+        if (
+            app is None
+            or self.expect_100_continue
+            or self.access_log
+            or self.root_path
+            or self.limit_concurrency is not None
+            or (self.cycle is not None and not self.cycle.response_complete)
+        ):
+            return False
+        parser = self.parser
+        if parser.get_http_version() != "1.1" or not parser.should_keep_alive() or parser.should_upgrade():
+            return False
+        url = httptools.parse_url(self.url)
+        raw_path: bytes = url.path
+        if b"%" in raw_path:
+            return False
+        method = parser.get_method().decode("ascii")
+        path = raw_path.decode("ascii")
+        found = app.lane_for(method, path)
+        if found is None:
+            return False
+        scope = self.scope
+        scope["method"] = method
+        scope["path"] = path
+        scope["raw_path"] = raw_path
+        scope["query_string"] = url.query or b""
+        self._pending = _Pending(*found)
+        return True
+
+    def on_body(self, body: bytes) -> None:
+        if self._pending is not None:
+            self._pending.body += body
+        else:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        pending = self._pending
+        if pending is None:
+            super().on_message_complete()
+            return
+        self._pending = None
+        served = _Served(bytes(pending.body))
+        self.cycle = served  # type: ignore[assignment]
+        self._served = served
+        task = self.loop.create_task(self._serve(served, pending.lane, pending.params, self.scope))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
+    async def _serve(self, served: _Served, lane: Lane, params: dict[str, str], scope: Any) -> None:
+        app = self._lanes
+        assert app is not None
+        started = time.perf_counter()
+        response: Response | None = None
+        try:
+            response = await app.respond(lane, params, scope, served.receive)
+            if not served.disconnected:
+                self.transport.write(self._encode(response, served.keep_alive))
+        except Exception:
+            log.exception("error while answering %s %s", scope["method"], scope["path"])
+            response = None
+        finally:
+            served.response_complete = True
+            served.set()
+            if self._served is served:
+                self._served = None
+            if response is None or not served.keep_alive:
+                self.transport.close()
+            if response is not None:
+                app.observed(scope["method"], lane, response.status_code, started)
+                if not served.disconnected:
+                    self.on_response_complete()
+
+    def _encode(self, response: Response, keep_alive: bool) -> bytes:
+        """The response, head and body, as it goes on the wire (its headers checked as uvicorn does)."""
+        body = response.body
+        if not isinstance(body, bytes) or response.background is not None:
+            raise TypeError(f"a fast route must answer with a plain Response, not {type(response).__name__}")
+        parts = [STATUS_LINE[response.status_code]]
+        for name, value in (*self.server_state.default_headers, *response.raw_headers):
+            if HEADER_RE.search(name) or HEADER_VALUE_RE.search(value):
+                raise RuntimeError("Invalid HTTP header.")
+            parts += (name, b": ", value, b"\r\n")
+        if not keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts += (b"\r\n", body)
+        return b"".join(parts)
