@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ember.core.jobs import JobState
 from ember.core.workers import WorkerState
 from ember.store.facade import Store
@@ -425,6 +427,81 @@ def test_a_worker_still_reporting_a_cancelled_job_is_told_again_to_stop_it(tmp_p
         # Once it no longer lists the job, nothing more is said.
         assert (await h.api.get(f"/v2/{ep['id']}/ping/{worker['id']}", headers=headers)).status_code == 200
         assert (await h.api.get(stop_url, headers=headers)).status_code == 204
+        await h.api.aclose()
+
+    run(scenario())
+
+
+def _sync_job(i: int) -> NewJob:
+    return NewJob(f"sync-{i}", "ep-1", "acct-1", "{}", None, None, False, 60_000, 600_000, True)
+
+
+def test_a_deferred_hand_over_commits_with_the_result_or_on_its_own(tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path / 'ember.db'}")
+    other = Store.open(f"sqlite:///{tmp_path / 'ember.db'}")  # another connection: sees only commits
+    try:
+        _worker(store, WorkerState.RUNNING)
+        assert store.hand_over_later(_sync_job(1), "wk-1", 5.0) is True  # the first: the caller flushes
+        assert store.hand_over_later(_sync_job(2), "wk-1", 5.0) is False
+        assert other.jobs.get("sync-1") is None
+        # The result's transaction records the job first, then its end: one commit for both.
+        report = store.report("sync-1", "wk-1", JobState.COMPLETED, "1", None, 6.0, 1800, 60)
+        assert report.outcome == "done"
+        done = other.jobs.get("sync-1")
+        assert done is not None and done["state"] == "COMPLETED" and done["started_at"] == 5.0
+        job = other.jobs.get("sync-2")  # it went with that transaction too
+        assert job is not None and job["state"] == "IN_PROGRESS" and job["worker_id"] == "wk-1"
+        # A read on the connection sees a deferred write (it is committed first); `flush` commits one.
+        store.hand_over_later(_sync_job(3), "wk-1", 7.0)
+        assert store.jobs.get("sync-3") is not None and other.jobs.get("sync-3") is not None
+        store.hand_over_later(_sync_job(4), "wk-1", 7.0)
+        store.flush()
+        assert other.jobs.get("sync-4") is not None
+        # A transaction that rolls back keeps the deferred writes it took for the next one.
+        store.hand_over_later(_sync_job(5), "wk-1", 8.0)
+        with pytest.raises(RuntimeError), store.raw.write():
+            raise RuntimeError("the caller's transaction fails")
+        assert other.jobs.get("sync-5") is None
+        store.flush()
+        assert other.jobs.get("sync-5") is not None
+        # One that fails (its job id is taken) is dropped, and the others still commit.
+        store.hand_over_later(_sync_job(5), "wk-1", 9.0)
+        store.hand_over_later(_sync_job(6), "wk-1", 9.0)
+        store.flush()
+        assert other.jobs.get("sync-6") is not None and other.jobs.get("sync-5")["started_at"] == 8.0  # type: ignore[index]
+    finally:
+        other.close()
+        store.close()
+
+
+def test_a_runsync_job_handed_to_a_running_worker_is_recorded_with_its_result(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = build(tmp_path)
+        ep, worker = await ready_worker(h)
+        take = await waiting_take(h, ep["id"], worker["id"])
+        first = asyncio.ensure_future(h.api.post(f"/v2/{ep['id']}/runsync", json={"input": {"i": 0}}))
+        job = (await take).json()
+        # The worker is RUNNING now and asks for more with its result: the next runsync job is
+        # handed to that held job-done, and recorded only with its result.
+        answer = asyncio.ensure_future(done(h, ep, worker, job["id"], {"output": 0}, 1))
+        assert (await first).json()["output"] == 0
+        await held_open(h, ep["id"])
+        second = asyncio.ensure_future(h.api.post(f"/v2/{ep['id']}/runsync", json={"input": {"i": 1}}))
+        nxt = (await answer).json()["jobs"][0]
+        assert h.store.raw.deferred == 1  # handed over, not yet written
+        more = asyncio.ensure_future(done(h, ep, worker, nxt["id"], {"output": 1}, 0))
+        answered = (await second).json()
+        assert answered["id"] == nxt["id"] and answered["output"] == 1
+        assert (await more).status_code == 200 and h.store.raw.deferred == 0
+        row = h.store.jobs.get(nxt["id"])
+        assert row is not None and row["state"] == "COMPLETED" and row["worker_id"] == worker["id"]
+        # One not answered within the moment is written on its own.
+        take = await waiting_take(h, ep["id"], worker["id"])
+        third = asyncio.ensure_future(h.api.post(f"/v2/{ep['id']}/runsync", json={"input": {"i": 2}}))
+        job = (await take).json()
+        await until(lambda: h.store.jobs.get(job["id"]) is not None, "the job written")
+        await done(h, ep, worker, job["id"], {"output": 2}, 0)
+        assert (await third).json()["output"] == 2
         await h.api.aclose()
 
     run(scenario())

@@ -12,11 +12,13 @@ HTTP in and write HTTP out around these calls."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from ember.control.clock import Clock
 from ember.control.signals import Signals
+from ember.core.errors import StoreError
 from ember.core.jobs import TERMINAL
 from ember.core.workers import WorkerState
 from ember.store.facade import Store
@@ -29,6 +31,9 @@ _FINAL = frozenset(s.value for s in TERMINAL)
 # when a process dies; the store never is).
 _SLICE_S = 5.0
 _RESULT_SLICE_S = 1.0
+# The longest a runsync job handed to a worker waits to be recorded with its result (`submit`).
+DEFER_S = 0.005
+log = logging.getLogger("ember.control")
 
 Gone = Callable[[], Awaitable[None]]  # returns when the client hangs up
 # Called once when a take's first look found nothing, before it waits: the worker's row after it.
@@ -64,12 +69,19 @@ class HandOff:
         now = self.clock.now()
         store = self.store
         taker = self.dispatch.next_taker(job.endpoint_id)
-        if taker is not None and store.inline and store.workers.taking(taker.worker_id) is not None:
+        worker = store.workers.taking(taker.worker_id) if taker is not None and store.inline else None
+        if taker is not None and worker is not None:
             # Hand the job over first and commit it while the worker runs it: the take's answer leaves
             # in the loop's next turn, this commit right after it, before anything else the loop does
             # (no store call can come between: they run on this loop). A crash in between loses a job
             # no one was told of; the worker's result for it is then refused as unknown.
             taker.future.set_result(Claimed(job.id, job.input_json, job.extra_json))
+            if job.is_sync and worker["state"] == WorkerState.RUNNING.value:
+                # No one has been told of a runsync job before its answer: it is recorded with its
+                # result, one commit for both, when that comes within `DEFER_S` (else on its own then).
+                if store.hand_over_later(job, taker.worker_id, now):
+                    asyncio.get_running_loop().call_later(DEFER_S, self._flush)
+                return
             await asyncio.sleep(0)
             store.hand_over(job, taker.worker_id, now, delivered=True)
             return
@@ -87,6 +99,12 @@ class HandOff:
             with self.signals.in_txn(("q", job.endpoint_id)):
                 await store.run(store.jobs.submit, job, now)
         self.signals.jobs_submitted(job.endpoint_id)
+
+    def _flush(self) -> None:
+        try:
+            self.store.flush()
+        except StoreError:
+            log.exception("could not record the jobs handed over")
 
     async def run_sync(self, job: NewJob, wait_s: float) -> str | JobRow | None:
         """Submit `job` and wait up to `wait_s` for it to end: its final record as JSON text when it was

@@ -11,6 +11,7 @@ dialect and then run on the raw driver connection, which costs a tenth of a Core
 from __future__ import annotations
 
 import functools
+import logging
 import operator
 import sqlite3
 import threading
@@ -43,6 +44,7 @@ S = TypeVar("S", bound=GenerativeSelect)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SAFETY_CHECKPOINT_PAGES = 10_000
+log = logging.getLogger("ember.store")
 
 
 def make_engine(url: str) -> Engine:
@@ -203,6 +205,9 @@ class RawAccess:
     SQLite: one connection of its own, used under a lock (store calls run inline on the event loop's
     thread, so the lock is uncontended there); writes take `BEGIN IMMEDIATE`. PostgreSQL: a pooled
     connection per call. Driver errors surface as `StoreError`.
+
+    SQLite also takes deferred writes (`defer`): each runs first in the next write transaction on this
+    connection (a read, or `flush`, makes one), and is committed with it.
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -212,6 +217,7 @@ class RawAccess:
         self._lock = threading.RLock()
         self._conn: PoolProxiedConnection | None = None
         self._driver: sqlite3.Connection | None = None
+        self._deferred: list[Callable[[Cursor], object]] = []
 
     def _sqlite(self) -> sqlite3.Connection:
         if self._driver is None:
@@ -237,12 +243,14 @@ class RawAccess:
                     dbapi = self._sqlite()
                     lite = dbapi.cursor()
                     lite.execute("BEGIN IMMEDIATE")
+                    deferred = self._run_deferred(lite) if self._deferred else ()
                     try:
                         yield lite
+                        dbapi.commit()
                     except BaseException:
                         dbapi.rollback()
+                        self._deferred[0:0] = deferred  # for the next transaction
                         raise
-                    dbapi.commit()
                 return
             with self.engine.raw_connection() as pooled:
                 pg = pooled.cursor()
@@ -261,6 +269,8 @@ class RawAccess:
         try:
             if self.is_sqlite:
                 with self._lock:
+                    if self._deferred:
+                        self.flush()
                     yield self._sqlite().cursor()
                 return
             with self.engine.raw_connection() as pooled:
@@ -270,6 +280,42 @@ class RawAccess:
                     pooled.rollback()
         except self._errors as exc:
             raise StoreError(f"database error: {exc}") from exc
+
+    def defer(self, write: Callable[[Cursor], object]) -> bool:
+        """SQLite: run `write(cursor)` in the next write transaction on this connection instead of one
+        of its own. True when no other deferred write was waiting: the caller arranges a `flush` soon,
+        which bounds how long it waits (a process that dies before it loses the write)."""
+        if not self.is_sqlite:
+            raise TypeError("only SQLite's connection defers writes")
+        with self._lock:
+            self._deferred.append(write)
+            return len(self._deferred) == 1
+
+    @property
+    def deferred(self) -> int:
+        """How many deferred writes wait for a transaction."""
+        return len(self._deferred)
+
+    def flush(self) -> None:
+        """Commit the deferred writes now (nothing when none is waiting)."""
+        with self._lock:
+            if self._deferred:
+                with self.write():
+                    pass
+
+    def _run_deferred(self, cur: Cursor) -> list[Callable[[Cursor], object]]:
+        """Take the deferred writes into the transaction `cur` has begun, and return them (waiting again
+        should it roll back). One that fails is logged and dropped (SQLite has undone just it)."""
+        batch, self._deferred = self._deferred, []
+        done = []
+        for write in batch:
+            try:
+                write(cur)
+            except sqlite3.Error:
+                log.exception("a deferred write failed and is dropped")
+                continue
+            done.append(write)
+        return done
 
     def close(self) -> None:
         with self._lock:

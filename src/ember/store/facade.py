@@ -16,7 +16,7 @@ from ember.core.workers import WorkerState
 from ember.store import outbox
 from ember.store.accounts import AccountStore
 from ember.store.activity import ActivityStore
-from ember.store.db import Database, RawAccess, Sealing, make_engine, migrate
+from ember.store.db import Cursor, Database, RawAccess, Sealing, make_engine, migrate
 from ember.store.endpoints import EndpointStore
 from ember.store.hosts import HostStore
 from ember.store.idempotency import IdempotencyStore
@@ -110,6 +110,20 @@ class Store:
             if worker is not None and worker["state"] != WorkerState.RUNNING.value:
                 self.workers.start_running(worker_id, now, TOOK_A_JOB, cur=cur)
         return worker is not None
+
+    def hand_over_later(self, job: NewJob, worker_id: str, now: float) -> bool:
+        """SQLite: record a new job as already taken by `worker_id`, a RUNNING worker that was handed it
+        (it needs no transition), in the next write transaction on this process's connection instead of
+        one of its own: a job whose result comes within a moment commits with it. True when the caller
+        is to `flush` soon (see `RawAccess.defer`)."""
+        return self.raw.defer(functools.partial(self._handed, job, worker_id, now))
+
+    def _handed(self, job: NewJob, worker_id: str, now: float, cur: Cursor) -> None:
+        self.jobs.submit(job, now, worker_id=worker_id, cur=cur)
+
+    def flush(self) -> None:
+        """Commit the writes `hand_over_later` deferred."""
+        self.raw.flush()
 
     def report(
         self,
