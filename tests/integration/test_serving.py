@@ -168,6 +168,11 @@ async def _fast_echo(request: Request) -> Response:
     return Response(name.encode() + b":" + body, media_type="text/plain")
 
 
+@fast.route("/hello", ["GET"], "Say hello")
+async def _fast_hello(request: Request) -> Response:
+    return Response(b"hello " + request.path_params["name"].encode(), media_type="text/plain")
+
+
 @fast.route("/hold", ["GET"], "Wait until the client hangs up")
 async def _fast_hold(request: Request) -> Response:
     while (await request.receive())["type"] != "http.disconnect":
@@ -261,10 +266,16 @@ def test_a_fast_route_is_answered_from_the_connection_as_the_asgi_stack_answers_
             writer.write(_post("/v2/ada/echo", b"boom"))
             status, _, body = await _answer(reader)
             assert status.startswith(b"HTTP/1.1 500") and b"internal" in body
+            # HEAD (uvicorn's): the head alone, and the connection goes on where it ends.
+            writer.write(b"HEAD /v2/eve/hello HTTP/1.1\r\nhost: x\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 200") and b"content-length: 9" in head
+            writer.write(b"GET /v2/eve/hello HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert (await _answer(reader))[2] == b"hello eve"
             writer.write(b"GET /slow/bob HTTP/1.1\r\nhost: x\r\n\r\n")  # the full stack, same connection
             status, _, body = await _answer(reader)
             assert status == b"HTTP/1.1 200 OK" and body == b'{"slow":"bob"}'
-            assert served.app.asgi_paths == ["/slow/bob"]  # the fast route's requests never took ASGI
+            assert served.app.asgi_paths == ["/v2/eve/hello", "/slow/bob"]  # the HEAD and the slow route
             writer.close()
         finally:
             served.server.should_exit = True

@@ -19,6 +19,7 @@ from fastapi import Depends, Request
 from starlette.requests import ClientDisconnect
 
 from ember.api.services import Services
+from ember.api.serving import WHOLE_BODY
 from ember.backends.base import Backend
 from ember.control.clock import Clock
 from ember.control.fleet import Fleet
@@ -346,6 +347,11 @@ async def read_body(request: Request, limit_bytes: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit_bytes:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit_bytes} bytes")
+    whole: bytes | None = request.scope.get(WHOLE_BODY)  # all there already (`api.serving`)
+    if whole is not None:
+        if len(whole) > limit_bytes:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit_bytes} bytes")
+        return whole
     chunks = []
     size = 0
     rt = runtime(request)

@@ -7,8 +7,8 @@ that is most of a request's cost. `HttpProtocol` serves a fast route's request (
 when the whole request is in hand: it runs the route with a `Request` on uvicorn's own scope and writes
 the route's `Response` in one write. Anything else is uvicorn's as before: other routes, a request whose
 body has not all arrived with its head (it is handed to uvicorn with what came), one sent while another
-is still being answered (uvicorn queues it), HTTP/1.0, `Connection: close`, `Expect: 100-continue`, an
-upgrade, a `root_path`, a concurrency limit, an access log. uvicorn's keep-alive, pipelining and
+is still being answered (uvicorn queues it), HTTP/1.0, HEAD, `Connection: close`, `Expect: 100-continue`,
+an upgrade, a `root_path`, a concurrency limit, an access log. uvicorn's keep-alive, pipelining and
 shutdown handling see a served request as one of their own cycles (`_Served`).
 
 uvicorn writes a response's status line and headers when the app sends `http.response.start`, and the
@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from ember.api.fastpath import App, Lane
 
 log = logging.getLogger("ember.api")
+# The scope key of a request's whole body when it was all in hand before the route ran (`api.deps`
+# reads it there instead of waiting for it, with a deadline, as it must for a body still coming).
+WHOLE_BODY = "ember.whole_body"
 _HEAD_START = b"HTTP/1.1 "
 _HEAD_END = b"\r\n\r\n"
 
@@ -207,6 +210,8 @@ class HttpProtocol(HttpToolsProtocol):
         if b"%" in raw_path:
             return False
         method = parser.get_method().decode("ascii")
+        if method == "HEAD":  # uvicorn's cycle leaves the body out
+            return False
         path = raw_path.decode("ascii")
         found = app.lane_for(method, path)
         if found is None:
@@ -232,6 +237,7 @@ class HttpProtocol(HttpToolsProtocol):
             return
         self._pending = None
         served = _Served(bytes(pending.body))
+        self.scope[WHOLE_BODY] = served.body  # type: ignore[literal-required]
         self.cycle = served  # type: ignore[assignment]
         self._served = served
         task = self.loop.create_task(self._serve(served, pending.lane, pending.params, self.scope))
