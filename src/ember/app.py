@@ -246,7 +246,7 @@ def create_app(
         # each, three requests a job); Ember's figures are its Prometheus metrics (`/metrics`).
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    app.state.runtime = runtime
+    app.state.runtime = app.runtime = runtime
     app.state.runner = runner
     app.state.lifecycle = lifecycle
     app.state.new_admin_key = new_admin_key

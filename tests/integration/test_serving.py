@@ -13,7 +13,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from ember.api.fastpath import App, FastRoutes, install
@@ -336,3 +336,34 @@ def test_a_held_fast_route_hears_its_client_hang_up() -> None:
             await task
 
     asyncio.run(scenario())
+
+
+def test_a_fast_route_is_found_by_its_whole_segments_as_starlettes_route_matches_it() -> None:
+    app = _app()
+    found = app.lane_for("POST", "/v2/ada/echo")
+    assert found is not None and found[0].template == "/v2/{name}/echo" and found[1] == {"name": "ada"}
+    assert app.lane_for("GET", "/v2/ada/echo") is None  # another method: the full stack answers 405
+    for path in ("/v2//echo", "/v2/ada/echo/", "/v2/ada/b/echo", "/v3/ada/echo", "/v2/ada/echoes", "/"):
+        assert app.lane_for("POST", path) is None, path
+    # Starlette's own matching of the routes agrees, path by path.
+    for path in (
+        "/v2/ada/echo",
+        "/v2/bob/hello",
+        "/v2//echo",
+        "/v2/ada/echo/",
+        "/v2/a/b/hello",
+        "/v2/x/hold",
+    ):
+        for method in ("GET", "POST"):
+            starlette = next(
+                (
+                    (r.path, child["path_params"])
+                    for r in fast.routes
+                    for match, child in [r.matches({"type": "http", "path": path, "method": method})]
+                    if match is Match.FULL
+                ),
+                None,
+            )
+            ours = app.lane_for(method, path)
+            got = (ours[0].template, ours[1]) if ours else None
+            assert got == starlette, (method, path)

@@ -231,7 +231,7 @@ class Runtime:
 
 
 def runtime(request: Request) -> Runtime:
-    return request.app.state.runtime  # type: ignore[no-any-return]
+    return request.scope["app"].runtime  # type: ignore[no-any-return]
 
 
 async def found(rt: Runtime, what: str, read: Callable[P, R | None], *args: P.args, **kwargs: P.kwargs) -> R:

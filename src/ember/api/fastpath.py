@@ -20,7 +20,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route, compile_path
+from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from ember.api.bodies import ERROR_TEXT, body_doc, finish_openapi
@@ -103,10 +103,33 @@ class FastRoutes:
 
 @dataclass(frozen=True)
 class Lane:
-    pattern: re.Pattern[str]
+    """A fast route as `App.lane_for` finds it: by its path's segments, split on "/"."""
+
     methods: frozenset[str]
     endpoint: Endpoint
     template: str
+    literals: tuple[int, ...]  # the positions of the template's fixed segments
+    params: tuple[tuple[int, str], ...]  # the positions and names of its parameters
+
+    @classmethod
+    def of(cls, route: Route) -> Lane:
+        literals, params = [], []
+        for i, segment in enumerate(route.path.split("/")):
+            if segment.startswith("{"):
+                if not re.fullmatch(r"{\w+}", segment):
+                    raise ValueError(f"a fast route's parameter takes a whole segment: {route.path}")
+                params.append((i, segment[1:-1]))
+            else:
+                literals.append(i)
+        return cls(frozenset(route.methods or ()), route.endpoint, route.path, tuple(literals), tuple(params))
+
+    def key(self) -> tuple[str, ...]:
+        segments = self.template.split("/")
+        return tuple(segments[i] for i in self.literals)
+
+
+# Lanes by how many segments their paths have, then by where their fixed segments are, then by those.
+LaneIndex = dict[int, dict[tuple[int, ...], dict[tuple[str, ...], list[Lane]]]]
 
 
 class App(FastAPI):
@@ -114,8 +137,11 @@ class App(FastAPI):
     (`api.serving`) serves them straight from the connection when it can (`lane_for`, `respond`,
     `observed`); `__call__` serves them to every other ASGI caller."""
 
-    _lanes: tuple[Lane, ...] = ()
+    _lanes: LaneIndex = {}  # noqa: RUF012 (each app sets its own: `install`)
     _observe: Observe | None = None
+    # What the routes serve with (`api.deps.Runtime`), also `state.runtime`: an attribute of its own,
+    # read on every request without `State`'s look-up by `__getattr__`.
+    runtime: Any = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not scope.get("root_path"):
@@ -131,11 +157,16 @@ class App(FastAPI):
         await super().__call__(scope, receive, send)
 
     def lane_for(self, method: str, path: str) -> tuple[Lane, dict[str, str]] | None:
-        """The fast route that serves `method path`, with its path parameters; None for any other."""
-        for lane in self._lanes:
-            found = lane.pattern.match(path)
-            if found is not None and method in lane.methods:
-                return lane, found.groupdict()
+        """The fast route that serves `method path`, with its path parameters (each a whole, non-empty
+        segment, as Starlette's route matches them); None for any other. A look-up by the path's
+        segments: no pattern is tried against it."""
+        segments = path.split("/")
+        for literals, table in self._lanes.get(len(segments), {}).items():
+            for lane in table.get(tuple(segments[i] for i in literals), ()):
+                if method in lane.methods:
+                    params = {name: segments[i] for i, name in lane.params}
+                    if all(params.values()):
+                        return lane, params
         return None
 
     async def respond(self, lane: Lane, params: dict[str, str], scope: Scope, receive: Receive) -> Response:
@@ -163,11 +194,12 @@ def install(app: App, *groups: FastRoutes, observe: Observe | None = None) -> No
     """Serve the groups' routes ahead of `app`'s middleware (timed by `observe`), list them first in
     its router, and add them to its OpenAPI document."""
     app.router.routes[0:0] = [r for g in groups for r in g.routes]
-    lanes = []
+    index: LaneIndex = {}
     for route in (r for g in groups for r in g.routes):
-        pattern, _, _ = compile_path(route.path)
-        lanes.append(Lane(pattern, frozenset(route.methods or ()), route.endpoint, route.path))
-    app._lanes = tuple(lanes)
+        lane = Lane.of(route)
+        by_place = index.setdefault(len(route.path.split("/")), {}).setdefault(lane.literals, {})
+        by_place.setdefault(lane.key(), []).append(lane)
+    app._lanes = index
     app._observe = observe
     build = app.openapi
 

@@ -90,6 +90,9 @@ class CoalescingTransport:
         self._head = None
         self._transport.abort()
 
+    def is_closing(self) -> bool:  # uvicorn asks after every response: not through `__getattr__`
+        return self._transport.is_closing()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
 
@@ -269,12 +272,15 @@ class HttpProtocol(HttpToolsProtocol):
                     self.on_response_complete()
 
     def _encode(self, response: Response, keep_alive: bool) -> bytes:
-        """The response, head and body, as it goes on the wire (its headers checked as uvicorn does)."""
+        """The response, head and body, as it goes on the wire (the route's headers checked as uvicorn
+        checks them; the server's own, `date` and `server`, are uvicorn's)."""
         body = response.body
         if not isinstance(body, bytes) or response.background is not None:
             raise TypeError(f"a fast route must answer with a plain Response, not {type(response).__name__}")
         parts = [STATUS_LINE[response.status_code]]
-        for name, value in (*self.server_state.default_headers, *response.raw_headers):
+        for name, value in self.server_state.default_headers:
+            parts += (name, b": ", value, b"\r\n")
+        for name, value in response.raw_headers:
             if HEADER_RE.search(name) or HEADER_VALUE_RE.search(value):
                 raise RuntimeError("Invalid HTTP header.")
             parts += (name, b": ", value, b"\r\n")
