@@ -238,6 +238,28 @@ def test_hand_over_records_the_job_taken_and_the_worker_running(store: Store) ->
     assert [(e["to_state"], e["at"]) for e in store.workers.history("wk-1")][-1] == ("IDLE", 6.0)
 
 
+def test_a_result_with_a_take_claims_its_endpoints_queued_jobs_and_only_then(store: Store) -> None:
+    _worker(store, WorkerState.IDLE)
+    store.hand_over(_job(1), "wk-1", 5.0)
+    # Nothing queued: the result says so, and no claim is tried.
+    report = store.report(
+        "job-1", "wk-1", JobState.COMPLETED, "1", None, 6.0, 1800, 60, take_endpoint="ep-1", take=2
+    )
+    assert report.finished is not None and not report.finished.queued and report.next_jobs == ()
+    store.hand_over(_job(2), "wk-1", 7.0)
+    for i in (3, 4, 5):
+        store.jobs.submit(_job(i), 7.0 + i / 10)  # queued on ep-1
+    other = NewJob("job-9", "ep-2", "acct-1", "{}", None, None, False, 60_000, 600_000, False)
+    store.jobs.submit(other, 7.0)  # and one on another endpoint
+    report = store.report(
+        "job-2", "wk-1", JobState.COMPLETED, "2", None, 8.0, 1800, 60, take_endpoint="ep-1", take=2
+    )
+    assert report.finished is not None and report.finished.queued
+    assert [c.id for c in report.next_jobs] == ["job-3", "job-4"]
+    assert store.jobs.get("job-5")["state"] == "IN_QUEUE"  # type: ignore[index]
+    assert store.jobs.get("job-9")["state"] == "IN_QUEUE"  # type: ignore[index]
+
+
 def test_a_result_without_a_take_settles_the_worker_at_once(store: Store) -> None:
     _worker(store, WorkerState.IDLE)
     store.hand_over(_job(1), "wk-1", 5.0)

@@ -187,7 +187,7 @@ class Store:
                 and finished is not None
                 and finished.worker_takes
             )
-            if may_take and take_endpoint is not None:
+            if may_take and take_endpoint is not None and finished is not None and finished.queued:
                 claimed = self.jobs.claim(take_endpoint, worker_id, take, now, cur=cur)
             if not claimed and not may_take:
                 self.workers.settle_if_idle(worker_id, now, cur=cur)

@@ -4,7 +4,7 @@ job path's hot statements (compiled once into `Prepared` ones) with the rows the
 
 from __future__ import annotations
 
-from sqlalchemy import and_, bindparam, case, insert, select, update
+from sqlalchemy import and_, bindparam, case, exists, insert, select, update
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import ReturnsRows
@@ -22,6 +22,9 @@ FINAL_VALUES = [s.value for s in TERMINAL]
 # changes within a state; a change of state is guarded by `moving`.
 QUEUED = J.state == constant(JobState.IN_QUEUE.value)
 RUNNING = J.state == constant(JobState.IN_PROGRESS.value)
+# Other jobs, for a statement about one job that asks about others in passing.
+Q = jobs.alias("other").c
+QUEUED_Q = Q.state == constant(JobState.IN_QUEUE.value)
 
 
 def moving(to: JobState | tuple[JobState, ...], *among: JobState) -> ColumnElement[bool]:
@@ -58,6 +61,7 @@ class FinishedRow(TypedDict):
     retried: ReadOnly[int]
     webhook: ReadOnly[str | None]
     worker_takes: ReadOnly[int]
+    queued: ReadOnly[bool]  # the job's endpoint has a queued job: a claim may find one
 
 
 class StateOf(TypedDict):
@@ -137,7 +141,8 @@ def insert_statement() -> Insert:
 
 def finish_statement() -> ReturnsRows:
     """Record the result :p_state of job :p_id held by :p_worker at :p_now; returns what the record of
-    its end needs, and whether the worker may take the next job (`takes_jobs`)."""
+    its end needs, whether the worker may take the next job (`takes_jobs`), and whether endpoint
+    :p_endpoint has a queued job (else a claim for the worker need not be tried; none without one)."""
     return (
         update(jobs)
         .where(
@@ -159,5 +164,6 @@ def finish_statement() -> ReturnsRows:
             J.retried,
             J.webhook,
             takes_jobs(bindparam("p_worker")).label("worker_takes"),
+            exists().where(Q.endpoint_id == bindparam("p_endpoint"), QUEUED_Q).label("queued"),
         )
     )

@@ -65,6 +65,7 @@ class Finished:
     retried: int
     has_webhook: bool
     worker_takes: bool = False  # the worker that finished it may be handed new jobs (`takes_jobs`)
+    queued: bool = False  # its endpoint (given to `finish`) had a queued job when it finished
 
 
 class JobStore(Repository):
@@ -283,6 +284,7 @@ class JobStore(Repository):
                 p_now=now,
                 p_purge_sync=now + retention_sync_s,
                 p_purge_run=now + retention_run_s,
+                p_endpoint=endpoint_id,
             )
             if done is not None:
                 return "done", Finished(
@@ -291,6 +293,7 @@ class JobStore(Repository):
                     done["retried"],
                     done["webhook"] is not None,
                     bool(done["worker_takes"]),
+                    bool(done["queued"]),
                 )
             row = self._state_of.first(tx, id=job_id)
         if row is None or endpoint_id not in (None, row["endpoint_id"]):
