@@ -11,6 +11,7 @@ the app's router (for `url_path_for` and the 405s) and are added to the OpenAPI 
 from __future__ import annotations
 
 import logging
+import operator
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -101,6 +102,9 @@ class FastRoutes:
         return add
 
 
+Pick = Callable[[list[str]], tuple[str, ...]]  # some items of a list, by their positions
+
+
 @dataclass(frozen=True)
 class Lane:
     """A fast route as `App.lane_for` finds it: by its path's segments, split on "/"."""
@@ -109,7 +113,8 @@ class Lane:
     endpoint: Endpoint
     template: str
     literals: tuple[int, ...]  # the positions of the template's fixed segments
-    params: tuple[tuple[int, str], ...]  # the positions and names of its parameters
+    names: tuple[str, ...]  # its parameters' names
+    values: Pick  # the parameters' segments, of a path's segments
 
     @classmethod
     def of(cls, route: Route) -> Lane:
@@ -121,15 +126,30 @@ class Lane:
                 params.append((i, segment[1:-1]))
             else:
                 literals.append(i)
-        return cls(frozenset(route.methods or ()), route.endpoint, route.path, tuple(literals), tuple(params))
+        return cls(
+            frozenset(route.methods or ()),
+            route.endpoint,
+            route.path,
+            tuple(literals),
+            tuple(name for _, name in params),
+            _picker([i for i, _ in params]),
+        )
 
-    def key(self) -> tuple[str, ...]:
-        segments = self.template.split("/")
-        return tuple(segments[i] for i in self.literals)
+
+def _picker(positions: list[int]) -> Pick:
+    """The items of a list at `positions`, as a tuple (one C call)."""
+    if len(positions) == 1:
+        only = positions[0]
+        return lambda items: (items[only],)
+    return operator.itemgetter(*positions)
 
 
-# Lanes by how many segments their paths have, then by where their fixed segments are, then by those.
-LaneIndex = dict[int, dict[tuple[int, ...], dict[tuple[str, ...], list[Lane]]]]
+# Lanes by how many segments their paths have, then by where their fixed segments are (with the picker
+# of those segments), then by what those segments are.
+LaneIndex = dict[
+    int,
+    dict[tuple[int, ...], tuple[Callable[[list[str]], tuple[str, ...]], dict[tuple[str, ...], list[Lane]]]],
+]
 
 
 class App(FastAPI):
@@ -161,12 +181,12 @@ class App(FastAPI):
         segment, as Starlette's route matches them); None for any other. A look-up by the path's
         segments: no pattern is tried against it."""
         segments = path.split("/")
-        for literals, table in self._lanes.get(len(segments), {}).items():
-            for lane in table.get(tuple(segments[i] for i in literals), ()):
+        for key_of, table in self._lanes.get(len(segments), {}).values():
+            for lane in table.get(key_of(segments), ()):
                 if method in lane.methods:
-                    params = {name: segments[i] for i, name in lane.params}
-                    if all(params.values()):
-                        return lane, params
+                    values = lane.values(segments)
+                    if all(values):
+                        return lane, dict(zip(lane.names, values, strict=True))
         return None
 
     async def respond(self, lane: Lane, params: dict[str, str], scope: Scope, receive: Receive) -> Response:
@@ -197,8 +217,10 @@ def install(app: App, *groups: FastRoutes, observe: Observe | None = None) -> No
     index: LaneIndex = {}
     for route in (r for g in groups for r in g.routes):
         lane = Lane.of(route)
-        by_place = index.setdefault(len(route.path.split("/")), {}).setdefault(lane.literals, {})
-        by_place.setdefault(lane.key(), []).append(lane)
+        segments = route.path.split("/")
+        by_count = index.setdefault(len(segments), {})
+        key_of, table = by_count.setdefault(lane.literals, (_picker(list(lane.literals)), {}))
+        table.setdefault(key_of(segments), []).append(lane)
     app._lanes = index
     app._observe = observe
     build = app.openapi
