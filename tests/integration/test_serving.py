@@ -5,6 +5,7 @@ routes are answered from the connection as the ASGI stack answers them, in order
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 
@@ -216,7 +217,8 @@ class Served:
         return await asyncio.open_connection("127.0.0.1", self.port)
 
 
-async def _serving() -> tuple[Served, asyncio.Task[None]]:
+@contextlib.asynccontextmanager
+async def _serving() -> AsyncIterator[Served]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     app = _app()
@@ -225,7 +227,11 @@ async def _serving() -> tuple[Served, asyncio.Task[None]]:
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         await asyncio.sleep(0.01)
-    return Served(server, sock.getsockname()[1], app), task
+    try:
+        yield Served(server, sock.getsockname()[1], app)
+    finally:
+        server.should_exit = True
+        await task
 
 
 async def _answer(reader: asyncio.StreamReader) -> tuple[bytes, dict[bytes, bytes], bytes]:
@@ -247,8 +253,7 @@ def _post(path: str, body: bytes, extra: bytes = b"") -> bytes:
 
 def test_a_fast_route_is_answered_from_the_connection_as_the_asgi_stack_answers_it() -> None:
     async def scenario() -> None:
-        served, task = await _serving()
-        try:
+        async with _serving() as served:
             reader, writer = await served.connect()
             for i in range(3):  # keep-alive
                 writer.write(_post("/v2/ada/echo", b"hi%d" % i))
@@ -277,17 +282,13 @@ def test_a_fast_route_is_answered_from_the_connection_as_the_asgi_stack_answers_
             assert status == b"HTTP/1.1 200 OK" and body == b'{"slow":"bob"}'
             assert served.app.asgi_paths == ["/v2/eve/hello", "/slow/bob"]  # the HEAD and the slow route
             writer.close()
-        finally:
-            served.server.should_exit = True
-            await task
 
     asyncio.run(scenario())
 
 
 def test_a_body_that_comes_after_its_head_and_pipelined_requests_are_answered_in_order() -> None:
     async def scenario() -> None:
-        served, task = await _serving()
-        try:
+        async with _serving() as served:
             reader, writer = await served.connect()
             request = _post("/v2/ada/echo", b"x" * 1000)
             writer.write(request[:-400])  # the head and part of the body
@@ -312,17 +313,13 @@ def test_a_body_that_comes_after_its_head_and_pipelined_requests_are_answered_in
             writer.close()
             # uvicorn served the body that came late, the request sent behind another, and the close.
             assert served.app.asgi_paths == ["/v2/ada/echo", "/slow/b", "/v2/c/echo", "/v2/d/echo"]
-        finally:
-            served.server.should_exit = True
-            await task
 
     asyncio.run(scenario())
 
 
 def test_a_held_fast_route_hears_its_client_hang_up() -> None:
     async def scenario() -> None:
-        served, task = await _serving()
-        try:
+        async with _serving() as served:
             held["carl"] = asyncio.Event()
             reader, writer = await served.connect()
             writer.write(b"GET /v2/carl/hold HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -331,9 +328,6 @@ def test_a_held_fast_route_hears_its_client_hang_up() -> None:
             assert not held["carl"].is_set()
             writer.close()
             await asyncio.wait_for(held["carl"].wait(), 10)
-        finally:
-            served.server.should_exit = True
-            await task
 
     asyncio.run(scenario())
 
