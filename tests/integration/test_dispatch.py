@@ -527,3 +527,26 @@ def test_a_runsync_job_handed_to_a_running_worker_is_recorded_with_its_result(tm
         await h.api.aclose()
 
     run(scenario())
+
+
+def test_a_worker_failed_while_its_take_waits_is_handed_no_new_job(tmp_path: Path) -> None:
+    # On SQLite the hand-off trusts the waiting takes: each state that takes no job is told to the
+    # dispatcher as it is recorded, so a failed worker's held take waits no more for a job, and the
+    # next job is queued.
+    async def scenario() -> None:
+        h = build(tmp_path)
+        ep, worker = await ready_worker(h)
+        take = await waiting_take(h, ep["id"], worker["id"])
+        row = h.store.workers.get(worker["id"])
+        assert row is not None
+        await h.app.state.lifecycle.ops.fail(row, "it stopped answering", h.clock.now())
+        assert not h.app.state.runtime.signals.dispatch.takers(ep["id"])
+        [job] = await queue(h, ep, 1)
+        assert h.store.jobs.get(job)["state"] == "IN_QUEUE"  # type: ignore[index]
+        assert h.store.workers.get(worker["id"])["state"] == "UNHEALTHY"  # type: ignore[index]
+        await asyncio.sleep(0.1)
+        assert not take.done()  # held to the end of its hold, then answered with no job
+        take.cancel()
+        await h.api.aclose()
+
+    run(scenario())

@@ -71,14 +71,16 @@ class HandOff:
         now = self.clock.now()
         store = self.store
         taker = self.dispatch.next_taker(job.endpoint_id)
-        worker = store.workers.taking(taker.worker_id) if taker is not None and store.inline else None
-        if taker is not None and worker is not None:
-            # Hand the job over first and commit it while the worker runs it: the take's answer leaves
-            # in the loop's next turn, this commit right after it, before anything else the loop does
-            # (no store call can come between: they run on this loop). A crash in between loses a job
-            # no one was told of; the worker's result for it is then refused as unknown.
+        if taker is not None and store.inline:
+            # This process is the only one: a worker that stops taking jobs is retired here
+            # (`Signals.retire`) as its new state is recorded, which ends its takes, so a take still
+            # waiting is one its worker may be handed. Hand the job over first and commit it while the
+            # worker runs it: the take's answer leaves in the loop's next turn, this commit right after
+            # it, before anything else the loop does (no store call can come between: they run on this
+            # loop). A crash in between loses a job no one was told of; the worker's result for it is
+            # then refused as unknown.
             taker.future.set_result(Claimed(job.id, job.input_json, job.extra_json))
-            if job.is_sync and worker["state"] == WorkerState.RUNNING.value:
+            if job.is_sync:
                 # No one has been told of a runsync job before its answer: it is recorded with its
                 # result, one commit for both, when that comes within `DEFER_S` (else on its own then).
                 if store.hand_over_later(job, taker.worker_id, now):

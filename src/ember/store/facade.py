@@ -103,23 +103,22 @@ class Store:
         unless the job was already `delivered` to it: then it is recorded as the worker's whatever its
         state (the worker has it). One transaction, committed when this returns."""
         with self.raw.write() as cur:
-            worker = self.workers.taking(worker_id, cur)
-            self.jobs.submit(job, now, worker_id=worker_id if worker or delivered else None, cur=cur)
-            if worker is None and not delivered:
-                outbox.add("q", job.endpoint_id)
-            if worker is not None and worker["state"] != WorkerState.RUNNING.value:
-                self.workers.start_running(worker_id, now, TOOK_A_JOB, cur=cur)
-        return worker is not None
+            return self._hand_over(job, worker_id, now, delivered, cur)
 
     def hand_over_later(self, job: NewJob, worker_id: str, now: float) -> bool:
-        """SQLite: record a new job as already taken by `worker_id`, a RUNNING worker that was handed it
-        (it needs no transition), in the next write transaction on this process's connection instead of
-        one of its own: a job whose result comes within a moment commits with it. True when the caller
-        is to `flush` soon (see `RawAccess.defer`)."""
-        return self.raw.defer(functools.partial(self._handed, job, worker_id, now))
+        """SQLite: `hand_over` a job already delivered to the worker, in the next write transaction on this
+        process's connection instead of one of its own: a job whose result comes within a moment commits
+        with it. True when the caller is to `flush` soon (see `RawAccess.defer`)."""
+        return self.raw.defer(functools.partial(self._hand_over, job, worker_id, now, True))
 
-    def _handed(self, job: NewJob, worker_id: str, now: float, cur: Cursor) -> None:
-        self.jobs.submit(job, now, worker_id=worker_id, cur=cur)
+    def _hand_over(self, job: NewJob, worker_id: str, now: float, delivered: bool, cur: Cursor) -> bool:
+        worker = self.workers.taking(worker_id, cur)
+        self.jobs.submit(job, now, worker_id=worker_id if worker or delivered else None, cur=cur)
+        if worker is None and not delivered:
+            outbox.add("q", job.endpoint_id)
+        if worker is not None and worker["state"] != WorkerState.RUNNING.value:
+            self.workers.start_running(worker_id, now, TOOK_A_JOB, cur=cur)
+        return worker is not None
 
     def flush(self) -> None:
         """Commit the writes `hand_over_later` deferred."""

@@ -84,6 +84,7 @@ class WorkerOps:
         )
         if prev is None:
             return
+        self.signals.retire(w["id"])  # its held job-takes end: no new job is handed to it
         log.info(
             "worker_transition worker=%s from=%s to=UNHEALTHY reason=%r", w["id"], prev, reason, extra=ids(w)
         )
@@ -152,6 +153,7 @@ class WorkerOps:
         now = self.clock.now()
         prev = await s.run(lambda: s.workers.transition(w["id"], _S.STOPPED, now, reason))
         if prev:
+            self.signals.retire(w["id"])
             log.info(
                 "worker_transition worker=%s from=%s to=STOPPED reason=%r",
                 w["id"],
