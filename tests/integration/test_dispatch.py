@@ -491,6 +491,10 @@ def test_a_deferred_hand_over_commits_with_the_result_or_on_its_own(tmp_path: Pa
         store.hand_over_later(_sync_job(6), "wk-1", 9.0)
         store.flush()
         assert other.jobs.get("sync-6") is not None and other.jobs.get("sync-5")["started_at"] == 8.0  # type: ignore[index]
+        # Closing the store commits what is still deferred.
+        store.hand_over_later(_sync_job(7), "wk-1", 10.0)
+        store.close()
+        assert other.jobs.get("sync-7") is not None
     finally:
         other.close()
         store.close()

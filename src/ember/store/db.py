@@ -318,10 +318,14 @@ class RawAccess:
         return done
 
     def close(self) -> None:
+        """Commit the deferred writes (a shutdown loses none), then close the connection."""
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = self._driver = None
+            try:
+                self.flush()
+            finally:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = self._driver = None
 
 
 class Repository:
