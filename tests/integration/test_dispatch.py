@@ -554,3 +554,26 @@ def test_a_worker_failed_while_its_take_waits_is_handed_no_new_job(tmp_path: Pat
         await h.api.aclose()
 
     run(scenario())
+
+
+def test_a_worker_failed_while_its_result_waits_for_more_is_handed_no_new_job(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = build(tmp_path)
+        ep, worker = await ready_worker(h)
+        [first] = await queue(h, ep, 1)
+        assert (await h.take(ep["id"], worker["id"])).json()["id"] == first
+        limits = h.app.state.runtime.limits
+        limits.take_hold_s, limits.settle_grace_s = 10.0, 5.0  # held, the worker still RUNNING
+        held = asyncio.ensure_future(done(h, ep, worker, first, {"output": 1}, 1))
+        await held_open(h, ep["id"])
+        row = h.store.workers.get(worker["id"])
+        assert row is not None and row["state"] == "RUNNING"
+        await h.app.state.lifecycle.ops.fail(row, "it stopped answering", h.clock.now())
+        await asyncio.sleep(0.05)  # the held result looks again before the next job comes
+        [second] = await queue(h, ep, 1)
+        answer = (await asyncio.wait_for(held, 5)).json()
+        assert answer["status"] == "ok" and "jobs" not in answer
+        assert h.store.jobs.get(second)["state"] == "IN_QUEUE"  # type: ignore[index]
+        await h.api.aclose()
+
+    run(scenario())

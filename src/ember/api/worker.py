@@ -171,6 +171,7 @@ async def job_done(request: Request) -> Response:
     stop_pod = bool(body.get("stopPod"))
     take = 0 if stop_pod else _int_param(request, "take", 0, 0, 1000)
     seen = rt.handoff.queued_count(endpoint_id)  # before the claim: jobs queued during it are seen
+    retired = rt.signals.dispatch.retirements  # before the result's look at the worker
     with rt.signals.in_txn(*((("r", worker_id),) if stop_pod else ())):  # and "f", with the record
         report = await rt.store.run(
             rt.store.report,
@@ -205,7 +206,7 @@ async def job_done(request: Request) -> Response:
     next_jobs = report.next_jobs
     if report.may_take and not next_jobs:
         gone = functools.partial(_client_gone, request)
-        next_jobs = await rt.handoff.hold_for_jobs(endpoint_id, worker_id, take, now, gone, seen)
+        next_jobs = await rt.handoff.hold_for_jobs(endpoint_id, worker_id, take, now, gone, seen, retired)
     if next_jobs:
         jobs = _jobs_body(next_jobs, as_list=True)
         return Response('{"status":"ok","jobs":' + jobs + "}", media_type="application/json")

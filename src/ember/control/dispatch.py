@@ -58,6 +58,10 @@ class Dispatcher:
         # take that looked at the store before a queueing and starts waiting after it (possible when
         # store calls run on threads) sees the count moved and looks again instead of waiting.
         self.queued: dict[str, int] = {}
+        # How many times workers were retired here (`release`): a take that moves on to wait again after
+        # this moved makes sure its worker still takes jobs (`HandOff`): a submit hands a job to any
+        # take that waits.
+        self.retirements = 0
 
     # ---- job-takes -------------------------------------------------------------------------------
     def wait_for_job(self, endpoint_id: str, worker_id: str) -> Taker:
@@ -130,6 +134,7 @@ class Dispatcher:
 
     def release(self, worker_id: str) -> None:
         """A worker takes no new job (retiring, stopping): its open takes end empty-handed."""
+        self.retirements += 1
         for taker in self._by_worker.pop(worker_id, set()):
             if not taker.future.done() and not taker.promised:
                 taker.future.set_result(None)

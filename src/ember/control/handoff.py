@@ -142,6 +142,7 @@ class HandOff:
         store, dispatch = self.store, self.dispatch
         worker_id = worker["id"]
         deadline = hold_clock() + self.limits.take_hold_s
+        retired = dispatch.retirements  # `worker` was read after this
         first = True
         watching: asyncio.Future[None] | None = None
         try:
@@ -166,6 +167,11 @@ class HandOff:
                     return []
                 if self.queued_count(endpoint_id) != queued_before:
                     continue  # a job was queued while this take looked: look again
+                if dispatch.retirements != retired:  # perhaps this worker: look at it again
+                    retired = dispatch.retirements
+                    fresh = await store.run(store.workers.get, worker_id)
+                    worker = fresh if fresh is not None else worker
+                    continue
                 if watching is None:
                     watching = asyncio.ensure_future(gone())
                 handed = await dispatch.handed_job(endpoint_id, worker_id, min(remaining, _SLICE_S), watching)
@@ -185,13 +191,21 @@ class HandOff:
         return self.dispatch.queued.get(endpoint_id, 0)
 
     async def hold_for_jobs(
-        self, endpoint_id: str, worker_id: str, limit: int, finished_at: float, gone: Gone, seen: int
+        self,
+        endpoint_id: str,
+        worker_id: str,
+        limit: int,
+        finished_at: float,
+        gone: Gone,
+        seen: int,
+        retired: int,
     ) -> Sequence[Claimed]:
         """A job-done that asked for its next jobs (take=N) and found none queued is held like a
         job-take: the next job submitted may be handed to it. Ends empty when the hold ends, the client
         hangs up or the worker may no longer take jobs. The worker was left RUNNING (`Store.report`): a
         job handed to it within `HoldLimits.settle_grace_s` keeps it so; otherwise it is settled IDLE as
-        of `finished_at`. `seen`: `queued_count` as it was before the job-done's own claim."""
+        of `finished_at`. `seen`: `queued_count` as it was before the job-done's own claim; `retired`:
+        `Dispatcher.retirements` as it was before the result said the worker may take more."""
         store, dispatch = self.store, self.dispatch
         start = hold_clock()
         deadline, grace_end = start + self.limits.take_hold_s, start + self.limits.settle_grace_s
@@ -204,6 +218,10 @@ class HandOff:
             while (remaining := deadline - hold_clock()) > 0 and not (
                 watching is not None and watching.done()
             ):
+                if dispatch.retirements != retired:  # perhaps this worker: is it still taking jobs?
+                    retired = dispatch.retirements
+                    if not await store.run(store.workers.taking, worker_id):
+                        return []
                 if self.queued_count(endpoint_id) == seen:
                     wait_s = min(remaining, max(0.0, grace_end - hold_clock()) if unsettled else _SLICE_S)
                     handed = await dispatch.handed_job(endpoint_id, worker_id, wait_s, watching)
