@@ -146,10 +146,7 @@ def _picker(positions: list[int]) -> Pick:
 
 # Lanes by how many segments their paths have, then by where their fixed segments are (with the picker
 # of those segments), then by what those segments are.
-LaneIndex = dict[
-    int,
-    dict[tuple[int, ...], tuple[Callable[[list[str]], tuple[str, ...]], dict[tuple[str, ...], list[Lane]]]],
-]
+LaneIndex = dict[int, dict[tuple[int, ...], tuple[Pick, dict[tuple[str, ...], list[Lane]]]]]
 
 
 class App(FastAPI):
