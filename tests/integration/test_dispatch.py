@@ -518,9 +518,15 @@ def test_a_runsync_job_handed_to_a_running_worker_is_recorded_with_its_result(tm
         more = asyncio.ensure_future(done(h, ep, worker, nxt["id"], {"output": 1}, 0))
         answered = (await second).json()
         assert answered["id"] == nxt["id"] and answered["output"] == 1
-        assert (await more).status_code == 200 and h.store.raw.deferred == 0
+        # The client had its answer before any write: the hand-over and the result wait together.
+        assert (await more).status_code == 200 and h.store.raw.deferred == 2
+        # Every reader of the process sees them: the engine's connections commit them first.
+        assert h.store.jobs.counts(ep["id"]).get("COMPLETED") == 2 and h.store.raw.deferred == 0
         row = h.store.jobs.get(nxt["id"])
         assert row is not None and row["state"] == "COMPLETED" and row["worker_id"] == worker["id"]
+        assert row["output"] == "1" and row["completed_at"] is not None
+        worker_row = h.store.workers.get(worker["id"])
+        assert worker_row is not None and worker_row["state"] == "IDLE"  # it asked for no more
         # One not answered within the moment is written on its own.
         take = await waiting_take(h, ep["id"], worker["id"])
         third = asyncio.ensure_future(h.api.post(f"/v2/{ep['id']}/runsync", json={"input": {"i": 2}}))

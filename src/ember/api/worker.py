@@ -18,8 +18,10 @@ from ember.control.handoff import hold_clock
 from ember.core import jobs as J
 from ember.core import json_body
 from ember.core.errors import Conflict, InvalidInput, NotFound
+from ember.core.jobs import JobState
 from ember.core.wire import worker_job
 from ember.core.workers import WorkerState
+from ember.store.facade import Report
 from ember.store.jobs import Claimed
 from ember.store.rows import WorkerRow
 
@@ -170,23 +172,16 @@ async def job_done(request: Request) -> Response:
     output = json_body.dump(fields["output"]) if "output" in fields else None
     stop_pod = bool(body.get("stopPod"))
     take = 0 if stop_pod else _int_param(request, "take", 0, 0, 1000)
-    seen = rt.handoff.queued_count(endpoint_id)  # before the claim: jobs queued during it are seen
-    retired = rt.signals.dispatch.retirements  # before the result's look at the worker
-    with rt.signals.in_txn(*((("r", worker_id),) if stop_pod else ())):  # and "f", with the record
-        report = await rt.store.run(
-            rt.store.report,
-            job_id,
-            worker_id,
-            state,
-            output,
-            fields.get("error"),
-            now,
-            rt.limits.retention_run_s,
-            rt.limits.retention_sync_s,
-            take_endpoint=endpoint_id,
-            take=take,
-            recycle=stop_pod,
-        )
+    error = fields.get("error")
+    answered = None
+    if not stop_pod:  # a runsync's result recorded after its answer (when its hand-over is deferred)
+        answered = rt.handoff.report_answered(job_id, worker_id, state, output, error, now, rt.limits, take)
+    if answered is not None:
+        report, seen, retired = answered
+    else:
+        seen = rt.handoff.queued_count(endpoint_id)  # before the claim: jobs queued during it are seen
+        retired = rt.signals.dispatch.retirements  # before the result's look at the worker
+        report = await _report(rt, job_id, worker_id, endpoint_id, state, output, error, now, take, stop_pod)
     if report.outcome == "unknown":
         raise NotFound(f"job {job_id!r} not found")
     if report.outcome == "not_held":
@@ -211,6 +206,36 @@ async def job_done(request: Request) -> Response:
         jobs = _jobs_body(next_jobs, as_list=True)
         return Response('{"status":"ok","jobs":' + jobs + "}", media_type="application/json")
     return json_response({"status": "ok" if report.outcome == "done" else "ignored"})
+
+
+async def _report(
+    rt: Runtime,
+    job_id: str,
+    worker_id: str,
+    endpoint_id: str,
+    state: JobState,
+    output: str | None,
+    error: str | None,
+    now: float,
+    take: int,
+    stop_pod: bool,
+) -> Report:
+    """`Store.report` the result (with stopPod, the worker is retired in the same transaction)."""
+    with rt.signals.in_txn(*((("r", worker_id),) if stop_pod else ())):  # and "f", with the record
+        return await rt.store.run(
+            rt.store.report,
+            job_id,
+            worker_id,
+            state,
+            output,
+            error,
+            now,
+            rt.limits.retention_run_s,
+            rt.limits.retention_sync_s,
+            take_endpoint=endpoint_id,
+            take=take,
+            recycle=stop_pod,
+        )
 
 
 @router.post(

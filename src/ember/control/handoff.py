@@ -20,9 +20,9 @@ from typing import Protocol
 from ember.control.clock import Clock
 from ember.control.signals import Signals
 from ember.core.errors import StoreError
-from ember.core.jobs import TERMINAL
+from ember.core.jobs import TERMINAL, JobState
 from ember.core.workers import WorkerState
-from ember.store.facade import Store
+from ember.store.facade import Report, Store
 from ember.store.jobs import Claimed, NewJob
 from ember.store.rows import JobRow, WorkerRow
 from ember.store.workers import TAKING
@@ -39,6 +39,14 @@ log = logging.getLogger("ember.control")
 Gone = Callable[[], Awaitable[None]]  # returns when the client hangs up
 # Called once when a take's first look found nothing, before it waits: the worker's row after it.
 FirstEmpty = Callable[[WorkerRow, float], Awaitable[WorkerRow]]
+
+
+class Retention(Protocol):
+    @property
+    def retention_run_s(self) -> float: ...  # how long a /run job's record is kept once final
+
+    @property
+    def retention_sync_s(self) -> float: ...  # the same for a runsync job
 
 
 class HoldLimits(Protocol):
@@ -63,6 +71,9 @@ class HandOff:
         self.dispatch = signals.dispatch
         self.clock = clock
         self.limits = limits
+        # The runsync jobs handed over with their record deferred (`submit`), while their client waits:
+        # `Dispatcher.retirements` and the endpoint's `queued_count` at the hand-over.
+        self._handed: dict[str, tuple[int, int]] = {}
 
     # ---- clients ---------------------------------------------------------------------------------
     async def submit(self, job: NewJob) -> None:
@@ -83,6 +94,7 @@ class HandOff:
             if job.is_sync:
                 # No one has been told of a runsync job before its answer: it is recorded with its
                 # result, one commit for both, when that comes within `DEFER_S` (else on its own then).
+                self._handed[job.id] = (self.dispatch.retirements, self.queued_count(job.endpoint_id))
                 if store.hand_over_later(job, taker.worker_id, now):
                     taker.future.get_loop().call_later(DEFER_S, self._flush)
                 return
@@ -131,6 +143,44 @@ class HandOff:
                     return row
         finally:
             dispatch.forget_result(job.id)
+            self._handed.pop(job.id, None)
+
+    def report_answered(
+        self,
+        job_id: str,
+        worker_id: str,
+        state: JobState,
+        output_json: str | None,
+        error: str | None,
+        now: float,
+        retention: Retention,
+        take: int,
+    ) -> tuple[Report, int, int] | None:
+        """The result of a runsync job whose client waits here and whose hand-over is still deferred:
+        recorded after its hand-over in the same deferred transaction (`Store.finish_later`), so the
+        client's answer (the final record returned) goes out before any write. The answer then precedes
+        the commit by up to `DEFER_S`: a crash in between loses the record of a job whose client holds
+        its result (a job `/run` acknowledged is never deferred). Also returns `queued_count` and
+        `Dispatcher.retirements` as they were at the hand-over, for `hold_for_jobs`: the queue was empty
+        then (a take waited). None when the result is to be `Store.report`ed."""
+        handed = self._handed.get(job_id)
+        if handed is None:
+            return None
+        report = self.store.finish_later(
+            job_id,
+            worker_id,
+            state,
+            output_json,
+            error,
+            now,
+            retention.retention_run_s,
+            retention.retention_sync_s,
+            settle=take == 0,
+        )
+        if report is None:
+            return None
+        retired, seen = handed
+        return report, seen, retired
 
     # ---- workers ---------------------------------------------------------------------------------
     async def take(

@@ -207,7 +207,8 @@ class RawAccess:
     connection per call. Driver errors surface as `StoreError`.
 
     SQLite also takes deferred writes (`defer`): each runs first in the next write transaction on this
-    connection (a read, or `flush`, makes one), and is committed with it.
+    connection (a read, `flush`, or any connection the engine hands out makes one), and is committed
+    with it. So every reader in the process sees them; only a crash can lose them.
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -217,7 +218,9 @@ class RawAccess:
         self._lock = threading.RLock()
         self._conn: PoolProxiedConnection | None = None
         self._driver: sqlite3.Connection | None = None
-        self._deferred: list[Callable[[Cursor], object]] = []
+        self._deferred: list[tuple[str | None, Callable[[Cursor], object]]] = []
+        self._keys: set[str] = set()  # the keys of the deferred writes
+        self._watching = False  # the engine's checkouts flush the deferred writes
 
     def _sqlite(self) -> sqlite3.Connection:
         if self._driver is None:
@@ -250,6 +253,7 @@ class RawAccess:
                     except BaseException:
                         dbapi.rollback()
                         self._deferred[0:0] = deferred  # for the next transaction
+                        self._keys.update(key for key, _ in deferred if key is not None)
                         raise
                 return
             with self.engine.raw_connection() as pooled:
@@ -265,11 +269,13 @@ class RawAccess:
             raise StoreError(f"database error: {exc}") from exc
 
     @contextmanager
-    def read(self) -> Iterator[Cursor]:
+    def read(self, *, deferred: bool = True) -> Iterator[Cursor]:
+        """A read. SQLite: after the deferred writes are committed, unless the caller says that they
+        cannot change what it reads (`deferred=False`)."""
         try:
             if self.is_sqlite:
                 with self._lock:
-                    if self._deferred:
+                    if deferred and self._deferred:
                         self.flush()
                     yield self._sqlite().cursor()
                 return
@@ -281,15 +287,26 @@ class RawAccess:
         except self._errors as exc:
             raise StoreError(f"database error: {exc}") from exc
 
-    def defer(self, write: Callable[[Cursor], object]) -> bool:
+    def defer(self, write: Callable[[Cursor], object], key: str | None = None) -> bool:
         """SQLite: run `write(cursor)` in the next write transaction on this connection instead of one
-        of its own. True when no other deferred write was waiting: the caller arranges a `flush` soon,
-        which bounds how long it waits (a process that dies before it loses the write)."""
+        of its own; `key` names it for `waiting` until then. True when no other deferred write was
+        waiting: the caller arranges a `flush` soon, which bounds how long it waits (a process that dies
+        before it loses the write)."""
         if not self.is_sqlite:
             raise TypeError("only SQLite's connection defers writes")
         with self._lock:
-            self._deferred.append(write)
+            self._sqlite()  # opened now: a flush never has to check a connection out
+            if not self._watching:
+                event.listen(self.engine, "checkout", self._flush_for_reader)
+                self._watching = True
+            self._deferred.append((key, write))
+            if key is not None:
+                self._keys.add(key)
             return len(self._deferred) == 1
+
+    def waiting(self, key: str) -> bool:
+        """Whether the deferred write named `key` is still to run."""
+        return key in self._keys
 
     @property
     def deferred(self) -> int:
@@ -303,18 +320,28 @@ class RawAccess:
                 with self.write():
                     pass
 
-    def _run_deferred(self, cur: Cursor) -> list[Callable[[Cursor], object]]:
+    def _flush_for_reader(self, *_: object) -> None:
+        """A connection checked out of the engine's pool (the repositories' own statements) sees the
+        deferred writes: they are committed first."""
+        if self._deferred:
+            try:
+                self.flush()
+            except StoreError:
+                log.exception("could not commit the deferred writes before a read")
+
+    def _run_deferred(self, cur: Cursor) -> list[tuple[str | None, Callable[[Cursor], object]]]:
         """Take the deferred writes into the transaction `cur` has begun, and return them (waiting again
         should it roll back). One that fails is logged and dropped (SQLite has undone just it)."""
         batch, self._deferred = self._deferred, []
+        self._keys = set()
         done = []
-        for write in batch:
+        for key, write in batch:
             try:
                 write(cur)
             except sqlite3.Error:
                 log.exception("a deferred write failed and is dropped")
                 continue
-            done.append(write)
+            done.append((key, write))
         return done
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
@@ -37,6 +38,7 @@ T = TypeVar("T")
 P = ParamSpec("P")
 
 TOOK_A_JOB = "took a job"
+log = logging.getLogger("ember.store")
 
 
 @dataclass(frozen=True)
@@ -52,10 +54,36 @@ class Report:
     record: str | None = None
 
 
+def final_record(
+    job_id: str,
+    state: JobState,
+    finished: Finished,
+    now: float,
+    worker_id: str,
+    output_json: str | None,
+    error: str | None,
+) -> str:
+    """The JSON text of a job's final record as a client reads it (`core.wire.record_text`)."""
+    final = {
+        "id": job_id,
+        "state": state.value,
+        "created_at": finished.created_at,
+        "started_at": finished.started_at,
+        "completed_at": now,
+        "worker_id": worker_id,
+        "output": output_json,
+        "error": error,
+        "retried": finished.retried,
+    }
+    return record_text(final)
+
+
 class Store:
     def __init__(self, engine: Engine) -> None:
         self.db = Database(engine)
         self.raw = RawAccess(engine)
+        # The jobs `hand_over_later` deferred: (job, worker, when); `RawAccess.waiting` says which still are.
+        self._later: dict[str, tuple[NewJob, str, float]] = {}
         self.jobs = JobStore(engine, self.raw)
         self.streams = StreamStore(engine, self.raw)
         self.sweeps = SweepStore(engine, self.raw)
@@ -108,8 +136,52 @@ class Store:
     def hand_over_later(self, job: NewJob, worker_id: str, now: float) -> bool:
         """SQLite: `hand_over` a job already delivered to the worker, in the next write transaction on this
         process's connection instead of one of its own: a job whose result comes within a moment commits
-        with it. True when the caller is to `flush` soon (see `RawAccess.defer`)."""
-        return self.raw.defer(functools.partial(self._hand_over, job, worker_id, now, True))
+        with it (`finish_later`). True when the caller is to `flush` soon (see `RawAccess.defer`)."""
+        if not self.raw.deferred:
+            self._later.clear()  # all written
+        self._later[job.id] = (job, worker_id, now)
+        write = functools.partial(self._hand_over, job, worker_id, now, True)
+        return self.raw.defer(write, key=job.id)
+
+    def finish_later(
+        self,
+        job_id: str,
+        worker_id: str,
+        state: JobState,
+        output_json: str | None,
+        error: str | None,
+        now: float,
+        retention_run_s: float,
+        retention_sync_s: float,
+        *,
+        settle: bool,
+    ) -> Report | None:
+        """SQLite: `report` the result of a job whose `hand_over_later` is still to be written, after it in
+        the same deferred transaction, and return what `report` would (None when the hand-over was
+        written already, or was to another worker, or the job has a webhook: `report` it then). Nothing
+        can come between the two writes, so the job is finished as it was handed over: its facts are
+        known without a read. `settle`: the worker asked for no next job: it becomes IDLE with it."""
+        later = self._later.get(job_id)
+        if later is None or not self.raw.waiting(job_id):
+            return None
+        job, holder, started = later
+        if holder != worker_id or job.webhook is not None:
+            return None
+        del self._later[job_id]
+
+        def write(cur: Cursor) -> None:
+            outcome, _ = self.jobs.finish(
+                job_id, worker_id, state, output_json, error, now, retention_run_s, retention_sync_s, cur=cur
+            )
+            if outcome != "done":
+                log.error("the deferred result of job %s was not recorded: %s", job_id, outcome)
+            if settle:
+                self.workers.settle_if_idle(worker_id, now, cur=cur)
+
+        self.raw.defer(write)
+        finished = Finished(started, started, 0, False, worker_takes=not settle)
+        record = final_record(job_id, state, finished, now, worker_id, output_json, error)
+        return Report("done", finished, (), not settle, record)
 
     def _hand_over(self, job: NewJob, worker_id: str, now: float, delivered: bool, cur: Cursor) -> bool:
         worker = self.workers.taking(worker_id, cur)
@@ -164,18 +236,7 @@ class Store:
                 return Report(outcome)
             record = None
             if finished is not None:
-                final = {
-                    "id": job_id,
-                    "state": state.value,
-                    "created_at": finished.created_at,
-                    "started_at": finished.started_at,
-                    "completed_at": now,
-                    "worker_id": worker_id,
-                    "output": output_json,
-                    "error": error,
-                    "retried": finished.retried,
-                }
-                record = record_text(final)
+                record = final_record(job_id, state, finished, now, worker_id, output_json, error)
                 if outbox.active():  # a runsync waiting elsewhere answers with it
                     outbox.add("f", f"{job_id} {record}")
             claimed: Sequence[Claimed] = ()

@@ -231,8 +231,9 @@ class JobStore(Repository):
 
     # ---- worker side -------------------------------------------------------------------------------
     def any_queued(self, endpoint_id: str) -> bool:
-        """Whether the endpoint has a queued job (a read: no write lock is taken)."""
-        with self.raw.read() as cur:
+        """Whether the endpoint has a queued job (a read: no write lock is taken). The deferred writes are
+        left waiting: they never queue a job (`Store.hand_over_later`, `Store.finish_later`)."""
+        with self.raw.read(deferred=False) as cur:
             return self._any_queued.first(cur, p_endpoint=endpoint_id) is not None
 
     def claim(
