@@ -92,14 +92,14 @@ class HandOff:
             # then refused as unknown.
             taker.future.set_result(Claimed(job.id, job.input_json, job.extra_json))
             if job.is_sync:
+                self._handed[job.id] = (self.dispatch.retirements, self.queued_count(job.endpoint_id))
+            await asyncio.sleep(0)  # the take's answer goes out first
+            if not job.is_sync:
+                store.hand_over(job, taker.worker_id, now, delivered=True)
+            elif store.hand_over_later(job, taker.worker_id, now):
                 # No one has been told of a runsync job before its answer: it is recorded with its
                 # result, one commit for both, when that comes within `DEFER_S` (else on its own then).
-                self._handed[job.id] = (self.dispatch.retirements, self.queued_count(job.endpoint_id))
-                if store.hand_over_later(job, taker.worker_id, now):
-                    taker.future.get_loop().call_later(DEFER_S, self._flush)
-                return
-            await asyncio.sleep(0)
-            store.hand_over(job, taker.worker_id, now, delivered=True)
+                asyncio.get_running_loop().call_later(DEFER_S, self._flush)
             return
         if taker is not None:
             try:

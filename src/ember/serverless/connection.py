@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 _MAX_HEAD_BYTES = 64 * 1024
 _RECV_BYTES = 64 * 1024
 _DROPPED = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
+# How much longer than a request's time left one wait on its socket may be: a socket's timeout is set
+# again (a system call) only when the time left is shorter than it by more than this.
+_SLACK_S = 0.25
 
 
 class ClosedEarly(Exception):
@@ -32,8 +35,8 @@ class Connection:
     what is left, and a body larger than what is buffered is read straight into a buffer of its size,
     so reading an answer costs time in proportion to its size (a 32 MiB answer in milliseconds).
 
-    Every request has a deadline (`begin`): each wait on the socket is given only the time left, so a
-    server that trickles bytes can't stretch a request past its `timeout_s`.
+    Every request has a deadline (`begin`): each wait on the socket is given only the time left (at
+    most `_SLACK_S` more), so a server that trickles bytes can't stretch a request past its `timeout_s`.
     """
 
     __slots__ = ("sock", "buf", "pos", "reused", "timeout_s", "tls", "deadline")
@@ -74,11 +77,12 @@ class Connection:
             self.timeout_s = timeout_s
 
     def _time_left(self) -> None:
-        """Give the next socket wait what is left of the request's time; TimeoutError when none is."""
+        """Give the next socket wait what is left of the request's time (give or take `_SLACK_S`, so that
+        a quick answer costs no system call to shorten it); TimeoutError when none is left."""
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError("no complete answer within the request's time limit")
-        if left < self.timeout_s:
+        if left < self.timeout_s - _SLACK_S:
             self._wait_at_most(left)
 
     def looks_closed(self) -> bool:
