@@ -18,7 +18,7 @@ from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from ember.api.fastpath import App, FastRoutes, install
-from ember.api.serving import CoalescingTransport, HttpProtocol
+from ember.api.serving import ANSWER, CoalescingTransport, HttpProtocol
 from ember.core.errors import InvalidInput
 
 
@@ -182,6 +182,23 @@ async def _fast_hold(request: Request) -> Response:
     return Response(status_code=204)
 
 
+released: dict[str, asyncio.Event] = {}  # lets an early-answered route return, by name
+early_sent: dict[str, tuple[bool, bool]] = {}  # what its two early answers returned, by name
+
+
+@fast.route("/early", ["POST"], "Answer before returning")
+async def _fast_early(request: Request) -> Response:
+    name = request.path_params["name"]
+    send = request.scope.get(ANSWER)
+    if send is None:  # served by the ASGI stack: no early answer
+        return Response(b"late " + name.encode(), media_type="text/plain")
+    first = send(Response(b"early " + name.encode(), media_type="text/plain"))
+    again = send(Response(b"again", media_type="text/plain"))
+    early_sent[name] = (first, again)
+    await released.setdefault(name, asyncio.Event()).wait()
+    return Response(b"dropped", media_type="text/plain")
+
+
 class CountingApp(App):
     """An `App` that counts the requests that reach it through ASGI, by path."""
 
@@ -328,6 +345,41 @@ def test_a_held_fast_route_hears_its_client_hang_up() -> None:
             assert not held["carl"].is_set()
             writer.close()
             await asyncio.wait_for(held["carl"].wait(), 10)
+
+    asyncio.run(scenario())
+
+
+def test_a_fast_route_may_answer_before_it_returns_and_the_connection_moves_on_at_once() -> None:
+    async def scenario() -> None:
+        async with _serving() as served:
+            released["ann"] = asyncio.Event()
+            reader, writer = await served.connect()
+            writer.write(_post("/v2/ann/early", b""))
+            status, _, body = await _answer(reader)
+            assert status == b"HTTP/1.1 200 OK" and body == b"early ann"
+            assert early_sent["ann"] == (True, False)  # once only
+            # The request is complete: the next one on the connection is served while the route runs.
+            writer.write(b"GET /v2/bob/hello HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert (await _answer(reader))[2] == b"hello bob"
+            released["ann"].set()  # what the route returns now is dropped
+            await asyncio.sleep(0.05)
+            writer.write(b"GET /v2/cy/hello HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert (await _answer(reader))[2] == b"hello cy"
+            assert served.app.asgi_paths == []  # all served from the connection
+            # A client that leaves after its early answer, while its route still runs: the server goes on.
+            released["dee"] = asyncio.Event()
+            gone_reader, gone_writer = await served.connect()
+            gone_writer.write(_post("/v2/dee/early", b""))
+            assert (await _answer(gone_reader))[2] == b"early dee"
+            gone_writer.close()
+            released["dee"].set()
+            writer.write(b"GET /v2/eve/hello HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert (await _answer(reader))[2] == b"hello eve"
+            writer.close()
+            # Through the ASGI stack the route has no early answer and returns its own.
+            transport = httpx.ASGITransport(app=_app())
+            async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
+                assert (await client.post("/v2/fay/early")).content == b"late fay"
 
     asyncio.run(scenario())
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from ember.control.dispatch import Dispatcher
+from ember.control.dispatch import Answer, Dispatcher
+from ember.store.jobs import Claimed
 
 
 def run(coro):  # type: ignore[no-untyped-def]
@@ -106,5 +107,37 @@ def test_a_result_wait_ends_empty_after_its_time() -> None:
         fut = d.expect_result("job-2")
         asyncio.get_running_loop().call_soon(d.finished, "job-2", '{"id":"job-2"}')
         assert await d.result_within(fut, 5) == '{"id":"job-2"}'
+
+    run(scenario())
+
+
+def test_a_waiter_that_brings_its_answer_is_answered_by_the_hand_over_itself() -> None:
+    async def scenario() -> None:
+        d = Dispatcher()
+        sent: list[object] = []
+        take = d.wait_for_job("ep", "wk-a", Answer(lambda job: sent.append(job) or True))
+        picked = d.next_taker("ep")
+        assert picked is take
+        job = Claimed("job-1", "{}", None)
+        d.hand(take, job)
+        assert sent == [job] and take.future.result() is job  # sent before the waiter ran
+        plain = d.wait_for_job("ep", "wk-b")
+        d.hand(plain, None)  # no job: nothing is sent
+        assert plain.future.result() is None and sent == [job]
+
+        waiting = d.expect_result("job-1", Answer(lambda record: sent.append(record) or True))
+        d.finished("job-1", '{"id":"job-1"}')
+        assert sent[-1] == '{"id":"job-1"}' and waiting.result() == '{"id":"job-1"}'
+        d.expect_result("job-2", Answer(lambda record: sent.append(record) or True))
+        d.finished("job-2")  # no record to send: the waiter reads the store itself
+        assert sent[-1] == '{"id":"job-1"}'
+
+        def broken(_: object) -> bool:
+            raise RuntimeError("the answer failed")
+
+        failing = d.wait_for_job("ep", "wk-c", Answer(broken))
+        d.next_taker("ep")
+        d.hand(failing, job)  # logged, never raised into the hand-over
+        assert failing.future.result() is job
 
     run(scenario())

@@ -13,7 +13,16 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ember.api import bodies as B
-from ember.api.deps import EndpointInfo, Runtime, caller, found, query_param, read_json, runtime
+from ember.api.deps import (
+    EndpointInfo,
+    Runtime,
+    answer_early,
+    caller,
+    found,
+    query_param,
+    read_json,
+    runtime,
+)
 from ember.api.errors import json_response
 from ember.api.fastpath import FastRoutes
 from ember.core import jobs as J
@@ -88,7 +97,8 @@ def _parse_job(body: Any, default_timeout_ms: int) -> tuple[str, str | None, str
         raise InvalidInput(
             "invalid job request: " + "; ".join(f"{p.field} {p.message}" for p in problems), problems
         )
-    B.check(B.JobRequest, body)
+    if len(body) > 1:  # {"input": …} alone has nothing more to check (any JSON is an input)
+        B.check(B.JobRequest, body)
     input_json = json_body.dump(body["input"])
     extra_json = json_body.dump(extra) if extra else None
     return input_json, extra_json, extra.get("webhook"), low, timeout_ms, ttl_ms
@@ -192,9 +202,10 @@ async def runsync(request: Request) -> Response:
             )
         wait_ms = min(max(int(wait), J.RUNSYNC_WAIT_MIN_MS), J.RUNSYNC_WAIT_MAX_MS)
     rt, job = await _submit(request, J.RUNSYNC_BODY_LIMIT_BYTES, sync=True)
-    got = await rt.handoff.run_sync(job, wait_ms / 1000.0)
+    early = answer_early(request, _final)
+    got = await rt.handoff.run_sync(job, wait_ms / 1000.0, early)
     if isinstance(got, str):
-        return Response(got, media_type="application/json")
+        return _final(got)
     if got is None:
         raise NotFound(f"job {job.id!r} expired")
     if got["state"] in _FINAL:
@@ -203,6 +214,11 @@ async def runsync(request: Request) -> Response:
 
 
 _FINAL = {s.value for s in J.TERMINAL}
+
+
+def _final(record: str) -> Response:
+    """The answer of a runsync whose job ended, with its final record (JSON text)."""
+    return Response(record, media_type="application/json")
 
 
 @fast.route("/status/{job_id}", ["GET", "POST"], "A job's status and output")

@@ -17,11 +17,13 @@ from typing import Annotated, ParamSpec, TypeVar
 
 from fastapi import Depends, Request
 from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
 from ember.api.services import Services
-from ember.api.serving import WHOLE_BODY
+from ember.api.serving import ANSWER, WHOLE_BODY
 from ember.backends.base import Backend
 from ember.control.clock import Clock
+from ember.control.dispatch import Answer
 from ember.control.fleet import Fleet
 from ember.control.handoff import HandOff
 from ember.control.signals import Signals
@@ -41,6 +43,7 @@ ENDPOINT_CACHE_S = 2.0
 
 P = ParamSpec("P")
 R = TypeVar("R")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -375,6 +378,15 @@ async def read_body(request: Request, limit_bytes: int) -> bytes:
             + (f" of {declared} declared)" if declared else ")")
         ) from None
     return b"".join(chunks)
+
+
+def answer_early(request: Request, respond: Callable[[V], Response]) -> Answer[V] | None:
+    """How the request can be answered with `respond(value)` before its route returns, by the code that
+    hands `value` over (`api.serving.ANSWER`); None when it can't (it is served by the ASGI stack)."""
+    send: Callable[[Response], bool] | None = request.scope.get(ANSWER)
+    if send is None:
+        return None
+    return Answer(lambda value: send(respond(value)))
 
 
 async def read_json(request: Request, limit_bytes: int) -> Json:

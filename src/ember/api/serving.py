@@ -11,6 +11,12 @@ is still being answered (uvicorn queues it), HTTP/1.0, HEAD, `Connection: close`
 an upgrade, a `root_path`, a concurrency limit, an access log. uvicorn's keep-alive, pipelining and
 shutdown handling see a served request as one of their own cycles (`_Served`).
 
+A route served so may answer before it returns (`ANSWER` in its scope: a call that sends a `Response`
+now, from whatever code holds it): a job handed to a held job-take, or a result handed to a waiting
+runsync, is written by the code that hands it over, in that same turn of the loop, instead of waking the
+route's task to unwind and write it a turn later. The request is complete then (a next request on the
+connection is served at once); what the route returns afterwards is dropped.
+
 uvicorn writes a response's status line and headers when the app sends `http.response.start`, and the
 body when it sends `http.response.body`: two `send()` calls, two TCP segments, and a client that wakes
 for the head only to wait again for the body. `CoalescingTransport` holds a head back until the next
@@ -42,6 +48,10 @@ log = logging.getLogger("ember.api")
 # The scope key of a request's whole body when it was all in hand before the route ran (`api.deps`
 # reads it there instead of waiting for it, with a deadline, as it must for a body still coming).
 WHOLE_BODY = "ember.whole_body"
+# The scope key of a served request's early answer: `answer(response) -> bool`, True when it was sent
+# (False when the request was answered already or its client is gone). Only requests this protocol
+# serves itself have one.
+ANSWER = "ember.answer"
 _HEAD_START = b"HTTP/1.1 "
 _HEAD_END = b"\r\n\r\n"
 
@@ -101,11 +111,20 @@ class _Served:
     """A request `HttpProtocol` serves itself, as uvicorn's connection handling sees it (the attributes
     its `connection_lost`, `shutdown` and pipelining read and set), and its ASGI `receive`."""
 
-    __slots__ = ("body", "response_complete", "disconnected", "keep_alive", "message_event", "_waiters")
+    __slots__ = (
+        "body",
+        "response_complete",
+        "disconnected",
+        "keep_alive",
+        "message_event",
+        "answered",
+        "_waiters",
+    )
 
     def __init__(self, body: bytes) -> None:
         self.body: bytes | None = body
         self.response_complete = False
+        self.answered: Response | None = None  # sent before the route returned (`ANSWER`)
         self.disconnected = False
         self.keep_alive = True  # uvicorn's shutdown clears it: the connection closes after the answer
         self.message_event = self  # uvicorn calls `cycle.message_event.set()` when the connection ends
@@ -240,36 +259,58 @@ class HttpProtocol(HttpToolsProtocol):
             return
         self._pending = None
         served = _Served(bytes(pending.body))
-        self.scope[WHOLE_BODY] = served.body  # type: ignore[literal-required]
+        scope = self.scope
+        scope[WHOLE_BODY] = served.body  # type: ignore[literal-required]
+        started = time.perf_counter()
+
+        def answer(response: Response) -> bool:
+            if served.answered is not None or served.response_complete or served.disconnected:
+                return False
+            served.answered = response
+            self.transport.write(self._encode(response, served.keep_alive))
+            self._complete(served, response, pending.lane, scope, started)
+            return True
+
+        scope[ANSWER] = answer  # type: ignore[literal-required]
         self.cycle = served  # type: ignore[assignment]
         self._served = served
-        task = self.loop.create_task(self._serve(served, pending.lane, pending.params, self.scope))
+        task = self.loop.create_task(self._serve(served, pending.lane, pending.params, scope, started))
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
 
-    async def _serve(self, served: _Served, lane: Lane, params: dict[str, str], scope: Any) -> None:
+    async def _serve(
+        self, served: _Served, lane: Lane, params: dict[str, str], scope: Any, started: float
+    ) -> None:
         app = self._lanes
         assert app is not None
-        started = time.perf_counter()
         response: Response | None = None
         try:
             response = await app.respond(lane, params, scope, served.receive)
-            if not served.disconnected:
+            if served.answered is None and not served.disconnected:
                 self.transport.write(self._encode(response, served.keep_alive))
         except Exception:
             log.exception("error while answering %s %s", scope["method"], scope["path"])
             response = None
         finally:
-            served.response_complete = True
-            served.set()
-            if self._served is served:
-                self._served = None
-            if response is None or not served.keep_alive:
-                self.transport.close()
-            if response is not None:
-                app.observed(scope["method"], lane, response.status_code, started)
-                if not served.disconnected:
-                    self.on_response_complete()
+            if served.answered is None:
+                self._complete(served, response, lane, scope, started)
+
+    def _complete(
+        self, served: _Served, response: Response | None, lane: Lane, scope: Any, started: float
+    ) -> None:
+        """The request is answered (`response`, or None: it failed): the connection moves on to the
+        next request, or closes."""
+        served.response_complete = True
+        served.set()
+        if self._served is served:
+            self._served = None
+        if response is None or not served.keep_alive:
+            self.transport.close()
+        if response is not None:
+            assert self._lanes is not None
+            self._lanes.observed(scope["method"], lane, response.status_code, started)
+            if not served.disconnected:
+                self.on_response_complete()
 
     def _encode(self, response: Response, keep_alive: bool) -> bytes:
         """The response, head and body, as it goes on the wire (the route's headers checked as uvicorn

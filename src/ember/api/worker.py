@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ember.api import bodies as B
-from ember.api.deps import Runtime, query_param, read_json, runtime, worker_caller
+from ember.api.deps import Runtime, answer_early, query_param, read_json, runtime, worker_caller
 from ember.api.errors import json_response
 from ember.api.fastpath import FastRoutes
 from ember.control.handoff import hold_clock
@@ -100,12 +100,16 @@ async def _take(request: Request, limit: int, as_list: bool) -> Response:
                 )
         return worker
 
-    claimed = await rt.handoff.take(
-        endpoint_id, worker, limit, functools.partial(_client_gone, request), first_empty
-    )
-    if not claimed:
-        return NO_CONTENT
-    return Response(_jobs_body(claimed, as_list), media_type="application/json")
+    def answer(claimed: Sequence[Claimed]) -> Response:
+        return Response(_jobs_body(claimed, as_list), media_type="application/json")
+
+    def answer_one(job: Claimed) -> Response:
+        return answer([job])
+
+    early = answer_early(request, answer_one)
+    gone = functools.partial(_client_gone, request)
+    claimed = await rt.handoff.take(endpoint_id, worker, limit, gone, first_empty, early)
+    return answer(claimed) if claimed else NO_CONTENT
 
 
 def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -201,11 +205,24 @@ async def job_done(request: Request) -> Response:
     next_jobs = report.next_jobs
     if report.may_take and not next_jobs:
         gone = functools.partial(_client_gone, request)
-        next_jobs = await rt.handoff.hold_for_jobs(endpoint_id, worker_id, take, now, gone, seen, retired)
+        early = answer_early(request, _with_job)
+        next_jobs = await rt.handoff.hold_for_jobs(
+            endpoint_id, worker_id, take, now, gone, seen, retired, early
+        )
     if next_jobs:
-        jobs = _jobs_body(next_jobs, as_list=True)
-        return Response('{"status":"ok","jobs":' + jobs + "}", media_type="application/json")
+        return _with_jobs(next_jobs)
     return json_response({"status": "ok" if report.outcome == "done" else "ignored"})
+
+
+def _with_job(job: Claimed) -> Response:
+    return _with_jobs([job])
+
+
+def _with_jobs(jobs: Sequence[Claimed]) -> Response:
+    """A job-done's answer that hands the worker its next jobs."""
+    return Response(
+        '{"status":"ok","jobs":' + _jobs_body(jobs, as_list=True) + "}", media_type="application/json"
+    )
 
 
 async def _report(

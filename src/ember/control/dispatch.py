@@ -6,6 +6,9 @@
   overlaps the worker's run instead of delaying it);
 - a runsync waiting on a job is handed the job's final record by whoever finished it.
 
+A waiter may bring its answer (`Answer`): the hand-off then sends it at once, in the code that hands
+over, instead of waking the waiter to send it a turn of the loop later (`api.serving.ANSWER`).
+
 The store stays the truth: a hand-off that is lost (a process dies) leaves a job the store recovers like
 any other, and a waiter woken with nothing looks in the store itself."""
 
@@ -13,13 +16,35 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from ember.store.jobs import Claimed
 
 T = TypeVar("T")
+V = TypeVar("V")
+log = logging.getLogger("ember.control")
+
+
+class Answer(Generic[V]):
+    """How a waiter's client is answered with what it waits for (a job, a final record), by whoever
+    hands it over: `send(value)` returns True when the answer went out (False: the client is gone, or
+    was answered already). Never raises into the caller."""
+
+    __slots__ = ("send",)
+
+    def __init__(self, send: Callable[[V], bool]) -> None:
+        self.send = send
+
+    def __call__(self, value: V) -> bool:
+        try:
+            return self.send(value)
+        except Exception:
+            log.exception("could not answer early")
+            return False
 
 
 def _end(fut: asyncio.Future[T | None]) -> None:
@@ -47,6 +72,7 @@ class Taker:
     future: asyncio.Future[Claimed | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    answer: Answer[Claimed] | None = None  # sends the job to the worker as it is handed over (`hand`)
 
 
 class Dispatcher:
@@ -54,6 +80,7 @@ class Dispatcher:
         self._takers: dict[str, deque[Taker]] = {}
         self._by_worker: dict[str, set[Taker]] = {}
         self._results: dict[str, asyncio.Future[str | None]] = {}
+        self._answers: dict[str, Answer[str]] = {}  # of the runsync waiters that brought one
         # Per endpoint, how many times queued jobs woke its takers (a count of wake-ups, not of jobs): a
         # take that looked at the store before a queueing and starts waiting after it (possible when
         # store calls run on threads) sees the count moved and looks again instead of waiting.
@@ -64,19 +91,25 @@ class Dispatcher:
         self.retirements = 0
 
     # ---- job-takes -------------------------------------------------------------------------------
-    def wait_for_job(self, endpoint_id: str, worker_id: str) -> Taker:
-        taker = Taker(worker_id)
+    def wait_for_job(self, endpoint_id: str, worker_id: str, answer: Answer[Claimed] | None = None) -> Taker:
+        taker = Taker(worker_id, answer=answer)
         self._takers.setdefault(endpoint_id, deque()).append(taker)
         self._by_worker.setdefault(worker_id, set()).add(taker)
         return taker
 
     async def handed_job(
-        self, endpoint_id: str, worker_id: str, timeout_s: float, gone: asyncio.Future[None] | None = None
+        self,
+        endpoint_id: str,
+        worker_id: str,
+        timeout_s: float,
+        gone: asyncio.Future[None] | None = None,
+        answer: Answer[Claimed] | None = None,
     ) -> Claimed | None:
         """Wait up to `timeout_s` for a submit to hand `worker_id` a job on the endpoint (or for `gone`,
         its client hanging up, or a wake-up that says: look in the store). The job, or None. Once a
-        submit has picked this take (`Taker.promised`), it waits for the job whatever else happens."""
-        taker = self.wait_for_job(endpoint_id, worker_id)
+        submit has picked this take (`Taker.promised`), it waits for the job whatever else happens.
+        With `answer`, the job was sent to the worker as it was handed over (`hand`)."""
+        taker = self.wait_for_job(endpoint_id, worker_id, answer)
         timer = taker.future.get_loop().call_later(timeout_s, _end_unless_promised, taker)
         ended = functools.partial(_end_if_gone, taker)
         if gone is not None:
@@ -114,6 +147,14 @@ class Dispatcher:
         self._takers.pop(endpoint_id, None)
         return None
 
+    @staticmethod
+    def hand(taker: Taker, job: Claimed | None) -> None:
+        """Resolve a picked take (`next_taker`) with `job` (None: it gets none), sending the job to its
+        worker now when the take brought its answer."""
+        taker.future.set_result(job)
+        if job is not None and taker.answer is not None:
+            taker.answer(job)
+
     def _forget(self, taker: Taker) -> None:
         mine = self._by_worker.get(taker.worker_id)
         if mine is not None:
@@ -143,9 +184,13 @@ class Dispatcher:
         return sum(1 for t in self._takers.get(endpoint_id, ()) if not t.future.done())
 
     # ---- runsync results -------------------------------------------------------------------------
-    def expect_result(self, job_id: str) -> asyncio.Future[str | None]:
+    def expect_result(self, job_id: str, answer: Answer[str] | None = None) -> asyncio.Future[str | None]:
+        """A future given the job's final record (`finished`); with `answer`, the record is also sent
+        to the waiter's client at once."""
         fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._results[job_id] = fut
+        if answer is not None:
+            self._answers[job_id] = answer
         return fut
 
     @staticmethod
@@ -161,6 +206,7 @@ class Dispatcher:
 
     def forget_result(self, job_id: str) -> None:
         self._results.pop(job_id, None)
+        self._answers.pop(job_id, None)
 
     def finished(self, job_id: str, record: str | None = None) -> None:
         """The job reached a final state; `record` is its final record's JSON text when known (else the
@@ -168,3 +214,6 @@ class Dispatcher:
         fut = self._results.pop(job_id, None)
         if fut is not None and not fut.done():
             fut.set_result(record)
+            answer = self._answers.pop(job_id, None)
+            if answer is not None and record is not None:
+                answer(record)

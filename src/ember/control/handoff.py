@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from ember.control.clock import Clock
+from ember.control.dispatch import Answer
 from ember.control.signals import Signals
 from ember.core.errors import StoreError
 from ember.core.jobs import TERMINAL, JobState
@@ -90,10 +91,10 @@ class HandOff:
             # it, before anything else the loop does (no store call can come between: they run on this
             # loop). A crash in between loses a job no one was told of; the worker's result for it is
             # then refused as unknown.
-            taker.future.set_result(Claimed(job.id, job.input_json, job.extra_json))
+            self.dispatch.hand(taker, Claimed(job.id, job.input_json, job.extra_json))
             if job.is_sync:
                 self._handed[job.id] = (self.dispatch.retirements, self.queued_count(job.endpoint_id))
-            await asyncio.sleep(0)  # the take's answer goes out first
+            await asyncio.sleep(0)  # the take's answer goes out first (if the take brought none)
             if not job.is_sync:
                 store.hand_over(job, taker.worker_id, now, delivered=True)
             elif store.hand_over_later(job, taker.worker_id, now):
@@ -106,9 +107,9 @@ class HandOff:
                 with self.signals.in_txn():  # queued instead (the worker no longer takes): "q"
                     handed = await store.run(store.hand_over, job, taker.worker_id, now)
             except BaseException:
-                taker.future.set_result(None)
+                self.dispatch.hand(taker, None)
                 raise
-            taker.future.set_result(Claimed(job.id, job.input_json, job.extra_json) if handed else None)
+            self.dispatch.hand(taker, Claimed(job.id, job.input_json, job.extra_json) if handed else None)
             if handed:
                 return
         else:
@@ -122,12 +123,15 @@ class HandOff:
         except StoreError:
             log.exception("could not record the jobs handed over")
 
-    async def run_sync(self, job: NewJob, wait_s: float) -> str | JobRow | None:
+    async def run_sync(
+        self, job: NewJob, wait_s: float, answer: Answer[str] | None = None
+    ) -> str | JobRow | None:
         """Submit `job` and wait up to `wait_s` for it to end: its final record as JSON text when it was
-        handed over, else its row as the store has it when the wait ends (final or not), or None when
-        the record is gone (expired)."""
+        handed over (with `answer`, that record was sent to the client already), else its row as the
+        store has it when the wait ends (final or not), or None when the record is gone (expired)."""
         dispatch = self.dispatch
-        result = dispatch.expect_result(job.id)  # before the job exists, so its finish can't be missed
+        # Before the job exists, so its finish can't be missed.
+        result = dispatch.expect_result(job.id, answer)
         try:
             await self.submit(job)
             deadline = hold_clock() + wait_s
@@ -137,7 +141,7 @@ class HandOff:
                 if final is not None:
                     return final
                 # Woken without the record (or a slice passed): the store says how the job stands.
-                result = dispatch.expect_result(job.id)
+                result = dispatch.expect_result(job.id, answer)
                 row = await self.store.run(self.store.jobs.get, job.id)
                 if row is None or row["state"] in _FINAL or hold_clock() >= deadline:
                     return row
@@ -184,11 +188,18 @@ class HandOff:
 
     # ---- workers ---------------------------------------------------------------------------------
     async def take(
-        self, endpoint_id: str, worker: WorkerRow, limit: int, gone: Gone, first_empty: FirstEmpty
+        self,
+        endpoint_id: str,
+        worker: WorkerRow,
+        limit: int,
+        gone: Gone,
+        first_empty: FirstEmpty,
+        answer: Answer[Claimed] | None = None,
     ) -> Sequence[Claimed]:
         """Up to `limit` jobs for the worker: queued ones, or the first submitted while the take is
-        held (`HoldLimits.take_hold_s`). Empty when none came, the client hung up, or the worker may
-        not take jobs (then the take is still held, until it is retired or the hold ends)."""
+        held (`HoldLimits.take_hold_s`; with `answer`, that one was sent to the worker as it was handed
+        over). Empty when none came, the client hung up, or the worker may not take jobs (then the take
+        is still held, until it is retired or the hold ends)."""
         store, dispatch = self.store, self.dispatch
         worker_id = worker["id"]
         deadline = hold_clock() + self.limits.take_hold_s
@@ -224,7 +235,9 @@ class HandOff:
                     continue
                 if watching is None:
                     watching = asyncio.ensure_future(gone())
-                handed = await dispatch.handed_job(endpoint_id, worker_id, min(remaining, _SLICE_S), watching)
+                handed = await dispatch.handed_job(
+                    endpoint_id, worker_id, min(remaining, _SLICE_S), watching, answer
+                )
                 if handed is not None:
                     return [handed]
                 if watching.done():
@@ -249,13 +262,15 @@ class HandOff:
         gone: Gone,
         seen: int,
         retired: int,
+        answer: Answer[Claimed] | None = None,
     ) -> Sequence[Claimed]:
         """A job-done that asked for its next jobs (take=N) and found none queued is held like a
         job-take: the next job submitted may be handed to it. Ends empty when the hold ends, the client
         hangs up or the worker may no longer take jobs. The worker was left RUNNING (`Store.report`): a
         job handed to it within `HoldLimits.settle_grace_s` keeps it so; otherwise it is settled IDLE as
         of `finished_at`. `seen`: `queued_count` as it was before the job-done's own claim; `retired`:
-        `Dispatcher.retirements` as it was before the result said the worker may take more."""
+        `Dispatcher.retirements` as it was before the result said the worker may take more. With
+        `answer`, a job handed over while it is held is sent to the worker at once."""
         store, dispatch = self.store, self.dispatch
         start = hold_clock()
         deadline, grace_end = start + self.limits.take_hold_s, start + self.limits.settle_grace_s
@@ -274,7 +289,7 @@ class HandOff:
                         return []
                 if self.queued_count(endpoint_id) == seen:
                     wait_s = min(remaining, max(0.0, grace_end - hold_clock()) if unsettled else _SLICE_S)
-                    handed = await dispatch.handed_job(endpoint_id, worker_id, wait_s, watching)
+                    handed = await dispatch.handed_job(endpoint_id, worker_id, wait_s, watching, answer)
                     if handed is not None:
                         unsettled = False
                         return [handed]
