@@ -4,6 +4,8 @@ request and answers with a scripted sequence of status codes (e.g. 500 first, th
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +21,27 @@ class Delivery:
     body: Any  # parsed JSON, or the raw text when it was not JSON
     content_type: str
     answered: int
-    at: float  # time.monotonic() when it arrived
+    at: float  # time.monotonic() when it was read
+    arrived: float  # time.time() when its first byte reached this machine's network stack (the kernel's
+    # receive time: it does not lag behind, as `at` may, when the sink's threads wait their turn)
+
+
+# Linux's SO_TIMESTAMPNS: a socket that has it set gets each received segment's arrival time.
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+
+
+def _arrival(conn: socket.socket) -> float:
+    """When the first byte waiting on `conn` arrived (the kernel's timestamp), without reading it;
+    the time now when the kernel gives none."""
+    try:
+        _, ancillary, _, _ = conn.recvmsg(1, socket.CMSG_SPACE(16), socket.MSG_PEEK)
+    except OSError:
+        return time.time()
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(data) >= 16:
+            seconds, nanoseconds = struct.unpack("qq", data[:16])
+            return seconds + nanoseconds / 1e9
+    return time.time()
 
 
 class WebhookSink:
@@ -36,6 +58,10 @@ class WebhookSink:
         sink = self
 
         class _Handler(BaseHTTPRequestHandler):
+            def setup(self) -> None:
+                self.arrived = _arrival(self.request)
+                super().setup()
+
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length).decode("utf-8", "replace")
@@ -48,7 +74,12 @@ class WebhookSink:
                     status = script.pop(0) if script else sink._default
                     sink._received.append(
                         Delivery(
-                            self.path, body, self.headers.get("Content-Type", ""), status, time.monotonic()
+                            self.path,
+                            body,
+                            self.headers.get("Content-Type", ""),
+                            status,
+                            time.monotonic(),
+                            self.arrived,
                         )
                     )
                 payload = b'{"ok": true}' if status < 400 else b'{"error": "sink told to fail"}'
@@ -62,6 +93,7 @@ class WebhookSink:
                 pass
 
         self._server = ThreadingHTTPServer((host, 0), _Handler)
+        self._server.socket.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)  # the connections inherit it
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="webhook-sink", daemon=True)
 

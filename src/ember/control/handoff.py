@@ -87,10 +87,11 @@ class HandOff:
             # This process is the only one: a worker that stops taking jobs is retired here
             # (`Signals.retire`) as its new state is recorded, which ends its takes, so a take still
             # waiting is one its worker may be handed. Hand the job over first and commit it while the
-            # worker runs it: the take's answer leaves in the loop's next turn, this commit right after
-            # it, before anything else the loop does (no store call can come between: they run on this
-            # loop). A crash in between loses a job no one was told of; the worker's result for it is
-            # then refused as unknown.
+            # worker runs it: the take's answer leaves now (in the loop's next turn when the take
+            # brought no `Answer`), this commit in that next turn, before the worker's result can be
+            # read (the loop reads sockets only between turns, and runs the result's route after this).
+            # A crash in between loses a job no one was told of; the worker's result for it is then
+            # refused as unknown.
             self.dispatch.hand(taker, Claimed(job.id, job.input_json, job.extra_json))
             if job.is_sync:
                 self._handed[job.id] = (self.dispatch.retirements, self.queued_count(job.endpoint_id))
