@@ -500,6 +500,31 @@ def test_a_deferred_hand_over_commits_with_the_result_or_on_its_own(tmp_path: Pa
         store.close()
 
 
+def test_a_queued_runsync_job_is_written_by_the_claim_that_takes_it(tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path / 'ember.db'}")
+    other = Store.open(f"sqlite:///{tmp_path / 'ember.db'}")  # another connection: sees only commits
+    try:
+        _worker(store, WorkerState.RUNNING)
+        assert store.hand_over(_sync_job(0), "wk-1", 4.0)  # the worker runs job 0
+        assert store.queue_later(_sync_job(1), 5.0) is True  # the first deferred write: the caller flushes
+        assert other.jobs.get("sync-1") is None
+        # The worker's result asks for more: its transaction writes the queued job, then claims it.
+        report = store.report(
+            "sync-0", "wk-1", JobState.COMPLETED, "0", None, 6.0, 1800, 60, take_endpoint="ep-1", take=1
+        )
+        assert [job.id for job in report.next_jobs] == ["sync-1"]
+        row = other.jobs.get("sync-1")
+        assert row is not None and row["state"] == "IN_PROGRESS" and row["worker_id"] == "wk-1"
+        # A look at the queue (a take's) writes a job queued there first, and finds it.
+        assert store.queue_later(_sync_job(2), 7.0) is True
+        assert store.jobs.any_queued("ep-1")
+        row = other.jobs.get("sync-2")
+        assert row is not None and row["state"] == "IN_QUEUE"
+    finally:
+        other.close()
+        store.close()
+
+
 def test_a_runsync_job_handed_to_a_running_worker_is_recorded_with_its_result(tmp_path: Path) -> None:
     async def scenario() -> None:
         h = build(tmp_path)

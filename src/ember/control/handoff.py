@@ -113,6 +113,11 @@ class HandOff:
             self.dispatch.hand(taker, Claimed(job.id, job.input_json, job.extra_json) if handed else None)
             if handed:
                 return
+        elif store.inline and job.is_sync:
+            # Queued with the transaction that claims it (or within `DEFER_S`): no one has been told of
+            # a runsync job before its answer, as above.
+            if store.queue_later(job, now):
+                asyncio.get_running_loop().call_later(DEFER_S, self._flush)
         else:
             with self.signals.in_txn(("q", job.endpoint_id)):
                 await store.run(store.jobs.submit, job, now)

@@ -22,7 +22,7 @@ from ember.store.endpoints import EndpointStore
 from ember.store.hosts import HostStore
 from ember.store.idempotency import IdempotencyStore
 from ember.store.insights import InsightStore
-from ember.store.jobs import Claimed, Finished, JobStore, NewJob
+from ember.store.jobs import Claimed, Finished, JobStore, NewJob, queued_key
 from ember.store.metering import MeterStore
 from ember.store.pings import PingStore
 from ember.store.registry_auths import RegistryAuthStore
@@ -142,6 +142,17 @@ class Store:
         self._later[job.id] = (job, worker_id, now)
         write = functools.partial(self._hand_over, job, worker_id, now, True)
         return self.raw.defer(write, key=job.id)
+
+    def queue_later(self, job: NewJob, now: float) -> bool:
+        """SQLite: queue a job in the next write transaction on this process's connection instead of one
+        of its own: the claim that takes it (a worker's result asking for more, a take) commits it, so a
+        job queued and claimed within the moment costs no commit of its own. For a runsync job, which no
+        one knows of before its answer. True when the caller is to `flush` soon (`RawAccess.defer`)."""
+
+        def write(cur: Cursor) -> None:
+            self.jobs.submit(job, now, cur=cur)
+
+        return self.raw.defer(write, key=queued_key(job.endpoint_id))
 
     def finish_later(
         self,

@@ -35,6 +35,11 @@ from ember.store.rows import CancelledJob, JobRow
 from ember.store.schema import job_stream, jobs
 
 
+def queued_key(endpoint_id: str) -> str:
+    """The name of a deferred write that queues a job on the endpoint (`RawAccess.defer`)."""
+    return "queued:" + endpoint_id
+
+
 @dataclass(frozen=True)
 class NewJob:
     id: str
@@ -232,8 +237,8 @@ class JobStore(Repository):
     # ---- worker side -------------------------------------------------------------------------------
     def any_queued(self, endpoint_id: str) -> bool:
         """Whether the endpoint has a queued job (a read: no write lock is taken). The deferred writes are
-        left waiting: they never queue a job (`Store.hand_over_later`, `Store.finish_later`)."""
-        with self.raw.read(deferred=False) as cur:
+        committed first only when one queues a job there (`Store.queue_later`)."""
+        with self.raw.read(deferred=self.raw.waiting(queued_key(endpoint_id))) as cur:
             return self._any_queued.first(cur, p_endpoint=endpoint_id) is not None
 
     def claim(
