@@ -5,11 +5,13 @@ record from the job-done that finished its job. The store stays the truth in eve
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from ember.core.jobs import JobState
 from ember.core.workers import WorkerState
@@ -497,6 +499,25 @@ def test_a_deferred_hand_over_commits_with_the_result_or_on_its_own(tmp_path: Pa
         assert other.jobs.get("sync-7") is not None
     finally:
         other.close()
+        store.close()
+
+
+def test_a_reader_inside_another_open_write_transaction_goes_on_without_the_deferred_writes(
+    tmp_path: Path,
+) -> None:
+    store = Store.open(f"sqlite:///{tmp_path / 'ember.db'}")
+    try:
+        _worker(store, WorkerState.RUNNING)
+        with store.jobs.engine.begin() as conn:  # another connection holds the database's write lock
+            conn.execute(text("SELECT 1"))
+            store.hand_over_later(_sync_job(1), "wk-1", 5.0)
+            began = time.monotonic()
+            # A read on the engine does not wait for that lock to commit them (SQLite would wait 30 s
+            # for it, then fail): it reads without them, as a reader in another process would.
+            assert "IN_PROGRESS" not in store.jobs.counts("ep-1")
+            assert time.monotonic() - began < 10 and store.raw.deferred == 1
+        assert store.jobs.counts("ep-1").get("IN_PROGRESS") == 1 and store.raw.deferred == 0
+    finally:
         store.close()
 
 

@@ -47,6 +47,10 @@ SAFETY_CHECKPOINT_PAGES = 10_000
 log = logging.getLogger("ember.store")
 
 
+# How long a SQLite statement waits for another connection's write lock before it fails.
+BUSY_TIMEOUT_MS = 30_000
+
+
 def make_engine(url: str) -> Engine:
     """An engine for `url`; SQLite files get WAL, NORMAL sync (durable against process crashes) and
     immediate write transactions so that a claim never races another writer."""
@@ -68,7 +72,7 @@ def make_engine(url: str) -> Engine:
             # The reaper checkpoints the log each tick from a thread (`Store.checkpoint`); this is the
             # safety net should it fall behind (about 40 MB of log).
             cur.execute(f"PRAGMA wal_autocheckpoint={SAFETY_CHECKPOINT_PAGES}")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
@@ -322,12 +326,24 @@ class RawAccess:
 
     def _flush_for_reader(self, *_: object) -> None:
         """A connection checked out of the engine's pool (the repositories' own statements) sees the
-        deferred writes: they are committed first."""
-        if self._deferred:
+        deferred writes: they are committed first. Never waits: when this connection is in use on another
+        thread, or another connection holds the database's write lock (perhaps the caller's own open
+        transaction), the reader goes on without them, as a reader in another process would."""
+        if not self._deferred or not self._lock.acquire(blocking=False):
+            return
+        try:
+            driver = self._driver
+            if driver is None or not self._deferred:
+                return
+            driver.execute("PRAGMA busy_timeout=0")
             try:
                 self.flush()
-            except StoreError:
-                log.exception("could not commit the deferred writes before a read")
+            except StoreError as exc:
+                log.debug("deferred writes left for the next transaction: %s", exc)
+            finally:
+                driver.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        finally:
+            self._lock.release()
 
     def _run_deferred(self, cur: Cursor) -> list[tuple[str | None, Callable[[Cursor], object]]]:
         """Take the deferred writes into the transaction `cur` has begun, and return them (waiting again
