@@ -179,7 +179,7 @@ async def job_done(request: Request) -> Response:
     error = fields.get("error")
     answered = None
     if not stop_pod:  # a runsync's result recorded after its answer (when its hand-over is deferred)
-        answered = rt.handoff.report_answered(job_id, worker_id, state, output, error, now, rt.limits, take)
+        answered = rt.handoff.report_answered(job_id, worker_id, state, output, error, now, take)
     if answered is not None:
         report, seen, retired = answered
     else:

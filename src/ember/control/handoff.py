@@ -42,20 +42,18 @@ Gone = Callable[[], Awaitable[None]]  # returns when the client hangs up
 FirstEmpty = Callable[[WorkerRow, float], Awaitable[WorkerRow]]
 
 
-class Retention(Protocol):
-    @property
-    def retention_run_s(self) -> float: ...  # how long a /run job's record is kept once final
-
-    @property
-    def retention_sync_s(self) -> float: ...  # the same for a runsync job
-
-
-class HoldLimits(Protocol):
+class Limits(Protocol):
     @property
     def take_hold_s(self) -> float: ...  # how long a job-take (or a job-done asking for more) is held
 
     @property
     def settle_grace_s(self) -> float: ...  # see `hold_for_jobs`
+
+    @property
+    def retention_run_s(self) -> float: ...  # how long a /run job's record is kept once final
+
+    @property
+    def retention_sync_s(self) -> float: ...  # the same for a runsync job
 
 
 def hold_clock() -> float:
@@ -66,7 +64,7 @@ def hold_clock() -> float:
 
 
 class HandOff:
-    def __init__(self, store: Store, signals: Signals, clock: Clock, limits: HoldLimits) -> None:
+    def __init__(self, store: Store, signals: Signals, clock: Clock, limits: Limits) -> None:
         self.store = store
         self.signals = signals
         self.dispatch = signals.dispatch
@@ -163,7 +161,6 @@ class HandOff:
         output_json: str | None,
         error: str | None,
         now: float,
-        retention: Retention,
         take: int,
     ) -> tuple[Report, int, int] | None:
         """The result of a runsync job whose client waits here and whose hand-over is still deferred:
@@ -183,8 +180,8 @@ class HandOff:
             output_json,
             error,
             now,
-            retention.retention_run_s,
-            retention.retention_sync_s,
+            self.limits.retention_run_s,
+            self.limits.retention_sync_s,
             settle=take == 0,
         )
         if report is None:
@@ -203,7 +200,7 @@ class HandOff:
         answer: Answer[Claimed] | None = None,
     ) -> Sequence[Claimed]:
         """Up to `limit` jobs for the worker: queued ones, or the first submitted while the take is
-        held (`HoldLimits.take_hold_s`; with `answer`, that one was sent to the worker as it was handed
+        held (`Limits.take_hold_s`; with `answer`, that one was sent to the worker as it was handed
         over). Empty when none came, the client hung up, or the worker may not take jobs (then the take
         is still held, until it is retired or the hold ends)."""
         store, dispatch = self.store, self.dispatch
@@ -273,7 +270,7 @@ class HandOff:
         """A job-done that asked for its next jobs (take=N) and found none queued is held like a
         job-take: the next job submitted may be handed to it. Ends empty when the hold ends, the client
         hangs up or the worker may no longer take jobs. The worker was left RUNNING (`Store.report`): a
-        job handed to it within `HoldLimits.settle_grace_s` keeps it so; otherwise it is settled IDLE as
+        job handed to it within `Limits.settle_grace_s` keeps it so; otherwise it is settled IDLE as
         of `finished_at`. `seen`: `queued_count` as it was before the job-done's own claim; `retired`:
         `Dispatcher.retirements` as it was before the result said the worker may take more. With
         `answer`, a job handed over while it is held is sent to the worker at once."""
