@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from ember.control.handoff import DEFER_S
 from ember.core.jobs import JobState
 from ember.core.workers import WorkerState
 from ember.store.facade import Store
@@ -549,6 +550,9 @@ def test_a_queued_runsync_job_is_written_by_the_claim_that_takes_it(tmp_path: Pa
 def test_a_runsync_job_handed_to_a_running_worker_is_recorded_with_its_result(tmp_path: Path) -> None:
     async def scenario() -> None:
         h = build(tmp_path)
+        # What is deferred is looked at below: its flush, 5 ms later in real time, must not come first
+        # on a busy machine (a write or a read commits it as well).
+        h.app.runtime.handoff.defer_s = 60.0
         ep, worker = await ready_worker(h)
         take = await waiting_take(h, ep["id"], worker["id"])
         first = asyncio.ensure_future(h.api.post(f"/v2/{ep['id']}/runsync", json={"input": {"i": 0}}))
@@ -574,6 +578,7 @@ def test_a_runsync_job_handed_to_a_running_worker_is_recorded_with_its_result(tm
         worker_row = h.store.workers.get(worker["id"])
         assert worker_row is not None and worker_row["state"] == "IDLE"  # it asked for no more
         # One not answered within the moment is written on its own.
+        h.app.runtime.handoff.defer_s = DEFER_S
         take = await waiting_take(h, ep["id"], worker["id"])
         third = asyncio.ensure_future(h.api.post(f"/v2/{ep['id']}/runsync", json={"input": {"i": 2}}))
         job = (await take).json()

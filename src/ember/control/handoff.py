@@ -70,6 +70,7 @@ class HandOff:
         self.dispatch = signals.dispatch
         self.clock = clock
         self.limits = limits
+        self.defer_s = DEFER_S  # how long a deferred hand-over or queueing waits at most to be written
         # The runsync jobs handed over with their record deferred (`submit`), while their client waits:
         # `Dispatcher.retirements` and the endpoint's `queued_count` at the hand-over.
         self._handed: dict[str, tuple[int, int]] = {}
@@ -99,7 +100,7 @@ class HandOff:
             elif store.hand_over_later(job, taker.worker_id, now):
                 # No one has been told of a runsync job before its answer: it is recorded with its
                 # result, one commit for both, when that comes within `DEFER_S` (else on its own then).
-                asyncio.get_running_loop().call_later(DEFER_S, self._flush)
+                asyncio.get_running_loop().call_later(self.defer_s, self._flush)
             return
         if taker is not None:
             try:
@@ -115,7 +116,7 @@ class HandOff:
             # Queued with the transaction that claims it (or within `DEFER_S`): no one has been told of
             # a runsync job before its answer, as above.
             if store.queue_later(job, now):
-                asyncio.get_running_loop().call_later(DEFER_S, self._flush)
+                asyncio.get_running_loop().call_later(self.defer_s, self._flush)
         else:
             with self.signals.in_txn(("q", job.endpoint_id)):
                 await store.run(store.jobs.submit, job, now)
