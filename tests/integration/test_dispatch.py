@@ -466,9 +466,14 @@ def test_a_deferred_hand_over_commits_with_the_result_or_on_its_own(tmp_path: Pa
     other = Store.open(f"sqlite:///{tmp_path / 'ember.db'}")  # another connection: sees only commits
     try:
         _worker(store, WorkerState.RUNNING)
-        assert store.hand_over_later(_sync_job(1), "wk-1", 5.0) is True  # the first: the caller flushes
-        assert store.hand_over_later(_sync_job(2), "wk-1", 5.0) is False
-        assert other.jobs.get("sync-1") is None
+        store.hand_over_later(_sync_job(1), "wk-1", 5.0)
+        since = store.raw.deferred_since
+        store.hand_over_later(_sync_job(2), "wk-1", 5.0)
+        assert store.raw.deferred == 2 and store.raw.deferred_since == since  # the oldest one's time
+        # The caller's timer commits them once the oldest has waited its time; until then, it says
+        # how much longer to wait.
+        assert 3500 < store.flush_due(3600.0) <= 3600
+        assert store.raw.deferred == 2 and other.jobs.get("sync-1") is None
         # The result's transaction records the job first, then its end: one commit for both.
         report = store.report("sync-1", "wk-1", JobState.COMPLETED, "1", None, 6.0, 1800, 60)
         assert report.outcome == "done"
@@ -484,11 +489,13 @@ def test_a_deferred_hand_over_commits_with_the_result_or_on_its_own(tmp_path: Pa
         assert other.jobs.get("sync-4") is not None
         # A transaction that rolls back keeps the deferred writes it took for the next one.
         store.hand_over_later(_sync_job(5), "wk-1", 8.0)
+        since = store.raw.deferred_since
         with pytest.raises(RuntimeError), store.raw.write():
             raise RuntimeError("the caller's transaction fails")
         assert other.jobs.get("sync-5") is None
-        store.flush()
-        assert other.jobs.get("sync-5") is not None
+        assert store.raw.deferred == 1 and store.raw.deferred_since == since  # as old as it was
+        assert store.flush_due(0.0) == 0.0  # due: committed now
+        assert other.jobs.get("sync-5") is not None and store.raw.deferred == 0
         # One that fails (its job id is taken) is dropped, and the others still commit.
         store.hand_over_later(_sync_job(5), "wk-1", 9.0)
         store.hand_over_later(_sync_job(6), "wk-1", 9.0)
@@ -528,8 +535,8 @@ def test_a_queued_runsync_job_is_written_by_the_claim_that_takes_it(tmp_path: Pa
     try:
         _worker(store, WorkerState.RUNNING)
         assert store.hand_over(_sync_job(0), "wk-1", 4.0)  # the worker runs job 0
-        assert store.queue_later(_sync_job(1), 5.0) is True  # the first deferred write: the caller flushes
-        assert other.jobs.get("sync-1") is None
+        store.queue_later(_sync_job(1), 5.0)
+        assert store.raw.deferred == 1 and other.jobs.get("sync-1") is None
         # The worker's result asks for more: its transaction writes the queued job, then claims it.
         report = store.report(
             "sync-0", "wk-1", JobState.COMPLETED, "0", None, 6.0, 1800, 60, take_endpoint="ep-1", take=1
@@ -538,13 +545,51 @@ def test_a_queued_runsync_job_is_written_by_the_claim_that_takes_it(tmp_path: Pa
         row = other.jobs.get("sync-1")
         assert row is not None and row["state"] == "IN_PROGRESS" and row["worker_id"] == "wk-1"
         # A look at the queue (a take's) writes a job queued there first, and finds it.
-        assert store.queue_later(_sync_job(2), 7.0) is True
-        assert store.jobs.any_queued("ep-1")
+        store.queue_later(_sync_job(2), 7.0)
+        assert store.jobs.any_queued("ep-1") and store.raw.deferred == 0
         row = other.jobs.get("sync-2")
         assert row is not None and row["state"] == "IN_QUEUE"
     finally:
         other.close()
         store.close()
+
+
+def test_a_queued_runsync_job_waits_its_whole_moment_for_a_claim_before_it_is_written_alone(
+    tmp_path: Path,
+) -> None:
+    # One timer commits what is deferred, once the oldest deferred write has waited its time: a write
+    # that another transaction took first (as each result's claim does under load) leaves that timer
+    # nothing to commit early, and a job deferred after it still gets its whole moment.
+    async def scenario() -> None:
+        h = build(tmp_path)
+        other = Store.open(f"sqlite:///{tmp_path / 'ember.db'}")  # another connection: sees only commits
+        handoff, raw = h.app.runtime.handoff, h.store.raw
+        handoff.defer_s = 1.0
+        try:
+            ep, _ = await ready_worker(h)  # no take waits: runsync jobs are queued
+            url = f"/v2/{ep['id']}/runsync?wait=20000"
+            first = asyncio.ensure_future(h.api.post(url, json={"input": {"i": 0}}))
+            await until(lambda: raw.deferred == 1, "the first job queued, deferred")
+            first_at = raw.deferred_since
+            assert h.store.jobs.any_queued(ep["id"]) and raw.deferred == 0  # a look at the queue took it
+            first.cancel()  # its client leaves (a waiting runsync looks at its job each second: a read)
+            await asyncio.sleep(0.3)
+            second = asyncio.ensure_future(h.api.post(url, json={"input": {"i": 1}}))
+            await until(lambda: raw.deferred == 1, "the second job queued, deferred")
+            second_at = raw.deferred_since
+            await asyncio.sleep(max(0.0, first_at + 1.2 - time.monotonic()))  # the timer set for the first
+            waited = time.monotonic() - second_at
+            if waited < 1.0:  # the loop runs this check; a commit of the second needs its whole second
+                assert raw.deferred == 1 and other.jobs.counts(ep["id"]).get("IN_QUEUE") == 1
+            await until(lambda: raw.deferred == 0, "the second job written on its own")
+            assert time.monotonic() - second_at >= 1.0
+            assert other.jobs.counts(ep["id"]).get("IN_QUEUE") == 2
+            second.cancel()
+        finally:
+            other.close()
+            await h.api.aclose()
+
+    run(scenario())
 
 
 def test_a_runsync_job_handed_to_a_running_worker_is_recorded_with_its_result(tmp_path: Path) -> None:

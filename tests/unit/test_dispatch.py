@@ -126,11 +126,13 @@ def test_a_waiter_that_brings_its_answer_is_answered_by_the_hand_over_itself() -
         assert plain.future.result() is None and sent == [job]
 
         waiting = d.expect_result("job-1", Answer(lambda record: sent.append(record) or True))
-        d.finished("job-1", '{"id":"job-1"}')
+        assert d.finished("job-1", '{"id":"job-1"}') is True  # its client was answered here
         assert sent[-1] == '{"id":"job-1"}' and waiting.result() == '{"id":"job-1"}'
         d.expect_result("job-2", Answer(lambda record: sent.append(record) or True))
-        d.finished("job-2")  # no record to send: the waiter reads the store itself
+        assert d.finished("job-2") is False  # no record to send: the waiter reads the store itself
         assert sent[-1] == '{"id":"job-1"}'
+        d.expect_result("job-3")
+        assert d.finished("job-3", '{"id":"job-3"}') is False  # no answer brought: the waiter sends it'
 
         def broken(_: object) -> bool:
             raise RuntimeError("the answer failed")

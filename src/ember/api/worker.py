@@ -192,11 +192,12 @@ async def job_done(request: Request) -> Response:
         raise Conflict(f"job {job_id!r} is not held by worker {worker_id!r}")
     if report.finished is not None:
         f = report.finished
-        rt.signals.job_finished(job_id, report.record, webhook=f.has_webhook)
+        sent = rt.signals.job_finished(job_id, report.record, webhook=f.has_webhook)
         delay_s = f.started_at - f.created_at if f.started_at is not None else None
         execution_s = now - f.started_at if f.started_at is not None else None
         rt.signals.metrics.job_finished(endpoint_id, state.value, delay_s, execution_s)
-        await asyncio.sleep(0)  # let a runsync waiting on this job answer its client before this reply
+        if not sent:  # let a runsync waiting on this job answer its client before this reply
+            await asyncio.sleep(0)
     if stop_pod and report.outcome in ("done", "final"):
         # Whatever SDK it runs, the worker only says so and keeps polling: end its open takes, and let the
         # lifecycle stop and replace it now.

@@ -208,12 +208,13 @@ class Dispatcher:
         self._results.pop(job_id, None)
         self._answers.pop(job_id, None)
 
-    def finished(self, job_id: str, record: str | None = None) -> None:
+    def finished(self, job_id: str, record: str | None = None) -> bool:
         """The job reached a final state; `record` is its final record's JSON text when known (else the
-        waiter reads it)."""
+        waiter reads it). True when its runsync client was sent `record` here (its `Answer`)."""
         fut = self._results.pop(job_id, None)
         if fut is not None and not fut.done():
             fut.set_result(record)
             answer = self._answers.pop(job_id, None)
             if answer is not None and record is not None:
-                answer(record)
+                return answer(record)
+        return False

@@ -74,6 +74,8 @@ class HandOff:
         # The runsync jobs handed over with their record deferred (`submit`), while their client waits:
         # `Dispatcher.retirements` and the endpoint's `queued_count` at the hand-over.
         self._handed: dict[str, tuple[int, int]] = {}
+        self._flushing: asyncio.TimerHandle | None = None  # the one timer that commits deferred writes
+        self._flush_loop: asyncio.AbstractEventLoop | None = None  # the loop it was set on
 
     # ---- clients ---------------------------------------------------------------------------------
     async def submit(self, job: NewJob) -> None:
@@ -97,10 +99,11 @@ class HandOff:
             await asyncio.sleep(0)  # the take's answer goes out first (if the take brought none)
             if not job.is_sync:
                 store.hand_over(job, taker.worker_id, now, delivered=True)
-            elif store.hand_over_later(job, taker.worker_id, now):
+            else:
                 # No one has been told of a runsync job before its answer: it is recorded with its
                 # result, one commit for both, when that comes within `DEFER_S` (else on its own then).
-                asyncio.get_running_loop().call_later(self.defer_s, self._flush)
+                store.hand_over_later(job, taker.worker_id, now)
+                self._flush_soon()
             return
         if taker is not None:
             try:
@@ -115,18 +118,36 @@ class HandOff:
         elif store.inline and job.is_sync:
             # Queued with the transaction that claims it (or within `DEFER_S`): no one has been told of
             # a runsync job before its answer, as above.
-            if store.queue_later(job, now):
-                asyncio.get_running_loop().call_later(self.defer_s, self._flush)
+            store.queue_later(job, now)
+            self._flush_soon()
         else:
             with self.signals.in_txn(("q", job.endpoint_id)):
                 await store.run(store.jobs.submit, job, now)
         self.signals.jobs_submitted(job.endpoint_id)
 
+    def _flush_soon(self) -> None:
+        """Commit the deferred writes once the oldest has waited `defer_s`, unless a write transaction
+        takes them first (the usual case under load: each result's claim does). One timer at a time."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        due = now + self.defer_s
+        pending = self._flushing
+        if pending is not None and self._flush_loop is loop:
+            if now <= pending.when() <= due:
+                return
+            pending.cancel()
+        self._flushing, self._flush_loop = loop.call_at(due, self._flush), loop
+
     def _flush(self) -> None:
+        self._flushing = None
         try:
-            self.store.flush()
+            left = self.store.flush_due(self.defer_s)
         except StoreError:
             log.exception("could not record the jobs handed over")
+            return
+        if left > 0:  # what waits now was deferred after the timer was set
+            loop = asyncio.get_running_loop()
+            self._flushing, self._flush_loop = loop.call_later(left, self._flush), loop
 
     async def run_sync(
         self, job: NewJob, wait_s: float, answer: Answer[str] | None = None

@@ -89,12 +89,14 @@ class Signals:
         record: str | None = None,
         *,
         webhook: bool = True,
-    ) -> None:
+    ) -> bool:
         """A job reached a final state: hand `record` (its final record's JSON text, when known) to its
-        runsync waiter, and let the webhook loop look (unless the job is known to have no webhook)."""
-        self.dispatch.finished(job_id, record)
+        runsync waiter, and let the webhook loop look (unless the job is known to have no webhook).
+        True when the waiter's client was sent the record at once (`Dispatcher.finished`)."""
+        answered = self.dispatch.finished(job_id, record)
         if webhook:
             self.webhooks.set()
+        return answered
 
     def stop_wanted(self, worker_id: str) -> None:
         """A job held by `worker_id` should stop (cancelled, timed out, expired): end its job-stop poll

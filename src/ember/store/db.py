@@ -15,6 +15,7 @@ import logging
 import operator
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -224,6 +225,8 @@ class RawAccess:
         self._driver: sqlite3.Connection | None = None
         self._deferred: list[tuple[str | None, Callable[[Cursor], object]]] = []
         self._keys: set[str] = set()  # the keys of the deferred writes
+        # When the oldest deferred write was deferred (`time.monotonic()`); meaningless when none waits.
+        self.deferred_since = 0.0
         self._watching = False  # the engine's checkouts flush the deferred writes
 
     def _sqlite(self) -> sqlite3.Connection:
@@ -250,14 +253,17 @@ class RawAccess:
                     dbapi = self._sqlite()
                     lite = dbapi.cursor()
                     lite.execute("BEGIN IMMEDIATE")
+                    since = self.deferred_since
                     deferred = self._run_deferred(lite) if self._deferred else ()
                     try:
                         yield lite
                         dbapi.commit()
                     except BaseException:
                         dbapi.rollback()
-                        self._deferred[0:0] = deferred  # for the next transaction
-                        self._keys.update(key for key, _ in deferred if key is not None)
+                        if deferred:  # for the next transaction, as old as they were
+                            self._deferred[0:0] = deferred
+                            self._keys.update(key for key, _ in deferred if key is not None)
+                            self.deferred_since = since
                         raise
                 return
             with self.engine.raw_connection() as pooled:
@@ -291,11 +297,10 @@ class RawAccess:
         except self._errors as exc:
             raise StoreError(f"database error: {exc}") from exc
 
-    def defer(self, write: Callable[[Cursor], object], key: str | None = None) -> bool:
+    def defer(self, write: Callable[[Cursor], object], key: str | None = None) -> None:
         """SQLite: run `write(cursor)` in the next write transaction on this connection instead of one
-        of its own; `key` names it for `waiting` until then. True when no other deferred write was
-        waiting: the caller arranges a `flush` soon, which bounds how long it waits (a process that dies
-        before it loses the write)."""
+        of its own; `key` names it for `waiting` until then. The caller arranges a `flush` soon, which
+        bounds how long it waits (`deferred_since`; a process that dies before it loses the write)."""
         if not self.is_sqlite:
             raise TypeError("only SQLite's connection defers writes")
         with self._lock:
@@ -303,10 +308,11 @@ class RawAccess:
             if not self._watching:
                 event.listen(self.engine, "checkout", self._flush_for_reader)
                 self._watching = True
+            if not self._deferred:
+                self.deferred_since = time.monotonic()
             self._deferred.append((key, write))
             if key is not None:
                 self._keys.add(key)
-            return len(self._deferred) == 1
 
     def waiting(self, key: str) -> bool:
         """Whether the deferred write named `key` is still to run."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
@@ -133,26 +134,26 @@ class Store:
         with self.raw.write() as cur:
             return self._hand_over(job, worker_id, now, delivered, cur)
 
-    def hand_over_later(self, job: NewJob, worker_id: str, now: float) -> bool:
+    def hand_over_later(self, job: NewJob, worker_id: str, now: float) -> None:
         """SQLite: `hand_over` a job already delivered to the worker, in the next write transaction on this
         process's connection instead of one of its own: a job whose result comes within a moment commits
-        with it (`finish_later`). True when the caller is to `flush` soon (see `RawAccess.defer`)."""
+        with it (`finish_later`). The caller is to `flush` soon (see `RawAccess.defer`)."""
         if not self.raw.deferred:
             self._later.clear()  # all written
         self._later[job.id] = (job, worker_id, now)
         write = functools.partial(self._hand_over, job, worker_id, now, True)
-        return self.raw.defer(write, key=job.id)
+        self.raw.defer(write, key=job.id)
 
-    def queue_later(self, job: NewJob, now: float) -> bool:
+    def queue_later(self, job: NewJob, now: float) -> None:
         """SQLite: queue a job in the next write transaction on this process's connection instead of one
         of its own: the claim that takes it (a worker's result asking for more, a take) commits it, so a
         job queued and claimed within the moment costs no commit of its own. For a runsync job, which no
-        one knows of before its answer. True when the caller is to `flush` soon (`RawAccess.defer`)."""
+        one knows of before its answer. The caller is to `flush` soon (`RawAccess.defer`)."""
 
         def write(cur: Cursor) -> None:
             self.jobs.submit(job, now, cur=cur)
 
-        return self.raw.defer(write, key=queued_key(job.endpoint_id))
+        self.raw.defer(write, key=queued_key(job.endpoint_id))
 
     def finish_later(
         self,
@@ -204,8 +205,20 @@ class Store:
         return worker is not None
 
     def flush(self) -> None:
-        """Commit the writes `hand_over_later` deferred."""
+        """Commit the writes `hand_over_later`, `queue_later` and `finish_later` deferred."""
         self.raw.flush()
+
+    def flush_due(self, wait_s: float) -> float:
+        """Commit the deferred writes when the oldest has waited `wait_s`; else return how much longer it
+        is to wait (0.0 when none waits, or they were committed now)."""
+        raw = self.raw
+        if not raw.deferred:
+            return 0.0
+        left = raw.deferred_since + wait_s - time.monotonic()
+        if left > 0:
+            return left
+        raw.flush()
+        return 0.0
 
     def report(
         self,
