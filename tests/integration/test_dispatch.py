@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 from sqlalchemy import text
 
 from ember.control.handoff import DEFER_S
@@ -590,6 +591,27 @@ def test_a_queued_runsync_job_waits_its_whole_moment_for_a_claim_before_it_is_wr
             await h.api.aclose()
 
     run(scenario())
+
+
+def test_the_deferred_writes_timer_runs_on_the_servers_event_loop(tmp_path: Path) -> None:
+    # uvloop (the server's loop) sets a timer due at once as a plain handle, which has no due time.
+    async def scenario() -> None:
+        h = build(tmp_path)
+        other = Store.open(f"sqlite:///{tmp_path / 'ember.db'}")  # another connection: sees only commits
+        h.app.runtime.handoff.defer_s = 0.0
+        try:
+            ep, _ = await ready_worker(h)  # no take waits: runsync jobs are queued
+            url = f"/v2/{ep['id']}/runsync?wait=20000"
+            waiting = [asyncio.ensure_future(h.api.post(url, json={"input": {"i": i}})) for i in range(3)]
+            await until(lambda: other.jobs.counts(ep["id"]).get("IN_QUEUE") == 3, "three jobs written")
+            assert not any(w.done() for w in waiting)  # none failed
+            for w in waiting:
+                w.cancel()
+        finally:
+            other.close()
+            await h.api.aclose()
+
+    uvloop.run(scenario())
 
 
 def test_a_runsync_job_handed_to_a_running_worker_is_recorded_with_its_result(tmp_path: Path) -> None:

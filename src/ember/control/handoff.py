@@ -74,8 +74,9 @@ class HandOff:
         # The runsync jobs handed over with their record deferred (`submit`), while their client waits:
         # `Dispatcher.retirements` and the endpoint's `queued_count` at the hand-over.
         self._handed: dict[str, tuple[int, int]] = {}
-        self._flushing: asyncio.TimerHandle | None = None  # the one timer that commits deferred writes
+        self._flushing: asyncio.Handle | None = None  # the one timer that commits deferred writes
         self._flush_loop: asyncio.AbstractEventLoop | None = None  # the loop it was set on
+        self._flush_at = 0.0  # when it is due, in that loop's time
 
     # ---- clients ---------------------------------------------------------------------------------
     async def submit(self, job: NewJob) -> None:
@@ -131,12 +132,15 @@ class HandOff:
         loop = asyncio.get_running_loop()
         now = loop.time()
         due = now + self.defer_s
-        pending = self._flushing
-        if pending is not None and self._flush_loop is loop:
-            if now <= pending.when() <= due:
+        if self._flushing is not None and self._flush_loop is loop:
+            if now <= self._flush_at <= due:
                 return
-            pending.cancel()
-        self._flushing, self._flush_loop = loop.call_at(due, self._flush), loop
+            self._flushing.cancel()
+        self._flush_after(loop, self.defer_s)
+
+    def _flush_after(self, loop: asyncio.AbstractEventLoop, delay_s: float) -> None:
+        self._flushing = loop.call_later(delay_s, self._flush)
+        self._flush_loop, self._flush_at = loop, loop.time() + delay_s
 
     def _flush(self) -> None:
         self._flushing = None
@@ -146,8 +150,7 @@ class HandOff:
             log.exception("could not record the jobs handed over")
             return
         if left > 0:  # what waits now was deferred after the timer was set
-            loop = asyncio.get_running_loop()
-            self._flushing, self._flush_loop = loop.call_later(left, self._flush), loop
+            self._flush_after(asyncio.get_running_loop(), left)
 
     async def run_sync(
         self, job: NewJob, wait_s: float, answer: Answer[str] | None = None
