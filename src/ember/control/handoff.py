@@ -35,6 +35,10 @@ _SLICE_S = 5.0
 _RESULT_SLICE_S = 1.0
 # The longest a runsync job handed to a worker waits to be recorded with its result (`submit`).
 DEFER_S = 0.005
+# uvloop's timers count whole milliseconds and may fire up to one early by the clock the store reads:
+# deferred writes that close to their time are committed then, not waited for with a timer due at once
+# (which would spin the loop until that millisecond passes).
+_TIMER_SLACK_S = 0.001
 log = logging.getLogger("ember.control")
 
 Gone = Callable[[], Awaitable[None]]  # returns when the client hangs up
@@ -145,7 +149,7 @@ class HandOff:
     def _flush(self) -> None:
         self._flushing = None
         try:
-            left = self.store.flush_due(self.defer_s)
+            left = self.store.flush_due(max(0.0, self.defer_s - _TIMER_SLACK_S))
         except StoreError:
             log.exception("could not record the jobs handed over")
             return
