@@ -486,7 +486,7 @@ def test_a_deferred_hand_over_commits_with_the_result_or_on_its_own(tmp_path: Pa
         store.hand_over_later(_sync_job(3), "wk-1", 7.0)
         assert store.jobs.get("sync-3") is not None and other.jobs.get("sync-3") is not None
         store.hand_over_later(_sync_job(4), "wk-1", 7.0)
-        store.flush()
+        store.raw.flush()
         assert other.jobs.get("sync-4") is not None
         # A transaction that rolls back keeps the deferred writes it took for the next one.
         store.hand_over_later(_sync_job(5), "wk-1", 8.0)
@@ -500,7 +500,7 @@ def test_a_deferred_hand_over_commits_with_the_result_or_on_its_own(tmp_path: Pa
         # One that fails (its job id is taken) is dropped, and the others still commit.
         store.hand_over_later(_sync_job(5), "wk-1", 9.0)
         store.hand_over_later(_sync_job(6), "wk-1", 9.0)
-        store.flush()
+        store.raw.flush()
         assert other.jobs.get("sync-6") is not None and other.jobs.get("sync-5")["started_at"] == 8.0  # type: ignore[index]
         # Closing the store commits what is still deferred.
         store.hand_over_later(_sync_job(7), "wk-1", 10.0)

@@ -204,13 +204,10 @@ class Store:
             self.workers.start_running(worker_id, now, TOOK_A_JOB, cur=cur)
         return worker is not None
 
-    def flush(self) -> None:
-        """Commit the writes `hand_over_later`, `queue_later` and `finish_later` deferred."""
-        self.raw.flush()
-
     def flush_due(self, wait_s: float) -> float:
-        """Commit the deferred writes when the oldest has waited `wait_s`; else return how much longer it
-        is to wait (0.0 when none waits, or they were committed now)."""
+        """Commit the writes `hand_over_later`, `queue_later` and `finish_later` deferred, when the oldest
+        has waited `wait_s`; else return how much longer it is to wait (0.0 when none waits, or they were
+        committed now)."""
         raw = self.raw
         if not raw.deferred:
             return 0.0
