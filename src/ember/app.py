@@ -38,6 +38,7 @@ from ember.api import volumes as volume_routes
 from ember.api import worker as worker_routes
 from ember.api.deps import Limits, Runtime
 from ember.api.services import Services
+from ember.api.serving import IdlePoll
 from ember.backends.base import Backend
 from ember.control.broadcast import Broadcast
 from ember.control.clock import Clock, SystemClock
@@ -247,6 +248,7 @@ def create_app(
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.runtime = app.runtime = runtime
+    app.idle_poll = IdlePoll(settings.idle_poll_us / 1e6) if settings.idle_poll_us else None
     app.state.runner = runner
     app.state.lifecycle = lifecycle
     app.state.new_admin_key = new_admin_key

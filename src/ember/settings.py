@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     body_timeout_s: float = 30.0
     stop_grace_s: float = 10.0
     tick_s: float = 0.5
+    # After answering a job-path request the event loop polls for the next event for up to this long
+    # (microseconds; adaptive, see `core.idle_poll`) instead of letting its CPU sleep; 0: never.
+    idle_poll_us: int = Field(default=200, ge=0, le=10_000)
     meter_interval_s: float = 5.0
     # Where jobs of a vanished worker go: re-queued this many times, then failed.
     lost_worker_requeues: int = LOST_WORKER_REQUEUES

@@ -18,7 +18,7 @@ from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from ember.api.fastpath import App, FastRoutes, install
-from ember.api.serving import ANSWER, CoalescingTransport, HttpProtocol
+from ember.api.serving import ANSWER, CoalescingTransport, HttpProtocol, IdlePoll
 from ember.core.errors import InvalidInput
 
 
@@ -413,3 +413,36 @@ def test_a_fast_route_is_found_by_its_whole_segments_as_starlettes_route_matches
             ours = app.lane_for(method, path)
             got = (ours[0].template, ours[1]) if ours else None
             assert got == starlette, (method, path)
+
+
+# ---- polling after an answer --------------------------------------------------------------------------
+
+
+def test_the_loop_polls_for_a_while_after_an_answer_and_stops_polling_when_it_does_not_pay() -> None:
+    async def scenario() -> None:
+        async with _serving() as served:
+            poll = served.app.idle_poll = IdlePoll(0.002)
+            reader, writer = await served.connect()  # a connection made now finds the poller
+            writer.write(_post("/v2/ada/echo", b"hi"))
+            assert (await _answer(reader))[2] == b"ada:hi"
+            assert poll.polling  # the answer started it: a callback is due at each turn of the loop
+            await asyncio.sleep(0.02)
+            assert not poll.polling  # the window passed: the loop may sleep again
+            # Answers whose next request comes long after (here 20 ms, ten times the window): the
+            # window halves each time, down to none.
+            for i in range(5):
+                writer.write(_post("/v2/ada/echo", b"%d" % i))
+                await _answer(reader)
+                await asyncio.sleep(0.02)
+            assert poll.window_s == 0.0
+            writer.write(_post("/v2/ada/echo", b"x"))
+            await _answer(reader)
+            assert not poll.polling  # no window: no polling after this answer
+            # Requests that follow their answers at once: the window grows back to the longest.
+            for i in range(5):
+                writer.write(_post("/v2/ada/echo", b"%d" % i))
+                await _answer(reader)
+            assert poll.window_s == 0.002
+            writer.close()
+
+    asyncio.run(scenario())

@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from starlette.requests import Request
@@ -27,6 +27,9 @@ from starlette.types import Receive, Scope, Send
 from ember.api.bodies import ERROR_TEXT, body_doc, finish_openapi
 from ember.api.errors import error_body, json_response, status_for
 from ember.core.errors import EmberError
+
+if TYPE_CHECKING:
+    from ember.api.serving import IdlePoll
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 Observe = Callable[[str, str, int, float], None]  # method, route template, status, seconds
@@ -159,6 +162,8 @@ class App(FastAPI):
     # What the routes serve with (`api.deps.Runtime`), also `state.runtime`: an attribute of its own,
     # read on every request without `State`'s look-up by `__getattr__`.
     runtime: Any = None
+    # How the HTTP protocol keeps the loop polling after an answer (`api.serving.IdlePoll`); None: never.
+    idle_poll: IdlePoll | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not scope.get("root_path"):

@@ -41,6 +41,8 @@ from uvicorn.protocols.http.httptools_impl import (
     HttpToolsProtocol,
 )
 
+from ember.core.idle_poll import next_window
+
 if TYPE_CHECKING:
     from ember.api.fastpath import App, Lane
 
@@ -105,6 +107,42 @@ class CoalescingTransport:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
+
+
+class IdlePoll:
+    """Keeps an event loop polling (a callback due at each turn, so that it never waits in `epoll`) for
+    a while after each answer, the window set by `core.idle_poll` from how soon the next event came.
+    `answered` is called as a request is answered, `woke` as data comes in on any connection."""
+
+    def __init__(self, longest_s: float) -> None:
+        self.longest_s = max(0.0, longest_s)
+        self.window_s = self.longest_s
+        self.polling = False
+        self._until = 0.0
+        self._answered_at: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def answered(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = time.perf_counter()
+        self._answered_at = now
+        if self.window_s <= 0:
+            return
+        self._until = now + self.window_s
+        if not self.polling or self._loop is not loop:
+            self.polling, self._loop = True, loop
+            loop.call_soon(self._turn, loop)
+
+    def woke(self) -> None:
+        at = self._answered_at
+        if at is not None:
+            self._answered_at = None
+            self.window_s = next_window(self.window_s, time.perf_counter() - at, self.longest_s)
+
+    def _turn(self, loop: asyncio.AbstractEventLoop) -> None:
+        if loop is self._loop and time.perf_counter() < self._until:
+            loop.call_soon(self._turn, loop)
+        elif loop is self._loop:
+            self.polling = False
 
 
 class _Served:
@@ -182,6 +220,7 @@ class HttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._lanes = _lane_server(self.app)
+        self._idle_poll = self._lanes.idle_poll if self._lanes is not None else None
         self._pending: _Pending | None = None
         self._served: _Served | None = None  # being answered
 
@@ -197,6 +236,8 @@ class HttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._idle_poll is not None:
+            self._idle_poll.woke()
         super().data_received(data)
         pending = self._pending
         if pending is not None:
@@ -302,6 +343,8 @@ class HttpProtocol(HttpToolsProtocol):
         next request, or closes."""
         served.response_complete = True
         served.set()
+        if self._idle_poll is not None:
+            self._idle_poll.answered(self.loop)
         if self._served is served:
             self._served = None
         if response is None or not served.keep_alive:
