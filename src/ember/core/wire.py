@@ -58,6 +58,35 @@ def record_text(row: JobFields) -> str:
     return text + ("," + dump(tail)[1:] if tail else "}")
 
 
+def final_text(
+    job_id: str,
+    state: str,
+    created_at: float,
+    started_at: float | None,
+    completed_at: float,
+    worker_id: str | None,
+    output_json: str | None,
+    error: str | None,
+    retried: int,
+) -> str:
+    """`record_text` of a job that has just ended, from its facts, written out directly (one per job on
+    the job path): the same text as `record_text` of its row."""
+    text = '{"id":' + dump(job_id) + ',"status":' + dump(state)
+    if started_at is not None:
+        delay_ms = max(0, int((started_at - created_at) * 1000))
+        execution_ms = max(0, int((completed_at - started_at) * 1000))
+        text += f',"delayTime":{delay_ms},"executionTime":{execution_ms}'
+    if worker_id:
+        text += ',"workerId":' + dump(worker_id)
+    if output_json is not None:
+        text += ',"output":' + output_json
+    if error:
+        text += ',"error":' + dump(error)
+    if retried:
+        text += f',"retries":{retried}'
+    return text + "}"
+
+
 def worker_job(job_id: str, input_json: str, extra_json: str | None) -> str:
     """The JSON text of a job as a worker receives it: `{"id", "input", …extra}` (id always a string)."""
     head = '{"id":' + json.dumps(job_id) + ',"input":' + input_json

@@ -6,14 +6,13 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
+from typing import NamedTuple, ParamSpec, TypeVar
 
 import anyio.to_thread
 from sqlalchemy.engine import Engine
 
 from ember.core.jobs import JobState
-from ember.core.wire import record_text
+from ember.core.wire import final_text
 from ember.core.workers import WorkerState
 from ember.store import outbox
 from ember.store.accounts import AccountStore
@@ -42,8 +41,7 @@ TOOK_A_JOB = "took a job"
 log = logging.getLogger("ember.store")
 
 
-@dataclass(frozen=True)
-class Report:
+class Report(NamedTuple):
     """What recording a job's result did: `outcome` ("done", "final", "not_held", "unknown"), the
     finished job's facts and final record (JSON text) when done, and the next jobs the worker was handed
     in the same transaction."""
@@ -64,19 +62,18 @@ def final_record(
     output_json: str | None,
     error: str | None,
 ) -> str:
-    """The JSON text of a job's final record as a client reads it (`core.wire.record_text`)."""
-    final = {
-        "id": job_id,
-        "state": state.value,
-        "created_at": finished.created_at,
-        "started_at": finished.started_at,
-        "completed_at": now,
-        "worker_id": worker_id,
-        "output": output_json,
-        "error": error,
-        "retried": finished.retried,
-    }
-    return record_text(final)
+    """The JSON text of a job's final record as a client reads it (`core.wire.final_text`)."""
+    return final_text(
+        job_id,
+        state.value,
+        finished.created_at,
+        finished.started_at,
+        now,
+        worker_id,
+        output_json,
+        error,
+        finished.retried,
+    )
 
 
 class Store:
