@@ -174,6 +174,12 @@ async def _fast_hello(request: Request) -> Response:
     return Response(b"hello " + request.path_params["name"].encode(), media_type="text/plain")
 
 
+@fast.route("/header", ["GET"], "Answer with the header the query names")
+async def _fast_header(request: Request) -> Response:
+    value = request.url.query.replace("%0D%0A", "\r\n")  # a value with a line break, when asked
+    return Response(b"ok", media_type="text/plain", headers={"x-echo": value})
+
+
 @fast.route("/hold", ["GET"], "Wait until the client hangs up")
 async def _fast_hold(request: Request) -> Response:
     while (await request.receive())["type"] != "http.disconnect":
@@ -443,6 +449,24 @@ def test_the_loop_polls_for_a_while_after_an_answer_and_stops_polling_when_it_do
                 writer.write(_post("/v2/ada/echo", b"%d" % i))
                 await _answer(reader)
             assert poll.window_s == 0.002
+            writer.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_fast_routes_header_with_a_line_break_is_refused_every_time_and_good_ones_pass() -> None:
+    async def scenario() -> None:
+        async with _serving() as served:
+            for _ in range(2):  # a header found bad is not remembered as checked
+                reader, writer = await served.connect()
+                writer.write(b"GET /v2/ada/header?a%0D%0Aset-cookie:x HTTP/1.1\r\nhost: x\r\n\r\n")
+                assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, nothing sent
+                writer.close()
+            reader, writer = await served.connect()
+            for _ in range(2):  # a good one, checked once, then known
+                writer.write(b"GET /v2/ada/header?fine HTTP/1.1\r\nhost: x\r\n\r\n")
+                status, headers, body = await _answer(reader)
+                assert status == b"HTTP/1.1 200 OK" and headers[b"x-echo"] == b"fine" and body == b"ok"
             writer.close()
 
     asyncio.run(scenario())

@@ -54,6 +54,10 @@ WHOLE_BODY = "ember.whole_body"
 # (False when the request was answered already or its client is gone). Only requests this protocol
 # serves itself have one.
 ANSWER = "ember.answer"
+# Headers already found valid (the job path's few: its content types and lengths), so that each is
+# matched against uvicorn's patterns once, not in every response.
+_CHECKED_HEADERS: set[tuple[bytes, bytes]] = set()
+_CHECKED_HEADERS_MAX = 4096
 _HEAD_START = b"HTTP/1.1 "
 _HEAD_END = b"\r\n\r\n"
 
@@ -364,9 +368,15 @@ class HttpProtocol(HttpToolsProtocol):
         parts = [STATUS_LINE[response.status_code]]
         for name, value in self.server_state.default_headers:
             parts += (name, b": ", value, b"\r\n")
+        checked = _CHECKED_HEADERS
         for name, value in response.raw_headers:
-            if HEADER_RE.search(name) or HEADER_VALUE_RE.search(value):
-                raise RuntimeError("Invalid HTTP header.")
+            header = (name, value)
+            if header not in checked:
+                if HEADER_RE.search(name) or HEADER_VALUE_RE.search(value):
+                    raise RuntimeError("Invalid HTTP header.")
+                if len(checked) >= _CHECKED_HEADERS_MAX:
+                    checked.clear()
+                checked.add(header)
             parts += (name, b": ", value, b"\r\n")
         if not keep_alive:
             parts.append(b"connection: close\r\n")
