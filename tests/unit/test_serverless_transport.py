@@ -371,3 +371,28 @@ def test_a_server_that_trickles_its_answer_cannot_stretch_the_request_past_its_t
         stop.set()
         listener.close()
         thread.join(5)
+
+
+def test_post_result_tells_once_that_the_result_was_sent_before_its_held_answer_comes(serve, transport):
+    release = threading.Event()
+    told: list[int] = []  # how many requests the peer had when told
+
+    def reply(number: int, request: bytes) -> bytes:
+        if b"take=1" in request:
+            assert release.wait(5)  # held, as a job-done asking for its next job is
+            return CLOSE  # then dies unanswered: the result is resent, without `take`
+        return answer(200, b'{"status": "ok"}')
+
+    peer = serve(reply)
+    transport.request("GET", peer.url("/first"), timeout_s=5)
+
+    def sent() -> None:
+        told.append(len(peer.requests))
+        release.set()
+
+    delivery = transport.post_result(
+        peer.url("/done"), b"{}", first_url=peer.url("/done?take=1"), on_sent=sent
+    )
+    assert delivery.delivered
+    assert peer.targets() == ["/first", "/done?take=1", "/done"]
+    assert len(told) == 1  # once, for the first send, though it was sent twice

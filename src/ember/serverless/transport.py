@@ -87,6 +87,7 @@ class HttpTransport:
         abortable: bool = False,
         unless: threading.Event | None = None,
         resend_url: str | None = None,
+        sent: Callable[[], None] | None = None,
     ) -> Response:
         """One request; a reused connection that turns out closed is replaced and the request resent
         (to `resend_url` when given: a request that may only be sent once in its first form).
@@ -94,6 +95,7 @@ class HttpTransport:
         `abortable` requests (long polls) are cut short by `abort_polls()`, raising TransportFailure.
         One with `unless` is not sent once that event is set: it is checked after the request became
         abortable, so a caller that sets it before calling `abort_polls()` never leaves a poll behind.
+        `sent` is called each time the request has been sent, before its answer is read.
         """
         origin, host, target = _split(url)
         for attempt in range(2):
@@ -109,6 +111,8 @@ class HttpTransport:
                 if unless is not None and unless.is_set():
                     raise _NotSent()
                 conn.send(head + body if body else head)
+                if sent is not None:
+                    sent()
                 status, content_type, data, keep = conn.read_response(method)
             except ClosedEarly as exc:
                 conn.close()
@@ -144,19 +148,30 @@ class HttpTransport:
         retry_s: float = RESULT_RETRY_S,
         sleep: Callable[[float], None] = time.sleep,
         on_retry: Callable[[str, float], None] | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> Delivery:
         """POST a result, retrying 5xx, 429 and connection errors for `retry_s`; 4xx is final.
 
         The first attempt goes to `first_url` when given and every later one (a resend on a dead
         connection included) to `url`. The server may hold the answer to `first_url` like a long poll
         (job-done with take=N waits for the next job), so that attempt is abortable and may take as long
-        as a poll. `on_retry(detail, delay_s)` is told of each failed attempt that will be retried. The
+        as a poll. `on_sent()` is called once, when the result was first sent (while its answer may be
+        held, so what it does costs the worker no time). `on_retry(detail, delay_s)` is told of each
+        failed attempt that will be retried. The
         server must accept duplicates (first final result wins).
         """
         deadline = time.monotonic() + retry_s
         delay_s = 0.2
         detail = ""
         first = first_url is not None
+        told = on_sent is None
+
+        def sent() -> None:
+            nonlocal told
+            if not told and on_sent is not None:
+                told = True
+                on_sent()
+
         while True:
             held = first and first_url is not None
             try:
@@ -167,6 +182,7 @@ class HttpTransport:
                     timeout_s=HELD_ANSWER_TIMEOUT_S if held else 30.0,
                     abortable=held,
                     resend_url=url,
+                    sent=None if told else sent,
                 )
             except TransportFailure as exc:
                 detail = str(exc)

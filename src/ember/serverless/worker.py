@@ -270,6 +270,11 @@ class Worker:
         def retrying(detail: str, delay_s: float) -> None:
             log.warn("job_done_retry", job_id=run.job_id, error=detail, retry_in_s=round(delay_s, 2))
 
+        def sent() -> None:
+            # Logged once the result is on its way: the server records it while this line is written,
+            # and an answer that brings the next job (`take`) is not held up by it.
+            log.info("job_done", job_id=run.job_id, failed=bool(result.get("error")) or None)
+
         with run.post_lock:
             run.finished = True
             delivery = self.transport.post_result(
@@ -277,10 +282,9 @@ class Worker:
                 wire.encode_body(result),
                 first_url=urls.with_take(url, take) if take else None,
                 on_retry=retrying,
+                on_sent=sent,
             )
-        if delivery.delivered:
-            log.info("job_done", job_id=run.job_id, failed=bool(result.get("error")) or None)
-        else:
+        if not delivery.delivered:
             log.error("job_done_not_delivered", job_id=run.job_id, detail=delivery.detail)
         answer = delivery.first_answer
         if answer is None or not take:
