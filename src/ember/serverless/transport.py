@@ -157,8 +157,8 @@ class HttpTransport:
         (job-done with take=N waits for the next job), so that attempt is abortable and may take as long
         as a poll. `on_sent()` is called once, when the result was first sent (while its answer may be
         held, so what it does costs the worker no time). `on_retry(detail, delay_s)` is told of each
-        failed attempt that will be retried. The
-        server must accept duplicates (first final result wins).
+        failed attempt that will be retried. The server must accept duplicates (first final result
+        wins).
         """
         deadline = time.monotonic() + retry_s
         delay_s = 0.2
