@@ -196,7 +196,7 @@ class Dispatcher:
     @staticmethod
     async def result_within(fut: asyncio.Future[str | None], timeout_s: float) -> str | None:
         """What `fut` (from `expect_result`) is given within `timeout_s`: the final record's JSON text
-        (`core.wire.record_text`), or None (woken
+        (`core.wire.final_text`), or None (woken
         without it, or the time passed: the caller looks in the store)."""
         timer = fut.get_loop().call_later(timeout_s, _end, fut)
         try:

@@ -43,21 +43,6 @@ def record(row: JobFields) -> dict[str, object]:
     return rec
 
 
-_AFTER_OUTPUT = ("error", "retries")  # the fields `record` puts after "output"
-
-
-def record_text(row: JobFields) -> str:
-    """`record(row)` as compact JSON text, with `row["output"]` (already JSON text) placed in it as it
-    is, not decoded and encoded again."""
-    output = row["output"]
-    if not isinstance(output, str):
-        return dump(record(row))
-    head = record({**row, "output": None})
-    tail = {k: head.pop(k) for k in _AFTER_OUTPUT if k in head}
-    text = dump(head)[:-1] + ',"output":' + output
-    return text + ("," + dump(tail)[1:] if tail else "}")
-
-
 def final_text(
     job_id: str,
     state: str,
@@ -69,8 +54,9 @@ def final_text(
     error: str | None,
     retried: int,
 ) -> str:
-    """`record_text` of a job that has just ended, from its facts, written out directly (one per job on
-    the job path): the same text as `record_text` of its row."""
+    """`record` of a job that has just ended, as compact JSON text written out from its facts (one per job
+    on the job path), with `output_json` placed in it as it is, not decoded and encoded again: the same
+    fields, in the same order, as `record` of its row."""
     text = '{"id":' + dump(job_id) + ',"status":' + dump(state)
     if started_at is not None:
         delay_ms = max(0, int((started_at - created_at) * 1000))
